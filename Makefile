@@ -1,0 +1,110 @@
+# cinfer - plain Makefile.  `make run` and `make test` do all set-up on a
+# fresh Debian 12 machine (deps -> model -> build); see README.md.
+
+CC       ?= gcc
+CXX      ?= g++
+CLANG    ?= clang
+CLANGXX  ?= clang++
+PYTHON   ?= python3
+BUILD    ?= build
+BIN      := bin/cinfer
+VERSION  := 0.1.0
+FUZZ_TIME ?= 60
+
+PKGS     := libpcre2-8 sentencepiece libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror
+CFLAGS   ?= -O2 -g
+CXXFLAGS ?= -O2 -g
+SAN      ?=
+ALL_CFLAGS   := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SAN) -I. $(PKG_CFLAGS) \
+                -DCINFER_VERSION='"$(VERSION)"' -MMD -MP
+ALL_CXXFLAGS := -std=c++17 $(WARN) $(CXXFLAGS) $(SAN) -I. $(PKG_CFLAGS) -MMD -MP
+LDLIBS   := $(PKG_LIBS) -lstdc++ -lm -lpthread
+
+MODULES  := util engine tokenizer kv-cache device device/cpu server
+LIB_C    := $(filter-out server/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
+LIB_CC   := $(foreach m,$(MODULES),$(wildcard $(m)/*.cc))
+LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CC:%.cc=$(BUILD)/%.o)
+MAIN_OBJ := $(BUILD)/server/main.o
+TEST_C   := $(wildcard tests/unit/*.c)
+TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
+TEST_BIN := $(BUILD)/tests/check_all
+LIBCINFER := $(BUILD)/libcinfer.a
+
+MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
+
+.PHONY: all deps model test check run asan fuzz clean format help
+all: $(BIN)
+
+help:
+	@echo "make run | make test | make deps | make model | make asan | make fuzz | make format | make clean"
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
+
+$(LIBCINFER): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(MAIN_OBJ) $(LIBCINFER)
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
+
+$(TEST_BIN): $(TEST_OBJ) $(LIBCINFER)
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+deps:
+	@sh scripts/deps.sh
+
+model: deps
+	@sh scripts/fetch-model.sh $(MODEL_FILE)
+
+# Unit suites run in one Check runner, so the output ends with its summary.
+check: $(BIN) $(TEST_BIN)
+	CINFER_BIN=$(CURDIR)/$(BIN) $(TEST_BIN)
+
+test: deps model
+	@$(MAKE) --no-print-directory check
+
+run: deps model
+	@$(MAKE) --no-print-directory $(BIN)
+	@sh scripts/run-demo.sh $(BIN) $(MODEL_FILE)
+
+# The same suites under AddressSanitizer + UndefinedBehaviorSanitizer, in
+# their own build tree.  CK_FORK=no keeps leaks and reports in one process.
+asan: deps model
+	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/cinfer \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" check
+
+# libFuzzer targets, built with clang; each runs for FUZZ_TIME seconds.
+FUZZ_TARGETS := gguf tok_bpe tok_spm
+FUZZ_SAN  := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+fuzz: deps model
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(CLANG) CXX=$(CLANGXX) \
+	    SAN="$(FUZZ_SAN)" CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" fuzz-build
+	@sh scripts/fuzz.sh build/fuzz $(FUZZ_TIME) $(FUZZ_TARGETS)
+
+fuzz-build: $(foreach t,$(FUZZ_TARGETS),$(BUILD)/fuzz_$(t))
+
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LIBCINFER)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $< -o $@ $(LIBCINFER) $(LDLIBS)
+
+format:
+	clang-format -i $(wildcard */*.c */*.h */*.cc device/*/*.c device/*/*.h tests/*/*.c tests/*/*.h)
+
+clean:
+	rm -rf build bin
+
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

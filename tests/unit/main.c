@@ -1,0 +1,32 @@
+/*
+ * tests/unit/main.c - runs every unit suite in one Check runner so that the
+ * output ends with one summary line ("100%: Checks: N, Failures: 0, ...").
+ */
+#include <stdlib.h>
+
+#include "tests/unit/suites.h"
+
+const char *test_model_path(void)
+{
+    const char *p = getenv("CINFER_MODEL");
+    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+const char *test_bin_path(void)
+{
+    const char *p = getenv("CINFER_BIN");
+    return p && *p ? p : "bin/cinfer";
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(quant_suite());
+    srunner_add_suite(sr, gguf_suite());
+    srunner_add_suite(sr, tok_suite());
+    srunner_add_suite(sr, spm_suite());
+    srunner_add_suite(sr, cli_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

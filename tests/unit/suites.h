@@ -1,0 +1,17 @@
+/* tests/unit/suites.h - every libcheck suite, one per module; main.c runs them all. */
+#ifndef CINFER_TESTS_SUITES_H
+#define CINFER_TESTS_SUITES_H
+
+#include <check.h>
+
+Suite *quant_suite(void);
+Suite *gguf_suite(void);
+Suite *tok_suite(void);
+Suite *spm_suite(void);
+Suite *cli_suite(void);
+
+/* Path helpers shared by the suites: the default model (env CINFER_MODEL) and the binary. */
+const char *test_model_path(void);
+const char *test_bin_path(void);
+
+#endif
