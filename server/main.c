@@ -1,0 +1,277 @@
+/*
+ * server/main.c - the cinfer command line: one binary, several subcommands.
+ *
+ *   cinfer tokenize -m MODEL [--stdin] [--bos] [--special] [--pieces] TEXT
+ *   cinfer serve | run | bench   (arrive with the server and engine issues)
+ *
+ * Exit status: 0 on success, 2 for bad input (usage, a model that does not
+ * load, a text that does not encode), 1 for anything else.
+ */
+#include <cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+
+#define EXIT_BADINPUT 2
+
+static const char *const k_main_help =
+    "usage: cinfer <command> [options]\n"
+    "\n"
+    "An OpenAI-compatible LLM inference server in one binary.\n"
+    "\n"
+    "commands:\n"
+    "  tokenize   print the token ids of a text for a GGUF model\n"
+    "  serve      serve the OpenAI HTTP API (not in this build yet)\n"
+    "  run        generate text from a prompt (not in this build yet)\n"
+    "  bench      measure prompt and generation speed (not in this build yet)\n"
+    "\n"
+    "  cinfer <command> --help    options of a command\n"
+    "  cinfer --version           the version\n";
+
+static const char *const k_tokenize_help =
+    "usage: cinfer tokenize -m MODEL [options] TEXT\n"
+    "       cinfer tokenize -m MODEL --stdin [options] < FILE\n"
+    "\n"
+    "Prints the token ids of TEXT as one JSON array on one line.\n"
+    "\n"
+    "  -m, --model FILE      GGUF model whose tokenizer to use (required)\n"
+    "      --tokenizer FILE  SentencePiece tokenizer.model to use instead of the GGUF's\n"
+    "      --stdin           read the text from standard input\n"
+    "      --bos             prepend the BOS token (not added otherwise)\n"
+    "      --special         parse special tokens written in the text (<|im_start|> ...)\n"
+    "      --pieces          print [{\"id\": N, \"piece\": \"...\"}, ...] instead of ids\n"
+    "  -h, --help            this help\n"
+    "      --version         the version\n";
+
+static void print_version(void)
+{
+    printf("cinfer %s\n", CINFER_VERSION);
+}
+
+static int usage_error(const char *cmd, const char *msg)
+{
+    fprintf(stderr, "cinfer %s: %s (try 'cinfer %s --help')\n", cmd, msg, cmd);
+    return EXIT_BADINPUT;
+}
+
+/* Reads all of stdin; returns NULL on failure. */
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *p = malloc(cap);
+    while (p) {
+        if (n == cap) {
+            char *q = realloc(p, cap * 2);
+            if (!q) {
+                free(p);
+                return NULL;
+            }
+            p = q;
+            cap *= 2;
+        }
+        size_t k = fread(p + n, 1, cap - n, stdin);
+        n += k;
+        if (k == 0) {
+            if (ferror(stdin)) {
+                free(p);
+                return NULL;
+            }
+            break;
+        }
+    }
+    *len = n;
+    return p;
+}
+
+/* The output text of one token with any broken UTF-8 shown as U+FFFD. */
+static char *piece_text(const struct tok *t, int32_t id)
+{
+    struct tok_detok d;
+    struct tok_buf b = {0};
+    tok_detok_init(&d, t, TOK_DETOK_SPECIAL);
+    if (tok_detok_feed(&d, id, &b) || tok_detok_flush(&d, &b) || tok_buf_append(&b, "", 0)) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+static int print_ids(const struct tok *t, const int32_t *ids, size_t n, int pieces)
+{
+    cJSON *arr = cJSON_CreateArray();
+    int ok = arr != NULL;
+    for (size_t i = 0; i < n && ok; i++) {
+        cJSON *item;
+        if (pieces) {
+            char *p = piece_text(t, ids[i]);
+            item = cJSON_CreateObject();
+            ok = p && item && cJSON_AddNumberToObject(item, "id", ids[i]) &&
+                 cJSON_AddStringToObject(item, "piece", p);
+            free(p);
+        } else {
+            item = cJSON_CreateNumber(ids[i]);
+            ok = item != NULL;
+        }
+        if (item && !cJSON_AddItemToArray(arr, item)) {
+            cJSON_Delete(item);
+            ok = 0;
+        }
+    }
+    char *s = ok ? cJSON_PrintUnformatted(arr) : NULL;
+    cJSON_Delete(arr);
+    if (!s) {
+        fprintf(stderr, "cinfer tokenize: out of memory\n");
+        return EXIT_FAILURE;
+    }
+    puts(s);
+    cJSON_free(s);
+    return fflush(stdout) == 0 ? 0 : EXIT_FAILURE;
+}
+
+static int cmd_tokenize(int argc, char **argv)
+{
+    enum { O_STDIN = 256, O_BOS, O_SPECIAL, O_PIECES, O_TOKENIZER, O_VERSION };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},     {"tokenizer", required_argument, 0, O_TOKENIZER},
+        {"stdin", no_argument, 0, O_STDIN},       {"bos", no_argument, 0, O_BOS},
+        {"special", no_argument, 0, O_SPECIAL},   {"pieces", no_argument, 0, O_PIECES},
+        {"help", no_argument, 0, 'h'},            {"version", no_argument, 0, O_VERSION},
+        {0, 0, 0, 0},
+    };
+    const char *model = NULL, *spm = NULL;
+    int use_stdin = 0, pieces = 0;
+    unsigned flags = 0;
+    int c;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case O_TOKENIZER:
+            spm = optarg;
+            break;
+        case O_STDIN:
+            use_stdin = 1;
+            break;
+        case O_BOS:
+            flags |= TOK_ADD_BOS;
+            break;
+        case O_SPECIAL:
+            flags |= TOK_PARSE_SPECIAL;
+            break;
+        case O_PIECES:
+            pieces = 1;
+            break;
+        case 'h':
+            fputs(k_tokenize_help, stdout);
+            return 0;
+        case O_VERSION:
+            print_version();
+            return 0;
+        case ':':
+            return usage_error("tokenize", "an option is missing its value");
+        default:
+            return usage_error("tokenize", "unknown option");
+        }
+    }
+    if (!model)
+        return usage_error("tokenize", "-m MODEL is required");
+    int n_text = argc - optind;
+    if (use_stdin ? n_text != 0 : n_text != 1)
+        return usage_error("tokenize", use_stdin ? "TEXT and --stdin exclude each other"
+                                                 : "give exactly one TEXT argument or --stdin");
+
+    char err[512];
+    struct gguf_file *g = NULL;
+    struct tok *t = NULL;
+    int rc = gguf_open(model, &g, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "cinfer tokenize: %s: %s\n", model, err);
+        return rc == -ENOMEM ? EXIT_FAILURE : EXIT_BADINPUT;
+    }
+    rc = eng_tokenizer_load(g, spm, &t, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "cinfer tokenize: %s: %s\n", model, err);
+        gguf_close(g);
+        return rc == -ENOMEM ? EXIT_FAILURE : EXIT_BADINPUT;
+    }
+    size_t len = 0;
+    char *text = NULL;
+    if (use_stdin) {
+        text = read_stdin(&len);
+        if (!text) {
+            fprintf(stderr, "cinfer tokenize: cannot read standard input\n");
+            tok_destroy(t);
+            gguf_close(g);
+            return EXIT_FAILURE;
+        }
+    }
+    const char *src = use_stdin ? text : argv[optind];
+    if (!use_stdin)
+        len = strlen(src);
+    int status = EXIT_FAILURE;
+    size_t cap = 3 * len + 2;
+    int32_t *ids = malloc(cap * sizeof(*ids));
+    int64_t n = ids ? tok_encode(t, src, len, flags, ids, cap) : -ENOMEM;
+    if (n < 0)
+        fprintf(stderr, "cinfer tokenize: cannot encode the text: %s\n", strerror((int)-n));
+    else if ((size_t)n > cap)
+        fprintf(stderr, "cinfer tokenize: internal error: %lld ids for %zu bytes\n",
+                (long long)n, len);
+    else
+        status = print_ids(t, ids, (size_t)n, pieces);
+    free(ids);
+    free(text);
+    tok_destroy(t);
+    gguf_close(g);
+    return status;
+}
+
+/* serve, run and bench: present in the command line, built by later issues. */
+static int cmd_pending(const char *cmd, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: cinfer %s -m MODEL [options]\n\n"
+                   "Not in this build yet: this version of cinfer has the GGUF loader and the\n"
+                   "tokenizers; '%s' arrives with the engine and server work.\n",
+                   cmd, cmd);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            print_version();
+            return 0;
+        }
+    }
+    fprintf(stderr, "cinfer %s: not available in this build yet (try 'cinfer tokenize')\n", cmd);
+    return EXIT_FAILURE;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(k_main_help, stderr);
+        return EXIT_BADINPUT;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(k_main_help, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        print_version();
+        return 0;
+    }
+    if (strcmp(cmd, "tokenize") == 0)
+        return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "run") == 0 || strcmp(cmd, "bench") == 0)
+        return cmd_pending(cmd, argc - 1, argv + 1);
+    fprintf(stderr, "cinfer: unknown command '%s' (try 'cinfer --help')\n", cmd);
+    return EXIT_BADINPUT;
+}
