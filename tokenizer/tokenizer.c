@@ -714,10 +714,11 @@ int tok_detok_feed(struct tok_detok *d, int32_t id, struct tok_buf *out)
     const char *p = tok_piece(d->t, id, (d->flags & TOK_DETOK_SPECIAL) != 0, &n);
     if (!p)
         return -EINVAL;
-    if (!d->started) {
+    /* the dummy prefix sits on the first piece that has text (BOS prints nothing) */
+    if (!d->started && n) {
         d->started = 1;
         if ((d->flags & TOK_DETOK_STRIP_SPACE) && d->t->is_spm && d->t->add_space_prefix &&
-            n && p[0] == ' ') {
+            p[0] == ' ') {
             p++;
             n--;
         }

@@ -109,7 +109,8 @@ struct tok_detok {
 };
 
 #define TOK_DETOK_SPECIAL 1u     /* render control tokens' text */
-#define TOK_DETOK_STRIP_SPACE 2u /* drop the SentencePiece dummy-prefix space of the first piece */
+#define TOK_DETOK_STRIP_SPACE 2u /* drop the SentencePiece dummy-prefix space of the first
+                                    piece with text: for decoding a whole prompt */
 
 void tok_detok_init(struct tok_detok *d, const struct tok *t, unsigned flags);
 
