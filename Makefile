@@ -38,7 +38,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model test check run asan fuzz clean format help
+.PHONY: all deps model test check run asan fuzz fuzz-build clean format help
 all: $(BIN)
 
 help:
@@ -56,13 +56,14 @@ $(LIBCINFER): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+# linked by the C++ driver: libsentencepiece and tokenizer/spm_c.cc are C++
 $(BIN): $(MAIN_OBJ) $(LIBCINFER)
 	@mkdir -p $(dir $@)
-	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
+	$(CXX) $(SAN) -o $@ $^ $(LDLIBS)
 
 $(TEST_BIN): $(TEST_OBJ) $(LIBCINFER)
 	@mkdir -p $(dir $@)
-	$(CC) $(SAN) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+	$(CXX) $(SAN) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
 deps:
 	@sh scripts/deps.sh
@@ -98,8 +99,8 @@ fuzz: deps model
 
 fuzz-build: $(foreach t,$(FUZZ_TARGETS),$(BUILD)/fuzz_$(t))
 
-$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LIBCINFER)
-	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $< -o $@ $(LIBCINFER) $(LDLIBS)
+$(BUILD)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(LIBCINFER)
+	$(CXX) $(SAN) -fsanitize=fuzzer $^ -o $@ $(LDLIBS)
 
 format:
 	clang-format -i $(wildcard */*.c */*.h */*.cc device/*/*.c device/*/*.h tests/*/*.c tests/*/*.h)

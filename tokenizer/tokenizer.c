@@ -98,7 +98,7 @@ int tok_ids_push(struct tok_ids *a, int32_t id)
 
 int tok_buf_append(struct tok_buf *b, const void *p, size_t n)
 {
-    if (n > b->cap - b->n || !b->p) {
+    if (!b->p || n >= b->cap - b->n) { /* keep room for the NUL */
         size_t cap = b->cap ? b->cap : 64;
         while (cap - b->n < n + 1)
             cap *= 2;
@@ -569,7 +569,7 @@ int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned f
             rc = tok_bpe_encode(t, clean.p + f->off, f->len, &out);
     }
     int64_t n = rc ? rc : (int64_t)out.n;
-    if (!rc && ids)
+    if (!rc && ids && out.n && cap)
         memcpy(ids, out.v, (out.n < cap ? out.n : cap) * sizeof(*ids));
     free(clean.p);
     free(fr.v);

@@ -72,7 +72,8 @@ void tok_destroy(struct tok *t);
  * Encodes `len` bytes of `text` (invalid UTF-8 is read as U+FFFD).  Writes up
  * to `cap` ids and returns how many the whole text needs, which is never more
  * than 3 * len + 2; call again with a larger buffer when the result exceeds cap.
- * Returns a negative code on failure (-ENOMEM).
+ * Returns a negative code on failure: -ENOMEM, or -EINVAL when the
+ * vocabulary cannot spell the text (sentencepiece refuses it).
  */
 int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags,
                    int32_t *ids, size_t cap);
