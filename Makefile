@@ -83,7 +83,7 @@ run: deps model
 	@sh scripts/run-demo.sh $(BIN) $(MODEL_FILE)
 
 # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer, in
-# their own build tree.  CK_FORK=no keeps leaks and reports in one process.
+# their own build tree (LeakSanitizer included).
 asan: deps model
 	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/cinfer \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \

@@ -152,6 +152,6 @@ int gw_save(const struct gw *w, const char *path)
     FILE *f = fopen(path, "wb");
     if (!f)
         return -1;
-    size_t k = fwrite(w->p, 1, w->n, f);
+    size_t k = w->n ? fwrite(w->p, 1, w->n, f) : 0;
     return (fclose(f) == 0 && k == w->n) ? 0 : -1;
 }
