@@ -381,8 +381,8 @@ static int parse_tensor_info(struct rd *r, struct gguf_file *f, uint64_t i)
     if (!qi)
         return fail(r, "%s has unknown tensor type %u", what, t->type);
     if (t->ne[0] % qi->blck_size)
-        return fail(r, "%s: row of %llu elements is not a multiple of the %s block size %u",
-                    what, (unsigned long long)t->ne[0], qi->name, qi->blck_size);
+        return fail(r, "%s: row of %llu elements is not a multiple of the %s block size %u", what,
+                    (unsigned long long)t->ne[0], qi->name, qi->blck_size);
     uint64_t rows = nel / t->ne[0];
     uint64_t row = qt_row_size(t->type, t->ne[0]);
     if (row == 0 || __builtin_mul_overflow(row, rows, &t->nbytes))
@@ -419,8 +419,9 @@ static int parse_tensors(struct rd *r, struct gguf_file *f)
     if (f->n_tensors == 0)
         return 0;
     if (f->data_offset > r->size)
-        return fail(r, "truncated file: the tensor data section would start at %llu but the "
-                       "file ends at %zu",
+        return fail(r,
+                    "truncated file: the tensor data section would start at %llu but the "
+                    "file ends at %zu",
                     (unsigned long long)f->data_offset, r->size);
     uint64_t avail = r->size - f->data_offset;
     for (uint64_t i = 0; i < f->n_tensors; i++) {

@@ -56,10 +56,10 @@ struct gguf_value {
         double f64;   /* float32 and float64 */
         struct gguf_str str;
         struct {
-            uint32_t type;             /* element type */
-            uint64_t n;                /* element count */
-            const void *data;          /* raw elements (fixed-size types) */
-            struct gguf_value *items;  /* n decoded items for STRING/ARRAY, else NULL */
+            uint32_t type;            /* element type */
+            uint64_t n;               /* element count */
+            const void *data;         /* raw elements (fixed-size types) */
+            struct gguf_value *items; /* n decoded items for STRING/ARRAY, else NULL */
         } arr;
     } v;
 };
@@ -76,7 +76,7 @@ struct gguf_tensor {
     uint32_t type;              /* enum qt_type */
     uint64_t offset;            /* from the start of the data section */
     uint64_t nbytes;
-    const void *data;           /* into the mapping */
+    const void *data; /* into the mapping */
 };
 
 struct gguf_file {
@@ -89,7 +89,7 @@ struct gguf_file {
     uint64_t data_offset; /* start of the tensor data section */
     const uint8_t *base;  /* the whole file */
     size_t size;
-    int mapped;           /* 1 when base is our mmap */
+    int mapped; /* 1 when base is our mmap */
 };
 
 /*

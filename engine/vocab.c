@@ -77,7 +77,8 @@ int eng_tokenizer_load(const struct gguf_file *g, const char *spm_model, struct 
     rc = gguf_get_arr(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, &v);
     if (rc == 0) {
         if (v->v.arr.n != d.n_vocab) {
-            rc = bad(err, errlen, -EINVAL, "tokenizer.ggml.scores", "does not have one entry per token");
+            rc = bad(err, errlen, -EINVAL, "tokenizer.ggml.scores",
+                     "does not have one entry per token");
             goto done;
         }
         scores = malloc((d.n_vocab ? d.n_vocab : 1) * sizeof(*scores));

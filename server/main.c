@@ -136,10 +136,14 @@ static int cmd_tokenize(int argc, char **argv)
 {
     enum { O_STDIN = 256, O_BOS, O_SPECIAL, O_PIECES, O_TOKENIZER, O_VERSION };
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},     {"tokenizer", required_argument, 0, O_TOKENIZER},
-        {"stdin", no_argument, 0, O_STDIN},       {"bos", no_argument, 0, O_BOS},
-        {"special", no_argument, 0, O_SPECIAL},   {"pieces", no_argument, 0, O_PIECES},
-        {"help", no_argument, 0, 'h'},            {"version", no_argument, 0, O_VERSION},
+        {"model", required_argument, 0, 'm'},
+        {"tokenizer", required_argument, 0, O_TOKENIZER},
+        {"stdin", no_argument, 0, O_STDIN},
+        {"bos", no_argument, 0, O_BOS},
+        {"special", no_argument, 0, O_SPECIAL},
+        {"pieces", no_argument, 0, O_PIECES},
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
     };
     const char *model = NULL, *spm = NULL;
@@ -222,8 +226,8 @@ static int cmd_tokenize(int argc, char **argv)
     if (n < 0)
         fprintf(stderr, "cinfer tokenize: cannot encode the text: %s\n", strerror((int)-n));
     else if ((size_t)n > cap)
-        fprintf(stderr, "cinfer tokenize: internal error: %lld ids for %zu bytes\n",
-                (long long)n, len);
+        fprintf(stderr, "cinfer tokenize: internal error: %lld ids for %zu bytes\n", (long long)n,
+                len);
     else
         status = print_ids(t, ids, (size_t)n, pieces);
     free(ids);

@@ -16,14 +16,15 @@
 #include "tokenizer/internal.h"
 
 /* Unicode White_Space, which llama.cpp's \s means (PCRE2's \s differs at U+0085). */
-#define WS "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}" \
-           "\\x{202F}\\x{205F}\\x{3000}"
+#define WS                                                                                         \
+    "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"             \
+    "\\x{202F}\\x{205F}\\x{3000}"
 #define S_ "[" WS "]"
 #define NS_ "[^" WS "]"
 
-#define RE_GPT2                                                                                   \
+#define RE_GPT2                                                                                    \
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|" S_ "+(?!" NS_ ")"
-#define RE_LLAMA3_(NUM)                                                                           \
+#define RE_LLAMA3_(NUM)                                                                            \
     "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" NUM \
     "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*|" S_ "*[\\r\\n]+|" S_ "+(?!" NS_ ")|" S_ "+"
 
@@ -35,14 +36,15 @@ struct pre_def {
 };
 
 static const struct pre_def k_pre[] = {
-    {"default", 0, 0,
-     {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}},
+    {"default", 0, 0, {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}},
     {"llama3 llama-v3 llama-bpe falcon3", 1, 1, {RE_LLAMA3_("\\p{N}{1,3}")}},
     {"dbrx smaug-bpe chatglm-bpe", 0, 0, {RE_LLAMA3_("\\p{N}{1,3}")}},
     {"qwen2 deepseek-r1-qwen megrez stablelm2", 0, 0, {RE_LLAMA3_("\\p{N}")}},
     {"gpt-2 gpt2 phi-2 mpt olmo jais jina-es jina-de jina-v1-en jina-v2-es jina-v2-de "
      "jina-v2-code gigachat roberta-bpe",
-     0, 0, {RE_GPT2}},
+     0,
+     0,
+     {RE_GPT2}},
     {"smollm starcoder refact command-r codeshell exaone minerva-7b", 0, 0, {"\\p{N}", RE_GPT2}},
     {"falcon", 0, 0, {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}},
 };
@@ -386,8 +388,8 @@ static int bpe_word(const struct tok *t, struct bpe_work *w, const unsigned char
         w->cap = n;
     }
     for (size_t i = 0; i < n; i++)
-        w->syms[i] = (struct sym){t->byte_id[b[i]], (int32_t)i - 1,
-                                  i + 1 < n ? (int32_t)i + 1 : -1};
+        w->syms[i] =
+            (struct sym){t->byte_id[b[i]], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1};
     w->heap.n = 0;
     for (size_t i = 1; i < n; i++)
         if (try_bigram(t, w, (int32_t)i - 1, (int32_t)i))

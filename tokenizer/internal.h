@@ -17,7 +17,7 @@ struct tok_map {
         const char *k;
         uint32_t n;
         int32_t v;
-    } *slots;
+    } * slots;
     size_t cap; /* a power of two */
     size_t used;
 };
@@ -35,7 +35,7 @@ struct tok_merges {
         uint64_t key; /* left << 32 | right, UINT64_MAX when empty */
         int32_t rank;
         int32_t result;
-    } *slots;
+    } * slots;
     size_t cap;
 };
 
@@ -49,19 +49,19 @@ int tok_ids_push(struct tok_ids *a, int32_t id);
 struct tok {
     int is_spm;
     size_t n_vocab;
-    char **text;          /* vocabulary entries, NUL-terminated copies */
+    char **text; /* vocabulary entries, NUL-terminated copies */
     uint32_t *text_len;
-    char **piece;         /* output bytes of each token (special ones included) */
+    char **piece; /* output bytes of each token (special ones included) */
     uint32_t *piece_len;
-    uint8_t *type;        /* enum tok_type */
+    uint8_t *type; /* enum tok_type */
     float *score;
     struct tok_map vocab; /* text -> id */
     int32_t bos, eos, eot, unk, pad;
     int add_bos;
     int add_space_prefix;
-    int32_t *specials;    /* control / user-defined / unknown ids, longest text first */
+    int32_t *specials; /* control / user-defined / unknown ids, longest text first */
     size_t n_specials;
-    uint8_t *eog;         /* per id: ends generation */
+    uint8_t *eog; /* per id: ends generation */
 
     /* BPE */
     int ignore_merges;

@@ -27,11 +27,18 @@ struct spm_c {
     int add_dummy_prefix = 1;
 };
 
-namespace {
+namespace
+{
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
-enum { TYPE_NORMAL = 1, TYPE_UNKNOWN = 2, TYPE_CONTROL = 3, TYPE_USER = 4, TYPE_UNUSED = 5,
-       TYPE_BYTE = 6 };
+enum {
+    TYPE_NORMAL = 1,
+    TYPE_UNKNOWN = 2,
+    TYPE_CONTROL = 3,
+    TYPE_USER = 4,
+    TYPE_UNUSED = 5,
+    TYPE_BYTE = 6
+};
 const size_t kMaxModelFile = 256u << 20;
 
 void put_varint(std::string &s, uint64_t v)
@@ -347,8 +354,8 @@ extern "C" int spm_c_get_vocab(const spm_c *sp, spm_c_vocab *out)
     return 0;
 }
 
-extern "C" int spm_c_encode(const spm_c *sp, const char *text, size_t len, int32_t **ids,
-                            size_t *n, size_t *cap)
+extern "C" int spm_c_encode(const spm_c *sp, const char *text, size_t len, int32_t **ids, size_t *n,
+                            size_t *cap)
 {
     try {
         std::vector<int> v;

@@ -220,8 +220,10 @@ static int spm_byte_value(const char *s, size_t n)
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
-              : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                       : -1;
         if (d < 0)
             return -1;
         v = v * 16 + d;
@@ -351,8 +353,8 @@ static int finish_vocab(struct tok *t, const struct tok_desc *d, char *err, size
             t->text_len[i] > 0)
             t->specials[t->n_specials++] = (int32_t)i;
         /* end-of-generation tokens found by name, as llama.cpp does for chat models */
-        static const char *const eog_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>",
-                                                "<end_of_turn>", "<|endoftext|>", "<EOT>",
+        static const char *const eog_names[] = {"<|eot_id|>",      "<|im_end|>",    "<|end|>",
+                                                "<end_of_turn>",   "<|endoftext|>", "<EOT>",
                                                 "<|end_of_text|>", "<|eom_id|>"};
         if (ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED)
             for (size_t k = 0; k < sizeof(eog_names) / sizeof(*eog_names); k++)
@@ -548,8 +550,8 @@ static int partition(const struct tok *t, const char *s, size_t len, int parse_s
     return 0;
 }
 
-int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags,
-                   int32_t *ids, size_t cap)
+int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags, int32_t *ids,
+                   size_t cap)
 {
     struct tok_buf clean = {0};
     struct frags fr = {0};

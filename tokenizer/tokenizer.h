@@ -39,19 +39,19 @@ struct tok_bytes {
 };
 
 struct tok_desc {
-    const char *model;              /* "gpt2" or "llama" */
-    const char *pre;                /* pre-tokenizer name (BPE), NULL for the default */
+    const char *model; /* "gpt2" or "llama" */
+    const char *pre;   /* pre-tokenizer name (BPE), NULL for the default */
     size_t n_vocab;
     const struct tok_bytes *tokens; /* n_vocab token texts */
     const float *scores;            /* n_vocab scores, or NULL */
     const int32_t *types;           /* n_vocab enum tok_type, or NULL (all normal) */
     size_t n_merges;
-    const struct tok_bytes *merges; /* "left right", rank = index (BPE only) */
+    const struct tok_bytes *merges;  /* "left right", rank = index (BPE only) */
     int32_t bos, eos, eot, unk, pad; /* -1 when the model has none */
-    int add_bos;                    /* the model wants BOS prepended: 1, 0, -1 for the default */
-    int add_space_prefix;           /* SentencePiece dummy prefix: 1, 0, or -1 for the default */
-    int remove_extra_whitespaces;   /* SentencePiece normalizer flag */
-    const char *spm_model_path;     /* a tokenizer.model to use instead of the tokens (SPM) */
+    int add_bos;                     /* the model wants BOS prepended: 1, 0, -1 for the default */
+    int add_space_prefix;            /* SentencePiece dummy prefix: 1, 0, or -1 for the default */
+    int remove_extra_whitespaces;    /* SentencePiece normalizer flag */
+    const char *spm_model_path;      /* a tokenizer.model to use instead of the tokens (SPM) */
 };
 
 struct tok;
@@ -75,13 +75,13 @@ void tok_destroy(struct tok *t);
  * Returns a negative code on failure: -ENOMEM, or -EINVAL when the
  * vocabulary cannot spell the text (sentencepiece refuses it).
  */
-int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags,
-                   int32_t *ids, size_t cap);
+int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags, int32_t *ids,
+                   size_t cap);
 
 size_t tok_n_vocab(const struct tok *t);
 int32_t tok_bos(const struct tok *t);
 int32_t tok_eos(const struct tok *t);
-int tok_add_bos(const struct tok *t);      /* what the model's metadata asks */
+int tok_add_bos(const struct tok *t);            /* what the model's metadata asks */
 int tok_is_eog(const struct tok *t, int32_t id); /* EOS, EOT or another end-of-generation token */
 enum tok_type tok_type(const struct tok *t, int32_t id);
 
@@ -109,9 +109,10 @@ struct tok_detok {
     unsigned char hold[4]; /* bytes of an unfinished character */
 };
 
-#define TOK_DETOK_SPECIAL 1u     /* render control tokens' text */
-#define TOK_DETOK_STRIP_SPACE 2u /* drop the SentencePiece dummy-prefix space of the first
-                                    piece with text: for decoding a whole prompt */
+#define TOK_DETOK_SPECIAL 1u /* render control tokens' text */
+#define TOK_DETOK_STRIP_SPACE                                                                      \
+    2u /* drop the SentencePiece dummy-prefix space of the first                                   \
+          piece with text: for decoding a whole prompt */
 
 void tok_detok_init(struct tok_detok *d, const struct tok *t, unsigned flags);
 

@@ -15,8 +15,11 @@ static inline int fuzz_valid_utf8(const unsigned char *s, size_t n)
     size_t i = 0;
     while (i < n) {
         unsigned c = s[i];
-        size_t k = c < 0x80 ? 1 : (c >= 0xc2 && c <= 0xdf) ? 2 : (c >= 0xe0 && c <= 0xef) ? 3
-                 : (c >= 0xf0 && c <= 0xf4) ? 4 : 0;
+        size_t k = c < 0x80                   ? 1
+                   : (c >= 0xc2 && c <= 0xdf) ? 2
+                   : (c >= 0xe0 && c <= 0xef) ? 3
+                   : (c >= 0xf0 && c <= 0xf4) ? 4
+                                              : 0;
         if (!k || i + k > n)
             return 0;
         for (size_t j = 1; j < k; j++)

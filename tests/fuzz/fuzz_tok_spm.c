@@ -17,8 +17,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
     char err[512];
-    struct tok_desc d = {.model = "llama", .spm_model_path = getenv("CINFER_SPM_MODEL"),
-                         .bos = 1, .eos = 2, .eot = -1, .unk = 0, .pad = -1, .add_bos = -1,
+    struct tok_desc d = {.model = "llama",
+                         .spm_model_path = getenv("CINFER_SPM_MODEL"),
+                         .bos = 1,
+                         .eos = 2,
+                         .eot = -1,
+                         .unk = 0,
+                         .pad = -1,
+                         .add_bos = -1,
                          .add_space_prefix = -1};
     if (!d.spm_model_path || tok_create(&d, &g_tok, err, sizeof(err)) != 0) {
         fprintf(stderr, "fuzz_tok_spm: set CINFER_SPM_MODEL to a tokenizer.model\n");

@@ -163,9 +163,10 @@ START_TEST(tokenize_matches_reference_on_corpus)
         const cJSON *ids = cJSON_GetObjectItem(c, "ids");
         const cJSON *ids_sp = cJSON_GetObjectItem(c, "ids_special");
         char *want = cJSON_PrintUnformatted(ids);
-        struct result r = run(text, strlen(text), ARGS("tokenize", "-m", test_model_path(),
-                                                       "--stdin"));
-        if (r.status != 0 || strlen(r.out) != strlen(want) + 1 || strncmp(r.out, want, strlen(want))) {
+        struct result r =
+            run(text, strlen(text), ARGS("tokenize", "-m", test_model_path(), "--stdin"));
+        if (r.status != 0 || strlen(r.out) != strlen(want) + 1 ||
+            strncmp(r.out, want, strlen(want))) {
             fprintf(stderr, "case %d: cinfer printed %s, llama.cpp %s\n", n, r.out, want);
             bad++;
         }
@@ -199,7 +200,8 @@ START_TEST(tokenize_flags)
     result_free(&r);
     r = run("", 0, ARGS("tokenize", "-m", m, "--pieces", "Hello world"));
     ck_assert_int_eq(r.status, 0);
-    ck_assert_str_eq(r.out, "[{\"id\":19556,\"piece\":\"Hello\"},{\"id\":905,\"piece\":\" world\"}]\n");
+    ck_assert_str_eq(r.out,
+                     "[{\"id\":19556,\"piece\":\"Hello\"},{\"id\":905,\"piece\":\" world\"}]\n");
     result_free(&r);
     r = run("", 0, ARGS("tokenize", "-m", m, "--special", "--pieces", "<|im_end|>"));
     ck_assert_str_eq(r.out, "[{\"id\":2,\"piece\":\"<|im_end|>\"}]\n");

@@ -196,8 +196,8 @@ START_TEST(detokenizer_undoes_the_dummy_prefix)
         ck_assert_int_eq(tok_detok_flush(&d, &out), 0);
         tok_buf_append(&out, "", 0);
         /* BOS prints nothing; the dummy-prefix space of the first word goes */
-        ck_assert_msg(strcmp(out.p, in[i]) == 0, "line %d: '%s' came back as '%s'", i + 1,
-                      in[i], out.p);
+        ck_assert_msg(strcmp(out.p, in[i]) == 0, "line %d: '%s' came back as '%s'", i + 1, in[i],
+                      out.p);
         free(out.p);
         free(ids);
     }

@@ -102,8 +102,8 @@ START_TEST(parity_with_llamacpp)
             fprintf(stderr, "case %d (%.40s): %s\n", n, text, why);
             bad++;
         }
-        if (!same_ids(text, strlen(text), TOK_PARSE_SPECIAL,
-                      cJSON_GetObjectItem(c, "ids_special"), why, sizeof(why))) {
+        if (!same_ids(text, strlen(text), TOK_PARSE_SPECIAL, cJSON_GetObjectItem(c, "ids_special"),
+                      why, sizeof(why))) {
             fprintf(stderr, "case %d special (%.40s): %s\n", n, text, why);
             bad++;
         }
@@ -119,8 +119,11 @@ static int valid_utf8(const unsigned char *s, size_t n)
     size_t i = 0;
     while (i < n) {
         unsigned c = s[i];
-        size_t k = c < 0x80 ? 1 : (c >= 0xc2 && c <= 0xdf) ? 2 : (c >= 0xe0 && c <= 0xef) ? 3
-                 : (c >= 0xf0 && c <= 0xf4) ? 4 : 0;
+        size_t k = c < 0x80                   ? 1
+                   : (c >= 0xc2 && c <= 0xdf) ? 2
+                   : (c >= 0xe0 && c <= 0xef) ? 3
+                   : (c >= 0xf0 && c <= 0xf4) ? 4
+                                              : 0;
         if (!k || i + k > n)
             return 0;
         for (size_t j = 1; j < k; j++)
@@ -239,7 +242,11 @@ START_TEST(invalid_utf8_reads_as_replacement)
     }
     /* control bytes without a token of their own are dropped, as llama.cpp
      * 0.3.16 does: "a\x04b" -> [81, 82], "\x04" -> [] */
-    ck_assert_int_eq(tok_encode(g_tok, "a\x04" "b", 3, 0, a, 16), 2);
+    ck_assert_int_eq(tok_encode(g_tok,
+                                "a\x04"
+                                "b",
+                                3, 0, a, 16),
+                     2);
     ck_assert(a[0] == 81 && a[1] == 82);
     ck_assert_int_eq(tok_encode(g_tok, "\x04", 1, 0, a, 16), 0);
 }
@@ -254,7 +261,7 @@ START_TEST(byte_alphabet_round_trips)
         ck_assert_int_eq(seen[cp]++, 0);
         ck_assert_int_eq(tok_cp_to_byte(cp), b);
     }
-    ck_assert_uint_eq(tok_byte_to_cp(' '), 0x120); /* 'Ġ' */
+    ck_assert_uint_eq(tok_byte_to_cp(' '), 0x120);  /* 'Ġ' */
     ck_assert_uint_eq(tok_byte_to_cp('\n'), 0x10a); /* 'Ċ' */
     ck_assert_int_eq(tok_cp_to_byte(0x4e00), -1);
 }
@@ -273,8 +280,16 @@ static struct tok *toy(const char *model, const char *pre, const char *const *wo
     }
     for (size_t i = 0; i < nw; i++)
         tokens[256 + i] = (struct tok_bytes){words[i], strlen(words[i])};
-    struct tok_desc d = {.model = model, .pre = pre, .n_vocab = n, .tokens = tokens,
-                         .bos = -1, .eos = -1, .eot = -1, .unk = -1, .pad = -1, .add_bos = -1,
+    struct tok_desc d = {.model = model,
+                         .pre = pre,
+                         .n_vocab = n,
+                         .tokens = tokens,
+                         .bos = -1,
+                         .eos = -1,
+                         .eot = -1,
+                         .unk = -1,
+                         .pad = -1,
+                         .add_bos = -1,
                          .add_space_prefix = -1};
     struct tok *t = NULL;
     *rc = tok_create(&d, &t, err, errlen);
@@ -287,8 +302,13 @@ START_TEST(llama3_pre_tokenizer_splits)
 {
     /* llama-bpe ignores merges for whole words, so each pre-token that is in
      * the vocabulary comes out as one id and shows where the regex split */
-    static const char *const words[] = {"Hello", "\xc4\xa0world", "123", "45", "'LL",
-                                        "\xc4\xa0\xc4\xa0", "\xc4\xa0!!\xc4\x8a\xc4\x8a",
+    static const char *const words[] = {"Hello",
+                                        "\xc4\xa0world",
+                                        "123",
+                                        "45",
+                                        "'LL",
+                                        "\xc4\xa0\xc4\xa0",
+                                        "\xc4\xa0!!\xc4\x8a\xc4\x8a",
                                         "\xc4\x8a\xc4\x8a"};
     char err[256];
     int rc;

@@ -129,8 +129,8 @@ void gw_kv_arr_i32(struct gw *w, const char *key, size_t n, const int32_t *v)
         gw_u32(w, (uint32_t)v[i]);
 }
 
-void gw_tensor(struct gw *w, const char *name, uint32_t n_dims, const uint64_t *ne,
-               uint32_t type, uint64_t offset)
+void gw_tensor(struct gw *w, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type,
+               uint64_t offset)
 {
     gw_str(w, name);
     gw_u32(w, n_dims);

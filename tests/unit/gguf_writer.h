@@ -29,9 +29,9 @@ void gw_kv_arr_str(struct gw *w, const char *key, size_t n, const char *const *s
                    const size_t *lens);
 void gw_kv_arr_f32(struct gw *w, const char *key, size_t n, const float *v);
 void gw_kv_arr_i32(struct gw *w, const char *key, size_t n, const int32_t *v);
-void gw_tensor(struct gw *w, const char *name, uint32_t n_dims, const uint64_t *ne,
-               uint32_t type, uint64_t offset);
-void gw_pad(struct gw *w, size_t alignment); /* zero bytes up to a multiple */
+void gw_tensor(struct gw *w, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type,
+               uint64_t offset);
+void gw_pad(struct gw *w, size_t alignment);       /* zero bytes up to a multiple */
 int gw_save(const struct gw *w, const char *path); /* 0 or -1 */
 
 #endif
