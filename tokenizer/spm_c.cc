@@ -267,6 +267,35 @@ extern "C" int spm_c_model_proto(const spm_c_vocab *v, char **out, size_t *len)
     }
 }
 
+namespace
+{
+
+// A processor from a serialized ModelProto; never throws.
+int create_from_bytes(const std::string &bytes, spm_c **out, char *err, size_t errlen)
+{
+    spm_c *sp = nullptr;
+    try {
+        sp = new spm_c();
+        int rc = load_bytes(sp, bytes, err, errlen);
+        if (rc) {
+            delete sp;
+            return rc;
+        }
+    } catch (const std::bad_alloc &) {
+        delete sp;
+        set_err(err, errlen, "out of memory");
+        return -ENOMEM;
+    } catch (...) {
+        delete sp;
+        set_err(err, errlen, "sentencepiece failed to load the vocabulary");
+        return -EINVAL;
+    }
+    *out = sp;
+    return 0;
+}
+
+} // namespace
+
 extern "C" int spm_c_create(const spm_c_vocab *v, spm_c **out, char *err, size_t errlen)
 {
     *out = nullptr;
@@ -275,38 +304,26 @@ extern "C" int spm_c_create(const spm_c_vocab *v, spm_c **out, char *err, size_t
             set_err(err, errlen, "token " + std::to_string(i) + " is empty");
             return -EINVAL;
         }
-    spm_c *sp = nullptr;
+    std::string bytes;
     try {
-        sp = new spm_c();
-        int rc = load_bytes(sp, build_proto(v), err, errlen);
-        if (rc) {
-            delete sp;
-            return rc;
-        }
-    } catch (const std::bad_alloc &) {
-        delete sp;
+        bytes = build_proto(v);
+    } catch (...) {
         set_err(err, errlen, "out of memory");
         return -ENOMEM;
-    } catch (...) {
-        delete sp;
-        set_err(err, errlen, "sentencepiece failed to build the vocabulary");
-        return -EINVAL;
     }
-    *out = sp;
-    return 0;
+    return create_from_bytes(bytes, out, err, errlen);
 }
 
 extern "C" int spm_c_create_from_file(const char *path, spm_c **out, char *err, size_t errlen)
 {
     *out = nullptr;
-    spm_c *sp = nullptr;
+    std::string bytes;
     try {
         std::ifstream f(path, std::ios::binary);
         if (!f) {
             set_err(err, errlen, std::string("cannot open ") + path + ": " + std::strerror(errno));
             return -ENOENT;
         }
-        std::string bytes;
         char buf[65536];
         while (f.read(buf, sizeof(buf)) || f.gcount() > 0) {
             bytes.append(buf, static_cast<size_t>(f.gcount()));
@@ -315,27 +332,16 @@ extern "C" int spm_c_create_from_file(const char *path, spm_c **out, char *err, 
                 return -EINVAL;
             }
         }
-        sp = new spm_c();
-        int rc = load_bytes(sp, bytes, err, errlen);
-        if (rc) {
-            delete sp;
-            if (err && errlen) {
-                std::string m = std::string(path) + ": " + err;
-                set_err(err, errlen, m);
-            }
-            return rc;
-        }
-    } catch (const std::bad_alloc &) {
-        delete sp;
-        set_err(err, errlen, "out of memory");
-        return -ENOMEM;
     } catch (...) {
-        delete sp;
-        set_err(err, errlen, std::string("cannot load ") + path);
-        return -EINVAL;
+        set_err(err, errlen, std::string("cannot read ") + path);
+        return -ENOMEM;
     }
-    *out = sp;
-    return 0;
+    int rc = create_from_bytes(bytes, out, err, errlen);
+    if (rc && err && errlen) {
+        std::string m = std::string(path) + ": " + err;
+        set_err(err, errlen, m);
+    }
+    return rc;
 }
 
 extern "C" void spm_c_destroy(spm_c *sp)

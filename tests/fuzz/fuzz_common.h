@@ -7,31 +7,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "tests/utf8_oracle.h"
 #include "tokenizer/tokenizer.h"
-
-/* Strict UTF-8 check: the detokenizer must never produce anything else. */
-static inline int fuzz_valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k = c < 0x80                   ? 1
-                   : (c >= 0xc2 && c <= 0xdf) ? 2
-                   : (c >= 0xe0 && c <= 0xef) ? 3
-                   : (c >= 0xf0 && c <= 0xf4) ? 4
-                                              : 0;
-        if (!k || i + k > n)
-            return 0;
-        for (size_t j = 1; j < k; j++)
-            if ((s[i + j] & 0xc0) != 0x80)
-                return 0;
-        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) ||
-            (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] > 0x8f))
-            return 0;
-        i += k;
-    }
-    return 1;
-}
 
 /*
  * Encodes data with flags from its first byte, checks the id count bound,
@@ -62,10 +39,10 @@ static inline void fuzz_tokenizer(const struct tok *t, const uint8_t *data, size
         if (ids[i] < 0 || (size_t)ids[i] >= tok_n_vocab(t))
             __builtin_trap();
         if (tok_detok_feed(&d, ids[i], &out) != 0 ||
-            !fuzz_valid_utf8((const unsigned char *)out.p, out.n))
+            !utf8_oracle_valid((const unsigned char *)out.p, out.n))
             __builtin_trap();
     }
-    if (tok_detok_flush(&d, &out) != 0 || !fuzz_valid_utf8((const unsigned char *)out.p, out.n))
+    if (tok_detok_flush(&d, &out) != 0 || !utf8_oracle_valid((const unsigned char *)out.p, out.n))
         __builtin_trap();
     free(out.p);
     free(ids);

@@ -13,6 +13,7 @@
 
 #include "engine/engine.h"
 #include "tests/unit/suites.h"
+#include "tests/utf8_oracle.h"
 #include "tokenizer/internal.h"
 
 #define FIXTURE "tests/fixtures/tokenizer_smollm2.json"
@@ -113,30 +114,6 @@ START_TEST(parity_with_llamacpp)
 }
 END_TEST
 
-/* Whether s[0..n) is valid UTF-8 (strict). */
-static int valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k = c < 0x80                   ? 1
-                   : (c >= 0xc2 && c <= 0xdf) ? 2
-                   : (c >= 0xe0 && c <= 0xef) ? 3
-                   : (c >= 0xf0 && c <= 0xf4) ? 4
-                                              : 0;
-        if (!k || i + k > n)
-            return 0;
-        for (size_t j = 1; j < k; j++)
-            if ((s[i + j] & 0xc0) != 0x80)
-                return 0;
-        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) ||
-            (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] > 0x8f))
-            return 0;
-        i += k;
-    }
-    return 1;
-}
-
 START_TEST(detokenizer_streams_whole_characters)
 {
     const cJSON *cases = cJSON_GetObjectItem(g_fixture, "cases");
@@ -155,7 +132,8 @@ START_TEST(detokenizer_streams_whole_characters)
         {
             ck_assert_int_eq(tok_detok_feed(&d, (int32_t)id->valuedouble, &out), 0);
             /* after every token the text so far is whole characters */
-            ck_assert_msg(valid_utf8((unsigned char *)out.p, out.n), "broken UTF-8 in '%s'", text);
+            ck_assert_msg(utf8_oracle_valid((unsigned char *)out.p, out.n), "broken UTF-8 in '%s'",
+                          text);
             held += d.n_hold > 0;
             ck_assert(out.n >= prev);
             prev = out.n;
