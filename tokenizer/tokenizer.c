@@ -162,6 +162,54 @@ size_t tok_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
     return len;
 }
 
+/* Length a lead byte announces (strict UTF-8), or 0 when it cannot start one. */
+static size_t lead_len(unsigned char c)
+{
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return 2;
+    if (c >= 0xe0 && c <= 0xef)
+        return 3;
+    if (c >= 0xf0 && c <= 0xf4)
+        return 4;
+    return 0;
+}
+
+/* Whether s[1..k) can continue the sequence led by s[0] (strict: no overlongs, surrogates). */
+static int cont_ok(const unsigned char *s, size_t k)
+{
+    for (size_t i = 1; i < k; i++) {
+        unsigned char c = s[i];
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (i == 1) {
+            if (s[0] == 0xe0)
+                lo = 0xa0;
+            else if (s[0] == 0xed)
+                hi = 0x9f;
+            else if (s[0] == 0xf0)
+                lo = 0x90;
+            else if (s[0] == 0xf4)
+                hi = 0x8f;
+        }
+        if (c < lo || c > hi)
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether s[0..n) is valid UTF-8 (strict). */
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t k = lead_len(s[i]);
+        if (!k || k > n - i || !cont_ok(s + i, k))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
 /*
  * Rewrites text as valid UTF-8: each byte that does not start a character
  * becomes U+FFFD, like llama.cpp's reader; so do surrogates and code points
@@ -349,8 +397,9 @@ static int finish_vocab(struct tok *t, const struct tok_desc *d, char *err, size
     struct tok_buf b = {0};
     for (size_t i = 0; i < n; i++) {
         uint8_t ty = t->type[i];
+        /* a special token that is not valid UTF-8 could match inside a character */
         if ((ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED || ty == TOK_TYPE_UNKNOWN) &&
-            t->text_len[i] > 0)
+            t->text_len[i] > 0 && utf8_valid((const unsigned char *)t->text[i], t->text_len[i]))
             t->specials[t->n_specials++] = (int32_t)i;
         /* end-of-generation tokens found by name, as llama.cpp does for chat models */
         static const char *const eog_names[] = {"<|eot_id|>",      "<|im_end|>",    "<|end|>",
@@ -639,42 +688,6 @@ void tok_detok_init(struct tok_detok *d, const struct tok *t, unsigned flags)
     memset(d, 0, sizeof(*d));
     d->t = t;
     d->flags = flags;
-}
-
-/* Length a lead byte announces (strict UTF-8), or 0 when it cannot start one. */
-static size_t lead_len(unsigned char c)
-{
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        return 2;
-    if (c >= 0xe0 && c <= 0xef)
-        return 3;
-    if (c >= 0xf0 && c <= 0xf4)
-        return 4;
-    return 0;
-}
-
-/* Whether s[1..k) can continue the sequence led by s[0] (strict: no overlongs, surrogates). */
-static int cont_ok(const unsigned char *s, size_t k)
-{
-    for (size_t i = 1; i < k; i++) {
-        unsigned char c = s[i];
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (i == 1) {
-            if (s[0] == 0xe0)
-                lo = 0xa0;
-            else if (s[0] == 0xed)
-                hi = 0x9f;
-            else if (s[0] == 0xf0)
-                lo = 0x90;
-            else if (s[0] == 0xf4)
-                hi = 0x8f;
-        }
-        if (c < lo || c > hi)
-            return 0;
-    }
-    return 1;
 }
 
 static const char k_replacement[] = "\xef\xbf\xbd";

@@ -245,9 +245,11 @@ START_TEST(byte_alphabet_round_trips)
 }
 END_TEST
 
-/* A toy vocabulary: every byte, plus whole words; merges none. */
-static struct tok *toy(const char *model, const char *pre, const char *const *words, size_t nw,
-                       char *err, size_t errlen, int *rc)
+/* A toy vocabulary: every byte, plus whole words (of the given types, or
+ * normal); merges none. */
+static struct tok *toy_typed(const char *model, const char *pre, const char *const *words,
+                             const int32_t *word_types, size_t nw, char *err, size_t errlen,
+                             int *rc)
 {
     size_t n = 256 + nw;
     struct tok_bytes *tokens = calloc(n, sizeof(*tokens));
@@ -256,9 +258,13 @@ static struct tok *toy(const char *model, const char *pre, const char *const *wo
         size_t k = tok_utf8_encode(tok_byte_to_cp((uint8_t)b), chars[b]);
         tokens[b] = (struct tok_bytes){chars[b], k};
     }
+    int32_t *types = malloc(n * sizeof(*types));
+    for (size_t i = 0; i < n; i++)
+        types[i] = i >= 256 && word_types ? word_types[i - 256] : TOK_TYPE_NORMAL;
     for (size_t i = 0; i < nw; i++)
         tokens[256 + i] = (struct tok_bytes){words[i], strlen(words[i])};
-    struct tok_desc d = {.model = model,
+    struct tok_desc d = {.types = types,
+                         .model = model,
                          .pre = pre,
                          .n_vocab = n,
                          .tokens = tokens,
@@ -271,9 +277,16 @@ static struct tok *toy(const char *model, const char *pre, const char *const *wo
                          .add_space_prefix = -1};
     struct tok *t = NULL;
     *rc = tok_create(&d, &t, err, errlen);
+    free(types);
     free(tokens);
     free(chars);
     return t;
+}
+
+static struct tok *toy(const char *model, const char *pre, const char *const *words, size_t nw,
+                       char *err, size_t errlen, int *rc)
+{
+    return toy_typed(model, pre, words, NULL, nw, err, errlen, rc);
 }
 
 START_TEST(llama3_pre_tokenizer_splits)
@@ -304,6 +317,25 @@ START_TEST(llama3_pre_tokenizer_splits)
     ck_assert_int_eq(n, 3);
     ck_assert(ids[0] == 'x' && ids[1] == 263 && ids[2] == 'y');
     ck_assert_int_eq(tok_add_bos(t), 1); /* Llama 3 wants BOS by default */
+    tok_destroy(t);
+}
+END_TEST
+
+START_TEST(special_tokens_never_split_characters)
+{
+    /* a control token that is a lone UTF-8 continuation byte (a broken vocab)
+     * must not cut "你" (E4 BD A0) apart, even with special parsing on */
+    static const char *const words[] = {"\xa0", "<ok>"};
+    static const int32_t types[] = {TOK_TYPE_CONTROL, TOK_TYPE_CONTROL};
+    char err[256];
+    int rc;
+    struct tok *t = toy_typed("gpt2", "qwen2", words, types, 2, err, sizeof(err), &rc);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(tok_encode(t, "<ok>", 4, TOK_PARSE_SPECIAL, NULL, 0), 1);
+    int32_t ids[16];
+    int64_t n = tok_encode(t, "\xe4\xbd\xa0", 3, TOK_PARSE_SPECIAL, ids, 16);
+    ck_assert_int_eq(n, 3);
+    ck_assert(ids[0] == 0xe4 && ids[1] == 0xbd && ids[2] == 0xa0);
     tok_destroy(t);
 }
 END_TEST
@@ -339,6 +371,7 @@ Suite *tok_suite(void)
     tcase_add_test(tc, invalid_utf8_reads_as_replacement);
     tcase_add_test(tc, byte_alphabet_round_trips);
     tcase_add_test(tc, llama3_pre_tokenizer_splits);
+    tcase_add_test(tc, special_tokens_never_split_characters);
     tcase_add_test(tc, create_refuses_unknown_kinds);
     suite_add_tcase(s, tc);
     return s;
