@@ -46,7 +46,13 @@ help:
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(FILE_CFLAGS) -c $< -o $@
+
+# the AVX2 kernels are built for AVX2+FMA+F16C and picked at run time by cpuid
+ifeq ($(shell uname -m),x86_64)
+ALL_CFLAGS += -DCINFER_HAVE_AVX2
+$(BUILD)/device/cpu/avx2.o: FILE_CFLAGS = -mavx2 -mfma -mf16c
+endif
 
 $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)

@@ -1,0 +1,357 @@
+/*
+ * device/cpu/avx2.c - AVX2+FMA+F16C versions of the kernels in scalar.c.
+ * Built with -mavx2 -mfma -mf16c and only called when cpuid says the CPU has
+ * them.  Quantization gives the same bytes as the scalar code; dot products
+ * differ only in float summation order.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "device/cpu/kernels.h"
+#include "util/quant.h"
+
+static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float half(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
+static inline uint16_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* 32 int8 x 32 int8 -> 8 int32 partial sums, as floats; w may be any sign */
+static inline __m256 dot_i8(__m256i w, __m256i a)
+{
+    __m256i aw = _mm256_sign_epi8(w, w); /* |w| as unsigned */
+    __m256i sa = _mm256_sign_epi8(a, w); /* a with w's sign */
+    __m256i p16 = _mm256_maddubs_epi16(aw, sa);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* 32 uint8 (0..31) x 32 int8 */
+static inline __m256 dot_u8(__m256i w, __m256i a)
+{
+    __m256i p16 = _mm256_maddubs_epi16(w, a);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* 16 packed bytes -> 32 nibbles: low nibbles first, then high */
+static inline __m256i nibbles(const uint8_t *q)
+{
+    __m128i b = _mm_loadu_si128((const __m128i *)q);
+    __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm256_set_m128i(hi, lo);
+}
+
+/* bit j of the 32-bit word at p -> byte j = 0x10 if set, else 0 */
+static inline __m256i fifth_bits(const uint8_t *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    /* byte j takes byte j/8 of x ... */
+    const __m256i pick = _mm256_set_epi8(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1,
+                                         1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), pick);
+    /* ... and tests bit j%8 of it */
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+static float quant_block(const float *x, int8_t *q)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], mx = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    float amax = _mm_cvtss_f32(m);
+    float d = amax / 127.0f;
+    __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    __m256i i32[4];
+    for (int i = 0; i < 4; i++)
+        i32[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], id),
+                                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
+    __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    /* undo the lane interleaving of the packs */
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p8);
+    return d;
+}
+
+static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
+{
+    for (int64_t b = 0; b < k / QK; b++)
+        y[b].d = qt_f32_to_f16(quant_block(x + b * QK, y[b].qs));
+}
+
+static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
+{
+    for (int64_t b = 0; b < k / QK; b++) {
+        float d = quant_block(x + b * QK, y[b].qs);
+        int sum = 0;
+        for (int j = 0; j < QK; j++)
+            sum += y[b].qs[j];
+        y[b].d = qt_f32_to_f16(d);
+        y[b].s = qt_f32_to_f16(d * (float)sum);
+    }
+}
+
+static float dot_q4_0(const void *w, const struct blk_q8_0 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / QK; b++, p += 18) {
+        __m256i q = _mm256_sub_epi8(nibbles(p + 2), _mm256_set1_epi8(8));
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        acc = _mm256_fmadd_ps(d, dot_i8(q, qa), acc);
+    }
+    return hsum8(acc);
+}
+
+static float dot_q4_1(const void *w, const struct blk_q8_1 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t b = 0; b < k / QK; b++, p += 20) {
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        acc = _mm256_fmadd_ps(d, dot_u8(nibbles(p + 4), qa), acc);
+        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+    }
+    return hsum8(acc) + summ;
+}
+
+static float dot_q5_0(const void *w, const struct blk_q8_0 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / QK; b++, p += 22) {
+        __m256i q = _mm256_or_si256(nibbles(p + 6), fifth_bits(p + 2));
+        q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        acc = _mm256_fmadd_ps(d, dot_i8(q, qa), acc);
+    }
+    return hsum8(acc);
+}
+
+static float dot_q5_1(const void *w, const struct blk_q8_1 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t b = 0; b < k / QK; b++, p += 24) {
+        __m256i q = _mm256_or_si256(nibbles(p + 8), fifth_bits(p + 4));
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        acc = _mm256_fmadd_ps(d, dot_u8(q, qa), acc);
+        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+    }
+    return hsum8(acc) + summ;
+}
+
+static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / QK; b++, p += 34) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        acc = _mm256_fmadd_ps(d, dot_i8(q, qa), acc);
+    }
+    return hsum8(acc);
+}
+
+static float dot_f32(const float *a, const float *b, int64_t k)
+{
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < k; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static float dot_f16(const float *a, const uint16_t *b, int64_t k, int n_lanes)
+{
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int na = n_lanes / 8;
+    for (int64_t i = 0; i < k; i += 8) {
+        int j = (int)((i / 8) % na);
+        __m256 bf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), bf, acc[j]);
+    }
+    if (na == 1)
+        return hsum8(acc[0]);
+    /* (x0 + x2) + (x1 + x3), then lo + hi, then two horizontal adds */
+    __m256 x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    t = _mm_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_hadd_ps(t, t));
+}
+
+static void accum_v_f16(float *acc, const float *p, const uint16_t *v, int p0, int m, size_t stride,
+                        int d, int n_lanes)
+{
+    for (int r = 0; r < m; r++) {
+        float *a = acc + (size_t)((p0 + r) % n_lanes) * d;
+        const uint16_t *vr = v + (size_t)r * stride;
+        __m256 pr = _mm256_set1_ps(p[r]);
+        int i = 0;
+        for (; i + 8 <= d; i += 8) {
+            __m256 vf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + i)));
+            _mm256_storeu_ps(a + i, _mm256_fmadd_ps(pr, vf, _mm256_loadu_ps(a + i)));
+        }
+        for (; i < d; i++)
+            a[i] = fmaf(p[r], half(vr[i]), a[i]);
+    }
+}
+
+static void reduce_lanes(const float *acc, int d, int n_lanes, float *out)
+{
+    int i = 0;
+    for (; i + 8 <= d; i += 8) {
+        /* lane j of dims i..i+7 is acc[j * d + i ...]: add lanes as the dots do */
+        __m256 l[32];
+        for (int j = 0; j < n_lanes; j++)
+            l[j] = _mm256_loadu_ps(acc + (size_t)j * d + i);
+        __m256 r;
+        if (n_lanes == 8) {
+            __m256 s0 = _mm256_add_ps(l[0], l[4]), s1 = _mm256_add_ps(l[1], l[5]);
+            __m256 s2 = _mm256_add_ps(l[2], l[6]), s3 = _mm256_add_ps(l[3], l[7]);
+            r = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+        } else {
+            __m256 x[8], t[4];
+            for (int k = 0; k < 8; k++)
+                x[k] = _mm256_add_ps(_mm256_add_ps(l[k], l[16 + k]),
+                                     _mm256_add_ps(l[8 + k], l[24 + k]));
+            for (int k = 0; k < 4; k++)
+                t[k] = _mm256_add_ps(x[k], x[k + 4]);
+            r = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
+        }
+        _mm256_storeu_ps(out + i, r);
+    }
+    for (; i < d; i++) {
+        float l[32];
+        for (int j = 0; j < n_lanes; j++)
+            l[j] = acc[(size_t)j * d + i];
+        if (n_lanes == 8) {
+            float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+            out[i] = (s0 + s2) + (s1 + s3);
+        } else {
+            float x[8], t[4];
+            for (int k = 0; k < 8; k++)
+                x[k] = (l[k] + l[16 + k]) + (l[8 + k] + l[24 + k]);
+            for (int k = 0; k < 4; k++)
+                t[k] = x[k] + x[k + 4];
+            out[i] = (t[0] + t[1]) + (t[2] + t[3]);
+        }
+    }
+}
+
+/* e^x, 8 at a time: the algorithm of exp_poly() in scalar.c */
+static inline __m256 exp8(__m256 x)
+{
+    const __m256 shifter = _mm256_set1_ps(0x1.8p23f);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shifter);
+    __m256 n = _mm256_sub_ps(z, shifter);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+            _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    __m256 normal = _mm256_fmadd_ps(j, k, k);
+    if (!_mm256_movemask_ps(big))
+        return normal;
+    __m256i g =
+        _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                         _mm256_set1_epi32((int)0x82000000u));
+    __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    __m256 huge = _mm256_cmp_ps(absn, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    __m256 scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    __m256 r = _mm256_blendv_ps(normal, scaled, big);
+    return _mm256_blendv_ps(r, _mm256_mul_ps(s1, s1), huge);
+}
+
+static double exp_sum(const float *x, float max, float *y, int n)
+{
+    double sum = 0.0;
+    __m256 mx = _mm256_set1_ps(max);
+    for (int i = 0; i < n; i += 8) {
+        float in[8], out[8];
+        int m = n - i < 8 ? n - i : 8;
+        for (int l = 0; l < 8; l++)
+            in[l] = l < m ? x[i + l] : -INFINITY; /* past n: e^-inf = 0 */
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(in), mx));
+        _mm256_storeu_ps(out, v);
+        memcpy(y + i, out, (size_t)m * sizeof(float));
+        sum += (double)hsum8(v);
+    }
+    return sum;
+}
+
+static void silu_mul(const float *gate, const float *up, int n, float *out)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 s = _mm256_div_ps(
+            g, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++)
+        out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+const struct cpu_kernels cpu_kernels_avx2 = {
+    .name = "avx2",
+    .quant_q8_0 = quant_q8_0,
+    .quant_q8_1 = quant_q8_1,
+    .dot_q4_0 = dot_q4_0,
+    .dot_q5_0 = dot_q5_0,
+    .dot_q8_0 = dot_q8_0,
+    .dot_q4_1 = dot_q4_1,
+    .dot_q5_1 = dot_q5_1,
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .accum_v_f16 = accum_v_f16,
+    .reduce_lanes = reduce_lanes,
+    .exp_sum = exp_sum,
+    .silu_mul = silu_mul,
+};

@@ -1,0 +1,588 @@
+/*
+ * device/cpu/cpu.c - the CPU backend: a worker pool and the dev_ops table.
+ *
+ * Every op splits its independent outputs (weight rows, heads, tokens)
+ * across the pool; each output element is computed by one thread with one
+ * fixed reduction order, so results do not depend on the batch or the number
+ * of threads.  Workers sleep on a condition variable between ops.  The inner
+ * loops are in scalar.c and avx2.c, chosen once at creation.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "device/cpu/kernels.h"
+#include "device/dev.h"
+#include "util/quant.h"
+
+/* ---- worker pool ------------------------------------------------------------ */
+
+typedef void (*pool_fn)(void *arg, int64_t begin, int64_t end, int worker);
+
+struct pool {
+    int n; /* threads including the caller */
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    uint64_t generation;
+    int busy; /* workers still in the current job */
+    int stop;
+    pool_fn fn;
+    void *arg;
+    int64_t n_items, chunk;
+    atomic_int_fast64_t next;
+};
+
+struct worker_arg {
+    struct pool *p;
+    int id;
+};
+
+static void pool_drain(struct pool *p, int id)
+{
+    for (;;) {
+        int64_t b = atomic_fetch_add(&p->next, p->chunk);
+        if (b >= p->n_items)
+            break;
+        int64_t e = b + p->chunk < p->n_items ? b + p->chunk : p->n_items;
+        p->fn(p->arg, b, e, id);
+    }
+}
+
+static void *worker_main(void *a)
+{
+    struct worker_arg *wa = a;
+    struct pool *p = wa->p;
+    int id = wa->id;
+    free(wa);
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && p->generation == seen)
+            pthread_cond_wait(&p->cv_work, &p->mu);
+        if (p->stop)
+            break;
+        seen = p->generation;
+        pthread_mutex_unlock(&p->mu);
+        pool_drain(p, id);
+        pthread_mutex_lock(&p->mu);
+        if (--p->busy == 0)
+            pthread_cond_signal(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Runs fn over [0, n_items) in chunks on all threads; returns when done. */
+static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn, void *arg)
+{
+    if (n_items <= 0)
+        return;
+    if (chunk < 1)
+        chunk = 1;
+    if (p->n == 1 || n_items <= chunk) {
+        fn(arg, 0, n_items, 0);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->n_items = n_items;
+    p->chunk = chunk;
+    atomic_store(&p->next, 0);
+    p->busy = p->n - 1;
+    p->generation++;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    pool_drain(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->busy > 0)
+        pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void pool_destroy(struct pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++)
+        if (p->th[i])
+            pthread_join(p->th[i], NULL);
+    free(p->th);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_cond_destroy(&p->cv_done);
+}
+
+static int pool_init(struct pool *p, int n)
+{
+    memset(p, 0, sizeof(*p));
+    p->n = n;
+    p->th = calloc((size_t)n, sizeof(*p->th));
+    if (!p->th)
+        return -ENOMEM;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    for (int i = 1; i < n; i++) {
+        struct worker_arg *wa = malloc(sizeof(*wa));
+        int rc = wa ? 0 : ENOMEM;
+        if (wa) {
+            *wa = (struct worker_arg){p, i};
+            rc = pthread_create(&p->th[i], NULL, worker_main, wa);
+            if (rc)
+                free(wa);
+        }
+        if (rc) {
+            p->n = i; /* join the ones that started */
+            pool_destroy(p);
+            return -rc;
+        }
+    }
+    return 0;
+}
+
+/* ---- the backend ------------------------------------------------------------ */
+
+struct scratch {
+    void *p;
+    size_t n;
+};
+
+struct cpu {
+    struct pool pool;
+    const struct cpu_kernels *k;
+    struct scratch act;         /* quantized activations of a matmul */
+    struct scratch *per_worker; /* one per thread: dequantized rows, attention scores */
+};
+
+static void *scratch_get(struct scratch *s, size_t n)
+{
+    if (s->n < n) {
+        void *p = realloc(s->p, n);
+        if (!p)
+            return NULL;
+        s->p = p;
+        s->n = n;
+    }
+    return s->p;
+}
+
+/* grows every worker's scratch to n bytes */
+static int worker_scratch(struct cpu *c, size_t n)
+{
+    for (int i = 0; i < c->pool.n; i++)
+        if (!scratch_get(&c->per_worker[i], n))
+            return -ENOMEM;
+    return 0;
+}
+
+static void cpu_destroy(void *ctx)
+{
+    struct cpu *c = ctx;
+    if (!c)
+        return;
+    pool_destroy(&c->pool);
+    free(c->act.p);
+    if (c->per_worker)
+        for (int i = 0; i < c->pool.n; i++)
+            free(c->per_worker[i].p);
+    free(c->per_worker);
+    free(c);
+}
+
+/* ---- matmul ----------------------------------------------------------------- */
+
+static enum act_fmt act_fmt_of(uint32_t type)
+{
+    switch (type) {
+    case QT_Q4_0:
+    case QT_Q5_0:
+    case QT_Q8_0:
+        return ACT_Q8_0;
+    case QT_Q4_1:
+    case QT_Q5_1:
+        return ACT_Q8_1;
+    default:
+        return ACT_F32; /* float and K-quant weights: dequantize rows, dot in f32 */
+    }
+}
+
+struct mm_job {
+    struct cpu *c;
+    const struct dev_weight *w;
+    const float *x;
+    int T;
+    float *y;
+    enum act_fmt fmt;
+    size_t act_row; /* bytes of one quantized activation row */
+};
+
+static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    struct mm_job *j = arg;
+    (void)worker;
+    for (int64_t t = b; t < e; t++) {
+        const float *x = j->x + t * j->w->cols;
+        char *dst = (char *)j->c->act.p + t * j->act_row;
+        if (j->fmt == ACT_Q8_0)
+            j->c->k->quant_q8_0(x, (struct blk_q8_0 *)dst, j->w->cols);
+        else
+            j->c->k->quant_q8_1(x, (struct blk_q8_1 *)dst, j->w->cols);
+    }
+}
+
+static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    struct mm_job *j = arg;
+    const struct cpu_kernels *k = j->c->k;
+    const struct dev_weight *w = j->w;
+    int64_t K = w->cols, N = w->rows;
+    for (int64_t r = b; r < e; r++) {
+        const char *wr = (const char *)w->data + r * w->row_bytes;
+        if (j->fmt == ACT_F32) {
+            const float *wf = (const float *)(const void *)wr;
+            if (w->type != QT_F32) {
+                float *tmp = j->c->per_worker[worker].p;
+                qt_dequant(w->type, wr, tmp, (uint64_t)K);
+                wf = tmp;
+            }
+            for (int t = 0; t < j->T; t++)
+                j->y[t * N + r] = k->dot_f32(wf, j->x + t * K, K);
+            continue;
+        }
+        for (int t = 0; t < j->T; t++) {
+            const void *a = (const char *)j->c->act.p + t * j->act_row;
+            float v;
+            switch (w->type) {
+            case QT_Q4_0:
+                v = k->dot_q4_0(wr, a, K);
+                break;
+            case QT_Q5_0:
+                v = k->dot_q5_0(wr, a, K);
+                break;
+            case QT_Q8_0:
+                v = k->dot_q8_0(wr, a, K);
+                break;
+            case QT_Q4_1:
+                v = k->dot_q4_1(wr, a, K);
+                break;
+            default:
+                v = k->dot_q5_1(wr, a, K);
+                break;
+            }
+            j->y[t * N + r] = v;
+        }
+    }
+}
+
+static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int T, float *y)
+{
+    struct cpu *c = ctx;
+    const struct qt_info *qi = qt_info(w->type);
+    if (!qi || !qi->can_dequant || T < 0 || w->cols % qi->blck_size)
+        return -EINVAL;
+    struct mm_job j = {.c = c, .w = w, .x = x, .T = T, .y = y, .fmt = act_fmt_of(w->type)};
+    if (j.fmt == ACT_F32) {
+        if (w->type != QT_F32 && worker_scratch(c, (size_t)w->cols * sizeof(float)))
+            return -ENOMEM;
+    } else {
+        if (w->cols % QK)
+            return -EINVAL;
+        j.act_row = (size_t)(w->cols / QK) *
+                    (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0) : sizeof(struct blk_q8_1));
+        if (!scratch_get(&c->act, j.act_row * (size_t)(T ? T : 1)))
+            return -ENOMEM;
+        pool_run(&c->pool, T, 1, mm_quant_cb, &j);
+    }
+    /* chunks of rows; small enough to balance, large enough to amortize */
+    int64_t chunk = w->rows / (c->pool.n * 8);
+    pool_run(&c->pool, w->rows, chunk < 4 ? 4 : chunk, mm_rows_cb, &j);
+    return 0;
+}
+
+/* ---- elementwise and per-row ops --------------------------------------------- */
+
+static int cpu_embed(void *ctx, const struct dev_weight *table, const int32_t *ids, int T,
+                     float *out)
+{
+    (void)ctx;
+    for (int t = 0; t < T; t++) {
+        if (ids[t] < 0 || ids[t] >= table->rows)
+            return -EINVAL;
+        int rc = qt_dequant(table->type, (const char *)table->data + ids[t] * table->row_bytes,
+                            out + (size_t)t * table->cols, (uint64_t)table->cols);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int cpu_rmsnorm(void *ctx, const float *x, const float *w, int T, int n, float eps,
+                       float *out)
+{
+    (void)ctx;
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * n;
+        float *o = out + (size_t)t * n;
+        double sum = 0.0;
+        for (int i = 0; i < n; i++)
+            sum += (double)(xr[i] * xr[i]);
+        float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+        for (int i = 0; i < n; i++)
+            o[i] = w ? (xr[i] * scale) * w[i] : xr[i] * scale;
+    }
+    return 0;
+}
+
+static int cpu_rope(void *ctx, float *x, const int32_t *pos, int T, int n_heads, int head_dim,
+                    const struct dev_rope *r)
+{
+    (void)ctx;
+    if (r->n_rot > head_dim || r->n_rot % 2)
+        return -EINVAL;
+    const float theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
+    const int half_rot = r->n_rot / 2;
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * head_dim;
+            float theta_base = (float)pos[t];
+            for (int i = 0; i < half_rot; i++) {
+                float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
+                float theta = r->freq_scale * (theta_base / ff);
+                float cs, sn;
+                sincosf(theta, &sn, &cs);
+                int a = r->neox ? i : 2 * i, b = r->neox ? i + half_rot : 2 * i + 1;
+                float x0 = v[a], x1 = v[b];
+                /* fused as llama.cpp's compiled code does (checked bit for bit) */
+                v[a] = fmaf(x0, cs, -(x1 * sn));
+                v[b] = fmaf(x0, sn, x1 * cs);
+                theta_base *= theta_scale;
+            }
+        }
+    }
+    return 0;
+}
+
+static int cpu_kv_store(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
+                        const float *k, const float *v)
+{
+    (void)ctx;
+    size_t row = (size_t)kv->n_kv_heads * kv->head_dim;
+    for (int t = 0; t < T; t++) {
+        int32_t blk = tp[t].blocks[tp[t].pos / kv->block_size];
+        size_t slot = (size_t)blk * kv->block_size + (size_t)(tp[t].pos % kv->block_size);
+        const float *ks = k + (size_t)t * row, *vs = v + (size_t)t * row;
+        if (kv->type == QT_F16) {
+            uint16_t *kd = (uint16_t *)kv->k + slot * row, *vd = (uint16_t *)kv->v + slot * row;
+            for (size_t i = 0; i < row; i++) {
+                kd[i] = qt_f32_to_f16(ks[i]);
+                vd[i] = qt_f32_to_f16(vs[i]);
+            }
+        } else {
+            memcpy((float *)kv->k + slot * row, ks, row * sizeof(float));
+            memcpy((float *)kv->v + slot * row, vs, row * sizeof(float));
+        }
+    }
+    return 0;
+}
+
+struct attn_job {
+    struct cpu *c;
+    const struct dev_kv *kv;
+    const struct dev_tokpos *tp;
+    const float *q;
+    int n_heads;
+    float scale;
+    float *out;
+};
+
+/*
+ * One (token, head): softmax(q . k_p * scale) over the sequence's positions
+ * 0..pos, then the sum of p_p v_p, reading K and V block by block.  The
+ * arithmetic follows llama.cpp's: q and the probabilities are rounded to f16
+ * for the f16 cache, and the dot products keep its summation order - the
+ * GEMM order for a sequence's multi-token chunk, the vector-dot order for a
+ * lone token (see kernels.h).
+ */
+static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    struct attn_job *j = arg;
+    const struct dev_kv *kv = j->kv;
+    const struct cpu_kernels *k = j->c->k;
+    int hd = kv->head_dim, bs = kv->block_size;
+    size_t row = (size_t)kv->n_kv_heads * hd;
+    int group = j->n_heads / kv->n_kv_heads;
+    int f16 = kv->type == QT_F16;
+    for (int64_t it = b; it < e; it++) {
+        int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kh = h / group;
+        const struct dev_tokpos *tp = &j->tp[t];
+        int n = tp->pos + 1;
+        int lanes = tp->chunk ? 8 : 32;
+        float *sc = j->c->per_worker[worker].p; /* n scores */
+        float *qh = sc + n;                     /* hd: the query as the dots see it */
+        float *acc = qh + hd;                   /* 32 x hd lanes of the V pass */
+        const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+        for (int i = 0; i < hd; i++)
+            qh[i] = f16 ? qt_f16_to_f32(qt_f32_to_f16(q[i])) : q[i];
+        float mx = -INFINITY;
+        for (int p = 0; p < n; p++) {
+            size_t slot = (size_t)tp->blocks[p / bs] * bs + (size_t)(p % bs);
+            float s =
+                f16 ? k->dot_f16(qh, (const uint16_t *)kv->k + slot * row + kh * hd, hd, lanes)
+                    : k->dot_f32(qh, (const float *)kv->k + slot * row + kh * hd, hd);
+            sc[p] = s * j->scale;
+            mx = fmaxf(mx, sc[p]);
+        }
+        float inv = (float)(1.0 / k->exp_sum(sc, mx, sc, n));
+        for (int p = 0; p < n; p++) {
+            sc[p] *= inv;
+            if (f16) /* the probabilities meet V in f16 */
+                sc[p] = qt_f16_to_f32(qt_f32_to_f16(sc[p]));
+        }
+        float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
+        if (f16) {
+            memset(acc, 0, (size_t)lanes * hd * sizeof(float));
+            for (int p0 = 0; p0 < n; p0 += bs) { /* V rows are contiguous within a block */
+                int m = n - p0 < bs ? n - p0 : bs;
+                size_t base = (size_t)tp->blocks[p0 / bs] * bs * row + (size_t)kh * hd;
+                k->accum_v_f16(acc, sc + p0, (const uint16_t *)kv->v + base, p0, m, row, hd, lanes);
+            }
+            k->reduce_lanes(acc, hd, lanes, o);
+        } else {
+            for (int i = 0; i < hd; i++)
+                o[i] = 0.0f;
+            for (int p = 0; p < n; p++) {
+                size_t slot = (size_t)tp->blocks[p / bs] * bs + (size_t)(p % bs);
+                const float *v = (const float *)kv->v + slot * row + (size_t)kh * hd;
+                for (int i = 0; i < hd; i++)
+                    o[i] += sc[p] * v[i];
+            }
+        }
+    }
+}
+
+static int cpu_attention(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
+                         const float *q, int n_heads, float scale, float *out)
+{
+    struct cpu *c = ctx;
+    if (kv->n_kv_heads <= 0 || n_heads % kv->n_kv_heads || kv->head_dim % 8)
+        return -EINVAL;
+    int32_t max_pos = 0;
+    for (int t = 0; t < T; t++)
+        max_pos = tp[t].pos > max_pos ? tp[t].pos : max_pos;
+    if (worker_scratch(c, ((size_t)max_pos + 1 + 33 * (size_t)kv->head_dim) * sizeof(float)))
+        return -ENOMEM;
+    struct attn_job j = {c, kv, tp, q, n_heads, scale, out};
+    pool_run(&c->pool, (int64_t)T * n_heads, 1, attn_cb, &j);
+    return 0;
+}
+
+static int cpu_silu_mul(void *ctx, const float *gate, const float *up, int T, int n, float *out)
+{
+    struct cpu *c = ctx;
+    for (int t = 0; t < T; t++)
+        c->k->silu_mul(gate + (size_t)t * n, up + (size_t)t * n, n, out + (size_t)t * n);
+    return 0;
+}
+
+static int cpu_add_bias(void *ctx, float *x, const float *b, int T, int n)
+{
+    (void)ctx;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++)
+            x[(size_t)t * n + i] += b[i];
+    return 0;
+}
+
+static int cpu_add(void *ctx, float *x, const float *y, size_t n)
+{
+    (void)ctx;
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+    return 0;
+}
+
+static void *cpu_alloc(void *ctx, size_t n)
+{
+    (void)ctx;
+    return malloc(n ? n : 1);
+}
+
+static void cpu_free(void *ctx, void *p)
+{
+    (void)ctx;
+    free(p);
+}
+
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t n)
+{
+    (void)ctx;
+    memcpy(dst, src, n);
+    return 0;
+}
+
+static const struct dev_ops dev_cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .matmul = cpu_matmul,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .silu_mul = cpu_silu_mul,
+    .add_bias = cpu_add_bias,
+    .add = cpu_add,
+};
+
+int dev_cpu_has_avx2(void)
+{
+#ifdef CINFER_HAVE_AVX2
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out)
+{
+    struct cpu *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    int n = cfg && cfg->threads > 0 ? cfg->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    c->k = &cpu_kernels_scalar;
+#ifdef CINFER_HAVE_AVX2
+    if (!(cfg && cfg->force_scalar) && dev_cpu_has_avx2())
+        c->k = &cpu_kernels_avx2;
+#endif
+    c->per_worker = calloc((size_t)n, sizeof(*c->per_worker));
+    int rc = c->per_worker ? pool_init(&c->pool, n) : -ENOMEM;
+    if (rc) {
+        free(c->per_worker);
+        free(c);
+        return rc;
+    }
+    out->ops = &dev_cpu_ops;
+    out->ctx = c;
+    return 0;
+}
+
+const char *dev_cpu_kernels_name(const struct dev *d)
+{
+    return ((const struct cpu *)d->ctx)->k->name;
+}

@@ -1,0 +1,80 @@
+/*
+ * device/cpu/kernels.h - the inner loops of the CPU backend, in two builds:
+ * scalar.c (the reference, plain C) and avx2.c (AVX2+FMA+F16C, compiled with
+ * those flags and picked at run time by cpuid).  Private to device/cpu/.
+ *
+ * Quantized matmuls work as llama.cpp's CPU backend does: each activation
+ * row is quantized per 32-element block to 8 bits (Q8_0: d; Q8_1: d and
+ * s = d * sum(q)), the scale computed as amax / 127 and the values rounded
+ * half to even, then dotted with the weight blocks in integers.
+ *
+ * Both builds keep the same arithmetic, step for step: sums run in 8 lanes
+ * (lane l takes elements 8i + l, or bytes 4l..4l+3 of a 32-byte block),
+ * multiply-adds are fused, lanes are added in one fixed order, and e^x is
+ * one polynomial.  So the scalar and AVX2 paths give identical bits, and
+ * they follow llama.cpp's AVX2 code closely enough to reproduce its greedy
+ * tokens.  Only dot_f32 (float and K-quant weights) differs in order.
+ */
+#ifndef CINFER_DEVICE_CPU_KERNELS_H
+#define CINFER_DEVICE_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QK 32 /* elements per block of the 32-block types */
+
+struct blk_q8_0 {
+    uint16_t d; /* f16 */
+    int8_t qs[QK];
+};
+
+struct blk_q8_1 {
+    uint16_t d; /* f16 */
+    uint16_t s; /* f16: d * sum(qs) */
+    int8_t qs[QK];
+};
+
+/* Activation formats a weight type is dotted with. */
+enum act_fmt { ACT_F32, ACT_Q8_0, ACT_Q8_1 };
+
+struct cpu_kernels {
+    const char *name;
+    /* x[k] -> k/32 blocks */
+    void (*quant_q8_0)(const float *x, struct blk_q8_0 *y, int64_t k);
+    void (*quant_q8_1)(const float *x, struct blk_q8_1 *y, int64_t k);
+    /* one weight row (k elements) . one quantized activation row */
+    float (*dot_q4_0)(const void *w, const struct blk_q8_0 *a, int64_t k);
+    float (*dot_q5_0)(const void *w, const struct blk_q8_0 *a, int64_t k);
+    float (*dot_q8_0)(const void *w, const struct blk_q8_0 *a, int64_t k);
+    float (*dot_q4_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
+    float (*dot_q5_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
+    float (*dot_f32)(const float *a, const float *b, int64_t k);
+    /*
+     * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
+     * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used
+     * for a sequence's multi-token chunk); with 32, to lane i % 32, four
+     * accumulators of 8 (its vector-dot path, used for a lone token).
+     * dot_f16: a (f32 values already rounded to f16) . b (f16), k % n_lanes == 0.
+     */
+    float (*dot_f16)(const float *a, const uint16_t *b, int64_t k, int n_lanes);
+    /*
+     * The V pass: for m positions starting at position p0, with V rows
+     * v[r * stride] (f16, d values each), acc[((p0 + r) % n_lanes)][i] is
+     * fused-multiply-added p[r] * v_r[i]; acc is n_lanes rows of d floats.
+     */
+    void (*accum_v_f16)(float *acc, const float *p, const uint16_t *v, int p0, int m, size_t stride,
+                        int d, int n_lanes);
+    /* out[i] = the n_lanes lanes of acc[.][i] summed in that path's order */
+    void (*reduce_lanes)(const float *acc, int d, int n_lanes, float *out);
+    /* y = e^(x - max) for n values in groups of 8 (zero past n); returns their sum */
+    double (*exp_sum)(const float *x, float max, float *y, int n);
+    /* out = silu(gate) * up over n values, 8 at a time, the rest with libm expf */
+    void (*silu_mul)(const float *gate, const float *up, int n, float *out);
+};
+
+extern const struct cpu_kernels cpu_kernels_scalar;
+#ifdef CINFER_HAVE_AVX2
+extern const struct cpu_kernels cpu_kernels_avx2;
+#endif
+
+#endif

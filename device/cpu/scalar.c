@@ -1,0 +1,287 @@
+/*
+ * device/cpu/scalar.c - the reference kernels in plain C.  They keep the
+ * lane structure of the AVX2 kernels (see kernels.h) so that both give the
+ * same bits; fmaf() stands for a fused multiply-add.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "device/cpu/kernels.h"
+#include "util/quant.h"
+
+static float half(uint16_t h)
+{
+    return qt_f16_to_f32(h);
+}
+
+static uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+/* 8 lanes added as hsum8 does: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) */
+static float sum8(const float *l)
+{
+    float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+/* 32 lanes (4 x 8) added as the vector-dot reduction does */
+static float sum32(const float *l)
+{
+    float x[8], t[4];
+    for (int i = 0; i < 8; i++)
+        x[i] = (l[i] + l[16 + i]) + (l[8 + i] + l[24 + i]);
+    for (int i = 0; i < 4; i++)
+        t[i] = x[i] + x[i + 4];
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+/* ---- activation quantization ------------------------------------------------ */
+
+/* amax / 127 as the scale, values x * 127/amax rounded half to even */
+static float quant_block(const float *x, int8_t *q)
+{
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++)
+        amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127.0f;
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    for (int j = 0; j < QK; j++)
+        q[j] = (int8_t)nearbyintf(x[j] * id);
+    return d;
+}
+
+static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
+{
+    for (int64_t b = 0; b < k / QK; b++)
+        y[b].d = qt_f32_to_f16(quant_block(x + b * QK, y[b].qs));
+}
+
+static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
+{
+    for (int64_t b = 0; b < k / QK; b++) {
+        float d = quant_block(x + b * QK, y[b].qs);
+        int sum = 0;
+        for (int j = 0; j < QK; j++)
+            sum += y[b].qs[j];
+        y[b].d = qt_f32_to_f16(d);
+        y[b].s = qt_f32_to_f16(d * (float)sum);
+    }
+}
+
+/* ---- quantized dot products ----------------------------------------------------- */
+
+/* w[32] (unpacked weights) . a[32] into 8 lanes of 4 bytes each, scaled by d */
+static void block_fma(const int *w, const int8_t *a, float d, float *lanes)
+{
+    for (int l = 0; l < 8; l++) {
+        int s = 0;
+        for (int i = 4 * l; i < 4 * l + 4; i++)
+            s += w[i] * a[i];
+        lanes[l] = fmaf(d, (float)s, lanes[l]);
+    }
+}
+
+/* unpacks 16 bytes of nibbles (low nibbles first), minus `off` */
+static void unpack4(const uint8_t *q, int off, int *w)
+{
+    for (int j = 0; j < 16; j++) {
+        w[j] = (q[j] & 0x0f) - off;
+        w[j + 16] = (q[j] >> 4) - off;
+    }
+}
+
+/* adds each element's fifth bit (bit j of qh) as 16 */
+static void add_fifth(const uint8_t *qh4, int *w)
+{
+    uint32_t qh =
+        (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 | (uint32_t)qh4[3] << 24;
+    for (int j = 0; j < 32; j++)
+        w[j] += (int)((qh >> j) & 1) << 4;
+}
+
+/* Q4_0: {f16 d; u8 qs[16]} */
+static float dot_q4_0(const void *w, const struct blk_q8_0 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0};
+    int q[32];
+    for (int64_t b = 0; b < k / QK; b++, p += 18) {
+        unpack4(p + 2, 8, q);
+        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+    }
+    return sum8(lanes);
+}
+
+/* Q4_1: {f16 d, m; u8 qs[16]} */
+static float dot_q4_1(const void *w, const struct blk_q8_1 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0}, summ = 0.0f;
+    int q[32];
+    for (int64_t b = 0; b < k / QK; b++, p += 20) {
+        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+        unpack4(p + 4, 0, q);
+        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+    }
+    return sum8(lanes) + summ;
+}
+
+/* Q5_0: {f16 d; u8 qh[4]; u8 qs[16]} */
+static float dot_q5_0(const void *w, const struct blk_q8_0 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0};
+    int q[32];
+    for (int64_t b = 0; b < k / QK; b++, p += 22) {
+        unpack4(p + 6, 0, q);
+        add_fifth(p + 2, q);
+        for (int j = 0; j < 32; j++)
+            q[j] -= 16;
+        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+    }
+    return sum8(lanes);
+}
+
+/* Q5_1: {f16 d, m; u8 qh[4]; u8 qs[16]} */
+static float dot_q5_1(const void *w, const struct blk_q8_1 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0}, summ = 0.0f;
+    int q[32];
+    for (int64_t b = 0; b < k / QK; b++, p += 24) {
+        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+        unpack4(p + 8, 0, q);
+        add_fifth(p + 4, q);
+        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+    }
+    return sum8(lanes) + summ;
+}
+
+/* Q8_0: {f16 d; i8 qs[32]} */
+static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0};
+    int q[32];
+    for (int64_t b = 0; b < k / QK; b++, p += 34) {
+        for (int j = 0; j < 32; j++)
+            q[j] = (int8_t)p[2 + j];
+        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+    }
+    return sum8(lanes);
+}
+
+/* ---- float kernels ---------------------------------------------------------------- */
+
+static float dot_f32(const float *a, const float *b, int64_t k)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < k; i++)
+        s += (double)a[i] * b[i];
+    return (float)s;
+}
+
+static float dot_f16(const float *a, const uint16_t *b, int64_t k, int n_lanes)
+{
+    float lanes[32] = {0};
+    for (int64_t i = 0; i < k; i++)
+        lanes[i % n_lanes] = fmaf(a[i], half(b[i]), lanes[i % n_lanes]);
+    return n_lanes == 8 ? sum8(lanes) : sum32(lanes);
+}
+
+static void accum_v_f16(float *acc, const float *p, const uint16_t *v, int p0, int m, size_t stride,
+                        int d, int n_lanes)
+{
+    for (int r = 0; r < m; r++) {
+        float *a = acc + (size_t)((p0 + r) % n_lanes) * d;
+        const uint16_t *vr = v + (size_t)r * stride;
+        for (int i = 0; i < d; i++)
+            a[i] = fmaf(p[r], half(vr[i]), a[i]);
+    }
+}
+
+static void reduce_lanes(const float *acc, int d, int n_lanes, float *out)
+{
+    float l[32];
+    for (int i = 0; i < d; i++) {
+        for (int j = 0; j < n_lanes; j++)
+            l[j] = acc[(size_t)j * d + i];
+        out[i] = n_lanes == 8 ? sum8(l) : sum32(l);
+    }
+}
+
+/*
+ * e^x in single precision: x = n ln2 + b with n = round(x / ln2) (by the
+ * 1.5 * 2^23 shifter) and ln2 split in two parts; e^b - 1 by a degree-5
+ * polynomial in b; then scaled by 2^n, with a two-step scale where |n| > 126
+ * and overflow/underflow where |n| > 192.  The same steps as kernels' AVX2.
+ */
+static float exp_poly(float x)
+{
+    const float shifter = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, shifter); /* x / ln2 + shifter */
+    float n = z - shifter;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    uint32_t zb, one;
+    memcpy(&zb, &z, 4);
+    float onef = 1.0f;
+    memcpy(&one, &onef, 4);
+    uint32_t e = zb << 23;
+    uint32_t kb = e + one;
+    float k;
+    memcpy(&k, &kb, 4);
+    float u = b * b;
+    float j = fmaf(
+        fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+        u, 0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f))
+        return fmaf(j, k, k);
+    uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    uint32_t s1b = g + 0x7f000000u, s2b = e - g;
+    float s1, s2;
+    memcpy(&s1, &s1b, 4);
+    memcpy(&s2, &s2b, 4);
+    if (fabsf(n) > 192.0f)
+        return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+static double exp_sum(const float *x, float max, float *y, int n)
+{
+    double sum = 0.0;
+    for (int i0 = 0; i0 < n; i0 += 8) {
+        float l[8] = {0};
+        for (int i = i0; i < i0 + 8 && i < n; i++)
+            l[i - i0] = y[i] = exp_poly(x[i] - max);
+        sum += (double)sum8(l);
+    }
+    return sum;
+}
+
+static void silu_mul(const float *gate, const float *up, int n, float *out)
+{
+    int i = 0, full = n - n % 8;
+    for (; i < full; i++)
+        out[i] = gate[i] / (1.0f + exp_poly(0.0f - gate[i])) * up[i];
+    for (; i < n; i++)
+        out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+const struct cpu_kernels cpu_kernels_scalar = {
+    .name = "scalar",
+    .quant_q8_0 = quant_q8_0,
+    .quant_q8_1 = quant_q8_1,
+    .dot_q4_0 = dot_q4_0,
+    .dot_q5_0 = dot_q5_0,
+    .dot_q8_0 = dot_q8_0,
+    .dot_q4_1 = dot_q4_1,
+    .dot_q5_1 = dot_q5_1,
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .accum_v_f16 = accum_v_f16,
+    .reduce_lanes = reduce_lanes,
+    .exp_sum = exp_sum,
+    .silu_mul = silu_mul,
+};

@@ -1,0 +1,184 @@
+/*
+ * device/dev.h - the device layer: the ops a transformer needs, behind one
+ * table of function pointers per backend (CPU today, PPU next).
+ *
+ * The model calls only the dev_* wrappers below; it never calls intrinsics
+ * or CUDA.  Activations are row-major f32 matrices [T rows x n]; a weight is
+ * a struct dev_weight in a GGUF tensor type.  Every op computes each output
+ * element with one reduction order whatever T is (batch invariance), and
+ * quantized matmuls quantize the activations to 8 bits per block as
+ * llama.cpp does, so that results track the reference closely.
+ */
+#ifndef CINFER_DEVICE_DEV_H
+#define CINFER_DEVICE_DEV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A 2-D weight: rows of `cols` elements of `type` (enum qt_type). */
+struct dev_weight {
+    uint32_t type;
+    int64_t cols;     /* ne[0], the contiguous dimension */
+    int64_t rows;     /* ne[1] */
+    size_t row_bytes; /* qt_row_size(type, cols) */
+    const void *data; /* rows * row_bytes bytes, on the device */
+};
+
+/* KV cache storage of one layer as the attention op reads it. */
+struct dev_kv {
+    void *k, *v;   /* [n_blocks][block_size][n_kv_heads * head_dim] each */
+    uint32_t type; /* QT_F16 or QT_F32 */
+    int block_size;
+    int n_kv_heads;
+    int head_dim;
+};
+
+/* Where each token of a batch sits: its sequence's block table and position. */
+struct dev_tokpos {
+    const int32_t *blocks; /* the sequence's block table */
+    int32_t pos;           /* position in the sequence; attends to 0..pos */
+    uint8_t chunk;         /* 1: one of several tokens of its sequence in this batch */
+};
+
+struct dev_rope {
+    int n_rot; /* rotated dims per head (<= head_dim) */
+    int neox;  /* 1: rotate (i, i + n_rot/2) pairs; 0: (2i, 2i+1) */
+    float freq_base;
+    float freq_scale;          /* 1 / linear scaling factor */
+    const float *freq_factors; /* n_rot/2 divisors (Llama 3 rope_freqs), or NULL */
+};
+
+struct dev_ops {
+    const char *name;
+    void (*destroy)(void *ctx);
+    /* device memory: NULL when out of memory; upload/download copy n bytes */
+    void *(*alloc)(void *ctx, size_t n);
+    void (*free)(void *ctx, void *p);
+    int (*upload)(void *ctx, void *dst, const void *src, size_t n);
+    int (*download)(void *ctx, void *dst, const void *src, size_t n);
+    /* y[T x w->rows] = x[T x w->cols] . w^T */
+    int (*matmul)(void *ctx, const struct dev_weight *w, const float *x, int T, float *y);
+    /* out[T x cols] = rows ids[t] of table, dequantized */
+    int (*embed)(void *ctx, const struct dev_weight *table, const int32_t *ids, int T, float *out);
+    /* out[t] = x[t] / rms(x[t]) * w (w may be NULL) */
+    int (*rmsnorm)(void *ctx, const float *x, const float *w, int T, int n, float eps, float *out);
+    /* x[t][h] rotated in place for position pos[t]; x is [T x n_heads*head_dim] */
+    int (*rope)(void *ctx, float *x, const int32_t *pos, int T, int n_heads, int head_dim,
+                const struct dev_rope *r);
+    /* stores k, v [T x n_kv*head_dim] of each token at its position */
+    int (*kv_store)(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
+                    const float *k, const float *v);
+    /* out[T x n_heads*head_dim]: causal softmax(q k^T * scale) v over each token's sequence */
+    int (*attention)(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
+                     const float *q, int n_heads, float scale, float *out);
+    /* out[t] = silu(gate[t]) * up[t], for T rows of n */
+    int (*silu_mul)(void *ctx, const float *gate, const float *up, int T, int n, float *out);
+    /* x[t] += b (b has n elements; T rows) */
+    int (*add_bias)(void *ctx, float *x, const float *b, int T, int n);
+    /* x += y, elementwise over n */
+    int (*add)(void *ctx, float *x, const float *y, size_t n);
+};
+
+/* A backend instance. */
+struct dev {
+    const struct dev_ops *ops;
+    void *ctx;
+};
+
+struct dev_cpu_config {
+    int threads;      /* worker threads; <= 0: the number of cores */
+    int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
+};
+
+/*
+ * Creates the CPU backend.  Returns 0, or -ENOMEM / -errno from thread
+ * creation.  Free with dev_destroy.
+ */
+int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out);
+
+/* 1 when the AVX2+FMA kernels are compiled in and this CPU has them. */
+int dev_cpu_has_avx2(void);
+
+/* "avx2" or "scalar": the kernels a CPU backend runs. */
+const char *dev_cpu_kernels_name(const struct dev *d);
+
+static inline void dev_destroy(struct dev *d)
+{
+    if (d && d->ops)
+        d->ops->destroy(d->ctx);
+}
+
+static inline void *dev_alloc(struct dev *d, size_t n)
+{
+    return d->ops->alloc(d->ctx, n);
+}
+
+static inline void dev_free(struct dev *d, void *p)
+{
+    if (p)
+        d->ops->free(d->ctx, p);
+}
+
+static inline int dev_upload(struct dev *d, void *dst, const void *src, size_t n)
+{
+    return d->ops->upload(d->ctx, dst, src, n);
+}
+
+static inline int dev_download(struct dev *d, void *dst, const void *src, size_t n)
+{
+    return d->ops->download(d->ctx, dst, src, n);
+}
+
+static inline int dev_matmul(struct dev *d, const struct dev_weight *w, const float *x, int T,
+                             float *y)
+{
+    return d->ops->matmul(d->ctx, w, x, T, y);
+}
+
+static inline int dev_embed(struct dev *d, const struct dev_weight *table, const int32_t *ids,
+                            int T, float *out)
+{
+    return d->ops->embed(d->ctx, table, ids, T, out);
+}
+
+static inline int dev_rmsnorm(struct dev *d, const float *x, const float *w, int T, int n,
+                              float eps, float *out)
+{
+    return d->ops->rmsnorm(d->ctx, x, w, T, n, eps, out);
+}
+
+static inline int dev_rope(struct dev *d, float *x, const int32_t *pos, int T, int n_heads,
+                           int head_dim, const struct dev_rope *r)
+{
+    return d->ops->rope(d->ctx, x, pos, T, n_heads, head_dim, r);
+}
+
+static inline int dev_kv_store(struct dev *d, const struct dev_kv *kv, const struct dev_tokpos *tp,
+                               int T, const float *k, const float *v)
+{
+    return d->ops->kv_store(d->ctx, kv, tp, T, k, v);
+}
+
+static inline int dev_attention(struct dev *d, const struct dev_kv *kv, const struct dev_tokpos *tp,
+                                int T, const float *q, int n_heads, float scale, float *out)
+{
+    return d->ops->attention(d->ctx, kv, tp, T, q, n_heads, scale, out);
+}
+
+static inline int dev_silu_mul(struct dev *d, const float *gate, const float *up, int T, int n,
+                               float *out)
+{
+    return d->ops->silu_mul(d->ctx, gate, up, T, n, out);
+}
+
+static inline int dev_add_bias(struct dev *d, float *x, const float *b, int T, int n)
+{
+    return d->ops->add_bias(d->ctx, x, b, T, n);
+}
+
+static inline int dev_add(struct dev *d, float *x, const float *y, size_t n)
+{
+    return d->ops->add(d->ctx, x, y, n);
+}
+
+#endif

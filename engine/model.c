@@ -1,0 +1,440 @@
+/*
+ * engine/model.c - loading a llama-family transformer from GGUF and its
+ * batched forward pass over the paged KV cache, written as the math reads.
+ */
+#include "engine/model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/quant.h"
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+struct loader {
+    const struct gguf_file *g;
+    const char *arch;
+    char *err;
+    size_t errlen;
+    float *owned; /* bump allocator for f32 copies */
+    size_t used, cap;
+};
+
+static int hp_int(struct loader *L, const char *suffix, int dflt, int *out)
+{
+    char key[128];
+    int64_t v;
+    snprintf(key, sizeof(key), "%s.%s", L->arch, suffix);
+    int rc = gguf_get_int(L->g, key, &v);
+    if (rc == -ENOENT && dflt >= 0) {
+        *out = dflt;
+        return 0;
+    }
+    if (rc)
+        return fail(L->err, L->errlen, -EINVAL, "%s is %s", key,
+                    rc == -ENOENT ? "missing" : "not an integer");
+    if (v <= 0 || v > (1 << 24))
+        return fail(L->err, L->errlen, -EINVAL, "%s = %lld is out of range", key, (long long)v);
+    *out = (int)v;
+    return 0;
+}
+
+static int hp_float(struct loader *L, const char *suffix, float dflt, float *out)
+{
+    char key[128];
+    double v;
+    snprintf(key, sizeof(key), "%s.%s", L->arch, suffix);
+    int rc = gguf_get_float(L->g, key, &v);
+    if (rc == -ENOENT && dflt >= 0) {
+        *out = dflt;
+        return 0;
+    }
+    if (rc || !(v > 0) || !isfinite(v))
+        return fail(L->err, L->errlen, -EINVAL, "%s is missing or not a positive number", key);
+    *out = (float)v;
+    return 0;
+}
+
+/* A 2-D weight named `name` of shape (cols, rows). */
+static int get_weight(struct loader *L, const char *name, int64_t cols, int64_t rows,
+                      struct dev_weight *w)
+{
+    const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
+    if (!t)
+        return fail(L->err, L->errlen, -EINVAL, "tensor %s is missing", name);
+    if (t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != 1 || t->ne[3] != 1)
+        return fail(L->err, L->errlen, -EINVAL,
+                    "tensor %s has shape (%llu, %llu, %llu), expected (%lld, %lld)", name,
+                    (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                    (unsigned long long)t->ne[2], (long long)cols, (long long)rows);
+    const struct qt_info *qi = qt_info(t->type);
+    if (!qi || !qi->can_dequant)
+        return fail(L->err, L->errlen, -EINVAL, "tensor %s has type %s, which cinfer cannot run",
+                    name, qi ? qi->name : "unknown");
+    w->type = t->type;
+    w->cols = cols;
+    w->rows = rows;
+    w->row_bytes = qt_row_size(t->type, (uint64_t)cols);
+    w->data = t->data;
+    return 0;
+}
+
+/* A vector of n elements copied to f32; NULL in *out when absent and optional. */
+static int get_vector(struct loader *L, const char *name, int64_t n, int optional,
+                      const float **out)
+{
+    *out = NULL;
+    const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
+    if (!t) {
+        if (optional)
+            return 0;
+        return fail(L->err, L->errlen, -EINVAL, "tensor %s is missing", name);
+    }
+    const struct qt_info *qi = qt_info(t->type);
+    if (t->ne[0] != (uint64_t)n || t->ne[1] * t->ne[2] * t->ne[3] != 1 || !qi || !qi->can_dequant ||
+        n % qi->blck_size)
+        return fail(L->err, L->errlen, -EINVAL, "tensor %s is not a vector of %lld numbers", name,
+                    (long long)n);
+    if (L->used + (size_t)n > L->cap)
+        return fail(L->err, L->errlen, -EINVAL, "internal: vector space exhausted at %s", name);
+    float *dst = L->owned + L->used;
+    qt_dequant(t->type, t->data, dst, (uint64_t)n);
+    L->used += (size_t)n;
+    *out = dst;
+    return 0;
+}
+
+static int load_hparams(struct loader *L, struct model_hparams *hp)
+{
+    int rc = hp_int(L, "embedding_length", -1, &hp->n_embd);
+    rc = rc ? rc : hp_int(L, "block_count", -1, &hp->n_layer);
+    rc = rc ? rc : hp_int(L, "attention.head_count", -1, &hp->n_head);
+    rc = rc ? rc : hp_int(L, "attention.head_count_kv", hp->n_head, &hp->n_head_kv);
+    rc = rc ? rc : hp_int(L, "feed_forward_length", -1, &hp->n_ff);
+    rc = rc ? rc : hp_int(L, "context_length", 2048, &hp->n_ctx_train);
+    rc = rc ? rc : hp_float(L, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps);
+    if (rc)
+        return rc;
+    if (hp->n_embd % hp->n_head)
+        return fail(L->err, L->errlen, -EINVAL, "%d heads do not divide n_embd %d", hp->n_head,
+                    hp->n_embd);
+    rc = hp_int(L, "attention.key_length", hp->n_embd / hp->n_head, &hp->head_dim);
+    if (rc)
+        return rc;
+    if (hp->n_head % hp->n_head_kv)
+        return fail(L->err, L->errlen, -EINVAL, "%d KV heads do not divide %d heads", hp->n_head_kv,
+                    hp->n_head);
+    rc = hp_int(L, "rope.dimension_count", hp->head_dim, &hp->rope.n_rot);
+    rc = rc ? rc : hp_float(L, "rope.freq_base", 10000.0f, &hp->rope.freq_base);
+    if (rc)
+        return rc;
+    if (hp->rope.n_rot > hp->head_dim || hp->rope.n_rot % 2 || hp->head_dim % 2)
+        return fail(L->err, L->errlen, -EINVAL, "rope dimension %d does not fit head size %d",
+                    hp->rope.n_rot, hp->head_dim);
+    hp->rope.neox = hp->arch != MODEL_LLAMA;
+    hp->rope.freq_scale = 1.0f;
+    char key[128];
+    struct gguf_str st;
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", L->arch);
+    if (gguf_get_str(L->g, key, &st) == 0 && !(st.n == 4 && memcmp(st.p, "none", 4) == 0)) {
+        if (!(st.n == 6 && memcmp(st.p, "linear", 6) == 0))
+            return fail(L->err, L->errlen, -EINVAL,
+                        "rope scaling '%.*s' is not supported (only linear)", (int)st.n, st.p);
+        float factor;
+        rc = hp_float(L, "rope.scaling.factor", -1.0f, &factor);
+        if (rc)
+            return rc;
+        hp->rope.freq_scale = 1.0f / factor;
+    }
+    return 0;
+}
+
+int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, char *err,
+               size_t errlen)
+{
+    *out = NULL;
+    struct gguf_str a;
+    if (gguf_get_str(g, "general.architecture", &a) != 0)
+        return fail(err, errlen, -EINVAL, "general.architecture is missing");
+    char arch[32];
+    snprintf(arch, sizeof(arch), "%.*s", (int)(a.n < 31 ? a.n : 31), a.p);
+    struct model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return fail(err, errlen, -ENOMEM, "out of memory");
+    m->dev = dev;
+    struct model_hparams *hp = &m->hp;
+    if (strcmp(arch, "llama") == 0)
+        hp->arch = MODEL_LLAMA;
+    else if (strcmp(arch, "qwen2") == 0)
+        hp->arch = MODEL_QWEN2;
+    else if (strcmp(arch, "qwen3") == 0)
+        hp->arch = MODEL_QWEN3;
+    else {
+        free(m);
+        return fail(err, errlen, -EINVAL,
+                    "architecture '%s' is not supported (supported: llama, qwen2, qwen3)", arch);
+    }
+    struct loader L = {.g = g, .arch = arch, .err = err, .errlen = errlen};
+    int rc = load_hparams(&L, hp);
+    const struct gguf_tensor *emb = rc ? NULL : gguf_find_tensor(g, "token_embd.weight");
+    if (!rc && !emb)
+        rc = fail(err, errlen, -EINVAL, "tensor token_embd.weight is missing");
+    if (!rc) {
+        hp->n_vocab = (int)emb->ne[1];
+        rc = get_weight(&L, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd);
+    }
+    int qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    if (!rc) {
+        /* room for every vector: norms, biases, per-head norms, rope factors */
+        L.cap = (size_t)hp->n_layer * (2 * (size_t)hp->n_embd + qd + 2 * kvd + 2 * hp->head_dim) +
+                hp->n_embd + hp->rope.n_rot;
+        L.owned = m->owned = malloc(L.cap * sizeof(float));
+        m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
+        if (!m->owned || !m->layers)
+            rc = fail(err, errlen, -ENOMEM, "out of memory");
+    }
+    for (int l = 0; l < hp->n_layer && !rc; l++) {
+        struct model_layer *ly = &m->layers[l];
+        char n[96];
+#define W(field, name, cols, rows)                                                                 \
+    (snprintf(n, sizeof(n), "blk.%d." name ".weight", l), get_weight(&L, n, cols, rows, field))
+#define V(field, name, len, opt)                                                                   \
+    (snprintf(n, sizeof(n), "blk.%d." name, l), get_vector(&L, n, len, opt, field))
+        rc = V(&ly->attn_norm, "attn_norm.weight", hp->n_embd, 0);
+        rc = rc ? rc : W(&ly->wq, "attn_q", hp->n_embd, qd);
+        rc = rc ? rc : W(&ly->wk, "attn_k", hp->n_embd, kvd);
+        rc = rc ? rc : W(&ly->wv, "attn_v", hp->n_embd, kvd);
+        rc = rc ? rc : W(&ly->wo, "attn_output", qd, hp->n_embd);
+        rc = rc ? rc : V(&ly->bq, "attn_q.bias", qd, hp->arch != MODEL_QWEN2);
+        rc = rc ? rc : V(&ly->bk, "attn_k.bias", kvd, hp->arch != MODEL_QWEN2);
+        rc = rc ? rc : V(&ly->bv, "attn_v.bias", kvd, hp->arch != MODEL_QWEN2);
+        rc = rc ? rc : V(&ly->q_norm, "attn_q_norm.weight", hp->head_dim, hp->arch != MODEL_QWEN3);
+        rc = rc ? rc : V(&ly->k_norm, "attn_k_norm.weight", hp->head_dim, hp->arch != MODEL_QWEN3);
+        rc = rc ? rc : V(&ly->ffn_norm, "ffn_norm.weight", hp->n_embd, 0);
+        rc = rc ? rc : W(&ly->w_gate, "ffn_gate", hp->n_embd, hp->n_ff);
+        rc = rc ? rc : W(&ly->w_up, "ffn_up", hp->n_embd, hp->n_ff);
+        rc = rc ? rc : W(&ly->w_down, "ffn_down", hp->n_ff, hp->n_embd);
+#undef W
+#undef V
+    }
+    if (!rc)
+        rc = get_vector(&L, "output_norm.weight", hp->n_embd, 0, &m->output_norm);
+    if (!rc) {
+        if (gguf_find_tensor(g, "output.weight"))
+            rc = get_weight(&L, "output.weight", hp->n_embd, hp->n_vocab, &m->output);
+        else
+            m->output = m->tok_embd; /* tied embeddings */
+    }
+    if (!rc) {
+        const float *ff;
+        rc = get_vector(&L, "rope_freqs.weight", hp->rope.n_rot / 2, 1, &ff);
+        hp->rope.freq_factors = ff;
+    }
+    if (rc) {
+        model_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+static void free_acts(struct model *m)
+{
+    float **bufs[] = {&m->x, &m->xb,  &m->xb2, &m->q,   &m->k,
+                      &m->v, &m->att, &m->hb,  &m->hb2, &m->out_rows};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(*bufs); i++) {
+        dev_free(m->dev, *bufs[i]);
+        *bufs[i] = NULL;
+    }
+    m->cap_tokens = 0;
+}
+
+void model_free(struct model *m)
+{
+    if (!m)
+        return;
+    free_acts(m);
+    free(m->layers);
+    free(m->owned);
+    free(m);
+}
+
+static int grow_acts(struct model *m, int n)
+{
+    if (n <= m->cap_tokens)
+        return 0;
+    free_acts(m);
+    const struct model_hparams *hp = &m->hp;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t e = (size_t)hp->n_embd, nn = (size_t)n;
+    size_t wide = e > qd ? e : qd;
+    m->x = dev_alloc(m->dev, nn * e * sizeof(float));
+    m->xb = dev_alloc(m->dev, nn * wide * sizeof(float));
+    m->xb2 = dev_alloc(m->dev, nn * e * sizeof(float));
+    m->q = dev_alloc(m->dev, nn * qd * sizeof(float));
+    m->k = dev_alloc(m->dev, nn * kvd * sizeof(float));
+    m->v = dev_alloc(m->dev, nn * kvd * sizeof(float));
+    m->att = dev_alloc(m->dev, nn * qd * sizeof(float));
+    m->hb = dev_alloc(m->dev, nn * (size_t)hp->n_ff * sizeof(float));
+    m->hb2 = dev_alloc(m->dev, nn * (size_t)hp->n_ff * sizeof(float));
+    m->out_rows = dev_alloc(m->dev, nn * e * sizeof(float));
+    if (!m->x || !m->xb || !m->xb2 || !m->q || !m->k || !m->v || !m->att || !m->hb || !m->hb2 ||
+        !m->out_rows) {
+        free_acts(m);
+        return -ENOMEM;
+    }
+    m->cap_tokens = n;
+    return 0;
+}
+
+size_t model_kv_block_bytes(const struct model *m, int32_t block_size, uint32_t type)
+{
+    size_t el = type == QT_F16 ? 2 : 4;
+    return 2 * (size_t)m->hp.n_layer * (size_t)block_size * (size_t)m->hp.n_head_kv *
+           (size_t)m->hp.head_dim * el;
+}
+
+int model_kv_init(const struct model *m, struct model_kv *kv, int32_t n_blocks, int32_t block_size,
+                  uint32_t type)
+{
+    memset(kv, 0, sizeof(*kv));
+    if ((type != QT_F16 && type != QT_F32) || n_blocks < 1 || block_size < 1)
+        return -EINVAL;
+    kv->layers = calloc((size_t)m->hp.n_layer, sizeof(*kv->layers));
+    if (!kv->layers)
+        return -ENOMEM;
+    kv->n_layer = m->hp.n_layer;
+    kv->n_blocks = n_blocks;
+    size_t per =
+        (size_t)n_blocks * block_size * m->hp.n_head_kv * m->hp.head_dim * (type == QT_F16 ? 2 : 4);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        struct dev_kv *d = &kv->layers[l];
+        *d = (struct dev_kv){.type = type,
+                             .block_size = block_size,
+                             .n_kv_heads = m->hp.n_head_kv,
+                             .head_dim = m->hp.head_dim};
+        d->k = dev_alloc(m->dev, per);
+        d->v = dev_alloc(m->dev, per);
+        if (!d->k || !d->v) {
+            model_kv_free(m, kv);
+            return -ENOMEM;
+        }
+        kv->bytes += 2 * per;
+    }
+    return 0;
+}
+
+void model_kv_free(const struct model *m, struct model_kv *kv)
+{
+    if (kv->layers)
+        for (int l = 0; l < kv->n_layer; l++) {
+            dev_free(m->dev, kv->layers[l].k);
+            dev_free(m->dev, kv->layers[l].v);
+        }
+    free(kv->layers);
+    memset(kv, 0, sizeof(*kv));
+}
+
+int model_forward(struct model *m, struct model_kv *kv, const struct model_batch *b, float *logits)
+{
+    const struct model_hparams *hp = &m->hp;
+    struct dev *d = m->dev;
+    int n = b->n, e = hp->n_embd, hd = hp->head_dim;
+    int qd = hp->n_head * hd, kvd = hp->n_head_kv * hd;
+    if (n <= 0)
+        return 0;
+    for (int t = 0; t < n; t++) {
+        if (b->tokens[t] < 0 || b->tokens[t] >= hp->n_vocab)
+            return -EINVAL;
+        if (b->tp[t].pos < 0)
+            return -EINVAL;
+    }
+    int rc = grow_acts(m, n);
+    if (rc)
+        return rc;
+    int32_t *pos = malloc((size_t)n * sizeof(*pos));
+    struct dev_tokpos *tp = malloc((size_t)n * sizeof(*tp));
+    if (!pos || !tp) {
+        free(pos);
+        free(tp);
+        return -ENOMEM;
+    }
+    /* a token is part of a chunk when its sequence has other tokens in the batch */
+    for (int t = 0; t < n; t++) {
+        pos[t] = b->tp[t].pos;
+        tp[t] = b->tp[t];
+        tp[t].chunk = 0;
+        for (int u = 0; u < n && !tp[t].chunk; u++)
+            tp[t].chunk = u != t && b->tp[u].blocks == b->tp[t].blocks;
+    }
+    const float kq_scale = 1.0f / sqrtf((float)hd);
+
+    // token embeddings
+    rc = dev_embed(d, &m->tok_embd, b->tokens, n, m->x);
+    for (int l = 0; l < hp->n_layer && !rc; l++) {
+        const struct model_layer *ly = &m->layers[l];
+        // attention rmsnorm
+        rc = dev_rmsnorm(d, m->x, ly->attn_norm, n, e, hp->rms_eps, m->xb);
+        // qkv matmuls (+ biases for qwen2)
+        rc = rc ? rc : dev_matmul(d, &ly->wq, m->xb, n, m->q);
+        rc = rc ? rc : dev_matmul(d, &ly->wk, m->xb, n, m->k);
+        rc = rc ? rc : dev_matmul(d, &ly->wv, m->xb, n, m->v);
+        if (!rc && ly->bq) {
+            dev_add_bias(d, m->q, ly->bq, n, qd);
+            dev_add_bias(d, m->k, ly->bk, n, kvd);
+            dev_add_bias(d, m->v, ly->bv, n, kvd);
+        }
+        // per-head q/k norms (qwen3)
+        if (!rc && ly->q_norm) {
+            rc = dev_rmsnorm(d, m->q, ly->q_norm, n * hp->n_head, hd, hp->rms_eps, m->q);
+            rc = rc ? rc
+                    : dev_rmsnorm(d, m->k, ly->k_norm, n * hp->n_head_kv, hd, hp->rms_eps, m->k);
+        }
+        // rotary position embeddings
+        rc = rc ? rc : dev_rope(d, m->q, pos, n, hp->n_head, hd, &hp->rope);
+        rc = rc ? rc : dev_rope(d, m->k, pos, n, hp->n_head_kv, hd, &hp->rope);
+        // store k, v in the cache, then attend over each token's sequence
+        rc = rc ? rc : dev_kv_store(d, &kv->layers[l], tp, n, m->k, m->v);
+        rc = rc ? rc : dev_attention(d, &kv->layers[l], tp, n, m->q, hp->n_head, kq_scale, m->att);
+        // output projection and residual
+        rc = rc ? rc : dev_matmul(d, &ly->wo, m->att, n, m->xb2);
+        rc = rc ? rc : dev_add(d, m->x, m->xb2, (size_t)n * e);
+        // ffn rmsnorm
+        rc = rc ? rc : dev_rmsnorm(d, m->x, ly->ffn_norm, n, e, hp->rms_eps, m->xb);
+        // silu(gate) * up, then down, and residual
+        rc = rc ? rc : dev_matmul(d, &ly->w_gate, m->xb, n, m->hb);
+        rc = rc ? rc : dev_matmul(d, &ly->w_up, m->xb, n, m->hb2);
+        rc = rc ? rc : dev_silu_mul(d, m->hb, m->hb2, n, hp->n_ff, m->hb);
+        rc = rc ? rc : dev_matmul(d, &ly->w_down, m->hb, n, m->xb2);
+        rc = rc ? rc : dev_add(d, m->x, m->xb2, (size_t)n * e);
+    }
+    // final rmsnorm and logits, only for the rows that want them
+    int n_out = 0;
+    for (int t = 0; t < n && !rc; t++)
+        if (b->want_logits[t])
+            memcpy(m->out_rows + (size_t)n_out++ * e, m->x + (size_t)t * e,
+                   (size_t)e * sizeof(float));
+    if (!rc && n_out) {
+        rc = dev_rmsnorm(d, m->out_rows, m->output_norm, n_out, e, hp->rms_eps, m->out_rows);
+        rc = rc ? rc : dev_matmul(d, &m->output, m->out_rows, n_out, logits);
+    }
+    free(pos);
+    free(tp);
+    return rc;
+}
