@@ -9,6 +9,9 @@ Suite *gguf_suite(void);
 Suite *tok_suite(void);
 Suite *spm_suite(void);
 Suite *cli_suite(void);
+Suite *kv_suite(void);
+Suite *model_suite(void);
+Suite *device_suite(void);
 
 /* Path helpers shared by the suites: the default model (env CINFER_MODEL) and the binary. */
 const char *test_model_path(void);
