@@ -2,7 +2,8 @@
  * server/main.c - the cinfer command line: one binary, several subcommands.
  *
  *   cinfer tokenize -m MODEL [--stdin] [--bos] [--special] [--pieces] TEXT
- *   cinfer serve | run | bench   (arrive with the server and engine issues)
+ *   cinfer run | bench           (server/cli_run.c)
+ *   cinfer serve                 (arrives with the server issue)
  *
  * Exit status: 0 on success, 2 for bad input (usage, a model that does not
  * load, a text that does not encode), 1 for anything else.
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "server/cli.h"
 
 #define EXIT_BADINPUT 2
 
@@ -25,9 +27,9 @@ static const char *const k_main_help =
     "\n"
     "commands:\n"
     "  tokenize   print the token ids of a text for a GGUF model\n"
+    "  run        generate text from a prompt\n"
+    "  bench      measure prompt and generation speed (like llama-bench)\n"
     "  serve      serve the OpenAI HTTP API (not in this build yet)\n"
-    "  run        generate text from a prompt (not in this build yet)\n"
-    "  bench      measure prompt and generation speed (not in this build yet)\n"
     "\n"
     "  cinfer <command> --help    options of a command\n"
     "  cinfer --version           the version\n";
@@ -47,7 +49,7 @@ static const char *const k_tokenize_help =
     "  -h, --help            this help\n"
     "      --version         the version\n";
 
-static void print_version(void)
+void cli_print_version(void)
 {
     printf("cinfer %s\n", CINFER_VERSION);
 }
@@ -176,7 +178,7 @@ static int cmd_tokenize(int argc, char **argv)
             fputs(k_tokenize_help, stdout);
             return 0;
         case O_VERSION:
-            print_version();
+            cli_print_version();
             return 0;
         case ':':
             return usage_error("tokenize", "an option is missing its value");
@@ -237,19 +239,19 @@ static int cmd_tokenize(int argc, char **argv)
     return status;
 }
 
-/* serve, run and bench: present in the command line, built by later issues. */
+/* serve: present in the command line, built by the server issue. */
 static int cmd_pending(const char *cmd, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: cinfer %s -m MODEL [options]\n\n"
-                   "Not in this build yet: this version of cinfer has the GGUF loader and the\n"
-                   "tokenizers; '%s' arrives with the engine and server work.\n",
+                   "Not in this build yet: this version of cinfer loads models, tokenizes,\n"
+                   "generates (cinfer run) and benchmarks; '%s' arrives with the server work.\n",
                    cmd, cmd);
             return 0;
         }
         if (strcmp(argv[i], "--version") == 0) {
-            print_version();
+            cli_print_version();
             return 0;
         }
     }
@@ -269,12 +271,16 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
-        print_version();
+        cli_print_version();
         return 0;
     }
     if (strcmp(cmd, "tokenize") == 0)
         return cmd_tokenize(argc - 1, argv + 1);
-    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "run") == 0 || strcmp(cmd, "bench") == 0)
+    if (strcmp(cmd, "run") == 0)
+        return cli_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0)
+        return cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0)
         return cmd_pending(cmd, argc - 1, argv + 1);
     fprintf(stderr, "cinfer: unknown command '%s' (try 'cinfer --help')\n", cmd);
     return EXIT_BADINPUT;

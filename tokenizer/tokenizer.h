@@ -130,4 +130,35 @@ int tok_detok_flush(struct tok_detok *d, struct tok_buf *out);
 /* Appends n bytes to a tok_buf: 0 or -ENOMEM. */
 int tok_buf_append(struct tok_buf *b, const void *p, size_t n);
 
+/* ---- chat templates (tokenizer/chat.c) ---------------------------------- */
+
+/* Built-in chat formats; a model's Jinja template is recognised, not run. */
+enum tok_chat {
+    TOK_CHAT_CHATML,  /* <|im_start|>role\n...<|im_end|> (SmolLM2, Qwen) */
+    TOK_CHAT_LLAMA2,  /* [INST] <<SYS>>...<</SYS>> ... [/INST] */
+    TOK_CHAT_LLAMA3,  /* <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> */
+    TOK_CHAT_MISTRAL, /* [INST] ... [/INST] */
+    TOK_CHAT_GEMMA,   /* <start_of_turn>role\n...<end_of_turn> */
+};
+
+struct tok_msg {
+    const char *role; /* "system", "developer", "user", "assistant", "tool" */
+    const char *content;
+};
+
+/* The format a tokenizer.chat_template uses: 0, or -ENOENT when unknown. */
+int tok_chat_detect(const char *tmpl, size_t len, enum tok_chat *out);
+/* A format by name ("chatml", "llama2", "llama3", "mistral", "gemma"): 0 or -ENOENT. */
+int tok_chat_from_name(const char *name, enum tok_chat *out);
+const char *tok_chat_name(enum tok_chat c);
+
+/*
+ * Renders messages as prompt text (special tokens spelled out, to be encoded
+ * with TOK_PARSE_SPECIAL), ending with the assistant's turn opening when
+ * add_generation_prompt is set.  Returns 0, -EINVAL for an unknown role, or
+ * -ENOMEM.  No BOS is written; encode with TOK_ADD_BOS as the model asks.
+ */
+int tok_chat_render(enum tok_chat c, const struct tok_msg *msgs, int n, int add_generation_prompt,
+                    struct tok_buf *out);
+
 #endif

@@ -1,0 +1,17 @@
+/*
+ * server/cli.h - the subcommands of bin/cinfer other than tokenize (which
+ * lives in main.c).  Each returns the process exit status: 0, 1 (failure),
+ * or 2 (bad input: usage, a model that does not load).
+ */
+#ifndef CINFER_SERVER_CLI_H
+#define CINFER_SERVER_CLI_H
+
+#define CLI_EXIT_BADINPUT 2
+
+int cli_run(int argc, char **argv);
+int cli_bench(int argc, char **argv);
+
+/* Shared by the subcommands: prints "cinfer VERSION". */
+void cli_print_version(void);
+
+#endif
