@@ -308,6 +308,103 @@ START_TEST(crafted_models_exit_2)
 }
 END_TEST
 
+START_TEST(run_generates_the_reference_text)
+{
+    char *s = slurp("tests/fixtures/greedy_smollm2.json");
+    cJSON *fx = cJSON_Parse(s);
+    free(s);
+    ck_assert_ptr_nonnull(fx);
+    const cJSON *p0 = cJSON_GetArrayItem(cJSON_GetObjectItem(fx, "prompts"), 0);
+    const char *prompt = cJSON_GetObjectItem(p0, "prompt")->valuestring;
+    const char *text = cJSON_GetObjectItem(p0, "text")->valuestring;
+    struct result r = run(
+        "", 0,
+        ARGS("run", "-m", test_model_path(), "-p", prompt, "-n", "32", "--temp", "0", "-t", "2"));
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    ck_assert_msg(strcmp(r.out, text) == 0, "got '%s'\nwant '%s'", r.out, text);
+    ck_assert_ptr_nonnull(strstr(r.err, "tok/s"));
+    result_free(&r);
+    cJSON_Delete(fx);
+}
+END_TEST
+
+START_TEST(run_seed_repeats)
+{
+    const char *m = test_model_path();
+    struct result a = run(
+        "", 0,
+        ARGS("run", "-m", m, "-p", "Once upon a time", "-n", "24", "--seed", "5", "--temp", "1.0"));
+    struct result b = run(
+        "", 0,
+        ARGS("run", "-m", m, "-p", "Once upon a time", "-n", "24", "--seed", "5", "--temp", "1.0"));
+    struct result c = run(
+        "", 0,
+        ARGS("run", "-m", m, "-p", "Once upon a time", "-n", "24", "--seed", "6", "--temp", "1.0"));
+    ck_assert_int_eq(a.status, 0);
+    ck_assert(strlen(a.out) > 10);
+    ck_assert_str_eq(a.out, b.out);
+    ck_assert_str_ne(a.out, c.out);
+    result_free(&a);
+    result_free(&b);
+    result_free(&c);
+    /* a chat prompt answers and stops at the end of its turn */
+    struct result d = run("", 0,
+                          ARGS("run", "-m", m, "-p", "What is the capital of France?", "--chat",
+                               "--temp", "0", "-n", "64"));
+    ck_assert_int_eq(d.status, 0);
+    ck_assert_ptr_nonnull(strstr(d.out, "Paris"));
+    ck_assert_ptr_null(strstr(d.out, "<|im_end|>"));
+    result_free(&d);
+}
+END_TEST
+
+START_TEST(run_and_bench_refuse_bad_input)
+{
+    const char *m = test_model_path();
+    const char *const *cases[] = {
+        ARGS("run", "-m", m),
+        ARGS("run", "-p", "x"),
+        ARGS("run", "-m", m, "-p", "x", "--temp", "warm"),
+        ARGS("run", "-m", m, "-p", "x", "--top-p", "0"),
+        ARGS("run", "-m", m, "-p", "x", "-n", "-3"),
+        ARGS("run", "-m", m, "-p", "x", "--chat-template", "vicuna"),
+        ARGS("run", "-m", "/nonexistent.gguf", "-p", "x"),
+        ARGS("bench", "-m", m, "-r", "0"),
+        ARGS("bench", "-m", m, "--batch", "x"),
+        ARGS("bench"),
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        struct result r = run("", 0, cases[i]);
+        ck_assert_msg(r.status == 2, "case %zu: exit %d (%s)", i, r.status, r.err);
+        ck_assert_str_eq(r.out, "");
+        result_free(&r);
+    }
+}
+END_TEST
+
+START_TEST(bench_reports_json_rows)
+{
+    struct result r = run("", 0,
+                          ARGS("bench", "-m", test_model_path(), "-p", "16", "-n", "4", "-r", "2",
+                               "--batch", "3", "--json", "-t", "2"));
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    char *line2 = strchr(r.out, '\n');
+    ck_assert_ptr_nonnull(line2);
+    *line2++ = '\0';
+    cJSON *a = cJSON_Parse(r.out), *b = cJSON_Parse(line2);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_str_eq(cJSON_GetObjectItem(a, "test")->valuestring, "pp16");
+    ck_assert_str_eq(cJSON_GetObjectItem(b, "test")->valuestring, "tg4@b3");
+    ck_assert(cJSON_GetObjectItem(a, "tokens_per_s")->valuedouble > 0);
+    ck_assert(cJSON_GetObjectItem(b, "stddev")->valuedouble >= 0);
+    ck_assert_int_eq(cJSON_GetObjectItem(b, "threads")->valueint, 2);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    result_free(&r);
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -320,6 +417,10 @@ Suite *cli_suite(void)
     tcase_add_test(tc, tokenize_flags);
     tcase_add_test(tc, truncated_models_exit_2);
     tcase_add_test(tc, crafted_models_exit_2);
+    tcase_add_test(tc, run_generates_the_reference_text);
+    tcase_add_test(tc, run_seed_repeats);
+    tcase_add_test(tc, run_and_bench_refuse_bad_input);
+    tcase_add_test(tc, bench_reports_json_rows);
     suite_add_tcase(s, tc);
     return s;
 }

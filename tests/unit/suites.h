@@ -13,6 +13,7 @@ Suite *kv_suite(void);
 Suite *model_suite(void);
 Suite *device_suite(void);
 Suite *sampler_suite(void);
+Suite *chat_suite(void);
 
 /* Path helpers shared by the suites: the default model (env CINFER_MODEL) and the binary. */
 const char *test_model_path(void);
