@@ -8,6 +8,9 @@
  * loops are in scalar.c and avx2.c, chosen once at creation.
  */
 #include <errno.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,20 +30,33 @@ struct pool {
     int n; /* threads including the caller */
     pthread_t *th;
     pthread_mutex_t mu;
-    pthread_cond_t cv_work, cv_done;
-    uint64_t generation;
-    int busy; /* workers still in the current job */
-    int stop;
+    pthread_cond_t cv_work;
+    atomic_uint_fast64_t generation; /* bumped once per job */
+    atomic_int busy;                 /* workers still in the current job */
+    atomic_int sleepers;             /* workers waiting on cv_work */
+    atomic_int stop;
     pool_fn fn;
     void *arg;
     int64_t n_items, chunk;
     atomic_int_fast64_t next;
 };
 
+/* Spins this many rounds for the next job before sleeping: a decode step runs
+ * hundreds of short ops back to back, and a futex wake per op costs more than
+ * the op.  Idle workers still end up asleep within a fraction of a millisecond. */
+#define POOL_SPIN 20000
+
 struct worker_arg {
     struct pool *p;
     int id;
 };
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 static void pool_drain(struct pool *p, int id)
 {
@@ -60,20 +76,26 @@ static void *worker_main(void *a)
     int id = wa->id;
     free(wa);
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->generation == seen)
-            pthread_cond_wait(&p->cv_work, &p->mu);
-        if (p->stop)
+        uint64_t g = atomic_load(&p->generation);
+        for (int i = 0; g == seen && i < POOL_SPIN && !atomic_load(&p->stop); i++) {
+            cpu_relax();
+            g = atomic_load(&p->generation);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (!atomic_load(&p->stop) && (g = atomic_load(&p->generation)) == seen)
+                pthread_cond_wait(&p->cv_work, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop))
             break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        seen = g;
         pool_drain(p, id);
-        pthread_mutex_lock(&p->mu);
-        if (--p->busy == 0)
-            pthread_cond_signal(&p->cv_done);
+        atomic_fetch_sub(&p->busy, 1);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -88,27 +110,27 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         fn(arg, 0, n_items, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->n_items = n_items;
     p->chunk = chunk;
     atomic_store(&p->next, 0);
-    p->busy = p->n - 1;
-    p->generation++;
-    pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store(&p->busy, p->n - 1);
+    atomic_fetch_add(&p->generation, 1); /* publishes the job (sequentially consistent) */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+    }
     pool_drain(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->busy > 0)
-        pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    while (atomic_load(&p->busy) > 0)
+        cpu_relax();
 }
 
 static void pool_destroy(struct pool *p)
 {
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++)
@@ -117,7 +139,6 @@ static void pool_destroy(struct pool *p)
     free(p->th);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_work);
-    pthread_cond_destroy(&p->cv_done);
 }
 
 static int pool_init(struct pool *p, int n)
@@ -129,7 +150,6 @@ static int pool_init(struct pool *p, int n)
         return -ENOMEM;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
     for (int i = 1; i < n; i++) {
         struct worker_arg *wa = malloc(sizeof(*wa));
         int rc = wa ? 0 : ENOMEM;
@@ -549,9 +569,11 @@ static const struct dev_ops dev_cpu_ops = {
 int dev_cpu_has_avx2(void)
 {
 #ifdef CINFER_HAVE_AVX2
+    unsigned a, b, c, d;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    /* F16C is CPUID.1:ECX bit 29 (not every compiler's builtin knows its name) */
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
     return 0;
 #endif
