@@ -185,6 +185,46 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
     return hsum8(acc);
 }
 
+static void dot4_q4_1(const void *w, const void *a, size_t stride, int64_t k, float *out)
+{
+    const uint8_t *p = w;
+    const char *ab = a;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    float summ[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t b = 0; b < k / QK; b++, p += 20) {
+        __m256i q = nibbles(p + 4);
+        float dw = half(rd16(p)), mw = half(rd16(p + 2));
+        for (int j = 0; j < 4; j++) {
+            const struct blk_q8_1 *x = (const struct blk_q8_1 *)(const void *)(ab + j * stride) + b;
+            summ[j] = fmaf(mw, half(x->s), summ[j]);
+            __m256i qa = _mm256_loadu_si256((const __m256i *)x->qs);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * half(x->d)), dot_u8(q, qa), acc[j]);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        out[j] = hsum8(acc[j]) + summ[j];
+}
+
+static void dot4_q8_0(const void *w, const void *a, size_t stride, int64_t k, float *out)
+{
+    const uint8_t *p = w;
+    const char *ab = a;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t b = 0; b < k / QK; b++, p += 34) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
+        float dw = half(rd16(p));
+        for (int j = 0; j < 4; j++) {
+            const struct blk_q8_0 *x = (const struct blk_q8_0 *)(const void *)(ab + j * stride) + b;
+            __m256i qa = _mm256_loadu_si256((const __m256i *)x->qs);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * half(x->d)), dot_i8(q, qa), acc[j]);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        out[j] = hsum8(acc[j]);
+}
+
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -349,6 +389,8 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
+    .dot4_q4_1 = dot4_q4_1,
+    .dot4_q8_0 = dot4_q8_0,
     .dot_f16 = dot_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

@@ -277,7 +277,18 @@ static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
                 j->y[t * N + r] = k->dot_f32(wf, j->x + t * K, K);
             continue;
         }
-        for (int t = 0; t < j->T; t++) {
+        int t = 0;
+        void (*dot4)(const void *, const void *, size_t, int64_t, float *) =
+            w->type == QT_Q4_1   ? k->dot4_q4_1
+            : w->type == QT_Q8_0 ? k->dot4_q8_0
+                                 : NULL;
+        for (; dot4 && t + 4 <= j->T; t += 4) { /* the weight row unpacked once for 4 tokens */
+            float v4[4];
+            dot4(wr, (const char *)j->c->act.p + t * j->act_row, j->act_row, K, v4);
+            for (int i = 0; i < 4; i++)
+                j->y[(t + i) * N + r] = v4[i];
+        }
+        for (; t < j->T; t++) {
             const void *a = (const char *)j->c->act.p + t * j->act_row;
             float v;
             switch (w->type) {

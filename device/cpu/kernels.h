@@ -50,6 +50,13 @@ struct cpu_kernels {
     float (*dot_q5_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
     float (*dot_f32)(const float *a, const float *b, int64_t k);
     /*
+     * Optional (NULL: call the single dot four times): one weight row against
+     * four activation rows a, a + stride, ... (stride in bytes), each result
+     * bit-identical to the single dot - the weight is unpacked once per block.
+     */
+    void (*dot4_q4_1)(const void *w, const void *a, size_t stride, int64_t k, float *out);
+    void (*dot4_q8_0)(const void *w, const void *a, size_t stride, int64_t k, float *out);
+    /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
      * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used
      * for a sequence's multi-token chunk); with 32, to lane i % 32, four
