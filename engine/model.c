@@ -6,26 +6,12 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/errmsg.h"
 #include "util/quant.h"
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 struct loader {
     const struct gguf_file *g;
@@ -47,10 +33,10 @@ static int hp_int(struct loader *L, const char *suffix, int dflt, int *out)
         return 0;
     }
     if (rc)
-        return fail(L->err, L->errlen, -EINVAL, "%s is %s", key,
-                    rc == -ENOENT ? "missing" : "not an integer");
+        return errmsg(L->err, L->errlen, -EINVAL, "%s is %s", key,
+                      rc == -ENOENT ? "missing" : "not an integer");
     if (v <= 0 || v > (1 << 24))
-        return fail(L->err, L->errlen, -EINVAL, "%s = %lld is out of range", key, (long long)v);
+        return errmsg(L->err, L->errlen, -EINVAL, "%s = %lld is out of range", key, (long long)v);
     *out = (int)v;
     return 0;
 }
@@ -66,7 +52,7 @@ static int hp_float(struct loader *L, const char *suffix, float dflt, float *out
         return 0;
     }
     if (rc || !(v > 0) || !isfinite(v))
-        return fail(L->err, L->errlen, -EINVAL, "%s is missing or not a positive number", key);
+        return errmsg(L->err, L->errlen, -EINVAL, "%s is missing or not a positive number", key);
     *out = (float)v;
     return 0;
 }
@@ -77,16 +63,16 @@ static int get_weight(struct loader *L, const char *name, int64_t cols, int64_t 
 {
     const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
     if (!t)
-        return fail(L->err, L->errlen, -EINVAL, "tensor %s is missing", name);
+        return errmsg(L->err, L->errlen, -EINVAL, "tensor %s is missing", name);
     if (t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != 1 || t->ne[3] != 1)
-        return fail(L->err, L->errlen, -EINVAL,
-                    "tensor %s has shape (%llu, %llu, %llu), expected (%lld, %lld)", name,
-                    (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
-                    (unsigned long long)t->ne[2], (long long)cols, (long long)rows);
+        return errmsg(L->err, L->errlen, -EINVAL,
+                      "tensor %s has shape (%llu, %llu, %llu), expected (%lld, %lld)", name,
+                      (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                      (unsigned long long)t->ne[2], (long long)cols, (long long)rows);
     const struct qt_info *qi = qt_info(t->type);
     if (!qi || !qi->can_dequant)
-        return fail(L->err, L->errlen, -EINVAL, "tensor %s has type %s, which cinfer cannot run",
-                    name, qi ? qi->name : "unknown");
+        return errmsg(L->err, L->errlen, -EINVAL, "tensor %s has type %s, which cinfer cannot run",
+                      name, qi ? qi->name : "unknown");
     w->type = t->type;
     w->cols = cols;
     w->rows = rows;
@@ -104,15 +90,15 @@ static int get_vector(struct loader *L, const char *name, int64_t n, int optiona
     if (!t) {
         if (optional)
             return 0;
-        return fail(L->err, L->errlen, -EINVAL, "tensor %s is missing", name);
+        return errmsg(L->err, L->errlen, -EINVAL, "tensor %s is missing", name);
     }
     const struct qt_info *qi = qt_info(t->type);
     if (t->ne[0] != (uint64_t)n || t->ne[1] * t->ne[2] * t->ne[3] != 1 || !qi || !qi->can_dequant ||
         n % qi->blck_size)
-        return fail(L->err, L->errlen, -EINVAL, "tensor %s is not a vector of %lld numbers", name,
-                    (long long)n);
+        return errmsg(L->err, L->errlen, -EINVAL, "tensor %s is not a vector of %lld numbers", name,
+                      (long long)n);
     if (L->used + (size_t)n > L->cap)
-        return fail(L->err, L->errlen, -EINVAL, "internal: vector space exhausted at %s", name);
+        return errmsg(L->err, L->errlen, -EINVAL, "internal: vector space exhausted at %s", name);
     float *dst = L->owned + L->used;
     qt_dequant(t->type, t->data, dst, (uint64_t)n);
     L->used += (size_t)n;
@@ -132,21 +118,21 @@ static int load_hparams(struct loader *L, struct model_hparams *hp)
     if (rc)
         return rc;
     if (hp->n_embd % hp->n_head)
-        return fail(L->err, L->errlen, -EINVAL, "%d heads do not divide n_embd %d", hp->n_head,
-                    hp->n_embd);
+        return errmsg(L->err, L->errlen, -EINVAL, "%d heads do not divide n_embd %d", hp->n_head,
+                      hp->n_embd);
     rc = hp_int(L, "attention.key_length", hp->n_embd / hp->n_head, &hp->head_dim);
     if (rc)
         return rc;
     if (hp->n_head % hp->n_head_kv)
-        return fail(L->err, L->errlen, -EINVAL, "%d KV heads do not divide %d heads", hp->n_head_kv,
-                    hp->n_head);
+        return errmsg(L->err, L->errlen, -EINVAL, "%d KV heads do not divide %d heads",
+                      hp->n_head_kv, hp->n_head);
     rc = hp_int(L, "rope.dimension_count", hp->head_dim, &hp->rope.n_rot);
     rc = rc ? rc : hp_float(L, "rope.freq_base", 10000.0f, &hp->rope.freq_base);
     if (rc)
         return rc;
     if (hp->rope.n_rot > hp->head_dim || hp->rope.n_rot % 2 || hp->head_dim % 2)
-        return fail(L->err, L->errlen, -EINVAL, "rope dimension %d does not fit head size %d",
-                    hp->rope.n_rot, hp->head_dim);
+        return errmsg(L->err, L->errlen, -EINVAL, "rope dimension %d does not fit head size %d",
+                      hp->rope.n_rot, hp->head_dim);
     hp->rope.neox = hp->arch != MODEL_LLAMA;
     hp->rope.freq_scale = 1.0f;
     char key[128];
@@ -154,8 +140,8 @@ static int load_hparams(struct loader *L, struct model_hparams *hp)
     snprintf(key, sizeof(key), "%s.rope.scaling.type", L->arch);
     if (gguf_get_str(L->g, key, &st) == 0 && !(st.n == 4 && memcmp(st.p, "none", 4) == 0)) {
         if (!(st.n == 6 && memcmp(st.p, "linear", 6) == 0))
-            return fail(L->err, L->errlen, -EINVAL,
-                        "rope scaling '%.*s' is not supported (only linear)", (int)st.n, st.p);
+            return errmsg(L->err, L->errlen, -EINVAL,
+                          "rope scaling '%.*s' is not supported (only linear)", (int)st.n, st.p);
         float factor;
         rc = hp_float(L, "rope.scaling.factor", -1.0f, &factor);
         if (rc)
@@ -171,12 +157,12 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
     *out = NULL;
     struct gguf_str a;
     if (gguf_get_str(g, "general.architecture", &a) != 0)
-        return fail(err, errlen, -EINVAL, "general.architecture is missing");
+        return errmsg(err, errlen, -EINVAL, "general.architecture is missing");
     char arch[32];
     snprintf(arch, sizeof(arch), "%.*s", (int)(a.n < 31 ? a.n : 31), a.p);
     struct model *m = calloc(1, sizeof(*m));
     if (!m)
-        return fail(err, errlen, -ENOMEM, "out of memory");
+        return errmsg(err, errlen, -ENOMEM, "out of memory");
     m->dev = dev;
     struct model_hparams *hp = &m->hp;
     if (strcmp(arch, "llama") == 0)
@@ -187,14 +173,14 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
         hp->arch = MODEL_QWEN3;
     else {
         free(m);
-        return fail(err, errlen, -EINVAL,
-                    "architecture '%s' is not supported (supported: llama, qwen2, qwen3)", arch);
+        return errmsg(err, errlen, -EINVAL,
+                      "architecture '%s' is not supported (supported: llama, qwen2, qwen3)", arch);
     }
     struct loader L = {.g = g, .arch = arch, .err = err, .errlen = errlen};
     int rc = load_hparams(&L, hp);
     const struct gguf_tensor *emb = rc ? NULL : gguf_find_tensor(g, "token_embd.weight");
     if (!rc && !emb)
-        rc = fail(err, errlen, -EINVAL, "tensor token_embd.weight is missing");
+        rc = errmsg(err, errlen, -EINVAL, "tensor token_embd.weight is missing");
     if (!rc) {
         hp->n_vocab = (int)emb->ne[1];
         rc = get_weight(&L, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd);
@@ -207,7 +193,7 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
         L.owned = m->owned = malloc(L.cap * sizeof(float));
         m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
         if (!m->owned || !m->layers)
-            rc = fail(err, errlen, -ENOMEM, "out of memory");
+            rc = errmsg(err, errlen, -ENOMEM, "out of memory");
     }
     for (int l = 0; l < hp->n_layer && !rc; l++) {
         struct model_layer *ly = &m->layers[l];

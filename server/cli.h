@@ -14,4 +14,7 @@ int cli_bench(int argc, char **argv);
 /* Shared by the subcommands: prints "cinfer VERSION". */
 void cli_print_version(void);
 
+/* Prints "cinfer CMD: MSG (try 'cinfer CMD --help')" and returns CLI_EXIT_BADINPUT. */
+int cli_usage(const char *cmd, const char *msg);
+
 #endif

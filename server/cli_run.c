@@ -69,12 +69,6 @@ static int load(const char *cmd, const char *path, int threads, struct loaded *l
     return 0;
 }
 
-static int usage(const char *cmd, const char *msg)
-{
-    fprintf(stderr, "cinfer %s: %s (try 'cinfer %s --help')\n", cmd, msg, cmd);
-    return CLI_EXIT_BADINPUT;
-}
-
 /* Parses a number in [lo, hi]; returns 0 or -1. */
 static int parse_num(const char *s, double lo, double hi, double *out)
 {
@@ -179,7 +173,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
             break;
         case 'n':
             if (parse_num(optarg, 0, 1 << 24, &v))
-                return usage("run", "-n takes a number of tokens (0 or more)");
+                return cli_usage("run", "-n takes a number of tokens (0 or more)");
             o->n_predict = (int)v;
             break;
         case O_CHAT:
@@ -194,32 +188,32 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
             break;
         case O_TEMP:
             if (parse_num(optarg, 0, 100, &v))
-                return usage("run", "--temp takes a number from 0 to 100");
+                return cli_usage("run", "--temp takes a number from 0 to 100");
             o->sp.temperature = (float)v;
             break;
         case O_TOPK:
             if (parse_num(optarg, 0, 1 << 24, &v))
-                return usage("run", "--top-k takes a whole number, 0 or more");
+                return cli_usage("run", "--top-k takes a whole number, 0 or more");
             o->sp.top_k = (int)v;
             break;
         case O_TOPP:
             if (parse_num(optarg, 1e-9, 1, &v))
-                return usage("run", "--top-p takes a number in (0, 1]");
+                return cli_usage("run", "--top-p takes a number in (0, 1]");
             o->sp.top_p = (float)v;
             break;
         case O_MINP:
             if (parse_num(optarg, 0, 1, &v))
-                return usage("run", "--min-p takes a number in [0, 1]");
+                return cli_usage("run", "--min-p takes a number in [0, 1]");
             o->sp.min_p = (float)v;
             break;
         case O_REP:
             if (parse_num(optarg, 1e-3, 100, &v))
-                return usage("run", "--repeat-penalty takes a positive number");
+                return cli_usage("run", "--repeat-penalty takes a positive number");
             o->sp.repetition_penalty = (float)v;
             break;
         case O_SEED:
             if (parse_num(optarg, 0, 18446744073709551615.0, &v))
-                return usage("run", "--seed takes a whole number, 0 or more");
+                return cli_usage("run", "--seed takes a whole number, 0 or more");
             o->sp.seed = (uint64_t)v;
             o->have_seed = 1;
             break;
@@ -228,12 +222,12 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
             break;
         case 't':
             if (parse_num(optarg, 1, 1024, &v))
-                return usage("run", "--threads takes a number from 1 to 1024");
+                return cli_usage("run", "--threads takes a number from 1 to 1024");
             o->threads = (int)v;
             break;
         case O_KV:
             if (strcmp(optarg, "f16") && strcmp(optarg, "f32"))
-                return usage("run", "--kv-type is f16 or f32");
+                return cli_usage("run", "--kv-type is f16 or f32");
             o->kv_type = strcmp(optarg, "f16") ? QT_F32 : QT_F16;
             break;
         case 'h':
@@ -243,17 +237,17 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
             cli_print_version();
             return -1;
         case ':':
-            return usage("run", "an option is missing its value");
+            return cli_usage("run", "an option is missing its value");
         default:
-            return usage("run", "unknown option");
+            return cli_usage("run", "unknown option");
         }
     }
     if (!o->model)
-        return usage("run", "-m MODEL is required");
+        return cli_usage("run", "-m MODEL is required");
     if (!o->prompt)
-        return usage("run", "-p PROMPT is required");
+        return cli_usage("run", "-p PROMPT is required");
     if (optind < argc)
-        return usage("run", "unexpected argument");
+        return cli_usage("run", "unexpected argument");
     if (!o->have_seed)
         o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     return 0;
@@ -533,22 +527,22 @@ int cli_bench(int argc, char **argv)
         case 'p':
         case 'n':
             if (parse_num(optarg, 0, 1 << 20, &v))
-                return usage("bench", "-p and -n take a number of tokens");
+                return cli_usage("bench", "-p and -n take a number of tokens");
             *(c == 'p' ? &pp : &tg) = (int)v;
             break;
         case 'r':
             if (parse_num(optarg, 1, 1000, &v))
-                return usage("bench", "-r takes a number from 1 to 1000");
+                return cli_usage("bench", "-r takes a number from 1 to 1000");
             reps = (int)v;
             break;
         case O_BATCH:
             if (parse_num(optarg, 1, 4096, &v))
-                return usage("bench", "--batch takes a number from 1 to 4096");
+                return cli_usage("bench", "--batch takes a number from 1 to 4096");
             batch = (int)v;
             break;
         case 't':
             if (parse_num(optarg, 1, 1024, &v))
-                return usage("bench", "--threads takes a number from 1 to 1024");
+                return cli_usage("bench", "--threads takes a number from 1 to 1024");
             threads = (int)v;
             break;
         case O_JSON:
@@ -561,13 +555,13 @@ int cli_bench(int argc, char **argv)
             cli_print_version();
             return 0;
         case ':':
-            return usage("bench", "an option is missing its value");
+            return cli_usage("bench", "an option is missing its value");
         default:
-            return usage("bench", "unknown option");
+            return cli_usage("bench", "unknown option");
         }
     }
     if (!model)
-        return usage("bench", "-m MODEL is required");
+        return cli_usage("bench", "-m MODEL is required");
     struct bench_ctx b = {0};
     int rc = load("bench", model, threads, &b.l);
     if (rc)

@@ -18,8 +18,6 @@
 #include "engine/engine.h"
 #include "server/cli.h"
 
-#define EXIT_BADINPUT 2
-
 static const char *const k_main_help =
     "usage: cinfer <command> [options]\n"
     "\n"
@@ -54,10 +52,10 @@ void cli_print_version(void)
     printf("cinfer %s\n", CINFER_VERSION);
 }
 
-static int usage_error(const char *cmd, const char *msg)
+int cli_usage(const char *cmd, const char *msg)
 {
     fprintf(stderr, "cinfer %s: %s (try 'cinfer %s --help')\n", cmd, msg, cmd);
-    return EXIT_BADINPUT;
+    return CLI_EXIT_BADINPUT;
 }
 
 /* Reads all of stdin; returns NULL on failure. */
@@ -181,17 +179,17 @@ static int cmd_tokenize(int argc, char **argv)
             cli_print_version();
             return 0;
         case ':':
-            return usage_error("tokenize", "an option is missing its value");
+            return cli_usage("tokenize", "an option is missing its value");
         default:
-            return usage_error("tokenize", "unknown option");
+            return cli_usage("tokenize", "unknown option");
         }
     }
     if (!model)
-        return usage_error("tokenize", "-m MODEL is required");
+        return cli_usage("tokenize", "-m MODEL is required");
     int n_text = argc - optind;
     if (use_stdin ? n_text != 0 : n_text != 1)
-        return usage_error("tokenize", use_stdin ? "TEXT and --stdin exclude each other"
-                                                 : "give exactly one TEXT argument or --stdin");
+        return cli_usage("tokenize", use_stdin ? "TEXT and --stdin exclude each other"
+                                               : "give exactly one TEXT argument or --stdin");
 
     char err[512];
     struct gguf_file *g = NULL;
@@ -199,13 +197,13 @@ static int cmd_tokenize(int argc, char **argv)
     int rc = gguf_open(model, &g, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "cinfer tokenize: %s: %s\n", model, err);
-        return rc == -ENOMEM ? EXIT_FAILURE : EXIT_BADINPUT;
+        return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
     rc = eng_tokenizer_load(g, spm, &t, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "cinfer tokenize: %s: %s\n", model, err);
         gguf_close(g);
-        return rc == -ENOMEM ? EXIT_FAILURE : EXIT_BADINPUT;
+        return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
     size_t len = 0;
     char *text = NULL;
@@ -263,7 +261,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fputs(k_main_help, stderr);
-        return EXIT_BADINPUT;
+        return CLI_EXIT_BADINPUT;
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
@@ -283,5 +281,5 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "serve") == 0)
         return cmd_pending(cmd, argc - 1, argv + 1);
     fprintf(stderr, "cinfer: unknown command '%s' (try 'cinfer --help')\n", cmd);
-    return EXIT_BADINPUT;
+    return CLI_EXIT_BADINPUT;
 }

@@ -5,12 +5,12 @@
  * (byte-level BPE) and spm_c.cc (SentencePiece through libsentencepiece).
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tokenizer/internal.h"
+#include "util/errmsg.h"
 
 /* ---- string map ---------------------------------------------------------- */
 
@@ -237,20 +237,6 @@ static int sanitize(const char *text, size_t len, struct tok_buf *out)
 
 /* ---- creation ------------------------------------------------------------ */
 
-static int err_set(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int err_set(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 static int special_cmp_cb(const void *a, const void *b, void *arg)
 {
     const struct tok *t = arg;
@@ -351,14 +337,14 @@ static int copy_vocab(struct tok *t, const struct tok_desc *d, char *err, size_t
     t->eog = calloc(n, 1);
     if (!t->text || !t->text_len || !t->piece || !t->piece_len || !t->type || !t->score ||
         !t->eog || tok_map_init(&t->vocab, n))
-        return err_set(err, errlen, -ENOMEM, "out of memory for a vocabulary of %zu tokens", n);
+        return errmsg(err, errlen, -ENOMEM, "out of memory for a vocabulary of %zu tokens", n);
     for (size_t i = 0; i < n; i++) {
         const struct tok_bytes *s = &d->tokens[i];
         if (s->n > UINT32_MAX / 2)
-            return err_set(err, errlen, -EINVAL, "token %zu is too long", i);
+            return errmsg(err, errlen, -EINVAL, "token %zu is too long", i);
         t->text[i] = malloc(s->n + 1);
         if (!t->text[i])
-            return err_set(err, errlen, -ENOMEM, "out of memory");
+            return errmsg(err, errlen, -ENOMEM, "out of memory");
         if (s->n)
             memcpy(t->text[i], s->p, s->n);
         t->text[i][s->n] = '\0';
@@ -368,7 +354,7 @@ static int copy_vocab(struct tok *t, const struct tok_desc *d, char *err, size_t
         t->score[i] = d->scores ? d->scores[i] : 0.0f;
         /* later duplicates win, as in llama.cpp; empty tokens are never matched */
         if (s->n && tok_map_put(&t->vocab, t->text[i], s->n, (int32_t)i))
-            return err_set(err, errlen, -ENOMEM, "out of memory");
+            return errmsg(err, errlen, -ENOMEM, "out of memory");
     }
     return 0;
 }
@@ -393,7 +379,7 @@ static int finish_vocab(struct tok *t, const struct tok_desc *d, char *err, size
         t->eog[t->eot] = 1;
     t->specials = malloc((n ? n : 1) * sizeof(*t->specials));
     if (!t->specials)
-        return err_set(err, errlen, -ENOMEM, "out of memory");
+        return errmsg(err, errlen, -ENOMEM, "out of memory");
     struct tok_buf b = {0};
     for (size_t i = 0; i < n; i++) {
         uint8_t ty = t->type[i];
@@ -411,12 +397,12 @@ static int finish_vocab(struct tok *t, const struct tok_desc *d, char *err, size
                     t->eog[i] = 1;
         if (make_piece(t, (int32_t)i, &b)) {
             free(b.p);
-            return err_set(err, errlen, -ENOMEM, "out of memory");
+            return errmsg(err, errlen, -ENOMEM, "out of memory");
         }
         t->piece[i] = malloc(b.n + 1);
         if (!t->piece[i]) {
             free(b.p);
-            return err_set(err, errlen, -ENOMEM, "out of memory");
+            return errmsg(err, errlen, -ENOMEM, "out of memory");
         }
         memcpy(t->piece[i], b.p, b.n + 1);
         t->piece_len[i] = (uint32_t)b.n;
@@ -432,18 +418,18 @@ int tok_create(const struct tok_desc *d, struct tok **out, char *err, size_t err
     if (err && errlen)
         err[0] = '\0';
     if (!d->model)
-        return err_set(err, errlen, -EINVAL, "the model has no tokenizer (tokenizer.ggml.model)");
+        return errmsg(err, errlen, -EINVAL, "the model has no tokenizer (tokenizer.ggml.model)");
     int is_spm = strcmp(d->model, "llama") == 0;
     if (!is_spm && strcmp(d->model, "gpt2") != 0)
-        return err_set(err, errlen, -EINVAL,
-                       "unsupported tokenizer model '%s' (supported: gpt2, llama)", d->model);
+        return errmsg(err, errlen, -EINVAL,
+                      "unsupported tokenizer model '%s' (supported: gpt2, llama)", d->model);
     if (d->n_vocab == 0 && !(is_spm && d->spm_model_path))
-        return err_set(err, errlen, -EINVAL, "the vocabulary is empty");
+        return errmsg(err, errlen, -EINVAL, "the vocabulary is empty");
     if (d->n_vocab > INT32_MAX)
-        return err_set(err, errlen, -EINVAL, "the vocabulary has too many tokens");
+        return errmsg(err, errlen, -EINVAL, "the vocabulary has too many tokens");
     struct tok *t = calloc(1, sizeof(*t));
     if (!t)
-        return err_set(err, errlen, -ENOMEM, "out of memory");
+        return errmsg(err, errlen, -ENOMEM, "out of memory");
     t->is_spm = is_spm;
     int rc;
     if (is_spm) {
@@ -456,9 +442,9 @@ int tok_create(const struct tok_desc *d, struct tok **out, char *err, size_t err
                 rc = spm_c_get_vocab(t->spm, &v);
             if (!rc) {
                 if (d->n_vocab && d->n_vocab != v.n)
-                    rc = err_set(err, errlen, -EINVAL,
-                                 "%s has %zu pieces but the model's vocabulary has %zu tokens",
-                                 d->spm_model_path, v.n, d->n_vocab);
+                    rc = errmsg(err, errlen, -EINVAL,
+                                "%s has %zu pieces but the model's vocabulary has %zu tokens",
+                                d->spm_model_path, v.n, d->n_vocab);
                 dd.n_vocab = v.n;
                 dd.tokens = (const struct tok_bytes *)v.pieces;
                 dd.scores = v.scores;
