@@ -11,6 +11,10 @@
 #include "device/cpu/kernels.h"
 #include "util/quant.h"
 
+/* Weight rows are streamed once per token; asking for the bytes this far
+ * ahead keeps a decode step from waiting on memory (tg128 +7% here). */
+#define PF_DIST 320
+
 static inline float hsum8(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -135,6 +139,7 @@ static float dot_q4_1(const void *w, const struct blk_q8_1 *a, int64_t k)
     __m256 acc = _mm256_setzero_ps();
     float summ = 0.0f;
     for (int64_t b = 0; b < k / QK; b++, p += 20) {
+        _mm_prefetch((const char *)p + PF_DIST, _MM_HINT_T0);
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
         __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
         acc = _mm256_fmadd_ps(d, dot_u8(nibbles(p + 4), qa), acc);
@@ -177,6 +182,7 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
     const uint8_t *p = w;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < k / QK; b++, p += 34) {
+        _mm_prefetch((const char *)p + PF_DIST, _MM_HINT_T0);
         __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
         __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));

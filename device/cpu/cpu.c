@@ -333,7 +333,7 @@ static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int
         pool_run(&c->pool, T, 1, mm_quant_cb, &j);
     }
     /* chunks of rows; small enough to balance, large enough to amortize */
-    int64_t chunk = w->rows / (c->pool.n * 8);
+    int64_t chunk = w->rows / (c->pool.n * 2);
     pool_run(&c->pool, w->rows, chunk < 4 ? 4 : chunk, mm_rows_cb, &j);
     return 0;
 }
