@@ -11,7 +11,7 @@ BIN      := bin/cinfer
 VERSION  := 0.1.0
 FUZZ_TIME ?= 60
 
-PKGS     := libpcre2-8 sentencepiece libcjson
+PKGS     := libpcre2-8 sentencepiece libcjson libuv libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)

@@ -1,16 +1,21 @@
 /*
- * engine/engine.h - the engine's public face.
+ * engine/engine.h - the engine's public face: a loaded model served by one
+ * engine thread (a libuv loop) that batches every running request into each
+ * forward pass.  Callers hand it token ids with eng_submit() and read each
+ * request's output channel from their own thread; nothing here knows HTTP.
  *
- * For now: building a model's tokenizer from its GGUF metadata.  The request
- * interface of DESIGN.md (engine_submit / engine_cancel / output channels)
- * joins it with the engine issue.
+ * Also: building a model's tokenizer from its GGUF metadata.
  */
 #ifndef CINFER_ENGINE_H
 #define CINFER_ENGINE_H
 
 #include <stddef.h>
 
+#include <pthread.h>
+#include <stdint.h>
+
 #include "engine/gguf.h"
+#include "engine/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 /*
@@ -21,5 +26,139 @@
  */
 int eng_tokenizer_load(const struct gguf_file *g, const char *spm_model, struct tok **out,
                        char *err, size_t errlen);
+
+/* ---- the serving engine (engine/loop.c, engine/sched.c, engine/request.c) ---- */
+
+struct eng_config {
+    int threads;          /* CPU worker threads; 0: the number of cores */
+    int ctx;              /* tokens per sequence at most; 0: the model's trained context */
+    int kv_block;         /* tokens per KV block; 0: 16 */
+    int64_t kv_memory_mib; /* KV pool size; 0: 4 full contexts, capped by free RAM */
+    uint32_t kv_type;     /* QT_F16 (default when 0) or QT_F32 */
+    int max_seqs;         /* sequences in one forward pass; 0: 64 */
+    int max_batch_tokens; /* tokens in one forward pass; 0: 512 */
+};
+
+struct engine;
+struct eng_req;
+
+/* What a loaded engine serves. */
+struct eng_info {
+    int n_ctx, n_vocab;
+    int kv_block;
+    int32_t kv_blocks; /* usable blocks in the pool */
+    const char *arch;  /* "llama", "qwen2", "qwen3" */
+    const char *kernels;
+    enum tok_chat chat;  /* the model's chat format (chatml when unknown) */
+    int chat_known;      /* 0: the template was not recognised */
+};
+
+/*
+ * Loads the GGUF at path, builds its tokenizer, device and KV pool, and
+ * starts the engine thread.  Returns 0, or a negative code with a one-line
+ * message: -EINVAL (bad model or config), -ENOMEM, or another errno.
+ */
+int eng_create(const char *path, const struct eng_config *cfg, struct engine **out, char *err,
+               size_t errlen);
+/*
+ * Stops the engine thread: every queued or running request ends with
+ * ENG_FINISH_ERROR ("the server is shutting down") and later submits fail.
+ * Handles stay valid (their channels can still be read) until released.
+ */
+void eng_stop(struct engine *e);
+/* eng_stop, then frees it all; NULL is fine.  Release every handle first. */
+void eng_destroy(struct engine *e);
+const struct tok *eng_tok(const struct engine *e);
+const struct gguf_file *eng_gguf(const struct engine *e);
+void eng_get_info(const struct engine *e, struct eng_info *out);
+
+/* Gauges, read without stopping the engine. */
+struct eng_stats {
+    int running, waiting;
+    int32_t kv_used, kv_total; /* blocks */
+};
+void eng_get_stats(struct engine *e, struct eng_stats *out);
+
+/*
+ * A wake-up several requests share, so that one reader can wait for the
+ * next event of any of them (n choices, several prompts).  It must outlive
+ * the handles that use it: the engine stops touching it once
+ * eng_req_release() returns for each of them.
+ */
+struct eng_notify {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t count; /* bumped on every event */
+};
+void eng_notify_init(struct eng_notify *n);
+void eng_notify_destroy(struct eng_notify *n);
+/* Waits up to timeout_ms for count to move past *seen; updates *seen.  0 or -EAGAIN. */
+int eng_notify_wait(struct eng_notify *n, uint64_t *seen, int timeout_ms);
+
+/* One request's generation settings; eng_submit copies everything. */
+struct eng_params {
+    struct smp_params sp;
+    int max_tokens;            /* >= 1; cut to what the context leaves */
+    int ignore_eos;            /* keep going past end-of-generation tokens */
+    const char *const *stop;   /* n_stop NUL-terminated stop strings (non-empty) */
+    int n_stop;
+    int logprobs;              /* 1: report each token's logprob and sp.n_logprobs alternatives */
+    struct eng_notify *notify; /* also signalled on each event, or NULL */
+};
+
+enum eng_finish {
+    ENG_FINISH_NONE = 0,
+    ENG_FINISH_STOP,      /* an end-of-generation token or a stop string */
+    ENG_FINISH_LENGTH,    /* max_tokens or the context */
+    ENG_FINISH_CANCELLED, /* eng_cancel() */
+    ENG_FINISH_ERROR,     /* the engine failed; see the event's text */
+};
+const char *eng_finish_name(enum eng_finish f); /* "stop", "length", ... */
+
+/*
+ * One event of a request's output channel.  ENG_EV_TOKEN: one sampled
+ * token, with the text it released (possibly empty: held back as a partial
+ * character or a partial stop string; possibly more than its own piece).
+ * ENG_EV_END: the request is over; `text` has any text released at the end,
+ * or the error message for ENG_FINISH_ERROR.  The reader owns the event
+ * until eng_event_clear().
+ */
+enum eng_ev_kind { ENG_EV_TOKEN = 1, ENG_EV_END };
+struct eng_event {
+    enum eng_ev_kind kind;
+    char *text;
+    size_t n_text;
+    double t; /* when it was produced (CLOCK_MONOTONIC seconds) */
+    /* ENG_EV_TOKEN */
+    int32_t token;
+    float logprob;
+    int n_top;
+    struct smp_result *top; /* the sampler's result (token, logprob, alternatives) */
+    /* ENG_EV_END */
+    enum eng_finish finish;
+    int prompt_tokens, completion_tokens, cached_tokens;
+    double t_submit, t_scheduled, t_first_token; /* 0 when it never happened */
+};
+void eng_event_clear(struct eng_event *ev);
+
+/*
+ * Queues a request; never waits for the forward pass.  On success *out is a
+ * handle the caller must eventually give to eng_req_release().  Returns 0,
+ * -EINVAL (empty prompt, bad token id, bad parameters; message in err),
+ * -E2BIG (prompt too long for the context or the pool; message with the
+ * numbers), -ESHUTDOWN (the engine is stopping), -ENOMEM.
+ */
+int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const struct eng_params *p,
+               struct eng_req **out, char *err, size_t errlen);
+/*
+ * Takes the next event: waits up to timeout_ms (0: do not wait, < 0: for
+ * ever).  Returns 0 with *ev filled, -EAGAIN when nothing came in time, or
+ * -ENODATA after the END event was taken.
+ */
+int eng_req_next(struct eng_req *r, struct eng_event *ev, int timeout_ms);
+/* Asks the engine to stop the request (queued or running) within a step. */
+void eng_cancel(struct eng_req *r);
+/* Drops the caller's handle (cancelling the request if it still runs). */
+void eng_req_release(struct eng_req *r);
 
 #endif

@@ -10,6 +10,7 @@
 
 int cli_run(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_serve(int argc, char **argv);
 
 /* Shared by the subcommands: prints "cinfer VERSION". */
 void cli_print_version(void);

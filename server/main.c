@@ -3,7 +3,7 @@
  *
  *   cinfer tokenize -m MODEL [--stdin] [--bos] [--special] [--pieces] TEXT
  *   cinfer run | bench           (server/cli_run.c)
- *   cinfer serve                 (arrives with the server issue)
+ *   cinfer serve                 (server/serve.c, http.c, openai.c)
  *
  * Exit status: 0 on success, 2 for bad input (usage, a model that does not
  * load, a text that does not encode), 1 for anything else.
@@ -27,7 +27,7 @@ static const char *const k_main_help =
     "  tokenize   print the token ids of a text for a GGUF model\n"
     "  run        generate text from a prompt\n"
     "  bench      measure prompt and generation speed (like llama-bench)\n"
-    "  serve      serve the OpenAI HTTP API (not in this build yet)\n"
+    "  serve      serve the OpenAI HTTP API\n"
     "\n"
     "  cinfer <command> --help    options of a command\n"
     "  cinfer --version           the version\n";
@@ -237,26 +237,6 @@ static int cmd_tokenize(int argc, char **argv)
     return status;
 }
 
-/* serve: present in the command line, built by the server issue. */
-static int cmd_pending(const char *cmd, int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: cinfer %s -m MODEL [options]\n\n"
-                   "Not in this build yet: this version of cinfer loads models, tokenizes,\n"
-                   "generates (cinfer run) and benchmarks; '%s' arrives with the server work.\n",
-                   cmd, cmd);
-            return 0;
-        }
-        if (strcmp(argv[i], "--version") == 0) {
-            cli_print_version();
-            return 0;
-        }
-    }
-    fprintf(stderr, "cinfer %s: not available in this build yet (try 'cinfer tokenize')\n", cmd);
-    return EXIT_FAILURE;
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -279,7 +259,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "bench") == 0)
         return cli_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0)
-        return cmd_pending(cmd, argc - 1, argv + 1);
+        return cli_serve(argc - 1, argv + 1);
     fprintf(stderr, "cinfer: unknown command '%s' (try 'cinfer --help')\n", cmd);
     return CLI_EXIT_BADINPUT;
 }

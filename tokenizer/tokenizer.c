@@ -210,6 +210,27 @@ static int utf8_valid(const unsigned char *s, size_t n)
     return 1;
 }
 
+int tok_utf8_clean(const char *text, size_t len, struct tok_buf *out)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    for (size_t i = 0; i < len;) {
+        size_t k = lead_len(s[i]);
+        if (!k || k > len - i || !cont_ok(s + i, k)) {
+            if (tok_buf_append(out, "\xef\xbf\xbd", 3))
+                return -ENOMEM;
+            i++;
+            continue;
+        }
+        size_t j = i + k; /* copy a run of valid characters at once */
+        while (j < len && (k = lead_len(s[j])) && k <= len - j && cont_ok(s + j, k))
+            j += k;
+        if (tok_buf_append(out, s + i, j - i))
+            return -ENOMEM;
+        i = j;
+    }
+    return 0;
+}
+
 /*
  * Rewrites text as valid UTF-8: each byte that does not start a character
  * becomes U+FFFD, like llama.cpp's reader; so do surrogates and code points

@@ -127,6 +127,13 @@ int tok_detok_feed(struct tok_detok *d, int32_t id, struct tok_buf *out);
 /* End of stream: held bytes become U+FFFD.  Returns 0 or -ENOMEM. */
 int tok_detok_flush(struct tok_detok *d, struct tok_buf *out);
 
+/*
+ * Appends text to out as strict UTF-8 (no overlong forms, surrogates or code
+ * points past U+10FFFF): each byte that does not begin a valid character
+ * becomes U+FFFD.  For text bound for JSON.  Returns 0 or -ENOMEM.
+ */
+int tok_utf8_clean(const char *text, size_t len, struct tok_buf *out);
+
 /* Appends n bytes to a tok_buf: 0 or -ENOMEM. */
 int tok_buf_append(struct tok_buf *b, const void *p, size_t n);
 

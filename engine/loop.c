@@ -1,0 +1,341 @@
+/*
+ * engine/loop.c - the serving engine: loading, the engine thread and its
+ * libuv loop, and the calls other threads make (submit, cancel, stats).
+ *
+ * The loop has two handles: an async handle that submit, cancel and
+ * shutdown wake, and an idle handle that is started while there is work so
+ * that the loop runs one scheduler step per turn and sleeps otherwise.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/sched.h"
+#include "util/errmsg.h"
+#include "util/quant.h"
+
+#define DEFAULT_BLOCK 16
+#define DEFAULT_MAX_SEQS 64
+#define DEFAULT_BATCH_TOKENS 512
+#define DEFAULT_CONTEXTS 4 /* the default pool holds this many full contexts */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void idle_cb(uv_idle_t *h)
+{
+    struct engine *e = h->data;
+    if (!sched_step(e))
+        uv_idle_stop(h);
+}
+
+static void wake_cb(uv_async_t *h)
+{
+    struct engine *e = h->data;
+    pthread_mutex_lock(&e->mu);
+    struct eng_req *in = e->in_head;
+    int stopping = e->stopping;
+    e->in_head = e->in_tail = NULL;
+    pthread_mutex_unlock(&e->mu);
+    if (in) {
+        if (e->wait_tail)
+            e->wait_tail->next = in;
+        else
+            e->wait_head = in;
+        while (in->next)
+            in = in->next;
+        e->wait_tail = in;
+    }
+    if (stopping) {
+        sched_abort_all(e, ENG_FINISH_ERROR, "the server is shutting down");
+        uv_idle_stop(&e->idle);
+        uv_close((uv_handle_t *)&e->idle, NULL);
+        uv_close((uv_handle_t *)&e->wake, NULL);
+        return;
+    }
+    uv_idle_start(&e->idle, idle_cb);
+}
+
+static void *engine_main(void *arg)
+{
+    struct engine *e = arg;
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+const struct tok *eng_tok(const struct engine *e)
+{
+    return e->tok;
+}
+
+const struct gguf_file *eng_gguf(const struct engine *e)
+{
+    return e->g;
+}
+
+void eng_get_info(const struct engine *e, struct eng_info *out)
+{
+    *out = e->info;
+}
+
+void eng_get_stats(struct engine *e, struct eng_stats *out)
+{
+    out->running = atomic_load(&e->st_running);
+    out->waiting = atomic_load(&e->st_waiting);
+    out->kv_used = atomic_load(&e->st_kv_used);
+    out->kv_total = e->info.kv_blocks;
+}
+
+void eng_stop(struct engine *e)
+{
+    if (!e || !e->thread_started)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    uv_async_send(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    e->thread_started = 0;
+    e->thread_joined = 1;
+}
+
+void eng_destroy(struct engine *e)
+{
+    if (!e)
+        return;
+    eng_stop(e);
+    if (e->loop_ready) {
+        if (!e->thread_joined) { /* handles made but never run */
+            uv_close((uv_handle_t *)&e->idle, NULL);
+            uv_close((uv_handle_t *)&e->wake, NULL);
+            uv_run(&e->loop, UV_RUN_DEFAULT);
+        }
+        uv_loop_close(&e->loop);
+    }
+    pthread_mutex_destroy(&e->mu);
+    free(e->active);
+    free(e->b_tokens);
+    free(e->b_tp);
+    free(e->b_want);
+    free(e->b_rows);
+    free(e->logits);
+    kv_pool_destroy(e->pool);
+    if (e->kv.layers)
+        model_kv_free(e->m, &e->kv);
+    model_free(e->m);
+    if (e->dev.ops)
+        dev_destroy(&e->dev);
+    tok_destroy(e->tok);
+    gguf_close(e->g);
+    free(e);
+}
+
+/* Sizes the KV pool; returns usable blocks or a negative code. */
+static int64_t pool_blocks(struct engine *e, char *err, size_t errlen)
+{
+    size_t block_bytes = model_kv_block_bytes(e->m, e->info.kv_block, e->cfg.kv_type);
+    int64_t per_ctx = sched_blocks_for(e, e->info.n_ctx);
+    int64_t n;
+    if (e->cfg.kv_memory_mib > 0) {
+        n = (int64_t)((double)e->cfg.kv_memory_mib * 1048576.0 / (double)block_bytes);
+    } else {
+        n = per_ctx * DEFAULT_CONTEXTS;
+        long pages = sysconf(_SC_AVPHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psize > 0) { /* at most half of the free memory */
+            int64_t cap = (int64_t)((double)pages * (double)psize / 2.0 / (double)block_bytes);
+            if (n > cap)
+                n = cap;
+        }
+    }
+    if (n < 2)
+        return errmsg(err, errlen, -EINVAL,
+                      "--kv-memory %lld MiB holds fewer than 2 KV blocks of %zu bytes",
+                      (long long)e->cfg.kv_memory_mib, block_bytes);
+    if (n > INT32_MAX - 1)
+        n = INT32_MAX - 1;
+    return n;
+}
+
+int eng_create(const char *path, const struct eng_config *cfg, struct engine **out, char *err,
+               size_t errlen)
+{
+    *out = NULL;
+    struct engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return errmsg(err, errlen, -ENOMEM, "out of memory");
+    pthread_mutex_init(&e->mu, NULL);
+    e->cfg = *cfg;
+    if (!e->cfg.kv_block)
+        e->cfg.kv_block = DEFAULT_BLOCK;
+    if (!e->cfg.kv_type)
+        e->cfg.kv_type = QT_F16;
+    if (!e->cfg.max_seqs)
+        e->cfg.max_seqs = DEFAULT_MAX_SEQS;
+    if (!e->cfg.max_batch_tokens)
+        e->cfg.max_batch_tokens = DEFAULT_BATCH_TOKENS;
+    int rc = 0;
+    if (e->cfg.kv_block < 1 || e->cfg.kv_block > 4096 || e->cfg.max_seqs < 1 ||
+        e->cfg.max_batch_tokens < 1 || e->cfg.ctx < 0 || e->cfg.threads < 0 ||
+        e->cfg.kv_memory_mib < 0 || (e->cfg.kv_type != QT_F16 && e->cfg.kv_type != QT_F32))
+        rc = errmsg(err, errlen, -EINVAL, "a KV or batch setting is out of range");
+    if (!rc && e->cfg.max_seqs > e->cfg.max_batch_tokens)
+        e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
+    rc = rc ? rc : gguf_open(path, &e->g, err, errlen);
+    rc = rc ? rc : eng_tokenizer_load(e->g, NULL, &e->tok, err, errlen);
+    if (!rc) {
+        struct dev_cpu_config dc = {.threads = e->cfg.threads};
+        if ((rc = dev_cpu_create(&dc, &e->dev)))
+            errmsg(err, errlen, rc, "cannot start the CPU worker threads");
+    }
+    rc = rc ? rc : model_load(e->g, &e->dev, &e->m, err, errlen);
+    if (!rc) {
+        const struct model_hparams *hp = &e->m->hp;
+        e->info.n_vocab = hp->n_vocab;
+        e->info.n_ctx = e->cfg.ctx ? e->cfg.ctx : hp->n_ctx_train;
+        e->info.kv_block = e->cfg.kv_block;
+        e->info.arch = hp->arch == MODEL_QWEN2 ? "qwen2" : hp->arch == MODEL_QWEN3 ? "qwen3" : "llama";
+        e->info.kernels = dev_cpu_kernels_name(&e->dev);
+        if (e->info.n_ctx < 2 || e->info.n_ctx > hp->n_ctx_train)
+            rc = errmsg(err, errlen, -EINVAL, "--ctx %d is out of range (2 to %d, the model's context)",
+                        e->info.n_ctx, hp->n_ctx_train);
+        if ((size_t)hp->n_vocab != tok_n_vocab(e->tok))
+            rc = errmsg(err, errlen, -EINVAL, "the tokenizer has %zu tokens but the model %d",
+                        tok_n_vocab(e->tok), hp->n_vocab);
+        struct gguf_str t;
+        e->info.chat = TOK_CHAT_CHATML;
+        e->info.chat_known = gguf_get_str(e->g, "tokenizer.chat_template", &t) == 0 &&
+                             tok_chat_detect(t.p, t.n, &e->info.chat) == 0;
+    }
+    int64_t nb = rc ? 0 : pool_blocks(e, err, errlen);
+    if (nb < 0)
+        rc = (int)nb;
+    if (!rc) {
+        e->info.kv_blocks = (int32_t)nb;
+        rc = kv_pool_create((int32_t)nb + 1, e->info.kv_block, &e->pool);
+        rc = rc ? rc : model_kv_init(e->m, &e->kv, (int32_t)nb + 1, e->info.kv_block, e->cfg.kv_type);
+        if (rc)
+            errmsg(err, errlen, rc, "cannot allocate the KV cache (%lld blocks)", (long long)nb);
+    }
+    if (!rc) {
+        size_t bt = (size_t)e->cfg.max_batch_tokens, ms = (size_t)e->cfg.max_seqs;
+        e->active = calloc(ms, sizeof(*e->active));
+        e->b_tokens = calloc(bt, sizeof(*e->b_tokens));
+        e->b_tp = calloc(bt, sizeof(*e->b_tp));
+        e->b_want = calloc(bt, 1);
+        e->b_rows = calloc(ms, sizeof(*e->b_rows));
+        e->logits = calloc(ms * (size_t)e->info.n_vocab, sizeof(float));
+        if (!e->active || !e->b_tokens || !e->b_tp || !e->b_want || !e->b_rows || !e->logits)
+            rc = errmsg(err, errlen, -ENOMEM, "out of memory for the batch buffers");
+    }
+    if (!rc) {
+        int u = uv_loop_init(&e->loop);
+        if (!u) {
+            uv_async_init(&e->loop, &e->wake, wake_cb);
+            uv_idle_init(&e->loop, &e->idle);
+            e->wake.data = e->idle.data = e;
+            e->loop_ready = 1;
+        }
+        if (u || (u = pthread_create(&e->thread, NULL, engine_main, e)) != 0)
+            rc = errmsg(err, errlen, -EAGAIN, "cannot start the engine thread");
+        else
+            e->thread_started = 1;
+    }
+    if (rc) {
+        eng_destroy(e);
+        return rc;
+    }
+    *out = e;
+    return 0;
+}
+
+int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const struct eng_params *p,
+               struct eng_req **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (n_prompt < 1)
+        return errmsg(err, errlen, -EINVAL, "the prompt is empty");
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= e->info.n_vocab)
+            return errmsg(err, errlen, -EINVAL, "token id %d is not in the vocabulary (0 to %d)",
+                          prompt[i], e->info.n_vocab - 1);
+    if (p->max_tokens < 1)
+        return errmsg(err, errlen, -EINVAL, "max_tokens must be at least 1");
+    if (n_prompt >= e->info.n_ctx)
+        return errmsg(err, errlen, -E2BIG,
+                      "this model's maximum context length is %d tokens, but the prompt has %d",
+                      e->info.n_ctx, n_prompt);
+    int max_tokens = p->max_tokens;
+    if (max_tokens > e->info.n_ctx - n_prompt)
+        max_tokens = e->info.n_ctx - n_prompt;
+    int32_t need = sched_blocks_for(e, (int64_t)n_prompt + max_tokens);
+    if (need > e->info.kv_blocks)
+        return errmsg(err, errlen, -E2BIG,
+                      "the request needs %lld tokens of KV cache (%d prompt + %d to generate) "
+                      "but the pool holds %lld",
+                      (long long)n_prompt + max_tokens, n_prompt, max_tokens,
+                      (long long)e->info.kv_blocks * e->info.kv_block);
+    struct smp probe; /* the sampler checks its own parameters */
+    int rc = smp_init(&probe, &p->sp, e->info.n_vocab, NULL, 0);
+    if (rc)
+        return errmsg(err, errlen, rc,
+                      rc == -ENOMEM ? "out of memory" : "a sampling parameter is out of range");
+    smp_free(&probe);
+
+    struct eng_req *r = req_create();
+    if (!r)
+        return errmsg(err, errlen, -ENOMEM, "out of memory");
+    r->e = e;
+    r->cap_tokens = n_prompt + max_tokens;
+    r->tokens = malloc(sizeof(int32_t) * (size_t)r->cap_tokens);
+    r->stop = p->n_stop ? calloc((size_t)p->n_stop, sizeof(char *)) : NULL;
+    r->bias = p->sp.n_bias ? malloc(sizeof(*r->bias) * (size_t)p->sp.n_bias) : NULL;
+    rc = !r->tokens || (p->n_stop && !r->stop) || (p->sp.n_bias && !r->bias) ? -ENOMEM : 0;
+    for (int i = 0; !rc && i < p->n_stop; i++) {
+        if (!(r->stop[i] = strdup(p->stop[i])))
+            rc = -ENOMEM;
+        else
+            r->n_stop = i + 1;
+    }
+    if (rc) {
+        atomic_store(&r->refs, 1);
+        req_unref(r);
+        return errmsg(err, errlen, -ENOMEM, "out of memory");
+    }
+    memcpy(r->tokens, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    r->n_prompt = r->n_tokens = n_prompt;
+    r->sp = p->sp;
+    if (p->sp.n_bias)
+        memcpy(r->bias, p->sp.bias, sizeof(*r->bias) * (size_t)p->sp.n_bias);
+    r->sp.bias = r->bias;
+    r->max_tokens = max_tokens;
+    r->ignore_eos = p->ignore_eos;
+    r->logprobs = p->logprobs;
+    r->notify = p->notify;
+    r->t_submit = now_s();
+
+    pthread_mutex_lock(&e->mu);
+    int stopping = e->stopping;
+    if (!stopping) {
+        if (e->in_tail)
+            e->in_tail->next = r;
+        else
+            e->in_head = r;
+        e->in_tail = r;
+        uv_async_send(&e->wake); /* under mu: the handle closes once stopping is seen */
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (stopping) {
+        atomic_store(&r->refs, 1);
+        req_unref(r);
+        return errmsg(err, errlen, -ESHUTDOWN, "the server is shutting down");
+    }
+    *out = r;
+    return 0;
+}

@@ -1,0 +1,325 @@
+/*
+ * engine/sched.c - the scheduler: one call of sched_step() is one forward
+ * pass over every active request.
+ *
+ * Each step: drop cancelled requests; admit waiting ones in arrival order
+ * while the sequence cap and the KV pool allow; put every decoding
+ * sequence's next token in the batch, then prefill chunks of the others in
+ * admission order until the token budget is spent (chunked prefill, so a long
+ * prompt never stalls running streams); run the model; sample a token for
+ * each sequence whose last row was computed and report it.
+ *
+ * Admission reserves the blocks a request can ever need (prompt + max_tokens),
+ * so a running sequence always finds a slot for its next token.  It does not
+ * yet preempt or share prompt blocks; that is the prefix-cache and
+ * preemption work.
+ *
+ * Text: a token's bytes go through the incremental detokenizer into the
+ * request's pending text; whatever can no longer be the start of a stop
+ * string is released in the token's event.  A stop string ends the request
+ * and neither it nor anything after it is released.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/sched.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int32_t sched_blocks_for(const struct engine *e, int64_t n)
+{
+    int64_t bs = e->info.kv_block;
+    return (int32_t)((n + bs - 1) / bs);
+}
+
+static char *copy_bytes(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        if (n)
+            memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+/* Ends r: queues END, frees its engine state and drops the engine's reference. */
+static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const char *text,
+                   size_t n)
+{
+    struct eng_event ev = {.kind = ENG_EV_END, .finish = f, .t = now_s()};
+    ev.text = copy_bytes(text ? text : "", text ? n : 0);
+    ev.n_text = ev.text ? n : 0;
+    ev.prompt_tokens = r->n_prompt;
+    ev.completion_tokens = r->n_gen;
+    ev.t_submit = r->t_submit;
+    ev.t_scheduled = r->t_scheduled;
+    ev.t_first_token = r->t_first;
+    req_release_engine_state(e, r);
+    req_push(r, &ev);
+    req_unref(r);
+}
+
+/*
+ * How many bytes at the start of r->pending can be released: all of them
+ * when final, else all but the longest tail that may begin a stop string.
+ * *hit is set when a stop string occurs; the count is then the text before it.
+ */
+static size_t stop_scan(const struct eng_req *r, int final, int *hit)
+{
+    const char *p = r->pending.p;
+    size_t n = r->pending.n, first = SIZE_MAX;
+    *hit = 0;
+    for (int i = 0; i < r->n_stop; i++) {
+        const char *at = n ? memmem(p, n, r->stop[i], strlen(r->stop[i])) : NULL;
+        if (at && (size_t)(at - p) < first)
+            first = (size_t)(at - p);
+    }
+    if (first != SIZE_MAX) {
+        *hit = 1;
+        return first;
+    }
+    if (final)
+        return n;
+    size_t hold = 0;
+    for (int i = 0; i < r->n_stop; i++) {
+        size_t len = strlen(r->stop[i]);
+        for (size_t k = (len - 1 < n ? len - 1 : n); k > hold; k--)
+            if (memcmp(p + n - k, r->stop[i], k) == 0) {
+                hold = k;
+                break;
+            }
+    }
+    return n - hold;
+}
+
+/* Reports a sampled token; returns 1 when r has finished (and is gone). */
+static int on_token(struct engine *e, struct eng_req *r, const struct smp_result *res, double now)
+{
+    int32_t t = res->token;
+    if (!r->t_first)
+        r->t_first = now;
+    if (!r->ignore_eos && tok_is_eog(e->tok, t)) {
+        /* the end-of-generation token itself is neither text nor counted */
+        struct tok_buf *pb = &r->pending;
+        tok_detok_flush(&r->detok, pb);
+        int hit;
+        size_t rel = stop_scan(r, 1, &hit);
+        finish(e, r, ENG_FINISH_STOP, pb->p, rel);
+        return 1;
+    }
+    smp_accept(&r->smp, t);
+    r->n_gen++;
+    r->tokens[r->n_tokens++] = t;
+    int rc = tok_detok_feed(&r->detok, t, &r->pending);
+    int last = r->n_gen >= r->max_tokens;
+    if (!rc && last)
+        rc = tok_detok_flush(&r->detok, &r->pending);
+    if (rc) {
+        finish(e, r, ENG_FINISH_ERROR, "out of memory while detokenizing", 32);
+        return 1;
+    }
+    int hit;
+    size_t rel = stop_scan(r, last, &hit);
+    struct eng_event ev = {.kind = ENG_EV_TOKEN, .t = now, .token = t, .logprob = res->logprob};
+    ev.text = copy_bytes(r->pending.p, rel);
+    ev.n_text = rel;
+    if (r->logprobs) {
+        ev.top = malloc(sizeof(*ev.top));
+        if (ev.top)
+            *ev.top = *res;
+        ev.n_top = res->n_top;
+    }
+    if (!ev.text || (r->logprobs && !ev.top)) {
+        eng_event_clear(&ev);
+        finish(e, r, ENG_FINISH_ERROR, "out of memory for the output", 28);
+        return 1;
+    }
+    if (hit) {
+        r->pending.n = 0;
+    } else {
+        memmove(r->pending.p, r->pending.p + rel, r->pending.n - rel);
+        r->pending.n -= rel;
+    }
+    req_push(r, &ev);
+    if (hit) {
+        finish(e, r, ENG_FINISH_STOP, NULL, 0);
+        return 1;
+    }
+    if (last) {
+        finish(e, r, ENG_FINISH_LENGTH, NULL, 0);
+        return 1;
+    }
+    return 0;
+}
+
+void sched_abort_all(struct engine *e, enum eng_finish f, const char *msg)
+{
+    for (int i = 0; i < e->n_active; i++)
+        if (e->active[i])
+            finish(e, e->active[i], f, msg, strlen(msg));
+    e->n_active = 0;
+    while (e->wait_head) {
+        struct eng_req *r = e->wait_head;
+        e->wait_head = r->next;
+        finish(e, r, f, msg, strlen(msg));
+    }
+    e->wait_tail = NULL;
+}
+
+/* Drops cancelled requests, queued or active. */
+static void drop_cancelled(struct engine *e)
+{
+    for (int i = 0; i < e->n_active; i++) {
+        struct eng_req *r = e->active[i];
+        if (r && atomic_load(&r->cancel)) {
+            finish(e, r, ENG_FINISH_CANCELLED, NULL, 0);
+            e->active[i] = NULL;
+        }
+    }
+    struct eng_req **pp = &e->wait_head, *prev = NULL;
+    while (*pp) {
+        struct eng_req *r = *pp;
+        if (atomic_load(&r->cancel)) {
+            *pp = r->next;
+            finish(e, r, ENG_FINISH_CANCELLED, NULL, 0);
+        } else {
+            prev = r;
+            pp = &r->next;
+        }
+    }
+    e->wait_tail = prev;
+}
+
+static void compact_active(struct engine *e)
+{
+    int k = 0;
+    for (int i = 0; i < e->n_active; i++)
+        if (e->active[i])
+            e->active[k++] = e->active[i];
+    e->n_active = k;
+}
+
+/* Moves waiting requests in while the sequence cap and the pool allow. */
+static void admit(struct engine *e, double now)
+{
+    while (e->wait_head && e->n_active < e->cfg.max_seqs) {
+        struct eng_req *r = e->wait_head;
+        int32_t need = sched_blocks_for(e, (int64_t)r->n_prompt + r->max_tokens);
+        if (e->reserved + need > e->info.kv_blocks)
+            break;
+        e->wait_head = r->next;
+        if (!e->wait_head)
+            e->wait_tail = NULL;
+        r->next = NULL;
+        if (smp_init(&r->smp, &r->sp, e->info.n_vocab, r->tokens, r->n_prompt)) {
+            finish(e, r, ENG_FINISH_ERROR, "out of memory for the sampler", 29);
+            continue;
+        }
+        r->smp_ready = 1;
+        tok_detok_init(&r->detok, e->tok, 0);
+        r->reserved = need;
+        e->reserved += need;
+        r->t_scheduled = now;
+        e->active[e->n_active++] = r;
+    }
+}
+
+/* Adds n tokens of r, from r->n_computed on, to the batch. */
+static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *rows)
+{
+    if (kv_alloc_slots(e->pool, &r->seq, n))
+        return -ENOSPC;
+    for (int i = 0; i < n; i++) {
+        int pos = r->n_computed + i;
+        e->b_tokens[*T] = r->tokens[pos];
+        e->b_tp[*T] = (struct dev_tokpos){r->seq.blocks, pos, 0};
+        e->b_want[*T] = pos == r->n_tokens - 1;
+        if (e->b_want[*T])
+            e->b_rows[(*rows)++] = r;
+        (*T)++;
+    }
+    r->step_n = n;
+    return 0;
+}
+
+static void update_stats(struct engine *e)
+{
+    int waiting = 0;
+    for (struct eng_req *r = e->wait_head; r; r = r->next)
+        waiting++;
+    atomic_store(&e->st_running, e->n_active);
+    atomic_store(&e->st_waiting, waiting);
+    atomic_store(&e->st_kv_used, e->info.kv_blocks - kv_pool_n_free(e->pool));
+}
+
+int sched_step(struct engine *e)
+{
+    double now = now_s();
+    drop_cancelled(e);
+    compact_active(e);
+    admit(e, now);
+    int T = 0, rows = 0, budget = e->cfg.max_batch_tokens;
+    for (int pass = 0; pass < 2; pass++) { /* decode tokens first, then prefill chunks */
+        for (int i = 0; i < e->n_active; i++) {
+            struct eng_req *r = e->active[i];
+            int decoding = r->n_computed >= r->n_prompt;
+            if (pass == 0)
+                r->step_n = 0;
+            if (decoding != (pass == 0) || T >= budget)
+                continue;
+            int n = r->n_tokens - r->n_computed;
+            if (n > budget - T)
+                n = budget - T;
+            if (add_tokens(e, r, n, &T, &rows)) {
+                /* cannot happen: admission reserved the blocks */
+                finish(e, r, ENG_FINISH_ERROR, "the KV cache is full", 20);
+                e->active[i] = NULL;
+            }
+        }
+    }
+    if (T > 0) {
+        struct model_batch b = {T, e->b_tokens, e->b_tp, e->b_want};
+        int rc = model_forward(e->m, &e->kv, &b, e->logits);
+        if (rc) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "the forward pass failed: %s", strerror(-rc));
+            compact_active(e);
+            for (int i = 0; i < e->n_active; i++)
+                finish(e, e->active[i], ENG_FINISH_ERROR, msg, strlen(msg));
+            e->n_active = 0;
+        } else {
+            for (int i = 0; i < e->n_active; i++)
+                if (e->active[i])
+                    e->active[i]->n_computed += e->active[i]->step_n;
+            now = now_s();
+            int V = e->info.n_vocab;
+            for (int j = 0; j < rows; j++) {
+                struct eng_req *r = e->b_rows[j];
+                struct smp_result res;
+                if (smp_sample(&r->smp, e->logits + (size_t)j * V, &res)) {
+                    finish(e, r, ENG_FINISH_ERROR, "sampling failed", 15);
+                    r = NULL;
+                } else if (on_token(e, r, &res, now)) {
+                    r = NULL;
+                }
+                if (!r)
+                    for (int i = 0; i < e->n_active; i++)
+                        if (e->active[i] == e->b_rows[j])
+                            e->active[i] = NULL;
+            }
+        }
+        compact_active(e);
+    }
+    update_stats(e);
+    return e->n_active > 0 || (e->wait_head && T > 0);
+}

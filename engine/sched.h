@@ -1,0 +1,111 @@
+/*
+ * engine/sched.h - private to engine/: the engine's state, a request's
+ * state, and the scheduler that turns them into forward passes.
+ *
+ * Threads: eng_submit/eng_cancel/eng_req_next run on callers' threads and
+ * touch only the incoming list (under engine.mu) and a request's channel
+ * (under req.mu).  Everything else - the queues, block tables, samplers,
+ * the model - belongs to the engine thread alone.
+ */
+#ifndef CINFER_ENGINE_SCHED_H
+#define CINFER_ENGINE_SCHED_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "device/dev.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "kv-cache/kv.h"
+
+struct eng_req {
+    struct engine *e;
+    atomic_int refs;   /* the caller's handle and the engine's */
+    atomic_int cancel; /* set by eng_cancel */
+
+    /* the output channel, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct eng_event *ev; /* queue: ev[head .. n) */
+    int head, n, cap;
+    int ended;    /* END was queued */
+    int released; /* the caller dropped its handle: notify is gone */
+    struct eng_notify *notify;
+    int taken; /* END was taken */
+
+    /* engine thread only */
+    struct eng_req *next; /* in the incoming list or the waiting queue */
+    int32_t *tokens;      /* prompt then generated: n_tokens of cap */
+    int n_prompt, n_tokens, cap_tokens;
+    int n_computed; /* tokens whose K/V is stored */
+    int n_gen;      /* generated tokens reported */
+    struct kv_seq seq;
+    int32_t reserved; /* blocks held back for this request */
+    struct smp_params sp; /* sp.bias points into bias */
+    struct smp_bias *bias;
+    struct smp smp;
+    int smp_ready;
+    int step_n; /* tokens it has in the forward pass being built */
+    int max_tokens, ignore_eos, logprobs;
+    char **stop;
+    int n_stop;
+    size_t max_stop; /* longest stop string */
+    struct tok_detok detok;
+    struct tok_buf pending; /* text not yet released */
+    double t_submit, t_scheduled, t_first;
+};
+
+struct engine {
+    struct eng_config cfg;
+    struct gguf_file *g;
+    struct tok *tok;
+    struct dev dev;
+    struct model *m;
+    struct model_kv kv;
+    struct kv_pool *pool;
+    struct eng_info info;
+
+    pthread_t thread;
+    int thread_started, thread_joined;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_idle_t idle;
+    int loop_ready;
+
+    pthread_mutex_t mu; /* guards incoming and stopping */
+    struct eng_req *in_head, *in_tail;
+    int stopping;
+
+    /* engine thread only */
+    struct eng_req *wait_head, *wait_tail;
+    struct eng_req **active; /* admitted, in admission order */
+    int n_active;
+    int32_t reserved; /* blocks reserved by active requests */
+    int32_t *b_tokens;
+    struct dev_tokpos *b_tp;
+    uint8_t *b_want;
+    struct eng_req **b_rows; /* the request of each logits row */
+    float *logits;
+
+    atomic_int st_running, st_waiting, st_kv_used;
+};
+
+/* One scheduling step: admits, runs one forward pass, samples, reports.
+ * Returns 1 when there is more work, 0 when idle. */
+int sched_step(struct engine *e);
+/* Ends every request (queued or active) with `finish`; for shutdown. */
+void sched_abort_all(struct engine *e, enum eng_finish finish, const char *msg);
+/* Blocks a request of n tokens needs. */
+int32_t sched_blocks_for(const struct engine *e, int64_t n);
+
+/* engine/request.c */
+struct eng_req *req_create(void);
+/* Drops one reference; frees the request at zero. */
+void req_unref(struct eng_req *r);
+/* Queues an event (taking ownership of its text); 0 or -ENOMEM. */
+int req_push(struct eng_req *r, struct eng_event *ev);
+/* Frees the engine-side state (block table, sampler, text); e->pool gets the blocks. */
+void req_release_engine_state(struct engine *e, struct eng_req *r);
+
+#endif

@@ -1,0 +1,309 @@
+/*
+ * server/config.c - the settings of `cinfer serve`, from four places: the
+ * defaults, a JSON config file, CINFER_* environment variables and flags,
+ * each overriding the one before.  One table names every setting once; the
+ * flag (--kv-memory), the variable (CINFER_KV_MEMORY) and the file key
+ * (kv_memory) all come from it.  configs/default.json lists the same table.
+ * An unknown key or a bad value anywhere is an error naming where it was.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/cli.h"
+#include "server/srv.h"
+
+enum kind { K_STR, K_INT };
+
+struct setting {
+    const char *name;
+    enum kind kind;
+    size_t off;
+    int64_t lo, hi;  /* K_INT range */
+    const char *def; /* default, as text */
+    const char *arg; /* for --help */
+    const char *help;
+    const char *choices; /* K_STR: "a|b" allowed values, or NULL for any */
+};
+
+#define S(f) offsetof(struct srv_config, f)
+static const struct setting k_settings[] = {
+    {"model", K_STR, S(model), 0, 0, "", "FILE", "GGUF model to serve (required)", NULL},
+    {"host", K_STR, S(host), 0, 0, "127.0.0.1", "ADDR", "address to listen on", NULL},
+    {"port", K_INT, S(port), 0, 65535, "8080", "N", "TCP port (0: any free port)", NULL},
+    {"api_key", K_STR, S(api_key), 0, 0, "", "KEY", "require 'Authorization: Bearer KEY'", NULL},
+    {"api_key_file", K_STR, S(api_key_file), 0, 0, "", "FILE", "read the API key from FILE", NULL},
+    {"model_alias", K_STR, S(model_alias), 0, 0, "", "NAME", "another name clients may use", NULL},
+    {"threads", K_INT, S(threads), 0, 1024, "0", "N", "CPU threads (0: the number of cores)", NULL},
+    {"ctx", K_INT, S(ctx), 0, 1 << 24, "0", "N", "context per sequence (0: the model's)", NULL},
+    {"kv_memory", K_INT, S(kv_memory), 0, 1 << 24, "0", "MIB",
+     "KV cache size (0: 4 full contexts, at most half the free RAM)", NULL},
+    {"kv_block", K_INT, S(kv_block), 1, 4096, "16", "N", "tokens per KV block", NULL},
+    {"kv_type", K_STR, S(kv_type), 0, 0, "f16", "TYPE", "KV cache storage: f16 or f32", "f16|f32"},
+    {"max_body", K_INT, S(max_body), 1024, (int64_t)1 << 32, "8388608", "BYTES",
+     "largest request body (413 past it)", NULL},
+    {"max_seqs", K_INT, S(max_seqs), 1, 4096, "64", "N", "sequences in one forward pass", NULL},
+    {"max_batch_tokens", K_INT, S(max_batch_tokens), 1, 1 << 20, "512", "N",
+     "tokens in one forward pass", NULL},
+    {"log_format", K_STR, S(log_format), 0, 0, "text", "FMT", "access log: text or json",
+     "text|json"},
+};
+#define N_SETTINGS (sizeof(k_settings) / sizeof(k_settings[0]))
+
+static const char *const k_serve_help_head =
+    "usage: cinfer serve -m MODEL [options]\n"
+    "\n"
+    "Serves the OpenAI HTTP API (/v1/chat/completions, /v1/completions,\n"
+    "/v1/models, /tokenize, /detokenize, /health, /metrics, /version).\n"
+    "Every option is also a CINFER_<NAME> environment variable and a key of a\n"
+    "JSON config file (--config); flags > environment > file > defaults.\n"
+    "\n";
+
+static void flag_name(const struct setting *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", s->name);
+    for (char *p = out; *p; p++)
+        if (*p == '_')
+            *p = '-';
+}
+
+static void env_name(const struct setting *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "CINFER_%s", s->name);
+    for (char *p = out; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+}
+
+static void print_help(void)
+{
+    fputs(k_serve_help_head, stdout);
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const struct setting *s = &k_settings[i];
+        char f[64], left[96];
+        flag_name(s, f, sizeof(f));
+        snprintf(left, sizeof(left), "%s--%s %s", strcmp(s->name, "model") ? "    " : "-m, ", f,
+                 s->arg);
+        printf("  %-28s %s%s%s%s\n", left, s->help, *s->def ? " (default " : "", s->def,
+               *s->def ? ")" : "");
+    }
+    printf("  %-28s %s\n", "    --config FILE", "JSON config file (keys as above, with _)");
+    printf("  %-28s %s\n", "    --print-config", "print the merged settings as JSON and exit");
+    printf("  %-28s %s\n", "-h, --help", "this help");
+    printf("  %-28s %s\n", "    --version", "the version");
+}
+
+/* Sets one setting from text; `where` names the source for the error. */
+static int set_value(struct srv_config *cfg, const struct setting *s, const char *v,
+                     const char *where)
+{
+    char *base = (char *)cfg;
+    if (s->kind == K_INT) {
+        char *end;
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || end == v || *end || x < s->lo || x > s->hi) {
+            fprintf(stderr, "cinfer serve: %s must be a whole number from %lld to %lld, not '%s'\n",
+                    where, (long long)s->lo, (long long)s->hi, v);
+            return -1;
+        }
+        *(int64_t *)(void *)(base + s->off) = x;
+        return 0;
+    }
+    if (s->choices) {
+        size_t n = strlen(v);
+        const char *c = s->choices;
+        int ok = 0;
+        while (*c && !ok) {
+            const char *bar = strchr(c, '|');
+            size_t len = bar ? (size_t)(bar - c) : strlen(c);
+            ok = len == n && !strncmp(c, v, n);
+            c += len + (bar ? 1 : 0);
+        }
+        if (!ok) {
+            fprintf(stderr, "cinfer serve: %s must be one of %s, not '%s'\n", where, s->choices, v);
+            return -1;
+        }
+    }
+    char **slot = (char **)(void *)(base + s->off);
+    char *dup = strdup(v);
+    if (!dup) {
+        fprintf(stderr, "cinfer serve: out of memory\n");
+        return -1;
+    }
+    free(*slot);
+    *slot = dup;
+    return 0;
+}
+
+static int load_file(struct srv_config *cfg, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cinfer serve: cannot open config file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    struct tok_buf b = {0};
+    char chunk[4096];
+    size_t k;
+    int rc = 0;
+    while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0 && !rc)
+        if (tok_buf_append(&b, chunk, k) || b.n > (1u << 20))
+            rc = -1;
+    fclose(f);
+    if (rc) {
+        fprintf(stderr, "cinfer serve: config file %s is too large\n", path);
+        free(b.p);
+        return -1;
+    }
+    cJSON *root = cJSON_ParseWithLength(b.p ? b.p : "", b.n);
+    free(b.p);
+    if (!cJSON_IsObject(root)) {
+        fprintf(stderr, "cinfer serve: config file %s is not a JSON object\n", path);
+        cJSON_Delete(root);
+        return -1;
+    }
+    for (cJSON *it = root->child; it && !rc; it = it->next) {
+        const struct setting *s = NULL;
+        for (size_t i = 0; i < N_SETTINGS && !s; i++)
+            if (!strcmp(k_settings[i].name, it->string))
+                s = &k_settings[i];
+        char where[256];
+        snprintf(where, sizeof(where), "key \"%s\" in %s", it->string, path);
+        if (!s) {
+            fprintf(stderr, "cinfer serve: unknown %s\n", where);
+            rc = -1;
+        } else if (s->kind == K_INT && cJSON_IsNumber(it)) {
+            char num[64];
+            double d = it->valuedouble;
+            if (d != (double)(long long)d) {
+                fprintf(stderr, "cinfer serve: %s must be a whole number\n", where);
+                rc = -1;
+            } else {
+                snprintf(num, sizeof(num), "%lld", (long long)d);
+                rc = set_value(cfg, s, num, where);
+            }
+        } else if (s->kind == K_STR && cJSON_IsString(it)) {
+            rc = set_value(cfg, s, it->valuestring, where);
+        } else {
+            fprintf(stderr, "cinfer serve: %s must be a %s\n", where,
+                    s->kind == K_INT ? "number" : "string");
+            rc = -1;
+        }
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+cJSON *srv_config_json(const struct srv_config *cfg)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; o && i < N_SETTINGS; i++) {
+        const struct setting *s = &k_settings[i];
+        const char *base = (const char *)cfg;
+        if (s->kind == K_INT)
+            cJSON_AddNumberToObject(o, s->name, (double)*(const int64_t *)(const void *)(base + s->off));
+        else
+            cJSON_AddStringToObject(o, s->name, *(char *const *)(const void *)(base + s->off));
+    }
+    return o;
+}
+
+void srv_config_free(struct srv_config *cfg)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (k_settings[i].kind == K_STR)
+            free(*(char **)(void *)((char *)cfg + k_settings[i].off));
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_config)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    *print_config = 0;
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (set_value(cfg, &k_settings[i], k_settings[i].def, k_settings[i].name))
+            return CLI_EXIT_BADINPUT;
+    /* first pass over the flags: help, version and the config file */
+    const char *file = getenv("CINFER_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            print_help();
+            return 1;
+        }
+        if (!strcmp(argv[i], "--version")) {
+            cli_print_version();
+            return 1;
+        }
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc)
+                return cli_usage("serve", "--config needs a file");
+            file = argv[++i];
+        } else if (!strncmp(argv[i], "--config=", 9)) {
+            file = argv[i] + 9;
+        }
+    }
+    if (file && *file && load_file(cfg, file))
+        return CLI_EXIT_BADINPUT;
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        char env[64];
+        env_name(&k_settings[i], env, sizeof(env));
+        const char *v = getenv(env);
+        if (v && set_value(cfg, &k_settings[i], v, env))
+            return CLI_EXIT_BADINPUT;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(a, "--config=", 9))
+            continue;
+        if (!strcmp(a, "--print-config")) {
+            *print_config = 1;
+            continue;
+        }
+        const struct setting *s = NULL;
+        const char *val = NULL;
+        if (!strcmp(a, "-m")) {
+            s = &k_settings[0];
+        } else if (!strncmp(a, "--", 2)) {
+            const char *eq = strchr(a, '=');
+            size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+            for (size_t k = 0; k < N_SETTINGS && !s; k++) {
+                char f[64];
+                flag_name(&k_settings[k], f, sizeof(f));
+                if (strlen(f) == len && !strncmp(f, a + 2, len))
+                    s = &k_settings[k];
+            }
+            if (eq)
+                val = eq + 1;
+        }
+        if (!s) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "unknown option '%.100s'", a);
+            return cli_usage("serve", msg);
+        }
+        if (!val) {
+            if (i + 1 >= argc) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "%.100s needs a value", a);
+                return cli_usage("serve", msg);
+            }
+            val = argv[++i];
+        }
+        char where[128];
+        snprintf(where, sizeof(where), "%.100s", a);
+        char *eq = strchr(where, '=');
+        if (eq)
+            *eq = '\0';
+        if (set_value(cfg, s, val, where))
+            return CLI_EXIT_BADINPUT;
+    }
+    if (!*cfg->model)
+        return cli_usage("serve", "-m MODEL is required (or CINFER_MODEL, or \"model\" in --config)");
+    return 0;
+}

@@ -1,0 +1,1051 @@
+/*
+ * server/openai.c - the OpenAI API's shapes: a chat or completion body
+ * checked field by field into a struct srv_request (or a 4xx error naming
+ * the field), and a running job's engine events written back as OpenAI
+ * JSON or server-sent events.  No HTTP here: http.c moves the bytes.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/srv.h"
+
+#define MAX_N 16
+#define MAX_STOP 16
+#define MAX_LOGPROBS 20
+#define MAX_PROMPTS 64
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+int srv_buf_printf(struct tok_buf *b, const char *fmt, ...)
+{
+    char small[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -ENOMEM;
+    if ((size_t)n < sizeof(small))
+        return tok_buf_append(b, small, (size_t)n);
+    char *big = malloc((size_t)n + 1);
+    if (!big)
+        return -ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    int rc = tok_buf_append(b, big, (size_t)n);
+    free(big);
+    return rc;
+}
+
+char *srv_utf8_dup(const char *p, size_t n)
+{
+    struct tok_buf b = {0};
+    if (tok_utf8_clean(p, n, &b) || tok_buf_append(&b, "", 1)) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+int srv_fail(struct srv_error *err, unsigned status, const char *param, const char *code,
+             const char *fmt, ...)
+{
+    err->status = status;
+    err->type = status == 401   ? "authentication_error"
+                : status == 404 ? (code && !strcmp(code, "model_not_found") ? "invalid_request_error"
+                                                                            : "not_found_error")
+                : status == 429 ? "rate_limit_error"
+                : status >= 500 ? "server_error"
+                                : "invalid_request_error";
+    err->code = code;
+    snprintf(err->param, sizeof(err->param), "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+char *srv_error_json(const struct srv_error *err)
+{
+    cJSON *root = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(root, "error");
+    char *msg = srv_utf8_dup(err->message, strlen(err->message));
+    cJSON_AddStringToObject(e, "message", msg ? msg : "error");
+    free(msg);
+    cJSON_AddStringToObject(e, "type", err->type ? err->type : "invalid_request_error");
+    if (err->param[0])
+        cJSON_AddStringToObject(e, "param", err->param);
+    else
+        cJSON_AddNullToObject(e, "param");
+    if (err->code)
+        cJSON_AddStringToObject(e, "code", err->code);
+    else
+        cJSON_AddNullToObject(e, "code");
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+/*
+ * Checks the raw body before cJSON sees it: cJSON takes invalid UTF-8, raw
+ * control bytes in strings and \u0000 (which would cut a string short).
+ */
+static int body_ok(const char *p, size_t n, struct srv_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            return srv_fail(err, 400, NULL, NULL,
+                            "the body has a raw control byte 0x%02x at offset %zu", c, i);
+        if (c == '\\' && i + 1 < n) {
+            if (p[i + 1] == 'u' && i + 5 < n && !strncmp(p + i + 2, "0000", 4))
+                return srv_fail(err, 400, NULL, NULL,
+                                "strings must not contain NUL characters (\\u0000)");
+            i++; /* skip the escaped character */
+        }
+    }
+    struct tok_buf b = {0};
+    int rc = tok_utf8_clean(p, n, &b);
+    int same = !rc && b.n == n;
+    free(b.p);
+    if (rc)
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    if (!same)
+        return srv_fail(err, 400, NULL, NULL, "the body is not valid UTF-8");
+    return 0;
+}
+
+/* ---- field readers: each returns 0 (absent or null leaves *out), or -1 ------ */
+
+static int get_number(const cJSON *o, const char *key, double lo, double hi, int lo_open,
+                      double *out, struct srv_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return srv_fail(err, 400, key, NULL, "%s must be a number", key);
+    double d = v->valuedouble;
+    if (d > hi || d < lo || (lo_open && d == lo))
+        return srv_fail(err, 400, key, NULL, "%s must be %s %g and at most %g, not %g", key,
+                        lo_open ? "above" : "at least", lo, hi, d);
+    *out = d;
+    return 0;
+}
+
+static int is_int(const cJSON *v, double lo, double hi)
+{
+    return cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
+           v->valuedouble >= lo && v->valuedouble <= hi;
+}
+
+static int get_int(const cJSON *o, const char *key, double lo, double hi, int64_t *out,
+                   struct srv_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!is_int(v, -9.2e18, 9.2e18))
+        return srv_fail(err, 400, key, NULL, "%s must be an integer", key);
+    if (!is_int(v, lo, hi))
+        return srv_fail(err, 400, key, NULL, "%s must be from %.0f to %.0f, not %.0f", key, lo, hi,
+                        v->valuedouble);
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+static int get_bool(const cJSON *o, const char *key, int *out, struct srv_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!cJSON_IsBool(v))
+        return srv_fail(err, 400, key, NULL, "%s must be true or false", key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* Appends a prompt text's token ids as a new prompt. */
+static int add_prompt(struct srv_request *r, int32_t *ids, int n, struct srv_error *err)
+{
+    if (r->n_prompts >= MAX_PROMPTS) {
+        free(ids);
+        return srv_fail(err, 400, "prompt", NULL, "at most %d prompts per request", MAX_PROMPTS);
+    }
+    int32_t **p = realloc(r->prompts, sizeof(*p) * (size_t)(r->n_prompts + 1));
+    int *np = p ? realloc(r->n_prompt, sizeof(*np) * (size_t)(r->n_prompts + 1)) : NULL;
+    if (p)
+        r->prompts = p;
+    if (np)
+        r->n_prompt = np;
+    if (!p || !np) {
+        free(ids);
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    }
+    r->prompts[r->n_prompts] = ids;
+    r->n_prompt[r->n_prompts++] = n;
+    return 0;
+}
+
+static int encode(const struct tok *t, const char *text, size_t len, unsigned flags,
+                  struct srv_request *r, struct srv_error *err)
+{
+    size_t cap = 3 * len + 2;
+    int32_t *ids = malloc(sizeof(int32_t) * cap);
+    int64_t n = ids ? tok_encode(t, text, len, flags, ids, cap) : -ENOMEM;
+    if (n < 0) {
+        free(ids);
+        return n == -ENOMEM ? srv_fail(err, 500, NULL, NULL, "out of memory")
+                            : srv_fail(err, 400, "prompt", NULL, "the text cannot be tokenized");
+    }
+    return add_prompt(r, ids, (int)n, err);
+}
+
+static int ids_prompt(const cJSON *arr, int n_vocab, const char *param, struct srv_request *r,
+                      struct srv_error *err)
+{
+    int n = cJSON_GetArraySize(arr);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    if (!ids)
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    int i = 0;
+    for (const cJSON *v = arr->child; v; v = v->next, i++) {
+        if (!is_int(v, 0, n_vocab - 1)) {
+            free(ids);
+            return srv_fail(err, 400, param, NULL,
+                            "%s[%d] is not a token id (an integer from 0 to %d)", param, i,
+                            n_vocab - 1);
+        }
+        ids[i] = (int32_t)v->valuedouble;
+    }
+    return add_prompt(r, ids, n, err);
+}
+
+static int all_ints(const cJSON *arr)
+{
+    for (const cJSON *v = arr->child; v; v = v->next)
+        if (!cJSON_IsNumber(v))
+            return 0;
+    return 1;
+}
+
+static int parse_prompt(const cJSON *root, struct engine *e, struct srv_request *r,
+                        struct srv_error *err)
+{
+    const struct tok *t = eng_tok(e);
+    unsigned flags = TOK_PARSE_SPECIAL | (tok_add_bos(t) ? TOK_ADD_BOS : 0);
+    int n_vocab = (int)tok_n_vocab(t);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!p || cJSON_IsNull(p))
+        return srv_fail(err, 400, "prompt", NULL, "prompt is required");
+    if (cJSON_IsString(p))
+        return encode(t, p->valuestring, strlen(p->valuestring), flags, r, err);
+    if (!cJSON_IsArray(p) || !p->child)
+        return srv_fail(err, 400, "prompt", NULL,
+                        "prompt must be a string, an array of strings, an array of token ids "
+                        "or an array of such arrays (non-empty)");
+    if (cJSON_IsNumber(p->child)) {
+        if (!all_ints(p))
+            return srv_fail(err, 400, "prompt", NULL, "prompt mixes token ids with other values");
+        return ids_prompt(p, n_vocab, "prompt", r, err);
+    }
+    int i = 0;
+    for (const cJSON *v = p->child; v; v = v->next, i++) {
+        int rc;
+        if (cJSON_IsString(v) && cJSON_IsString(p->child))
+            rc = encode(t, v->valuestring, strlen(v->valuestring), flags, r, err);
+        else if (cJSON_IsArray(v) && cJSON_IsArray(p->child) && v->child && all_ints(v))
+            rc = ids_prompt(v, n_vocab, "prompt", r, err);
+        else
+            rc = srv_fail(err, 400, "prompt", NULL,
+                          "prompt[%d] must be a %s like prompt[0]", i,
+                          cJSON_IsString(p->child) ? "string" : "non-empty array of token ids");
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Message content: a string, null, or an array of text parts, joined. */
+static int content_text(const cJSON *c, int i, struct tok_buf *out, struct srv_error *err)
+{
+    char param[64];
+    snprintf(param, sizeof(param), "messages[%d].content", i);
+    if (!c || cJSON_IsNull(c))
+        return 0;
+    if (cJSON_IsString(c))
+        return tok_buf_append(out, c->valuestring, strlen(c->valuestring)) ? -1 : 0;
+    if (!cJSON_IsArray(c))
+        return srv_fail(err, 400, param, NULL, "%s must be a string or an array of parts", param);
+    int j = 0;
+    for (const cJSON *part = c->child; part; part = part->next, j++) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type))
+            return srv_fail(err, 400, param, NULL, "%s[%d] must be an object with a \"type\"",
+                            param, j);
+        if (strcmp(type->valuestring, "text"))
+            return srv_fail(err, 400, param, NULL,
+                            "content part type '%.40s' is not supported (only 'text')",
+                            type->valuestring);
+        if (!cJSON_IsString(text))
+            return srv_fail(err, 400, param, NULL, "%s[%d].text must be a string", param, j);
+        if (tok_buf_append(out, text->valuestring, strlen(text->valuestring)))
+            return srv_fail(err, 500, NULL, NULL, "out of memory");
+    }
+    return 0;
+}
+
+static int parse_messages(const cJSON *root, struct engine *e, struct srv_request *r,
+                          struct srv_error *err)
+{
+    static const char *const roles[] = {"system", "developer", "user", "assistant", "tool"};
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!cJSON_IsArray(msgs) || !msgs->child)
+        return srv_fail(err, 400, "messages", NULL, "messages must be a non-empty array");
+    int n = cJSON_GetArraySize(msgs), rc = 0;
+    struct tok_msg *m = calloc((size_t)n, sizeof(*m));
+    struct tok_buf *texts = calloc((size_t)n, sizeof(*texts));
+    if (!m || !texts)
+        rc = srv_fail(err, 500, NULL, NULL, "out of memory");
+    int i = 0;
+    for (const cJSON *v = msgs->child; v && !rc; v = v->next, i++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(v, "role");
+        char param[48];
+        snprintf(param, sizeof(param), "messages[%d].role", i);
+        if (!cJSON_IsObject(v)) {
+            rc = srv_fail(err, 400, "messages", NULL, "messages[%d] must be an object", i);
+            break;
+        }
+        if (!cJSON_IsString(role)) {
+            rc = srv_fail(err, 400, param, NULL, "%s must be a string", param);
+            break;
+        }
+        m[i].role = NULL;
+        for (size_t k = 0; k < sizeof(roles) / sizeof(roles[0]); k++)
+            if (!strcmp(role->valuestring, roles[k]))
+                m[i].role = roles[k];
+        if (!m[i].role) {
+            char *clean = srv_utf8_dup(role->valuestring, strnlen(role->valuestring, 40));
+            rc = srv_fail(err, 400, param, NULL,
+                          "%s '%s' is not one of system, developer, user, assistant, tool", param,
+                          clean ? clean : "?");
+            free(clean);
+            break;
+        }
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(v, "content");
+        if ((!content || cJSON_IsNull(content)) && strcmp(m[i].role, "assistant")) {
+            rc = srv_fail(err, 400, "messages", NULL, "messages[%d].content is required", i);
+            break;
+        }
+        rc = content_text(content, i, &texts[i], err);
+        if (!rc && tok_buf_append(&texts[i], "", 1))
+            rc = srv_fail(err, 500, NULL, NULL, "out of memory");
+        m[i].content = texts[i].p;
+    }
+    struct eng_info info;
+    eng_get_info(e, &info);
+    struct tok_buf prompt = {0};
+    if (!rc && tok_chat_render(info.chat, m, n, 1, &prompt))
+        rc = srv_fail(err, 400, "messages", NULL, "the messages cannot be rendered");
+    if (!rc) {
+        const struct tok *t = eng_tok(e);
+        rc = encode(t, prompt.p ? prompt.p : "", prompt.n,
+                    TOK_PARSE_SPECIAL | (tok_add_bos(t) ? TOK_ADD_BOS : 0), r, err);
+    }
+    free(prompt.p);
+    for (int k = 0; texts && k < n; k++)
+        free(texts[k].p);
+    free(texts);
+    free(m);
+    return rc;
+}
+
+static int parse_stop(const cJSON *root, struct srv_request *r, struct srv_error *err)
+{
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (!s || cJSON_IsNull(s))
+        return 0;
+    if (!cJSON_IsString(s) && !cJSON_IsArray(s))
+        return srv_fail(err, 400, "stop", NULL, "stop must be a string or an array of strings");
+    int n = cJSON_IsString(s) ? 1 : cJSON_GetArraySize(s);
+    if (n > MAX_STOP)
+        return srv_fail(err, 400, "stop", NULL, "stop has %d strings; at most %d", n, MAX_STOP);
+    r->stop = calloc((size_t)(n ? n : 1), sizeof(char *));
+    if (!r->stop)
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    const cJSON *v = cJSON_IsString(s) ? s : s->child;
+    for (int i = 0; v && i < n; i++, v = cJSON_IsString(s) ? NULL : v->next) {
+        if (!cJSON_IsString(v))
+            return srv_fail(err, 400, "stop", NULL, "stop[%d] must be a string", i);
+        if (!*v->valuestring)
+            continue; /* an empty stop string would end every request at once */
+        if (!(r->stop[r->p.n_stop] = strdup(v->valuestring)))
+            return srv_fail(err, 500, NULL, NULL, "out of memory");
+        r->p.n_stop++;
+    }
+    r->p.stop = (const char *const *)r->stop;
+    return 0;
+}
+
+static int parse_bias(const cJSON *root, int n_vocab, struct srv_request *r, struct srv_error *err)
+{
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (!b || cJSON_IsNull(b))
+        return 0;
+    if (!cJSON_IsObject(b))
+        return srv_fail(err, 400, "logit_bias", NULL,
+                        "logit_bias must be an object of token ids to numbers");
+    int n = cJSON_GetArraySize(b), i = 0;
+    struct smp_bias *bias = calloc((size_t)(n ? n : 1), sizeof(*bias));
+    if (!bias)
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    r->p.sp.bias = bias; /* freed with the request */
+    for (const cJSON *v = b->child; v; v = v->next, i++) {
+        char *end;
+        errno = 0;
+        long long id = strtoll(v->string, &end, 10);
+        if (errno || !(v->string[0] >= '0' && v->string[0] <= '9') || *end || id < 0 ||
+            id >= n_vocab)
+            return srv_fail(err, 400, "logit_bias", NULL,
+                            "logit_bias keys must be token ids from 0 to %d", n_vocab - 1);
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= -100 && v->valuedouble <= 100))
+            return srv_fail(err, 400, "logit_bias", NULL,
+                            "logit_bias values must be numbers from -100 to 100");
+        bias[i] = (struct smp_bias){(int32_t)id, (float)v->valuedouble};
+    }
+    r->p.sp.n_bias = n;
+    return 0;
+}
+
+static uint64_t random_seed(void)
+{
+    static _Atomic uint64_t counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 48);
+    return x + 0x9e3779b97f4a7c15ull * ++counter;
+}
+
+int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
+                      const struct srv_model *model, struct srv_request *r,
+                      struct srv_error *err)
+{
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+    if (body_ok(body, len, err))
+        return -1;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root)
+        return srv_fail(err, 400, NULL, NULL, "the body is not valid JSON (at byte %zu)",
+                        end && end >= body ? (size_t)(end - body) : (size_t)0);
+    for (const char *p = end; p && p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            cJSON_Delete(root);
+            return srv_fail(err, 400, NULL, NULL, "the body has text after the JSON value");
+        }
+    int rc = 0;
+    if (!cJSON_IsObject(root))
+        rc = srv_fail(err, 400, NULL, NULL, "the body must be a JSON object");
+    struct eng_info info;
+    eng_get_info(e, &info);
+    const struct tok *t = eng_tok(e);
+    /* model */
+    const cJSON *m = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (m && !cJSON_IsNull(m)) {
+        if (!cJSON_IsString(m))
+            rc = srv_fail(err, 400, "model", NULL, "model must be a string");
+        else if (strcmp(m->valuestring, model->id) &&
+                 (!model->alias || strcmp(m->valuestring, model->alias))) {
+            char *clean = srv_utf8_dup(m->valuestring, strnlen(m->valuestring, 100));
+            rc = srv_fail(err, 404, "model", "model_not_found",
+                          "The model '%s' does not exist; this server has '%s'", clean ? clean : "",
+                          model->alias ? model->alias : model->id);
+            free(clean);
+        }
+    }
+    if (!rc && !(r->model = strdup(m && cJSON_IsString(m) ? m->valuestring
+                                   : model->alias          ? model->alias
+                                                           : model->id)))
+        rc = srv_fail(err, 500, NULL, NULL, "out of memory");
+    /* sampling */
+    smp_params_default(&r->p.sp);
+    double d;
+    int64_t k;
+    r->n = 1;
+    d = 1.0;
+    if (!rc && !(rc = get_number(root, "temperature", 0, 2, 0, &d, err)))
+        r->p.sp.temperature = (float)d;
+    d = 1.0;
+    if (!rc && !(rc = get_number(root, "top_p", 0, 1, 1, &d, err)))
+        r->p.sp.top_p = (float)d;
+    k = 0;
+    if (!rc && !(rc = get_int(root, "top_k", -1, 1e9, &k, err)))
+        r->p.sp.top_k = k < 0 ? 0 : (int)k;
+    d = 0;
+    if (!rc && !(rc = get_number(root, "min_p", 0, 1, 0, &d, err)))
+        r->p.sp.min_p = (float)d;
+    d = 0;
+    if (!rc && !(rc = get_number(root, "presence_penalty", -2, 2, 0, &d, err)))
+        r->p.sp.presence_penalty = (float)d;
+    d = 0;
+    if (!rc && !(rc = get_number(root, "frequency_penalty", -2, 2, 0, &d, err)))
+        r->p.sp.frequency_penalty = (float)d;
+    d = 1;
+    if (!rc && !(rc = get_number(root, "repetition_penalty", 0, 2, 1, &d, err)))
+        r->p.sp.repetition_penalty = (float)d;
+    k = 1;
+    if (!rc && !(rc = get_int(root, "n", 1, MAX_N, &k, err)))
+        r->n = (int)k;
+    r->p.sp.seed = random_seed();
+    k = 0;
+    if (!rc && !(rc = get_int(root, "seed", -9.2e18, 9.2e18, &k, err)) &&
+        cJSON_GetObjectItemCaseSensitive(root, "seed") &&
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "seed")))
+        r->p.sp.seed = (uint64_t)k;
+    /* lengths */
+    int64_t max_tokens = 0;
+    rc = rc ? rc : get_int(root, "max_tokens", 1, 1e9, &max_tokens, err);
+    if (!rc && kind == SRV_CHAT)
+        rc = get_int(root, "max_completion_tokens", 1, 1e9, &max_tokens, err);
+    r->max_tokens_given = max_tokens > 0;
+    /* output options */
+    int b = 0;
+    rc = rc ? rc : get_bool(root, "stream", &r->stream, err);
+    rc = rc ? rc : get_bool(root, "ignore_eos", &r->p.ignore_eos, err);
+    const cJSON *so = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so))
+            rc = srv_fail(err, 400, "stream_options", NULL, "stream_options must be an object");
+        else
+            rc = get_bool(so, "include_usage", &r->include_usage, err);
+        if (rc == -1 && !strcmp(err->param, "include_usage"))
+            snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
+    }
+    if (!rc && kind == SRV_CHAT) {
+        rc = get_bool(root, "logprobs", &b, err);
+        r->p.logprobs = b;
+        k = 0;
+        if (!rc && !(rc = get_int(root, "top_logprobs", 0, MAX_LOGPROBS, &k, err)))
+            r->top_logprobs = (int)k;
+    } else if (!rc) {
+        const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+        if (lp && !cJSON_IsNull(lp)) {
+            k = 0;
+            if (!(rc = get_int(root, "logprobs", 0, MAX_LOGPROBS, &k, err))) {
+                r->p.logprobs = 1;
+                r->top_logprobs = (int)k;
+            }
+        }
+        rc = rc ? rc : get_bool(root, "echo", &r->echo, err);
+    }
+    r->p.sp.n_logprobs = r->top_logprobs;
+    const cJSON *u = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "user");
+    if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
+        rc = srv_fail(err, 400, "user", NULL, "user must be a string");
+    rc = rc ? rc : parse_stop(root, r, err);
+    rc = rc ? rc : parse_bias(root, info.n_vocab, r, err);
+    /* the prompts */
+    if (!rc)
+        rc = kind == SRV_CHAT ? parse_messages(root, e, r, err) : parse_prompt(root, e, r, err);
+    (void)t;
+    for (int i = 0; !rc && i < r->n_prompts; i++) {
+        int np = r->n_prompt[i];
+        const char *what = kind == SRV_CHAT ? "messages" : "prompt";
+        if (np == 0)
+            rc = srv_fail(err, 400, what, NULL, "the prompt is empty");
+        else if (np >= info.n_ctx)
+            rc = srv_fail(err, 400, what, "context_length_exceeded",
+                          "This model's maximum context length is %d tokens. However, your %s "
+                          "resulted in %d tokens.",
+                          info.n_ctx, what, np);
+        else if (r->max_tokens_given && np + max_tokens > info.n_ctx)
+            rc = srv_fail(err, 400, "max_tokens", "context_length_exceeded",
+                          "This model's maximum context length is %d tokens. However, you "
+                          "requested %lld tokens (%d in the %s, %lld in the completion).",
+                          info.n_ctx, (long long)(np + max_tokens), np, what,
+                          (long long)max_tokens);
+    }
+    /* the default length: OpenAI's 16 for completions, the context for chat */
+    r->p.max_tokens = (int)(r->max_tokens_given ? max_tokens : kind == SRV_CHAT ? info.n_ctx : 16);
+    cJSON_Delete(root);
+    return rc;
+}
+
+void srv_request_free(struct srv_request *r)
+{
+    for (int i = 0; i < r->n_prompts; i++)
+        free(r->prompts[i]);
+    free(r->prompts);
+    free(r->n_prompt);
+    for (int i = 0; i < r->p.n_stop; i++)
+        free(r->stop[i]);
+    free(r->stop);
+    free((void *)r->p.sp.bias);
+    free(r->model);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- jobs: engine events -> OpenAI JSON ------------------------------------- */
+
+struct choice {
+    struct eng_req *h;
+    int prompt; /* index into req.prompts */
+    struct tok_buf text;
+    cJSON *lp; /* chat: the content array; completions: the logprobs object */
+    int ended;
+    enum eng_finish finish;
+    int completion_tokens;
+    double t_last;
+    char *error;
+};
+
+struct srv_job {
+    struct engine *e;
+    struct srv_request req;
+    struct srv_model model;
+    char id[48];
+    long created;
+    char fingerprint[64];
+    struct eng_notify notify;
+    uint64_t seen;
+    int n_choices;
+    struct choice *c;
+    int started; /* stream: the opening chunks are out */
+    int done;
+    int prompt_tokens, completion_tokens;
+};
+
+int srv_job_stream(const struct srv_job *j)
+{
+    return j->req.stream;
+}
+
+void srv_job_usage(const struct srv_job *j, int *prompt, int *completion)
+{
+    *prompt = j->prompt_tokens;
+    *completion = j->completion_tokens;
+}
+
+void srv_job_cancel(struct srv_job *j)
+{
+    for (int i = 0; i < j->n_choices; i++)
+        if (j->c[i].h)
+            eng_cancel(j->c[i].h);
+}
+
+void srv_job_free(struct srv_job *j)
+{
+    if (!j)
+        return;
+    for (int i = 0; i < j->n_choices; i++) {
+        eng_req_release(j->c[i].h);
+        free(j->c[i].text.p);
+        cJSON_Delete(j->c[i].lp);
+        free(j->c[i].error);
+    }
+    free(j->c);
+    eng_notify_destroy(&j->notify);
+    srv_request_free(&j->req);
+    free(j);
+}
+
+int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_request *req,
+                  struct srv_job **out, struct srv_error *err)
+{
+    *out = NULL;
+    struct srv_job *j = calloc(1, sizeof(*j));
+    int n = req->n_prompts * req->n;
+    struct choice *c = j ? calloc((size_t)n, sizeof(*c)) : NULL;
+    if (!c) {
+        free(j);
+        srv_request_free(req);
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    }
+    j->e = e;
+    j->req = *req;
+    memset(req, 0, sizeof(*req));
+    j->model = *model;
+    j->c = c;
+    j->n_choices = n;
+    j->created = (long)time(NULL);
+    uint64_t rnd = random_seed();
+    snprintf(j->id, sizeof(j->id), "%s-%016llx%08x",
+             j->req.kind == SRV_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)rnd,
+             (unsigned)(rnd >> 17));
+    struct eng_info info;
+    eng_get_info(e, &info);
+    snprintf(j->fingerprint, sizeof(j->fingerprint), "cinfer-%s-%s", CINFER_VERSION, info.kernels);
+    eng_notify_init(&j->notify);
+    for (int i = 0; i < j->req.n_prompts; i++)
+        j->prompt_tokens += j->req.n_prompt[i];
+    struct eng_params p = j->req.p;
+    p.notify = &j->notify;
+    uint64_t seed = p.sp.seed;
+    for (int i = 0; i < n; i++) {
+        char msg[256];
+        c[i].prompt = i / j->req.n;
+        p.sp.seed = seed + (uint64_t)(i % j->req.n);
+        int rc = eng_submit(e, j->req.prompts[c[i].prompt], j->req.n_prompt[c[i].prompt], &p,
+                            &c[i].h, msg, sizeof(msg));
+        if (rc) {
+            const char *what = j->req.kind == SRV_CHAT ? "messages" : "prompt";
+            srv_job_free(j);
+            if (rc == -E2BIG)
+                return srv_fail(err, 400, what, "context_length_exceeded", "%s", msg);
+            if (rc == -ESHUTDOWN)
+                return srv_fail(err, 503, NULL, NULL, "%s", msg);
+            return srv_fail(err, rc == -ENOMEM ? 500 : 400, NULL, NULL, "%s", msg);
+        }
+    }
+    *out = j;
+    return 0;
+}
+
+/* The text of a token for logprobs, as clean UTF-8, and its raw bytes. */
+static cJSON *token_entry(const struct tok *t, int32_t id, float lp, int with_bytes)
+{
+    size_t n = 0;
+    const char *piece = tok_piece(t, id, 1, &n);
+    char *clean = srv_utf8_dup(piece ? piece : "", piece ? n : 0);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "token", clean ? clean : "");
+    free(clean);
+    cJSON_AddNumberToObject(o, "logprob", isfinite(lp) ? lp : -9999.0);
+    if (with_bytes) {
+        cJSON *b = cJSON_AddArrayToObject(o, "bytes");
+        for (size_t i = 0; piece && i < n; i++)
+            cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)piece[i]));
+    }
+    return o;
+}
+
+/* Adds one token's logprobs to a chat content array or completions object. */
+static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_event *ev,
+                         size_t text_offset)
+{
+    const struct tok *t = eng_tok(j->e);
+    if (j->req.kind == SRV_CHAT) {
+        if (!c->lp)
+            c->lp = cJSON_CreateArray();
+        cJSON *o = token_entry(t, ev->token, ev->logprob, 1);
+        cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
+        for (int i = 0; ev->top && i < ev->top->n_top && i < j->req.top_logprobs; i++)
+            cJSON_AddItemToArray(top, token_entry(t, ev->top->top[i].token, ev->top->top[i].logprob, 1));
+        cJSON_AddItemToArray(c->lp, o);
+        return;
+    }
+    if (!c->lp) {
+        c->lp = cJSON_CreateObject();
+        cJSON_AddArrayToObject(c->lp, "tokens");
+        cJSON_AddArrayToObject(c->lp, "token_logprobs");
+        cJSON_AddArrayToObject(c->lp, "top_logprobs");
+        cJSON_AddArrayToObject(c->lp, "text_offset");
+    }
+    cJSON *e = token_entry(t, ev->token, ev->logprob, 0);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "tokens"),
+                         cJSON_CreateString(cJSON_GetObjectItem(e, "token")->valuestring));
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "token_logprobs"),
+                         cJSON_CreateNumber(cJSON_GetObjectItem(e, "logprob")->valuedouble));
+    cJSON_Delete(e);
+    cJSON *top = cJSON_CreateObject();
+    for (int i = 0; ev->top && i < ev->top->n_top && i < j->req.top_logprobs; i++) {
+        cJSON *a = token_entry(t, ev->top->top[i].token, ev->top->top[i].logprob, 0);
+        const char *key = cJSON_GetObjectItem(a, "token")->valuestring;
+        if (!cJSON_GetObjectItem(top, key))
+            cJSON_AddNumberToObject(top, key, cJSON_GetObjectItem(a, "logprob")->valuedouble);
+        cJSON_Delete(a);
+    }
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "top_logprobs"), top);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "text_offset"),
+                         cJSON_CreateNumber((double)text_offset));
+}
+
+static cJSON *usage_json(const struct srv_job *j)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", j->prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", j->completion_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", j->prompt_tokens + j->completion_tokens);
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens", 0);
+    return u;
+}
+
+static cJSON *envelope(const struct srv_job *j, const char *object)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "object", object);
+    cJSON_AddNumberToObject(o, "created", (double)j->created);
+    cJSON_AddStringToObject(o, "model", j->req.model);
+    cJSON_AddStringToObject(o, "system_fingerprint", j->fingerprint);
+    return o;
+}
+
+/* Writes `data: JSON\n\n` and frees o. */
+static int sse(struct tok_buf *out, cJSON *o)
+{
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!s)
+        return -ENOMEM;
+    int rc = srv_buf_printf(out, "data: %s\n\n", s);
+    free(s);
+    return rc;
+}
+
+/* One streamed chunk for choice i: text (may be NULL), its logprobs, a finish reason. */
+static int stream_chunk(struct srv_job *j, int i, const char *text, size_t n, cJSON *lp,
+                        const char *finish, int role, struct tok_buf *out)
+{
+    int chat = j->req.kind == SRV_CHAT;
+    cJSON *o = envelope(j, chat ? "chat.completion.chunk" : "text_completion");
+    cJSON *arr = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(arr, c);
+    cJSON_AddNumberToObject(c, "index", i);
+    char *clean = text ? srv_utf8_dup(text, n) : NULL;
+    if (chat) {
+        cJSON *d = cJSON_AddObjectToObject(c, "delta");
+        if (role)
+            cJSON_AddStringToObject(d, "role", "assistant");
+        if (text || role)
+            cJSON_AddStringToObject(d, "content", clean ? clean : "");
+    } else {
+        cJSON_AddStringToObject(c, "text", clean ? clean : "");
+    }
+    free(clean);
+    if (lp)
+        cJSON_AddItemToObject(c, "logprobs", lp);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+    if (j->req.include_usage)
+        cJSON_AddNullToObject(o, "usage");
+    return sse(out, o);
+}
+
+/* The prompt's text, for echo. */
+static int prompt_text(struct srv_job *j, int p, struct tok_buf *out)
+{
+    struct tok_detok d;
+    tok_detok_init(&d, eng_tok(j->e), TOK_DETOK_SPECIAL | TOK_DETOK_STRIP_SPACE);
+    for (int i = 0; i < j->req.n_prompt[p]; i++)
+        if (tok_detok_feed(&d, j->req.prompts[p][i], out))
+            return -ENOMEM;
+    return tok_detok_flush(&d, out);
+}
+
+static const char *finish_name(enum eng_finish f)
+{
+    return f == ENG_FINISH_LENGTH ? "length" : "stop";
+}
+
+/* The whole non-streamed response. */
+static int final_json(struct srv_job *j, struct tok_buf *out)
+{
+    int chat = j->req.kind == SRV_CHAT;
+    cJSON *o = envelope(j, chat ? "chat.completion" : "text_completion");
+    cJSON *arr = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; i < j->n_choices; i++) {
+        struct choice *c = &j->c[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddItemToArray(arr, x);
+        cJSON_AddNumberToObject(x, "index", i);
+        char *clean = srv_utf8_dup(c->text.p ? c->text.p : "", c->text.n);
+        if (chat) {
+            cJSON *m = cJSON_AddObjectToObject(x, "message");
+            cJSON_AddStringToObject(m, "role", "assistant");
+            cJSON_AddStringToObject(m, "content", clean ? clean : "");
+        } else {
+            cJSON_AddStringToObject(x, "text", clean ? clean : "");
+        }
+        free(clean);
+        if (c->lp && chat) {
+            cJSON *l = cJSON_AddObjectToObject(x, "logprobs");
+            cJSON_AddItemToObject(l, "content", c->lp);
+            c->lp = NULL;
+        } else if (c->lp) {
+            cJSON_AddItemToObject(x, "logprobs", c->lp);
+            c->lp = NULL;
+        } else if (j->req.p.logprobs) {
+            cJSON *l = cJSON_AddObjectToObject(x, "logprobs");
+            if (chat)
+                cJSON_AddArrayToObject(l, "content");
+        } else {
+            cJSON_AddNullToObject(x, "logprobs");
+        }
+        cJSON_AddStringToObject(x, "finish_reason", finish_name(c->finish));
+    }
+    cJSON_AddItemToObject(o, "usage", usage_json(j));
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    int rc = s ? tok_buf_append(out, s, strlen(s)) : -ENOMEM;
+    free(s);
+    return rc;
+}
+
+static void observe_end(const struct eng_event *ev)
+{
+    if (ev->finish == ENG_FINISH_STOP || ev->finish == ENG_FINISH_LENGTH)
+        srv_metrics_finished(eng_finish_name(ev->finish));
+    else
+        srv_metrics_finished("abort");
+    srv_metrics_tokens(0, ev->completion_tokens);
+    if (ev->t_first_token > 0)
+        srv_metrics_observe(SRV_H_TTFT, ev->t_first_token - ev->t_submit);
+    if (ev->t_scheduled > 0)
+        srv_metrics_observe(SRV_H_QUEUE, ev->t_scheduled - ev->t_submit);
+    srv_metrics_observe(SRV_H_E2E, ev->t - ev->t_submit);
+}
+
+/* Takes in one event of choice i; streamed output goes to out. */
+static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok_buf *out)
+{
+    struct choice *c = &j->c[i];
+    int rc = 0;
+    if (ev->kind == ENG_EV_TOKEN) {
+        if (c->t_last > 0)
+            srv_metrics_observe(SRV_H_ITL, ev->t - c->t_last);
+        c->t_last = ev->t;
+        size_t offset = c->text.n;
+        if (j->req.p.logprobs)
+            add_logprobs(j, c, ev, offset);
+        if (j->req.stream) {
+            if (ev->n_text || c->lp) {
+                cJSON *lp = NULL;
+                if (c->lp && j->req.kind == SRV_CHAT) {
+                    lp = cJSON_CreateObject();
+                    cJSON_AddItemToObject(lp, "content", c->lp);
+                } else {
+                    lp = c->lp;
+                }
+                c->lp = NULL;
+                rc = stream_chunk(j, i, ev->text, ev->n_text, lp, NULL, 0, out);
+            }
+            c->text.n += ev->n_text; /* only the length matters when streaming */
+        } else {
+            rc = tok_buf_append(&c->text, ev->text, ev->n_text);
+        }
+        return rc;
+    }
+    c->ended = 1;
+    c->finish = ev->finish;
+    c->completion_tokens = ev->completion_tokens;
+    j->completion_tokens += ev->completion_tokens;
+    observe_end(ev);
+    if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {
+        c->error = srv_utf8_dup(ev->n_text ? ev->text : "the request was cancelled",
+                                ev->n_text ? ev->n_text : 25);
+        return 0;
+    }
+    if (ev->n_text) {
+        if (j->req.stream)
+            rc = stream_chunk(j, i, ev->text, ev->n_text, NULL, NULL, 0, out);
+        else
+            rc = tok_buf_append(&c->text, ev->text, ev->n_text);
+    }
+    if (!rc && j->req.stream)
+        rc = stream_chunk(j, i, NULL, 0, NULL, finish_name(ev->finish), 0, out);
+    return rc;
+}
+
+static int start_stream(struct srv_job *j, struct tok_buf *out)
+{
+    int rc = 0;
+    for (int i = 0; i < j->n_choices && !rc; i++) {
+        if (j->req.kind == SRV_CHAT) {
+            rc = stream_chunk(j, i, NULL, 0, NULL, NULL, 1, out);
+        } else if (j->req.echo) {
+            struct tok_buf t = {0};
+            rc = prompt_text(j, j->c[i].prompt, &t);
+            rc = rc ? rc : stream_chunk(j, i, t.p ? t.p : "", t.n, NULL, NULL, 0, out);
+            free(t.p);
+        }
+    }
+    return rc;
+}
+
+int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms)
+{
+    if (j->done)
+        return SRV_JOB_DONE;
+    int rc = 0;
+    if (!j->started) {
+        j->started = 1;
+        if (!j->req.stream && j->req.echo)
+            for (int i = 0; i < j->n_choices && !rc; i++)
+                rc = prompt_text(j, j->c[i].prompt, &j->c[i].text);
+        else if (j->req.stream)
+            rc = start_stream(j, out);
+        if (rc)
+            return -ENOMEM;
+        if (out->n)
+            return SRV_JOB_MORE;
+    }
+    pthread_mutex_lock(&j->notify.mu);
+    j->seen = j->notify.count;
+    pthread_mutex_unlock(&j->notify.mu);
+    int got = 0, open = 0;
+    for (int i = 0; i < j->n_choices && !rc; i++) {
+        struct eng_event ev;
+        while (!rc && !j->c[i].ended) {
+            int r = eng_req_next(j->c[i].h, &ev, 0);
+            if (r == -ENODATA) { /* ended without an END event (no memory) */
+                j->c[i].ended = 1;
+                j->c[i].finish = ENG_FINISH_ERROR;
+                break;
+            }
+            if (r)
+                break;
+            rc = take_event(j, i, &ev, out);
+            eng_event_clear(&ev);
+            got = 1;
+        }
+        open += !j->c[i].ended;
+    }
+    if (rc)
+        return -ENOMEM;
+    if (open == 0) {
+        j->done = 1;
+        srv_metrics_tokens(j->prompt_tokens, 0);
+        const char *error = NULL;
+        for (int i = 0; i < j->n_choices; i++)
+            if (j->c[i].finish == ENG_FINISH_ERROR || j->c[i].finish == ENG_FINISH_CANCELLED)
+                error = j->c[i].error ? j->c[i].error : "the request failed";
+        if (error) {
+            struct srv_error e;
+            srv_fail(&e, 500, NULL, NULL, "%s", error);
+            char *s = srv_error_json(&e);
+            rc = s ? srv_buf_printf(out, j->req.stream ? "data: %s\n\n" : "%s", s) : -ENOMEM;
+            free(s);
+        } else if (j->req.stream) {
+            if (j->req.include_usage) {
+                cJSON *o = envelope(j, j->req.kind == SRV_CHAT ? "chat.completion.chunk"
+                                                               : "text_completion");
+                cJSON_AddArrayToObject(o, "choices");
+                cJSON_AddItemToObject(o, "usage", usage_json(j));
+                rc = sse(out, o);
+            }
+            rc = rc ? rc : srv_buf_printf(out, "data: [DONE]\n\n");
+        } else {
+            rc = final_json(j, out);
+        }
+        return rc ? -ENOMEM : SRV_JOB_DONE;
+    }
+    if (got)
+        return SRV_JOB_MORE;
+    uint64_t seen = j->seen;
+    eng_notify_wait(&j->notify, &seen, timeout_ms);
+    return SRV_JOB_WAIT;
+}

@@ -1,0 +1,149 @@
+/*
+ * server/serve.c - `cinfer serve`: settings, listening at once (so /health
+ * answers 503 while the model loads), loading the engine, then serving
+ * until SIGTERM or SIGINT, which end every request still open and exit 0.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server/cli.h"
+#include "server/srv.h"
+#include "util/quant.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The API key from --api-key-file (first line), or NULL with a message. */
+static char *read_key_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cinfer serve: cannot open --api-key-file %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char line[1024];
+    char *k = fgets(line, sizeof(line), f) ? line : NULL;
+    fclose(f);
+    if (k)
+        k[strcspn(k, "\r\n")] = '\0';
+    if (!k || !*k) {
+        fprintf(stderr, "cinfer serve: --api-key-file %s is empty\n", path);
+        return NULL;
+    }
+    return strdup(k);
+}
+
+/* The model id: the file name without its directory and .gguf. */
+static char *model_id(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    char *id = strdup(base);
+    size_t n = id ? strlen(id) : 0;
+    if (n > 5 && !strcmp(id + n - 5, ".gguf"))
+        id[n - 5] = '\0';
+    return id;
+}
+
+int cli_serve(int argc, char **argv)
+{
+    double t0 = now_s();
+    struct srv_config cfg;
+    int print = 0;
+    int rc = srv_config_load(argc, argv, &cfg, &print);
+    if (rc) {
+        srv_config_free(&cfg);
+        return rc == 1 ? 0 : rc;
+    }
+    if (print) {
+        cJSON *o = srv_config_json(&cfg);
+        char *s = o ? cJSON_Print(o) : NULL;
+        cJSON_Delete(o);
+        if (s)
+            printf("%s\n", s);
+        free(s);
+        srv_config_free(&cfg);
+        return s ? 0 : EXIT_FAILURE;
+    }
+    char *key = NULL;
+    if (*cfg.api_key_file && !(key = read_key_file(cfg.api_key_file))) {
+        srv_config_free(&cfg);
+        return CLI_EXIT_BADINPUT;
+    }
+    if (!key && *cfg.api_key)
+        key = strdup(cfg.api_key);
+
+    /* signals are taken by sigwait below, in this thread only */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    srv_metrics_init();
+    char *id = model_id(cfg.model);
+    struct srv_model model = {.id = id ? id : "model",
+                              .alias = *cfg.model_alias ? cfg.model_alias : NULL,
+                              .created = (long)time(NULL)};
+    char err[512];
+    struct srv *s = NULL;
+    if ((rc = srv_start(&cfg, &model, &s, err, sizeof(err))) || srv_set_api_key(s, key)) {
+        fprintf(stderr, "cinfer serve: %s\n", rc ? err : "out of memory");
+        srv_stop(s);
+        free(key);
+        free(id);
+        srv_config_free(&cfg);
+        return CLI_EXIT_BADINPUT;
+    }
+    int keyed = key != NULL;
+    free(key);
+    srv_log("listening on http://%s%s%s:%u%s", strchr(cfg.host, ':') ? "[" : "", cfg.host,
+            strchr(cfg.host, ':') ? "]" : "", srv_port(s), keyed ? " (API key required)" : "");
+    struct eng_config ec = {
+        .threads = (int)cfg.threads,
+        .ctx = (int)cfg.ctx,
+        .kv_block = (int)cfg.kv_block,
+        .kv_memory_mib = cfg.kv_memory,
+        .kv_type = strcmp(cfg.kv_type, "f32") ? QT_F16 : QT_F32,
+        .max_seqs = (int)cfg.max_seqs,
+        .max_batch_tokens = (int)cfg.max_batch_tokens,
+    };
+    struct engine *e = NULL;
+    if ((rc = eng_create(cfg.model, &ec, &e, err, sizeof(err)))) {
+        fprintf(stderr, "cinfer serve: %s: %s\n", cfg.model, err);
+        srv_stop(s);
+        free(id);
+        srv_config_free(&cfg);
+        return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
+    }
+    struct eng_info info;
+    eng_get_info(e, &info);
+    if (!info.chat_known)
+        srv_log("warning: the model's chat template is not one cinfer knows; using chatml");
+    srv_set_engine(s, e);
+    srv_log("ready in %.2f s: model %s (%s), context %d, KV cache %d blocks of %d tokens, "
+            "kernels %s, chat format %s",
+            now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
+            info.kernels, tok_chat_name(info.chat));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    srv_log("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    srv_quiesce(s);
+    eng_stop(e); /* open requests end; their connections finish */
+    srv_stop(s);
+    eng_destroy(e);
+    free(id);
+    srv_config_free(&cfg);
+    srv_log("stopped");
+    return 0;
+}

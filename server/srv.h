@@ -1,0 +1,154 @@
+/*
+ * server/srv.h - private to server/: the settings of `cinfer serve`, the
+ * metrics registry, the OpenAI request and response shapes, and the HTTP
+ * front end.  Nothing here knows about tensors: the engine is reached only
+ * through engine/engine.h.
+ */
+#ifndef CINFER_SERVER_SRV_H
+#define CINFER_SERVER_SRV_H
+
+#include <cJSON.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+
+/* ---- settings (server/config.c) ------------------------------------------- */
+
+struct srv_config {
+    char *model;
+    char *host;
+    int64_t port;
+    char *api_key;
+    char *api_key_file;
+    char *model_alias;
+    int64_t threads;
+    int64_t ctx;
+    int64_t kv_memory;
+    int64_t kv_block;
+    char *kv_type;
+    int64_t max_body;
+    int64_t max_seqs;
+    int64_t max_batch_tokens;
+    char *log_format;
+};
+
+/*
+ * Fills cfg from defaults < the JSON config file (--config, or CINFER_CONFIG)
+ * < CINFER_* environment variables < command-line flags.  Returns 0, 1 when
+ * help or the version was printed, or 2 after printing a one-line error
+ * naming the flag, variable or key.  print_config: set when --print-config
+ * was given (print the merged settings as JSON and exit).
+ */
+int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_config);
+void srv_config_free(struct srv_config *cfg);
+/* The settings as a JSON object (for --print-config); NULL on no memory. */
+cJSON *srv_config_json(const struct srv_config *cfg);
+
+/* ---- metrics (server/metrics.c) -------------------------------------------- */
+
+enum srv_hist { SRV_H_TTFT, SRV_H_ITL, SRV_H_E2E, SRV_H_QUEUE, SRV_H_N };
+
+void srv_metrics_init(void);
+void srv_metrics_observe(enum srv_hist h, double seconds);
+void srv_metrics_tokens(int prompt, int generated);
+void srv_metrics_finished(const char *reason);
+void srv_metrics_http(const char *route, unsigned status);
+/* The Prometheus text of every metric; gauges read from the engine (may be NULL). */
+char *srv_metrics_render(struct engine *e, size_t *len);
+
+/* ---- OpenAI shapes (server/openai.c) --------------------------------------- */
+
+struct srv_error {
+    unsigned status;
+    const char *type;
+    const char *code; /* or NULL */
+    char param[64];   /* "" for none */
+    char message[512];
+};
+
+/* Sets err; returns -1 (for `return srv_fail(...)`). */
+int srv_fail(struct srv_error *err, unsigned status, const char *param, const char *code,
+             const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* {"error": {...}} as text (malloc'd). */
+char *srv_error_json(const struct srv_error *err);
+
+enum srv_kind { SRV_CHAT, SRV_COMPLETION };
+
+/* One validated completion request: its prompts and generation settings. */
+struct srv_request {
+    enum srv_kind kind;
+    int stream, include_usage, echo;
+    int n;            /* choices per prompt */
+    int n_prompts;
+    int32_t **prompts; /* token ids of each prompt */
+    int *n_prompt;
+    struct eng_params p;
+    int max_tokens_given;
+    int top_logprobs; /* alternatives (chat top_logprobs, completions logprobs) */
+    char **stop;
+    char *model; /* the name the client asked for */
+};
+
+struct srv_model {
+    const char *id;    /* the GGUF's basename without .gguf */
+    const char *alias; /* --model-alias, or NULL */
+    long created;
+};
+
+/* Parses and checks a chat or completion body; 0, or -1 with err set. */
+int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
+                      const struct srv_model *model, struct srv_request *req,
+                      struct srv_error *err);
+void srv_request_free(struct srv_request *req);
+
+/*
+ * A running completion: every choice of a request submitted to the engine,
+ * and the output it has produced so far in OpenAI's shape (server/openai.c).
+ */
+struct srv_job;
+enum { SRV_JOB_WAIT = 0, SRV_JOB_MORE = 1, SRV_JOB_DONE = 2 };
+/* Submits each choice; takes req over (also on failure).  0, or -1 with err set. */
+int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_request *req,
+                  struct srv_job **out, struct srv_error *err);
+/*
+ * Appends whatever is ready to out: SSE events, or the whole JSON response
+ * once every choice has ended.  Waits up to timeout_ms when nothing is.
+ * Returns SRV_JOB_MORE (appended; call again), SRV_JOB_WAIT (nothing yet) or
+ * SRV_JOB_DONE (the last output is appended), or -ENOMEM.
+ */
+int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms);
+int srv_job_stream(const struct srv_job *j);
+void srv_job_usage(const struct srv_job *j, int *prompt, int *completion);
+void srv_job_cancel(struct srv_job *j);
+void srv_job_free(struct srv_job *j);
+
+/* ---- HTTP (server/http.c) ---------------------------------------------------- */
+
+struct srv;
+
+/* Starts listening (the engine may still be loading: /health says 503). */
+int srv_start(const struct srv_config *cfg, const struct srv_model *model, struct srv **out,
+              char *err, size_t errlen);
+/* Requires 'Authorization: Bearer key' on every route but /health and /metrics (NULL: none). */
+int srv_set_api_key(struct srv *s, const char *key);
+/* Hands the loaded engine to the server; from now on requests are served. */
+void srv_set_engine(struct srv *s, struct engine *e);
+unsigned srv_port(const struct srv *s);
+/* Stops accepting connections (those open go on). */
+void srv_quiesce(struct srv *s);
+/* Stops listening and waits for the connection threads. */
+void srv_stop(struct srv *s);
+
+/* Appends to a log line in the configured format (server/http.c). */
+void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- text (server/openai.c) ------------------------------------------------- */
+
+/* Appends printf output to a tok_buf (tokenizer.h); 0 or -ENOMEM. */
+int srv_buf_printf(struct tok_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A NUL-terminated copy of n bytes as strict UTF-8 (see tok_utf8_clean); NULL on no memory. */
+char *srv_utf8_dup(const char *p, size_t n);
+
+#endif
