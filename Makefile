@@ -38,7 +38,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model test check run asan fuzz fuzz-build clean format help
+.PHONY: all deps model test check integration run asan fuzz fuzz-build clean format help
 all: $(BIN)
 
 help:
@@ -81,19 +81,26 @@ model: deps
 check: $(BIN) $(TEST_BIN)
 	CINFER_BIN=$(CURDIR)/$(BIN) $(TEST_BIN)
 
+# A real server driven by the openai package and by the README's curl examples.
+integration: $(BIN)
+	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/integration/run.sh
+	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/smoke.sh
+
+# The unit suites run last, so the output ends with Check's summary line.
 test: deps model
+	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory check
 
 run: deps model
 	@$(MAKE) --no-print-directory $(BIN)
-	@sh scripts/run-demo.sh $(BIN) $(MODEL_FILE)
+	$(BIN) serve -m $(MODEL_FILE) --port 8080
 
 # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer, in
 # their own build tree (LeakSanitizer included).
 asan: deps model
 	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/cinfer \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" check
+	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" integration check
 
 # libFuzzer targets, built with clang; each runs for FUZZ_TIME seconds.
 FUZZ_TARGETS := gguf tok_bpe tok_spm

@@ -86,8 +86,9 @@ static void print_help(void)
         flag_name(s, f, sizeof(f));
         snprintf(left, sizeof(left), "%s--%s %s", strcmp(s->name, "model") ? "    " : "-m, ", f,
                  s->arg);
-        printf("  %-28s %s%s%s%s\n", left, s->help, *s->def ? " (default " : "", s->def,
-               *s->def ? ")" : "");
+        int show = *s->def && strcmp(s->def, "0"); /* "0: ..." helps say what 0 means */
+        printf("  %-28s %s%s%s%s\n", left, s->help, show ? " (default " : "", show ? s->def : "",
+               show ? ")" : "");
     }
     printf("  %-28s %s\n", "    --config FILE", "JSON config file (keys as above, with _)");
     printf("  %-28s %s\n", "    --print-config", "print the merged settings as JSON and exit");
@@ -205,6 +206,8 @@ cJSON *srv_config_json(const struct srv_config *cfg)
         const char *base = (const char *)cfg;
         if (s->kind == K_INT)
             cJSON_AddNumberToObject(o, s->name, (double)*(const int64_t *)(const void *)(base + s->off));
+        else if (!strcmp(s->name, "api_key") && **(char *const *)(const void *)(base + s->off))
+            cJSON_AddStringToObject(o, s->name, "(set)"); /* never echo the secret */
         else
             cJSON_AddStringToObject(o, s->name, *(char *const *)(const void *)(base + s->off));
     }
@@ -303,7 +306,7 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
         if (set_value(cfg, s, val, where))
             return CLI_EXIT_BADINPUT;
     }
-    if (!*cfg->model)
+    if (!*cfg->model && !*print_config)
         return cli_usage("serve", "-m MODEL is required (or CINFER_MODEL, or \"model\" in --config)");
     return 0;
 }

@@ -1,0 +1,85 @@
+"""Settings of `cinfer serve`: configs/default.json, precedence (flags >
+environment > file > defaults), errors naming the bad key, --model-alias,
+--api-key-file, the start-to-ready log line, and the JSON access log."""
+
+import json
+import os
+import subprocess
+
+import openai
+
+from conftest import CINFER_BIN, CINFER_MODEL, REPO_ROOT, Server
+
+
+def serve(*args, env=None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CINFER_")}
+    e.update(env or {})
+    return subprocess.run([str(CINFER_BIN), "serve", *args], env=e, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_default_json_lists_every_setting_with_its_default():
+    r = serve("--print-config")
+    assert r.returncode == 0, r.stderr
+    with open(REPO_ROOT / "configs" / "default.json") as f:
+        assert json.loads(r.stdout) == json.load(f)
+
+
+def test_precedence_flag_env_file(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"port": 9000, "threads": 1, "ctx": 512, "kv_type": "f32"}))
+    r = serve("--config", str(cfg), "--threads", "2", "--print-config",
+              env={"CINFER_PORT": "9001", "CINFER_THREADS": "3"})
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["threads"] == 2       # flag over environment and file
+    assert got["port"] == 9001       # environment over file
+    assert got["ctx"] == 512         # file over default
+    assert got["kv_type"] == "f32"
+    assert got["max_seqs"] == 64     # default
+
+
+def test_unknown_key_and_bad_values_fail_at_start(tmp_path):
+    bad = tmp_path / "bad.json"
+    for body, needle in [({"prot": 1}, '"prot"'), ({"port": "x"}, '"port"'),
+                         ({"port": 70000}, '"port"'), ({"kv_type": "q9"}, '"kv_type"')]:
+        bad.write_text(json.dumps(body))
+        r = serve("--config", str(bad), "-m", str(CINFER_MODEL))
+        assert r.returncode == 2 and needle in r.stderr, (body, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = serve("-m", str(CINFER_MODEL), env={"CINFER_THREADS": "many"})
+    assert r.returncode == 2 and "CINFER_THREADS" in r.stderr
+    r = serve("-m", str(CINFER_MODEL), "--max-body", "-1")
+    assert r.returncode == 2 and "--max-body" in r.stderr
+    r = serve("-m", str(CINFER_MODEL), "--no-such-flag", "1")
+    assert r.returncode == 2 and "--no-such-flag" in r.stderr
+    r = serve("-m", str(REPO_ROOT / "README.md"), "--port", "0")
+    assert r.returncode == 2 and "README.md" in r.stderr
+
+
+def test_alias_key_file_ready_line_and_json_log(tmp_path):
+    keyf = tmp_path / "key"
+    keyf.write_text("k3y\n")
+    srv = Server(["--model-alias", "smol", "--api-key-file", str(keyf), "--log-format", "json"],
+                 name="alias").start()
+    try:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="k3y", max_retries=0)
+        ids = [m.id for m in c.models.list().data]
+        assert "smol" in ids and CINFER_MODEL.stem in ids
+        r = c.completions.create(model="smol", prompt="Hi", max_tokens=2, temperature=0)
+        assert r.model == "smol" and r.usage.completion_tokens >= 1
+        bad = openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0)
+        try:
+            bad.models.list()
+            assert False, "a wrong key was accepted"
+        except openai.AuthenticationError:
+            pass
+    finally:
+        assert srv.stop() == 0
+    lines = [json.loads(l) for l in srv.stderr_text().splitlines() if l.startswith("{")]
+    ready = [l for l in lines if "ready in" in l.get("msg", "")]
+    assert ready, srv.stderr_text()
+    seconds = float(ready[0]["msg"].split("ready in ")[1].split(" s")[0])
+    assert seconds < 30  # the figure itself is reported in the README, not asserted
+    access = [l for l in lines if l.get("path") == "/v1/completions"]
+    assert access and access[0]["status"] == 200 and access[0]["completion_tokens"] >= 1
