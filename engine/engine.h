@@ -37,6 +37,17 @@ struct eng_config {
     uint32_t kv_type;     /* QT_F16 (default when 0) or QT_F32 */
     int max_seqs;         /* sequences in one forward pass; 0: 64 */
     int max_batch_tokens; /* tokens in one forward pass; 0: 512 */
+    int max_queue;        /* requests waiting at most; 0: 256 */
+    int64_t max_queue_tokens; /* prompt tokens waiting at most; 0: 64 full contexts */
+    int no_prefix_cache;  /* 1: do not reuse cached prompt blocks */
+    double request_timeout; /* seconds from submit to the end; 0: none */
+    /*
+     * Called on the engine thread when SIGTERM or SIGINT arrives (count: 1
+     * for the first, 2 for the next...); the engine starts draining on the
+     * first (eng_drain).  NULL: the engine does not catch signals.
+     */
+    void (*on_signal)(int signum, int count, void *arg);
+    void *signal_arg;
 };
 
 struct engine;
@@ -72,11 +83,20 @@ const struct tok *eng_tok(const struct engine *e);
 const struct gguf_file *eng_gguf(const struct engine *e);
 void eng_get_info(const struct engine *e, struct eng_info *out);
 
-/* Gauges, read without stopping the engine. */
+/* Gauges and counters, read without stopping the engine. */
 struct eng_stats {
     int running, waiting;
     int32_t kv_used, kv_total; /* blocks */
+    uint64_t preemptions;
+    uint64_t prefix_queries, prefix_hits; /* prompt tokens looked up / found cached */
+    int draining;
 };
+/* Refuses new requests from now on (-ESHUTDOWN); running and queued ones go on. */
+void eng_drain(struct engine *e);
+/* 1 when no request is queued or running. */
+int eng_idle(struct engine *e);
+/* 1 when the waiting queue is at --max-queue (the next request would get -EBUSY). */
+int eng_queue_full(struct engine *e);
 void eng_get_stats(struct engine *e, struct eng_stats *out);
 
 /*
@@ -146,7 +166,8 @@ void eng_event_clear(struct eng_event *ev);
  * handle the caller must eventually give to eng_req_release().  Returns 0,
  * -EINVAL (empty prompt, bad token id, bad parameters; message in err),
  * -E2BIG (prompt too long for the context or the pool; message with the
- * numbers), -ESHUTDOWN (the engine is stopping), -ENOMEM.
+ * numbers), -EBUSY (the waiting queue is full: --max-queue or
+ * --max-queue-tokens), -ESHUTDOWN (draining or stopping), -ENOMEM.
  */
 int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const struct eng_params *p,
                struct eng_req **out, char *err, size_t errlen);

@@ -7,6 +7,7 @@
  * that the loop runs one scheduler step per turn and sleeps otherwise.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,9 @@
 #define DEFAULT_MAX_SEQS 64
 #define DEFAULT_BATCH_TOKENS 512
 #define DEFAULT_CONTEXTS 4 /* the default pool holds this many full contexts */
+#define DEFAULT_MAX_QUEUE 256
+#define DEFAULT_QUEUE_CONTEXTS 64 /* default --max-queue-tokens: this many full contexts */
+#define TICK_MS 100
 
 static double now_s(void)
 {
@@ -58,9 +62,45 @@ static void wake_cb(uv_async_t *h)
         uv_idle_stop(&e->idle);
         uv_close((uv_handle_t *)&e->idle, NULL);
         uv_close((uv_handle_t *)&e->wake, NULL);
+        uv_close((uv_handle_t *)&e->timer, NULL);
+        if (e->cfg.on_signal) {
+            uv_close((uv_handle_t *)&e->sig_term, NULL);
+            uv_close((uv_handle_t *)&e->sig_int, NULL);
+        }
         return;
     }
     uv_idle_start(&e->idle, idle_cb);
+}
+
+static void timer_cb(uv_timer_t *h)
+{
+    sched_tick(h->data);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    struct engine *e = h->data;
+    e->n_signals++;
+    if (e->n_signals == 1)
+        eng_drain(e);
+    e->cfg.on_signal(signum, e->n_signals, e->cfg.signal_arg);
+}
+
+void eng_drain(struct engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->draining = 1;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int eng_idle(struct engine *e)
+{
+    return atomic_load(&e->n_live) == 0;
+}
+
+int eng_queue_full(struct engine *e)
+{
+    return atomic_load(&e->n_queued) >= e->cfg.max_queue;
 }
 
 static void *engine_main(void *arg)
@@ -91,6 +131,12 @@ void eng_get_stats(struct engine *e, struct eng_stats *out)
     out->waiting = atomic_load(&e->st_waiting);
     out->kv_used = atomic_load(&e->st_kv_used);
     out->kv_total = e->info.kv_blocks;
+    out->preemptions = atomic_load(&e->st_preemptions);
+    out->prefix_queries = atomic_load(&e->st_prefix_queries);
+    out->prefix_hits = atomic_load(&e->st_prefix_hits);
+    pthread_mutex_lock(&e->mu);
+    out->draining = e->draining;
+    pthread_mutex_unlock(&e->mu);
 }
 
 void eng_stop(struct engine *e)
@@ -115,6 +161,11 @@ void eng_destroy(struct engine *e)
         if (!e->thread_joined) { /* handles made but never run */
             uv_close((uv_handle_t *)&e->idle, NULL);
             uv_close((uv_handle_t *)&e->wake, NULL);
+            uv_close((uv_handle_t *)&e->timer, NULL);
+            if (e->cfg.on_signal) {
+                uv_close((uv_handle_t *)&e->sig_term, NULL);
+                uv_close((uv_handle_t *)&e->sig_int, NULL);
+            }
             uv_run(&e->loop, UV_RUN_DEFAULT);
         }
         uv_loop_close(&e->loop);
@@ -122,6 +173,7 @@ void eng_destroy(struct engine *e)
     pthread_mutex_destroy(&e->mu);
     free(e->active);
     free(e->b_tokens);
+    free(e->b_order);
     free(e->b_tp);
     free(e->b_want);
     free(e->b_rows);
@@ -180,10 +232,13 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->cfg.max_seqs = DEFAULT_MAX_SEQS;
     if (!e->cfg.max_batch_tokens)
         e->cfg.max_batch_tokens = DEFAULT_BATCH_TOKENS;
+    if (!e->cfg.max_queue)
+        e->cfg.max_queue = DEFAULT_MAX_QUEUE;
     int rc = 0;
     if (e->cfg.kv_block < 1 || e->cfg.kv_block > 4096 || e->cfg.max_seqs < 1 ||
         e->cfg.max_batch_tokens < 1 || e->cfg.ctx < 0 || e->cfg.threads < 0 ||
-        e->cfg.kv_memory_mib < 0 || (e->cfg.kv_type != QT_F16 && e->cfg.kv_type != QT_F32))
+        e->cfg.kv_memory_mib < 0 || e->cfg.max_queue < 0 || e->cfg.max_queue_tokens < 0 ||
+        !(e->cfg.request_timeout >= 0) || (e->cfg.kv_type != QT_F16 && e->cfg.kv_type != QT_F32))
         rc = errmsg(err, errlen, -EINVAL, "a KV or batch setting is out of range");
     if (!rc && e->cfg.max_seqs > e->cfg.max_batch_tokens)
         e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
@@ -205,6 +260,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         if (e->info.n_ctx < 2 || e->info.n_ctx > hp->n_ctx_train)
             rc = errmsg(err, errlen, -EINVAL, "--ctx %d is out of range (2 to %d, the model's context)",
                         e->info.n_ctx, hp->n_ctx_train);
+        if (!e->cfg.max_queue_tokens)
+            e->cfg.max_queue_tokens = (int64_t)DEFAULT_QUEUE_CONTEXTS * e->info.n_ctx;
         if ((size_t)hp->n_vocab != tok_n_vocab(e->tok))
             rc = errmsg(err, errlen, -EINVAL, "the tokenizer has %zu tokens but the model %d",
                         tok_n_vocab(e->tok), hp->n_vocab);
@@ -220,6 +277,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->info.kv_blocks = (int32_t)nb;
         rc = kv_pool_create((int32_t)nb + 1, e->info.kv_block, &e->pool);
         rc = rc ? rc : model_kv_init(e->m, &e->kv, (int32_t)nb + 1, e->info.kv_block, e->cfg.kv_type);
+        if (!rc && !e->cfg.no_prefix_cache)
+            rc = kv_prefix_cache_enable(e->pool);
         if (rc)
             errmsg(err, errlen, rc, "cannot allocate the KV cache (%lld blocks)", (long long)nb);
     }
@@ -227,11 +286,12 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         size_t bt = (size_t)e->cfg.max_batch_tokens, ms = (size_t)e->cfg.max_seqs;
         e->active = calloc(ms, sizeof(*e->active));
         e->b_tokens = calloc(bt, sizeof(*e->b_tokens));
+        e->b_order = calloc(bt, 1);
         e->b_tp = calloc(bt, sizeof(*e->b_tp));
         e->b_want = calloc(bt, 1);
         e->b_rows = calloc(ms, sizeof(*e->b_rows));
         e->logits = calloc(ms * (size_t)e->info.n_vocab, sizeof(float));
-        if (!e->active || !e->b_tokens || !e->b_tp || !e->b_want || !e->b_rows || !e->logits)
+        if (!e->active || !e->b_tokens || !e->b_order || !e->b_tp || !e->b_want || !e->b_rows || !e->logits)
             rc = errmsg(err, errlen, -ENOMEM, "out of memory for the batch buffers");
     }
     if (!rc) {
@@ -239,7 +299,16 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         if (!u) {
             uv_async_init(&e->loop, &e->wake, wake_cb);
             uv_idle_init(&e->loop, &e->idle);
-            e->wake.data = e->idle.data = e;
+            uv_timer_init(&e->loop, &e->timer);
+            e->wake.data = e->idle.data = e->timer.data = e;
+            uv_timer_start(&e->timer, timer_cb, TICK_MS, TICK_MS);
+            if (e->cfg.on_signal) {
+                uv_signal_init(&e->loop, &e->sig_term);
+                uv_signal_init(&e->loop, &e->sig_int);
+                e->sig_term.data = e->sig_int.data = e;
+                uv_signal_start(&e->sig_term, signal_cb, SIGTERM);
+                uv_signal_start(&e->sig_int, signal_cb, SIGINT);
+            }
             e->loop_ready = 1;
         }
         if (u || (u = pthread_create(&e->thread, NULL, engine_main, e)) != 0)
@@ -321,8 +390,14 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
     r->t_submit = now_s();
 
     pthread_mutex_lock(&e->mu);
-    int stopping = e->stopping;
-    if (!stopping) {
+    int stopping = e->stopping || e->draining;
+    int busy = !stopping && (atomic_load(&e->n_queued) + 1 > e->cfg.max_queue ||
+                             atomic_load(&e->queued_tokens) + n_prompt > e->cfg.max_queue_tokens);
+    if (!stopping && !busy) {
+        r->in_queue = 1;
+        atomic_fetch_add(&e->n_queued, 1);
+        atomic_fetch_add(&e->queued_tokens, n_prompt);
+        atomic_fetch_add(&e->n_live, 1);
         if (e->in_tail)
             e->in_tail->next = r;
         else
@@ -331,9 +406,15 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
         uv_async_send(&e->wake); /* under mu: the handle closes once stopping is seen */
     }
     pthread_mutex_unlock(&e->mu);
-    if (stopping) {
+    if (stopping || busy) {
         atomic_store(&r->refs, 1);
         req_unref(r);
+        if (busy)
+            return errmsg(err, errlen, -EBUSY,
+                          "the server is busy: %d requests (%lld prompt tokens) are waiting; "
+                          "the limits are %d (--max-queue) and %lld (--max-queue-tokens)",
+                          atomic_load(&e->n_queued), (long long)atomic_load(&e->queued_tokens),
+                          e->cfg.max_queue, (long long)e->cfg.max_queue_tokens);
         return errmsg(err, errlen, -ESHUTDOWN, "the server is shutting down");
     }
     *out = r;

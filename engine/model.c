@@ -365,8 +365,8 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
     for (int t = 0; t < n; t++) {
         pos[t] = b->tp[t].pos;
         tp[t] = b->tp[t];
-        tp[t].chunk = 0;
-        for (int u = 0; u < n && !tp[t].chunk; u++)
+        tp[t].chunk = b->gemm_order ? b->gemm_order[t] != 0 : 0;
+        for (int u = 0; !b->gemm_order && u < n && !tp[t].chunk; u++)
             tp[t].chunk = u != t && b->tp[u].blocks == b->tp[t].blocks;
     }
     const float kq_scale = 1.0f / sqrtf((float)hd);

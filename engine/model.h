@@ -71,6 +71,14 @@ struct model_batch {
     const int32_t *tokens;       /* n */
     const struct dev_tokpos *tp; /* n: block table and position of each token */
     const uint8_t *want_logits;  /* n: 1 for the rows whose logits are returned */
+    /*
+     * n: the attention order of each token - 1: the GEMM order llama.cpp
+     * uses for a multi-token chunk, 0: its vector order for a lone token.
+     * NULL: by the batch (1 when the token's sequence has other tokens in
+     * it).  A scheduler that gives each token a fixed order (e.g. by prompt
+     * or generated) gets the same K/V bits however it splits the work.
+     */
+    const uint8_t *gemm_order;
 };
 
 /*

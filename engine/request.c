@@ -209,8 +209,6 @@ void eng_req_release(struct eng_req *r)
 void req_release_engine_state(struct engine *e, struct eng_req *r)
 {
     kv_free_seq(e->pool, &r->seq);
-    e->reserved -= r->reserved;
-    r->reserved = 0;
     if (r->smp_ready) {
         smp_free(&r->smp);
         r->smp_ready = 0;

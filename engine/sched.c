@@ -9,10 +9,15 @@
  * prompt never stalls running streams); run the model; sample a token for
  * each sequence whose last row was computed and report it.
  *
- * Admission reserves the blocks a request can ever need (prompt + max_tokens),
- * so a running sequence always finds a slot for its next token.  It does not
- * yet preempt or share prompt blocks; that is the prefix-cache and
- * preemption work.
+ * Admission takes a waiting request when the pool can hold the part of its
+ * prompt not found in the prefix cache (kv_match_prefix).  Blocks are then
+ * allocated as tokens are scheduled; when a decoding sequence finds the pool
+ * short, the most recently admitted sequence is preempted: its blocks are
+ * freed (they stay in the prefix cache) and it goes back to the front of
+ * the queue with every token it has, to be recomputed.  Each token is
+ * computed in a fixed attention order - prompt tokens in the multi-token
+ * order, generated ones in the lone-token order - so recomputation gives
+ * the same bits and the client sees the same text, with no gap.
  *
  * Text: a token's bytes go through the incremental detokenizer into the
  * request's pending text; whatever can no longer be the start of a stop
@@ -56,10 +61,16 @@ static char *copy_bytes(const char *p, size_t n)
 static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const char *text,
                    size_t n)
 {
+    if (r->in_queue) {
+        atomic_fetch_sub(&e->n_queued, 1);
+        atomic_fetch_sub(&e->queued_tokens, r->n_prompt);
+    }
+    atomic_fetch_sub(&e->n_live, 1);
     struct eng_event ev = {.kind = ENG_EV_END, .finish = f, .t = now_s()};
     ev.text = copy_bytes(text ? text : "", text ? n : 0);
     ev.n_text = ev.text ? n : 0;
     ev.prompt_tokens = r->n_prompt;
+    ev.cached_tokens = r->n_cached;
     ev.completion_tokens = r->n_gen;
     ev.t_submit = r->t_submit;
     ev.t_scheduled = r->t_scheduled;
@@ -209,40 +220,86 @@ static void compact_active(struct engine *e)
     e->n_active = k;
 }
 
+static void queue_count(struct engine *e, struct eng_req *r, int in)
+{
+    if (r->in_queue == in)
+        return;
+    r->in_queue = in;
+    atomic_fetch_add(&e->n_queued, in ? 1 : -1);
+    atomic_fetch_add(&e->queued_tokens, in ? r->n_prompt : -r->n_prompt);
+}
+
+/* Gives up a running sequence's blocks; it waits at the front of the queue. */
+static void preempt(struct engine *e, int i)
+{
+    struct eng_req *r = e->active[i];
+    e->active[i] = NULL;
+    kv_free_seq(e->pool, &r->seq); /* its full blocks stay in the prefix cache */
+    r->n_computed = 0;
+    r->step_n = 0;
+    r->next = e->wait_head;
+    e->wait_head = r;
+    if (!e->wait_tail)
+        e->wait_tail = r;
+    queue_count(e, r, 1);
+    atomic_fetch_add(&e->st_preemptions, 1);
+}
+
+/* The most recently admitted active sequence, or -1. */
+static int newest_active(const struct engine *e)
+{
+    for (int i = e->n_active - 1; i >= 0; i--)
+        if (e->active[i])
+            return i;
+    return -1;
+}
+
 /* Moves waiting requests in while the sequence cap and the pool allow. */
 static void admit(struct engine *e, double now)
 {
     while (e->wait_head && e->n_active < e->cfg.max_seqs) {
         struct eng_req *r = e->wait_head;
-        int32_t need = sched_blocks_for(e, (int64_t)r->n_prompt + r->max_tokens);
-        if (e->reserved + need > e->info.kv_blocks)
+        /* reuse cached blocks; at least the last token is computed for its logits */
+        int32_t matched =
+            e->cfg.no_prefix_cache ? 0 : kv_match_prefix(e->pool, &r->seq, r->tokens, r->n_tokens - 1);
+        int32_t need = sched_blocks_for(e, r->n_tokens) - r->seq.n_blocks;
+        if (need > kv_pool_n_free(e->pool)) {
+            kv_free_seq(e->pool, &r->seq);
             break;
+        }
         e->wait_head = r->next;
         if (!e->wait_head)
             e->wait_tail = NULL;
         r->next = NULL;
-        if (smp_init(&r->smp, &r->sp, e->info.n_vocab, r->tokens, r->n_prompt)) {
-            finish(e, r, ENG_FINISH_ERROR, "out of memory for the sampler", 29);
-            continue;
+        if (!r->admitted) {
+            if (smp_init(&r->smp, &r->sp, e->info.n_vocab, r->tokens, r->n_prompt)) {
+                finish(e, r, ENG_FINISH_ERROR, "out of memory for the sampler", 29);
+                continue;
+            }
+            r->smp_ready = 1;
+            r->admitted = 1;
+            tok_detok_init(&r->detok, e->tok, 0);
+            r->t_scheduled = now;
+            r->n_cached = matched;
+            atomic_fetch_add(&e->st_prefix_queries, (unsigned long long)r->n_prompt);
+            atomic_fetch_add(&e->st_prefix_hits, (unsigned long long)matched);
         }
-        r->smp_ready = 1;
-        tok_detok_init(&r->detok, e->tok, 0);
-        r->reserved = need;
-        e->reserved += need;
-        r->t_scheduled = now;
+        queue_count(e, r, 0);
+        r->n_computed = matched;
         e->active[e->n_active++] = r;
     }
 }
 
-/* Adds n tokens of r, from r->n_computed on, to the batch. */
+/* Adds n tokens of r, from r->n_computed on, to the batch; -ENOSPC when the pool is short. */
 static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *rows)
 {
-    if (kv_alloc_slots(e->pool, &r->seq, n))
+    if (kv_alloc_slots(e->pool, &r->seq, r->n_computed + n - r->seq.n_tokens))
         return -ENOSPC;
     for (int i = 0; i < n; i++) {
         int pos = r->n_computed + i;
         e->b_tokens[*T] = r->tokens[pos];
         e->b_tp[*T] = (struct dev_tokpos){r->seq.blocks, pos, 0};
+        e->b_order[*T] = pos < r->n_prompt && r->n_prompt > 1;
         e->b_want[*T] = pos == r->n_tokens - 1;
         if (e->b_want[*T])
             e->b_rows[(*rows)++] = r;
@@ -252,7 +309,7 @@ static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *r
     return 0;
 }
 
-static void update_stats(struct engine *e)
+void sched_update_stats(struct engine *e)
 {
     int waiting = 0;
     for (struct eng_req *r = e->wait_head; r; r = r->next)
@@ -262,6 +319,37 @@ static void update_stats(struct engine *e)
     atomic_store(&e->st_kv_used, e->info.kv_blocks - kv_pool_n_free(e->pool));
 }
 
+void sched_tick(struct engine *e)
+{
+    double now = now_s(), limit = e->cfg.request_timeout;
+    if (limit > 0) {
+        char msg[96];
+        int n = snprintf(msg, sizeof(msg), "the request timed out after %g s (--request-timeout)",
+                         limit);
+        for (int i = 0; i < e->n_active; i++) {
+            struct eng_req *r = e->active[i];
+            if (r && now - r->t_submit > limit) {
+                finish(e, r, ENG_FINISH_ERROR, msg, (size_t)n);
+                e->active[i] = NULL;
+            }
+        }
+        compact_active(e);
+        struct eng_req **pp = &e->wait_head, *prev = NULL;
+        while (*pp) {
+            struct eng_req *r = *pp;
+            if (now - r->t_submit > limit) {
+                *pp = r->next;
+                finish(e, r, ENG_FINISH_ERROR, msg, (size_t)n);
+            } else {
+                prev = r;
+                pp = &r->next;
+            }
+        }
+        e->wait_tail = prev;
+    }
+    sched_update_stats(e);
+}
+
 int sched_step(struct engine *e)
 {
     double now = now_s();
@@ -269,26 +357,50 @@ int sched_step(struct engine *e)
     compact_active(e);
     admit(e, now);
     int T = 0, rows = 0, budget = e->cfg.max_batch_tokens;
-    for (int pass = 0; pass < 2; pass++) { /* decode tokens first, then prefill chunks */
-        for (int i = 0; i < e->n_active; i++) {
-            struct eng_req *r = e->active[i];
-            int decoding = r->n_computed >= r->n_prompt;
-            if (pass == 0)
-                r->step_n = 0;
-            if (decoding != (pass == 0) || T >= budget)
-                continue;
-            int n = r->n_tokens - r->n_computed;
-            if (n > budget - T)
-                n = budget - T;
-            if (add_tokens(e, r, n, &T, &rows)) {
-                /* cannot happen: admission reserved the blocks */
-                finish(e, r, ENG_FINISH_ERROR, "the KV cache is full", 20);
-                e->active[i] = NULL;
+    for (int i = 0; i < e->n_active; i++)
+        e->active[i]->step_n = 0;
+    /* every decoding sequence's next token first; preempt the newest when short */
+    for (int i = 0; i < e->n_active && T < budget; i++) {
+        struct eng_req *r = e->active[i];
+        if (!r || r->n_tokens - r->n_computed != 1)
+            continue;
+        while (e->active[i] && add_tokens(e, r, 1, &T, &rows)) {
+            int v = newest_active(e);
+            if (v < 0 || v == i) {
+                preempt(e, i);
+                break;
             }
+            if (e->active[v]->step_n) { /* it is in this batch already: start over */
+                T = rows = 0;
+                for (int k = 0; k < e->n_active; k++)
+                    if (e->active[k])
+                        e->active[k]->step_n = 0;
+                preempt(e, v);
+                i = -1;
+                break;
+            }
+            preempt(e, v);
         }
     }
+    /* then prefill chunks in admission order, while the budget lasts */
+    for (int i = 0; i < e->n_active && T < budget; i++) {
+        struct eng_req *r = e->active[i];
+        if (!r || r->n_tokens - r->n_computed <= 1 || r->step_n)
+            continue;
+        int n = r->n_tokens - r->n_computed;
+        if (n > budget - T)
+            n = budget - T;
+        add_tokens(e, r, n, &T, &rows); /* short: it waits for blocks to free up */
+    }
+    if (T == 0 && e->n_active > 0) {
+        /* prefills hold the pool and none can go on: the newest gives way */
+        preempt(e, newest_active(e));
+        compact_active(e);
+        sched_update_stats(e);
+        return 1;
+    }
     if (T > 0) {
-        struct model_batch b = {T, e->b_tokens, e->b_tp, e->b_want};
+        struct model_batch b = {T, e->b_tokens, e->b_tp, e->b_want, e->b_order};
         int rc = model_forward(e->m, &e->kv, &b, e->logits);
         if (rc) {
             char msg[96];
@@ -298,28 +410,33 @@ int sched_step(struct engine *e)
                 finish(e, e->active[i], ENG_FINISH_ERROR, msg, strlen(msg));
             e->n_active = 0;
         } else {
-            for (int i = 0; i < e->n_active; i++)
-                if (e->active[i])
-                    e->active[i]->n_computed += e->active[i]->step_n;
+            for (int i = 0; i < e->n_active; i++) {
+                struct eng_req *r = e->active[i];
+                if (r && r->step_n) {
+                    r->n_computed += r->step_n;
+                    if (!e->cfg.no_prefix_cache)
+                        kv_commit_blocks(e->pool, &r->seq, r->tokens, r->n_computed);
+                }
+            }
             now = now_s();
             int V = e->info.n_vocab;
             for (int j = 0; j < rows; j++) {
                 struct eng_req *r = e->b_rows[j];
                 struct smp_result res;
+                int gone;
                 if (smp_sample(&r->smp, e->logits + (size_t)j * V, &res)) {
                     finish(e, r, ENG_FINISH_ERROR, "sampling failed", 15);
-                    r = NULL;
-                } else if (on_token(e, r, &res, now)) {
-                    r = NULL;
+                    gone = 1;
+                } else {
+                    gone = on_token(e, r, &res, now);
                 }
-                if (!r)
-                    for (int i = 0; i < e->n_active; i++)
-                        if (e->active[i] == e->b_rows[j])
-                            e->active[i] = NULL;
+                for (int i = 0; gone && i < e->n_active; i++)
+                    if (e->active[i] == r)
+                        e->active[i] = NULL;
             }
         }
         compact_active(e);
     }
-    update_stats(e);
+    sched_update_stats(e);
     return e->n_active > 0 || (e->wait_head && T > 0);
 }

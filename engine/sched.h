@@ -41,7 +41,9 @@ struct eng_req {
     int n_computed; /* tokens whose K/V is stored */
     int n_gen;      /* generated tokens reported */
     struct kv_seq seq;
-    int32_t reserved; /* blocks held back for this request */
+    int n_cached;     /* prompt tokens found in the prefix cache at first admission */
+    int admitted;     /* has been admitted once (sampler ready) */
+    int in_queue;     /* counted in engine.n_queued (waiting, not running) */
     struct smp_params sp; /* sp.bias points into bias */
     struct smp_bias *bias;
     struct smp smp;
@@ -71,24 +73,31 @@ struct engine {
     uv_loop_t loop;
     uv_async_t wake;
     uv_idle_t idle;
+    uv_timer_t timer;
+    uv_signal_t sig_term, sig_int;
+    int n_signals;
     int loop_ready;
 
-    pthread_mutex_t mu; /* guards incoming and stopping */
+    pthread_mutex_t mu; /* guards incoming, stopping and draining */
     struct eng_req *in_head, *in_tail;
-    int stopping;
+    int stopping, draining;
+    atomic_int n_queued;          /* submitted, not running */
+    atomic_llong queued_tokens;   /* their prompt tokens */
+    atomic_int n_live;            /* submitted, not ended */
 
     /* engine thread only */
     struct eng_req *wait_head, *wait_tail;
     struct eng_req **active; /* admitted, in admission order */
     int n_active;
-    int32_t reserved; /* blocks reserved by active requests */
     int32_t *b_tokens;
+    uint8_t *b_order;
     struct dev_tokpos *b_tp;
     uint8_t *b_want;
     struct eng_req **b_rows; /* the request of each logits row */
     float *logits;
 
     atomic_int st_running, st_waiting, st_kv_used;
+    atomic_ullong st_preemptions, st_prefix_queries, st_prefix_hits;
 };
 
 /* One scheduling step: admits, runs one forward pass, samples, reports.
@@ -96,6 +105,10 @@ struct engine {
 int sched_step(struct engine *e);
 /* Ends every request (queued or active) with `finish`; for shutdown. */
 void sched_abort_all(struct engine *e, enum eng_finish finish, const char *msg);
+/* Ends requests past their deadline and refreshes the gauges (the timer). */
+void sched_tick(struct engine *e);
+/* Gauges from the engine thread's state. */
+void sched_update_stats(struct engine *e);
 /* Blocks a request of n tokens needs. */
 int32_t sched_blocks_for(const struct engine *e, int64_t n);
 

@@ -351,7 +351,7 @@ int cli_run(int argc, char **argv)
             tp[i] = (struct dev_tokpos){seq.blocks, start + i, 0};
             want[i] = start + i == n_prompt - 1;
         }
-        struct model_batch b = {cnt, ids + start, tp, want};
+        struct model_batch b = {cnt, ids + start, tp, want, NULL};
         rc = rc ? rc : model_forward(l.m, &kv, &b, logits);
     }
     double t2 = now_s();
@@ -379,7 +379,7 @@ int cli_run(int argc, char **argv)
         rc = rc ? rc : kv_alloc_slots(pool, &seq, 1);
         struct dev_tokpos t1p = {seq.blocks, pos, 0};
         uint8_t w = 1;
-        struct model_batch b = {1, &ids[pos], &t1p, &w};
+        struct model_batch b = {1, &ids[pos], &t1p, &w, NULL};
         rc = rc ? rc : model_forward(l.m, &kv, &b, logits);
         pos++;
     }
@@ -472,7 +472,7 @@ static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, uint64_
                 want[i] = 1;
             }
         }
-        struct model_batch b = {n, ids, tp, want};
+        struct model_batch b = {n, ids, tp, want, NULL};
         rc = rc ? rc : model_forward(c->l.m, &c->kv, &b, c->logits);
     }
     if (!rc)

@@ -16,7 +16,7 @@
 #include "server/cli.h"
 #include "server/srv.h"
 
-enum kind { K_STR, K_INT };
+enum kind { K_STR, K_INT, K_BOOL };
 
 struct setting {
     const char *name;
@@ -48,6 +48,16 @@ static const struct setting k_settings[] = {
     {"max_seqs", K_INT, S(max_seqs), 1, 4096, "64", "N", "sequences in one forward pass", NULL},
     {"max_batch_tokens", K_INT, S(max_batch_tokens), 1, 1 << 20, "512", "N",
      "tokens in one forward pass", NULL},
+    {"max_queue", K_INT, S(max_queue), 1, 1 << 20, "256", "N",
+     "requests waiting at most (429 past it)", NULL},
+    {"max_queue_tokens", K_INT, S(max_queue_tokens), 0, (int64_t)1 << 40, "0", "N",
+     "prompt tokens waiting at most (0: 64 full contexts)", NULL},
+    {"prefix_cache", K_BOOL, S(prefix_cache), 0, 1, "true", "",
+     "reuse cached prompt blocks (--no-prefix-cache: off)", NULL},
+    {"request_timeout", K_INT, S(request_timeout), 0, 1 << 30, "0", "SECONDS",
+     "end a request this long after it arrived (0: never)", NULL},
+    {"shutdown_timeout", K_INT, S(shutdown_timeout), 0, 1 << 20, "30", "SECONDS",
+     "on SIGTERM, how long open requests may take to finish", NULL},
     {"log_format", K_STR, S(log_format), 0, 0, "text", "FMT", "access log: text or json",
      "text|json"},
 };
@@ -84,8 +94,11 @@ static void print_help(void)
         const struct setting *s = &k_settings[i];
         char f[64], left[96];
         flag_name(s, f, sizeof(f));
-        snprintf(left, sizeof(left), "%s--%s %s", strcmp(s->name, "model") ? "    " : "-m, ", f,
-                 s->arg);
+        if (s->kind == K_BOOL)
+            snprintf(left, sizeof(left), "    --[no-]%s", f);
+        else
+            snprintf(left, sizeof(left), "%s--%s %s", strcmp(s->name, "model") ? "    " : "-m, ",
+                     f, s->arg);
         int show = *s->def && strcmp(s->def, "0"); /* "0: ..." helps say what 0 means */
         printf("  %-28s %s%s%s%s\n", left, s->help, show ? " (default " : "", show ? s->def : "",
                show ? ")" : "");
@@ -101,6 +114,16 @@ static int set_value(struct srv_config *cfg, const struct setting *s, const char
                      const char *where)
 {
     char *base = (char *)cfg;
+    if (s->kind == K_BOOL) {
+        int v1 = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on");
+        int v0 = !strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off");
+        if (!v1 && !v0) {
+            fprintf(stderr, "cinfer serve: %s must be true or false, not '%s'\n", where, v);
+            return -1;
+        }
+        *(int64_t *)(void *)(base + s->off) = v1;
+        return 0;
+    }
     if (s->kind == K_INT) {
         char *end;
         errno = 0;
@@ -188,9 +211,11 @@ static int load_file(struct srv_config *cfg, const char *path)
             }
         } else if (s->kind == K_STR && cJSON_IsString(it)) {
             rc = set_value(cfg, s, it->valuestring, where);
+        } else if (s->kind == K_BOOL && cJSON_IsBool(it)) {
+            rc = set_value(cfg, s, cJSON_IsTrue(it) ? "true" : "false", where);
         } else {
             fprintf(stderr, "cinfer serve: %s must be a %s\n", where,
-                    s->kind == K_INT ? "number" : "string");
+                    s->kind == K_INT ? "number" : s->kind == K_BOOL ? "boolean" : "string");
             rc = -1;
         }
     }
@@ -206,6 +231,8 @@ cJSON *srv_config_json(const struct srv_config *cfg)
         const char *base = (const char *)cfg;
         if (s->kind == K_INT)
             cJSON_AddNumberToObject(o, s->name, (double)*(const int64_t *)(const void *)(base + s->off));
+        else if (s->kind == K_BOOL)
+            cJSON_AddBoolToObject(o, s->name, *(const int64_t *)(const void *)(base + s->off) != 0);
         else if (!strcmp(s->name, "api_key") && **(char *const *)(const void *)(base + s->off))
             cJSON_AddStringToObject(o, s->name, "(set)"); /* never echo the secret */
         else
@@ -284,6 +311,16 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
             }
             if (eq)
                 val = eq + 1;
+            for (size_t k = 0; k < N_SETTINGS && !s && !eq; k++) { /* --no-prefix-cache */
+                char f[64];
+                flag_name(&k_settings[k], f, sizeof(f));
+                if (k_settings[k].kind == K_BOOL && !strncmp(a + 2, "no-", 3) && !strcmp(a + 5, f)) {
+                    s = &k_settings[k];
+                    val = "false";
+                }
+            }
+            if (s && s->kind == K_BOOL && !val)
+                val = "true";
         }
         if (!s) {
             char msg[160];

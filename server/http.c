@@ -32,6 +32,7 @@ struct srv {
     size_t max_body;
     int log_json;
     unsigned port;
+    atomic_int inflight;
     _Atomic(struct engine *) e;
     struct srv_model model;
 };
@@ -50,6 +51,7 @@ struct conn {
     struct tok_buf out;
     size_t out_pos;
     int finished;
+    int retry_after; /* seconds for a Retry-After header, 0: none */
     MHD_socket fd;
 };
 
@@ -138,12 +140,17 @@ static enum MHD_Result reply(struct MHD_Connection *mc, struct conn *c, unsigned
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
                                 !strcmp(c->route, "/v1/models") ||
                                         !strncmp(c->route, "/v1/models/", 11) ||
-                                        !strcmp(c->route, "/health") ||
+                                        !strncmp(c->route, "/health", 7) ||
                                         !strcmp(c->route, "/metrics") || !strcmp(c->route, "/version")
                                     ? "GET"
                                     : "POST");
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (c->retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", c->retry_after);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     c->status = status;
     enum MHD_Result ok = MHD_queue_response(mc, status, r);
     MHD_destroy_response(r);
@@ -168,6 +175,7 @@ static enum MHD_Result reply_error(struct MHD_Connection *mc, struct conn *c,
     char *s = srv_error_json(err);
     if (!s)
         return MHD_NO;
+    c->retry_after = err->retry_after;
     enum MHD_Result r = reply(mc, c, err->status, "application/json", s, strlen(s));
     free(s);
     return r;
@@ -375,7 +383,7 @@ static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, 
 
 /* ---- routing ---------------------------------------------------------------------- */
 
-enum route_id { R_NONE, R_HEALTH, R_METRICS, R_VERSION, R_MODELS, R_MODEL, R_CHAT, R_COMPL,
+enum route_id { R_NONE, R_HEALTH, R_READY, R_METRICS, R_VERSION, R_MODELS, R_MODEL, R_CHAT, R_COMPL,
                 R_TOKENIZE, R_DETOKENIZE };
 
 static const struct {
@@ -384,7 +392,8 @@ static const struct {
     int post;
     int open; /* no API key needed */
 } k_routes[] = {
-    {"/health", R_HEALTH, 0, 1},          {"/metrics", R_METRICS, 0, 1},
+    {"/health", R_HEALTH, 0, 1},          {"/health/ready", R_READY, 0, 1},
+    {"/metrics", R_METRICS, 0, 1},
     {"/version", R_VERSION, 0, 0},        {"/v1/models", R_MODELS, 0, 0},
     {"/v1/chat/completions", R_CHAT, 1, 0}, {"/v1/completions", R_COMPL, 1, 0},
     {"/tokenize", R_TOKENIZE, 1, 0},      {"/detokenize", R_DETOKENIZE, 1, 0},
@@ -439,6 +448,19 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
         if (!e)
             return reply(mc, c, 503, "application/json", "{\"status\":\"loading\"}", 20);
         return reply(mc, c, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    case R_READY: {
+        struct eng_stats st = {0};
+        if (e)
+            eng_get_stats(e, &st);
+        const char *why = !e ? "loading" : st.draining ? "draining" : eng_queue_full(e) ? "busy" : NULL;
+        if (why) {
+            char body[48];
+            int n = snprintf(body, sizeof(body), "{\"status\":\"%s\"}", why);
+            c->retry_after = 1;
+            return reply(mc, c, 503, "application/json", body, (size_t)n);
+        }
+        return reply(mc, c, 200, "application/json", "{\"status\":\"ready\"}", 18);
+    }
     case R_METRICS: {
         size_t len = 0;
         char *text = srv_metrics_render(e, &len);
@@ -497,6 +519,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc, const cha
         snprintf(c->method, sizeof(c->method), "%s", method);
         c->path = strdup(url);
         *con_cls = c;
+        atomic_fetch_add(&s->inflight, 1);
         int post = !strcmp(method, "POST");
         if (!post) /* nothing to read: answer now */
             return handle(mc, c, url, 0);
@@ -540,6 +563,7 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!c)
         return;
     *con_cls = NULL;
+    atomic_fetch_sub(&c->s->inflight, 1);
     int prompt = 0, completion = 0;
     if (c->job) {
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -626,6 +650,11 @@ int srv_set_api_key(struct srv *s, const char *key)
 void srv_set_engine(struct srv *s, struct engine *e)
 {
     atomic_store(&s->e, e);
+}
+
+int srv_inflight(struct srv *s)
+{
+    return atomic_load(&s->inflight);
 }
 
 unsigned srv_port(const struct srv *s)

@@ -134,6 +134,21 @@ char *srv_metrics_render(struct engine *e, size_t *len)
                          "cinfer:kv_cache_usage_perc %.6f\n",
                          st.running, st.waiting,
                          st.kv_total > 0 ? (double)st.kv_used / st.kv_total : 0.0);
+    rc |= srv_buf_printf(&b,
+                         "# HELP cinfer:prefix_cache_queries_total Prompt tokens looked up in the "
+                         "prefix cache.\n"
+                         "# TYPE cinfer:prefix_cache_queries_total counter\n"
+                         "cinfer:prefix_cache_queries_total %llu\n"
+                         "# HELP cinfer:prefix_cache_hits_total Prompt tokens found in the prefix "
+                         "cache.\n"
+                         "# TYPE cinfer:prefix_cache_hits_total counter\n"
+                         "cinfer:prefix_cache_hits_total %llu\n"
+                         "# HELP cinfer:num_preemptions_total Sequences preempted (recomputed "
+                         "later) because the KV cache was full.\n"
+                         "# TYPE cinfer:num_preemptions_total counter\n"
+                         "cinfer:num_preemptions_total %llu\n",
+                         (unsigned long long)st.prefix_queries, (unsigned long long)st.prefix_hits,
+                         (unsigned long long)st.preemptions);
     pthread_mutex_lock(&M.mu);
     rc |= srv_buf_printf(&b,
                          "# HELP cinfer:prompt_tokens_total Prompt tokens processed.\n"

@@ -58,6 +58,7 @@ int srv_fail(struct srv_error *err, unsigned status, const char *param, const ch
              const char *fmt, ...)
 {
     err->status = status;
+    err->retry_after = 0;
     err->type = status == 401   ? "authentication_error"
                 : status == 404 ? (code && !strcmp(code, "model_not_found") ? "invalid_request_error"
                                                                             : "not_found_error")
@@ -604,6 +605,7 @@ struct choice {
     int ended;
     enum eng_finish finish;
     int completion_tokens;
+    int cached_tokens;
     double t_last;
     char *error;
 };
@@ -702,7 +704,12 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
             if (rc == -E2BIG)
                 return srv_fail(err, 400, what, "context_length_exceeded", "%s", msg);
             if (rc == -ESHUTDOWN)
-                return srv_fail(err, 503, NULL, NULL, "%s", msg);
+                return srv_fail(err, 503, NULL, "service_unavailable", "%s", msg);
+            if (rc == -EBUSY) {
+                srv_fail(err, 429, NULL, "rate_limit_exceeded", "%s", msg);
+                err->retry_after = 1;
+                return -1;
+            }
             return srv_fail(err, rc == -ENOMEM ? 500 : 400, NULL, NULL, "%s", msg);
         }
     }
@@ -775,7 +782,16 @@ static cJSON *usage_json(const struct srv_job *j)
     cJSON_AddNumberToObject(u, "prompt_tokens", j->prompt_tokens);
     cJSON_AddNumberToObject(u, "completion_tokens", j->completion_tokens);
     cJSON_AddNumberToObject(u, "total_tokens", j->prompt_tokens + j->completion_tokens);
-    cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens", 0);
+    int cached = 0; /* per prompt, what its first-computed choice found cached */
+    for (int p = 0; p < j->req.n_prompts; p++) {
+        int least = -1;
+        for (int i = p * j->req.n; i < (p + 1) * j->req.n; i++)
+            if (least < 0 || j->c[i].cached_tokens < least)
+                least = j->c[i].cached_tokens;
+        cached += least > 0 ? least : 0;
+    }
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens",
+                            cached);
     return u;
 }
 
@@ -942,6 +958,7 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok
     c->ended = 1;
     c->finish = ev->finish;
     c->completion_tokens = ev->completion_tokens;
+    c->cached_tokens = ev->cached_tokens;
     j->completion_tokens += ev->completion_tokens;
     observe_end(ev);
     if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {

@@ -1,10 +1,15 @@
 /*
  * server/serve.c - `cinfer serve`: settings, listening at once (so /health
- * answers 503 while the model loads), loading the engine, then serving
- * until SIGTERM or SIGINT, which end every request still open and exit 0.
+ * answers 503 while the model loads), loading the engine, then serving.
+ * SIGTERM or SIGINT (caught by the engine loop) starts a drain: new work gets
+ * 503 and /health/ready says 503, requests in flight finish (up to
+ * --shutdown-timeout seconds; the rest are ended), then the process exits 0.
+ * A second signal exits at once, with status 1.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +24,26 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
+static int g_signum;
+
+/* On the engine thread: the first signal wakes main to drain; another ends it now. */
+static void on_signal(int signum, int count, void *arg)
+{
+    (void)arg;
+    if (count > 1) {
+        static const char msg[] = "cinfer: second signal: exiting now\n";
+        ssize_t k = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+        (void)k;
+        _exit(1);
+    }
+    pthread_mutex_lock(&g_sig_mu);
+    g_signum = signum;
+    pthread_cond_signal(&g_sig_cv);
+    pthread_mutex_unlock(&g_sig_mu);
 }
 
 /* The API key from --api-key-file (first line), or NULL with a message. */
@@ -81,12 +106,6 @@ int cli_serve(int argc, char **argv)
     if (!key && *cfg.api_key)
         key = strdup(cfg.api_key);
 
-    /* signals are taken by sigwait below, in this thread only */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     srv_metrics_init();
@@ -116,6 +135,11 @@ int cli_serve(int argc, char **argv)
         .kv_type = strcmp(cfg.kv_type, "f32") ? QT_F16 : QT_F32,
         .max_seqs = (int)cfg.max_seqs,
         .max_batch_tokens = (int)cfg.max_batch_tokens,
+        .max_queue = (int)cfg.max_queue,
+        .max_queue_tokens = cfg.max_queue_tokens,
+        .no_prefix_cache = !cfg.prefix_cache,
+        .request_timeout = (double)cfg.request_timeout,
+        .on_signal = on_signal,
     };
     struct engine *e = NULL;
     if ((rc = eng_create(cfg.model, &ec, &e, err, sizeof(err)))) {
@@ -135,11 +159,21 @@ int cli_serve(int argc, char **argv)
             now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
             info.kernels, tok_chat_name(info.chat));
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    srv_log("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    pthread_mutex_lock(&g_sig_mu);
+    while (!g_signum)
+        pthread_cond_wait(&g_sig_cv, &g_sig_mu);
+    int sig = g_signum;
+    pthread_mutex_unlock(&g_sig_mu);
+    /* the engine refuses new work now; wait for what is in flight */
+    srv_log("%s: draining (up to %lld s; a second signal exits at once)",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)cfg.shutdown_timeout);
+    double until = now_s() + (double)cfg.shutdown_timeout;
+    while ((!eng_idle(e) || srv_inflight(s) > 0) && now_s() < until)
+        usleep(20000);
+    if (!eng_idle(e))
+        srv_log("shutdown timeout: ending the requests still open");
     srv_quiesce(s);
-    eng_stop(e); /* open requests end; their connections finish */
+    eng_stop(e); /* what is left ends; its connections finish */
     srv_stop(s);
     eng_destroy(e);
     free(id);

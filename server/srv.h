@@ -31,6 +31,11 @@ struct srv_config {
     int64_t max_body;
     int64_t max_seqs;
     int64_t max_batch_tokens;
+    int64_t max_queue;
+    int64_t max_queue_tokens;
+    int64_t prefix_cache; /* bool */
+    int64_t request_timeout;
+    int64_t shutdown_timeout;
     char *log_format;
 };
 
@@ -65,6 +70,7 @@ struct srv_error {
     const char *type;
     const char *code; /* or NULL */
     char param[64];   /* "" for none */
+    int retry_after;  /* seconds, for 429 and 503; 0: no header */
     char message[512];
 };
 
@@ -138,6 +144,8 @@ void srv_set_engine(struct srv *s, struct engine *e);
 unsigned srv_port(const struct srv *s);
 /* Stops accepting connections (those open go on). */
 void srv_quiesce(struct srv *s);
+/* HTTP requests being answered now. */
+int srv_inflight(struct srv *s);
 /* Stops listening and waits for the connection threads. */
 void srv_stop(struct srv *s);
 

@@ -95,7 +95,7 @@ START_TEST(greedy_matches_llamacpp)
         for (int i = 0; i < s.n; i++)
             tp[i] = (struct dev_tokpos){s.kv.blocks, i, 0};
         want[s.n - 1] = 1;
-        struct model_batch b = {s.n, s.tokens, tp, want};
+        struct model_batch b = {s.n, s.tokens, tp, want, NULL};
         ck_assert_int_eq(model_forward(g_model, &kv, &b, logits), 0);
         int step = 0;
         const cJSON *st;
@@ -118,7 +118,7 @@ START_TEST(greedy_matches_llamacpp)
             s.tokens[s.n] = got;
             struct dev_tokpos tp1 = {s.kv.blocks, s.n, 0};
             uint8_t w1 = 1;
-            struct model_batch b1 = {1, &s.tokens[s.n], &tp1, &w1};
+            struct model_batch b1 = {1, &s.tokens[s.n], &tp1, &w1, NULL};
             s.n++;
             ck_assert_int_eq(model_forward(g_model, &kv, &b1, logits), 0);
             step++;
@@ -194,7 +194,7 @@ static void run_batch(int n_others, int steps, int32_t *out_ids, float *out_logi
         }
         for (int i = n_seq; i < 8; i++)
             row_of[i] = -1;
-        struct model_batch b = {n, ids, tp, want};
+        struct model_batch b = {n, ids, tp, want, NULL};
         ck_assert_int_eq(model_forward(g_model, &kv, &b, logits), 0);
         for (int i = 0; i < n_seq; i++) {
             if (row_of[i] < 0 || s[i].n >= 200)
@@ -282,7 +282,7 @@ START_TEST(bad_batches_are_refused)
     struct dev_tokpos tp = {s.blocks, 0, 0};
     uint8_t w = 1;
     float *lg = malloc(sizeof(float) * g_model->hp.n_vocab);
-    struct model_batch b = {1, &bad, &tp, &w};
+    struct model_batch b = {1, &bad, &tp, &w, NULL};
     ck_assert_int_eq(model_forward(g_model, &kv, &b, lg), -EINVAL);
     bad = -1;
     ck_assert_int_eq(model_forward(g_model, &kv, &b, lg), -EINVAL);
