@@ -2,7 +2,9 @@
  * tests/unit/check_kv.c - the paged KV cache: block accounting (allocation,
  * reference counts, exhaustion without overwriting) and attention over a
  * 2,000-token sequence scattered over blocks, which must equal the same
- * computation over contiguous blocks bit for bit.
+ * computation over contiguous blocks bit for bit; and the prefix cache:
+ * matching whole blocks only, surviving free until evicted oldest first,
+ * and never matching on a hash alone.
  */
 #include <check.h>
 #include <errno.h>
@@ -204,6 +206,97 @@ START_TEST(scattered_2000_tokens_attend_like_contiguous)
 }
 END_TEST
 
+/* A sequence holding tokens[0, n) with its full blocks entered in the cache. */
+static void fill(struct kv_pool *p, struct kv_seq *s, const int32_t *tokens, int32_t n)
+{
+    kv_seq_init(s);
+    ck_assert_int_eq(kv_alloc_slots(p, s, n), 0);
+    kv_commit_blocks(p, s, tokens, n);
+}
+
+START_TEST(prefix_cache_matches_whole_blocks)
+{
+    struct kv_pool *p = NULL;
+    ck_assert_int_eq(kv_pool_create(11, 4, &p), 0); /* 10 usable blocks of 4 tokens */
+    ck_assert_int_eq(kv_prefix_cache_enable(p), 0);
+    int32_t t[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    struct kv_seq a, b, c;
+    fill(p, &a, t, 10); /* blocks {1-4} {5-8} cached, {9,10} partial */
+    kv_seq_init(&b);
+    /* same first 9 tokens: two whole blocks are found, shared with a */
+    ck_assert_int_eq(kv_match_prefix(p, &b, t, 9), 8);
+    ck_assert_int_eq(b.n_blocks, 2);
+    ck_assert_int_eq(b.blocks[0], a.blocks[0]);
+    ck_assert_int_eq(b.blocks[1], a.blocks[1]);
+    ck_assert_int_eq(kv_block_refs(p, a.blocks[0]), 2);
+    /* a different second block: only the first matches */
+    int32_t u[8] = {1, 2, 3, 4, 5, 6, 7, 99};
+    kv_seq_init(&c);
+    ck_assert_int_eq(kv_match_prefix(p, &c, u, 8), 4);
+    /* the same tokens in a block whose parent differs do not match */
+    struct kv_seq d;
+    kv_seq_init(&d);
+    ck_assert_int_eq(kv_match_prefix(p, &d, t + 4, 4), 0);
+    kv_free_seq(p, &d);
+    kv_free_seq(p, &c);
+    kv_free_seq(p, &b);
+    kv_free_seq(p, &a);
+    ck_assert_int_eq(kv_pool_n_free(p), 10); /* cached blocks count as free */
+    ck_assert_int_eq(kv_pool_n_cached(p), 2);
+    kv_pool_destroy(p);
+}
+END_TEST
+
+START_TEST(prefix_cache_survives_free_and_evicts_oldest)
+{
+    struct kv_pool *p = NULL;
+    ck_assert_int_eq(kv_pool_create(5, 4, &p), 0); /* 4 usable blocks */
+    ck_assert_int_eq(kv_prefix_cache_enable(p), 0);
+    int32_t x[8] = {1, 1, 1, 1, 2, 2, 2, 2}, y[8] = {3, 3, 3, 3, 4, 4, 4, 4};
+    struct kv_seq a, b, c;
+    fill(p, &a, x, 8);
+    kv_free_seq(p, &a); /* both blocks stay cached */
+    fill(p, &b, y, 8);  /* takes the two never-used blocks */
+    kv_free_seq(p, &b);
+    ck_assert_int_eq(kv_pool_n_cached(p), 4);
+    kv_seq_init(&c);
+    ck_assert_int_eq(kv_match_prefix(p, &c, x, 8), 8); /* x is still there after free */
+    kv_free_seq(p, &c);
+    /* y's blocks were freed last... but x was just used, so y is now the oldest */
+    struct kv_seq n;
+    kv_seq_init(&n);
+    ck_assert_int_eq(kv_alloc_slots(p, &n, 8), 0); /* needs 2 blocks: evicts y's */
+    kv_seq_init(&c);
+    ck_assert_int_eq(kv_match_prefix(p, &c, y, 8), 0);
+    kv_free_seq(p, &c);
+    kv_seq_init(&c);
+    ck_assert_int_eq(kv_match_prefix(p, &c, x, 8), 8);
+    /* everything in use: the pool is short, and says so */
+    struct kv_seq m;
+    kv_seq_init(&m);
+    ck_assert_int_eq(kv_alloc_slots(p, &m, 1), -ENOSPC);
+    kv_free_seq(p, &m);
+    kv_free_seq(p, &c);
+    kv_free_seq(p, &n);
+    kv_pool_destroy(p);
+}
+END_TEST
+
+START_TEST(prefix_cache_off_matches_nothing)
+{
+    struct kv_pool *p = NULL;
+    ck_assert_int_eq(kv_pool_create(5, 4, &p), 0);
+    int32_t x[8] = {1, 1, 1, 1, 2, 2, 2, 2};
+    struct kv_seq a, b;
+    fill(p, &a, x, 8);
+    kv_free_seq(p, &a);
+    kv_seq_init(&b);
+    ck_assert_int_eq(kv_match_prefix(p, &b, x, 8), 0);
+    ck_assert_int_eq(kv_pool_n_cached(p), 0);
+    kv_pool_destroy(p);
+}
+END_TEST
+
 Suite *kv_suite(void)
 {
     Suite *s = suite_create("kv-cache");
@@ -213,6 +306,9 @@ Suite *kv_suite(void)
     tcase_add_test(tc, exhaustion_changes_nothing);
     tcase_add_test(tc, shared_blocks_are_reference_counted);
     tcase_add_test(tc, scattered_2000_tokens_attend_like_contiguous);
+    tcase_add_test(tc, prefix_cache_matches_whole_blocks);
+    tcase_add_test(tc, prefix_cache_survives_free_and_evicts_oldest);
+    tcase_add_test(tc, prefix_cache_off_matches_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
