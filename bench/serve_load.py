@@ -8,7 +8,8 @@ Python 3 standard library only.  Subcommands:
                                           wait until GET URL/health answers 200
   serve_load.py run URL --label NAME -c "1 4" [-r N] [-i 128] [-o 128] --out FILE
                                           run the load at each concurrency level and
-                                          append one JSON line per level to FILE
+                                          append one JSON line per level to FILE;
+                                          exit status 3 if any request failed
   serve_load.py report FILE... [--json OUT]
                                           print the tables (and the ratios when two
                                           servers were measured) from run's output
@@ -306,6 +307,16 @@ def run_level(url, model, prompts, conc, nreq, max_tokens, timeout):
     return results, wall
 
 
+def default_requests(c):
+    """max(8, 2C) -- two waves -- up to C = 16; one wave (C) from C = 32 up.
+
+    A full default run (levels 1 4 16 64, cinfer and llama-server) stays near
+    10 minutes on 2 cores that way; llama-server -np 64 alone needs ~5 min a
+    wave there.
+    """
+    return max(8, min(2 * c, max(c, 32)))
+
+
 def cmd_run(a):
     levels = [int(x) for x in a.concurrency.replace(",", " ").split()]
     st, models = get_json(a.url, "/v1/models")
@@ -320,9 +331,11 @@ def cmd_run(a):
     w = one_request(a.url, model, "warm up " + words(random.Random(1), 16), 8, a.timeout)
     if not w["ok"]:
         print("serve_load: warm-up request failed: %s" % w["error"], file=sys.stderr)
+    failed = False
+    cpu0 = os.times().user + os.times().system
     with open(a.out, "a") as f:
         for c in levels:
-            n = a.requests if a.requests else max(8, 2 * c)
+            n = a.requests if a.requests else default_requests(c)
             if n < c:
                 print("serve_load: %d requests at concurrency %d: only %d in flight" % (n, c, n), file=sys.stderr)
             print("serve_load: %s: concurrency %d, %d requests, %d output tokens each ..."
@@ -332,13 +345,18 @@ def cmd_run(a):
             s["model"] = model
             s["input_tokens_target"] = a.input_tokens
             s["max_tokens"] = a.output_tokens
+            s["loadavg_1m_after"] = os.getloadavg()[0]
+            cpu = os.times()
+            s["client_cpu_s"] = cpu.user + cpu.system - cpu0
+            cpu0 = cpu.user + cpu.system
             print("serve_load: %s: concurrency %d: %.1f s, %.1f output tok/s, %d failures%s"
                   % (a.label, c, wall, s["output_tok_s"] or 0, s["failures"],
                      ("; " + "; ".join(s["errors"][:3])) if s["failures"] else ""),
                   file=sys.stderr, flush=True)
             f.write(json.dumps(s) + "\n")
             f.flush()
-    return 0
+            failed = failed or s["failures"] > 0
+    return 3 if failed else 0
 
 
 # ---------------------------------------------------------------- report
@@ -425,11 +443,13 @@ def main():
     r.add_argument("url")
     r.add_argument("--label", required=True)
     r.add_argument("-c", "--concurrency", default="1 4 16 64")
-    r.add_argument("-r", "--requests", type=int, default=0, help="per level (0: max(8, 2*C))")
+    r.add_argument("-r", "--requests", type=int, default=0,
+                   help="per level (0: max(8, min(2C, max(C, 32))))")
     r.add_argument("-i", "--input-tokens", type=int, default=128)
     r.add_argument("-o", "--output-tokens", type=int, default=128)
     r.add_argument("--seed", type=int, default=1234)
-    r.add_argument("--timeout", type=float, default=600.0, help="socket timeout per request, s")
+    r.add_argument("--timeout", type=float, default=180.0,
+                   help="socket timeout, s: a request fails after this long without a byte")
     r.add_argument("--out", required=True, help="append one JSON line per level here")
     p = sub.add_parser("report")
     p.add_argument("files", nargs="+")

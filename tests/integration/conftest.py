@@ -171,7 +171,8 @@ def _start(extra_args, name):
 
 
 def _finish(srv):
-    _started.remove(srv)
+    if srv in _started:
+        _started.remove(srv)
     rc = srv.stop()
     assert rc == 0, f"{srv.name}: exit status after SIGTERM was {rc!r}, not 0\n--- server stderr ---\n{srv.stderr_text()}"
     try:

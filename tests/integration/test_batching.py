@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from conftest import CINFER_BIN, CINFER_MODEL, Server, _started, make_client
+from conftest import CINFER_BIN, CINFER_MODEL, Server, make_client
 
 RATE_LIMIT_TYPE = "rate_limit_error"
 RATE_LIMIT_CODE = "rate_limit_exceeded"
@@ -38,24 +38,28 @@ UNAVAILABLE_CODE = "service_unavailable"
 
 @contextlib.contextmanager
 def serving(args, name):
-    """A server started with ARGS for one test.  While the test runs it is
-    watched like the fixtures' servers (stderr in the report on failure); at a
-    normal end a server still running gets SIGTERM and must exit 0; a test
-    that ends the process itself checks its exit status itself."""
+    """A server started with ARGS for one test.  When the test fails, the
+    server's exit status (if it died) and the tail of its stderr go to the
+    test's captured stdout, and it is killed.  At a normal end a server still
+    running gets SIGTERM and must exit 0; a test that ends the process itself
+    checks its exit status itself."""
     srv = Server(args, name).start()
-    _started.append(srv)
     ok = False
     try:
         yield srv
         ok = True
     finally:
-        if srv in _started:
-            _started.remove(srv)
         if not ok:
+            died = srv.proc.poll()
+            print(f"--- {name}: `{' '.join(srv.cmd)}`"
+                  + (f" died with exit status {died}" if died is not None else "")
+                  + f"; stderr (tail) ---\n{srv.stderr_text(6000)}")
             srv._kill()
     if srv.proc.poll() is None:
         rc = srv.stop()
         assert rc == 0, f"{name}: exit status after SIGTERM was {rc!r}, not 0\n--- server stderr ---\n{srv.stderr_text()}"
+    with contextlib.suppress(OSError):
+        os.unlink(srv._stderr.name)
 
 
 def wait_for(pred, timeout, what, interval=0.1):
@@ -621,7 +625,9 @@ DRAIN_TOKENS = 64
 
 
 def test_drain_on_sigterm():
-    with serving(["--shutdown-timeout", "30"], "drain") as srv:
+    # The streams need a second or two; the generous timeout keeps a slow
+    # (loaded, sanitizer) machine from cutting them off.
+    with serving(["--shutdown-timeout", "120"], "drain") as srv:
         streams = [Stream(srv, comp_body(f"Tell me about planet {i}.", DRAIN_TOKENS, ignore_eos=True,
                                          stream_options={"include_usage": True})) for i in range(4)]
         threads = [threading.Thread(target=s.read_all, daemon=True) for s in streams]
@@ -643,7 +649,7 @@ def test_drain_on_sigterm():
             assert status == 503, (status, data[:300])
             error_obj(data)
             for t in threads:
-                t.join(60)
+                t.join(150)
             t_end = time.monotonic()
             for i, s in enumerate(streams):
                 assert s.error is None, f"stream {i}: {s.error}"
