@@ -105,7 +105,7 @@ static float quant_block(const float *x, int8_t *q)
 static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
 {
     for (int64_t b = 0; b < k / QK; b++)
-        y[b].d = qt_f32_to_f16(quant_block(x + b * QK, y[b].qs));
+        y[b].d = qt_f16_to_f32(qt_f32_to_f16(quant_block(x + b * QK, y[b].qs)));
 }
 
 static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
@@ -115,8 +115,8 @@ static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
         int sum = 0;
         for (int j = 0; j < QK; j++)
             sum += y[b].qs[j];
-        y[b].d = qt_f32_to_f16(d);
-        y[b].s = qt_f32_to_f16(d * (float)sum);
+        y[b].d = qt_f16_to_f32(qt_f32_to_f16(d));
+        y[b].s = qt_f16_to_f32(qt_f32_to_f16(d * (float)sum));
     }
 }
 
@@ -127,7 +127,7 @@ static float dot_q4_0(const void *w, const struct blk_q8_0 *a, int64_t k)
     for (int64_t b = 0; b < k / QK; b++, p += 18) {
         __m256i q = _mm256_sub_epi8(nibbles(p + 2), _mm256_set1_epi8(8));
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * a[b].d);
         acc = _mm256_fmadd_ps(d, dot_i8(q, qa), acc);
     }
     return hsum8(acc);
@@ -141,9 +141,9 @@ static float dot_q4_1(const void *w, const struct blk_q8_1 *a, int64_t k)
     for (int64_t b = 0; b < k / QK; b++, p += 20) {
         _mm_prefetch((const char *)p + PF_DIST, _MM_HINT_T0);
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * a[b].d);
         acc = _mm256_fmadd_ps(d, dot_u8(nibbles(p + 4), qa), acc);
-        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+        summ = fmaf(half(rd16(p + 2)), a[b].s, summ);
     }
     return hsum8(acc) + summ;
 }
@@ -156,7 +156,7 @@ static float dot_q5_0(const void *w, const struct blk_q8_0 *a, int64_t k)
         __m256i q = _mm256_or_si256(nibbles(p + 6), fifth_bits(p + 2));
         q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * a[b].d);
         acc = _mm256_fmadd_ps(d, dot_i8(q, qa), acc);
     }
     return hsum8(acc);
@@ -170,9 +170,9 @@ static float dot_q5_1(const void *w, const struct blk_q8_1 *a, int64_t k)
     for (int64_t b = 0; b < k / QK; b++, p += 24) {
         __m256i q = _mm256_or_si256(nibbles(p + 8), fifth_bits(p + 4));
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * a[b].d);
         acc = _mm256_fmadd_ps(d, dot_u8(q, qa), acc);
-        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+        summ = fmaf(half(rd16(p + 2)), a[b].s, summ);
     }
     return hsum8(acc) + summ;
 }
@@ -185,7 +185,7 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
         _mm_prefetch((const char *)p + PF_DIST, _MM_HINT_T0);
         __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
         __m256i qa = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(half(rd16(p)) * half(a[b].d));
+        __m256 d = _mm256_set1_ps(half(rd16(p)) * a[b].d);
         acc = _mm256_fmadd_ps(d, dot_i8(q, qa), acc);
     }
     return hsum8(acc);
@@ -203,9 +203,9 @@ static void dot4_q4_1(const void *w, const void *a, size_t stride, int64_t k, fl
         float dw = half(rd16(p)), mw = half(rd16(p + 2));
         for (int j = 0; j < 4; j++) {
             const struct blk_q8_1 *x = (const struct blk_q8_1 *)(const void *)(ab + j * stride) + b;
-            summ[j] = fmaf(mw, half(x->s), summ[j]);
+            summ[j] = fmaf(mw, x->s, summ[j]);
             __m256i qa = _mm256_loadu_si256((const __m256i *)x->qs);
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * half(x->d)), dot_u8(q, qa), acc[j]);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), dot_u8(q, qa), acc[j]);
         }
     }
     for (int j = 0; j < 4; j++)
@@ -224,7 +224,7 @@ static void dot4_q8_0(const void *w, const void *a, size_t stride, int64_t k, fl
         for (int j = 0; j < 4; j++) {
             const struct blk_q8_0 *x = (const struct blk_q8_0 *)(const void *)(ab + j * stride) + b;
             __m256i qa = _mm256_loadu_si256((const __m256i *)x->qs);
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * half(x->d)), dot_i8(q, qa), acc[j]);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), dot_i8(q, qa), acc[j]);
         }
     }
     for (int j = 0; j < 4; j++)

@@ -55,7 +55,7 @@ static float quant_block(const float *x, int8_t *q)
 static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
 {
     for (int64_t b = 0; b < k / QK; b++)
-        y[b].d = qt_f32_to_f16(quant_block(x + b * QK, y[b].qs));
+        y[b].d = qt_f16_to_f32(qt_f32_to_f16(quant_block(x + b * QK, y[b].qs)));
 }
 
 static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
@@ -65,8 +65,8 @@ static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
         int sum = 0;
         for (int j = 0; j < QK; j++)
             sum += y[b].qs[j];
-        y[b].d = qt_f32_to_f16(d);
-        y[b].s = qt_f32_to_f16(d * (float)sum);
+        y[b].d = qt_f16_to_f32(qt_f32_to_f16(d));
+        y[b].s = qt_f16_to_f32(qt_f32_to_f16(d * (float)sum));
     }
 }
 
@@ -109,7 +109,7 @@ static float dot_q4_0(const void *w, const struct blk_q8_0 *a, int64_t k)
     int q[32];
     for (int64_t b = 0; b < k / QK; b++, p += 18) {
         unpack4(p + 2, 8, q);
-        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+        block_fma(q, a[b].qs, half(rd16(p)) * a[b].d, lanes);
     }
     return sum8(lanes);
 }
@@ -121,9 +121,9 @@ static float dot_q4_1(const void *w, const struct blk_q8_1 *a, int64_t k)
     float lanes[8] = {0}, summ = 0.0f;
     int q[32];
     for (int64_t b = 0; b < k / QK; b++, p += 20) {
-        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+        summ = fmaf(half(rd16(p + 2)), a[b].s, summ);
         unpack4(p + 4, 0, q);
-        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+        block_fma(q, a[b].qs, half(rd16(p)) * a[b].d, lanes);
     }
     return sum8(lanes) + summ;
 }
@@ -139,7 +139,7 @@ static float dot_q5_0(const void *w, const struct blk_q8_0 *a, int64_t k)
         add_fifth(p + 2, q);
         for (int j = 0; j < 32; j++)
             q[j] -= 16;
-        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+        block_fma(q, a[b].qs, half(rd16(p)) * a[b].d, lanes);
     }
     return sum8(lanes);
 }
@@ -151,10 +151,10 @@ static float dot_q5_1(const void *w, const struct blk_q8_1 *a, int64_t k)
     float lanes[8] = {0}, summ = 0.0f;
     int q[32];
     for (int64_t b = 0; b < k / QK; b++, p += 24) {
-        summ = fmaf(half(rd16(p + 2)), half(a[b].s), summ);
+        summ = fmaf(half(rd16(p + 2)), a[b].s, summ);
         unpack4(p + 8, 0, q);
         add_fifth(p + 4, q);
-        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+        block_fma(q, a[b].qs, half(rd16(p)) * a[b].d, lanes);
     }
     return sum8(lanes) + summ;
 }
@@ -168,7 +168,7 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
     for (int64_t b = 0; b < k / QK; b++, p += 34) {
         for (int j = 0; j < 32; j++)
             q[j] = (int8_t)p[2 + j];
-        block_fma(q, a[b].qs, half(rd16(p)) * half(a[b].d), lanes);
+        block_fma(q, a[b].qs, half(rd16(p)) * a[b].d, lanes);
     }
     return sum8(lanes);
 }
