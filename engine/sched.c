@@ -157,7 +157,7 @@ static int on_token(struct engine *e, struct eng_req *r, const struct smp_result
     }
     if (hit) {
         r->pending.n = 0;
-    } else {
+    } else if (rel) {
         memmove(r->pending.p, r->pending.p + rel, r->pending.n - rel);
         r->pending.n -= rel;
     }
