@@ -259,6 +259,19 @@ static void admit(struct engine *e, double now)
 {
     while (e->wait_head && e->n_active < e->cfg.max_seqs) {
         struct eng_req *r = e->wait_head;
+        /*
+         * Choices of one request (same notify, same prompt) share its blocks:
+         * the next one waits until the first has prefilled and cached them.
+         */
+        int sibling_prefilling = 0;
+        for (int i = 0; r->notify && !e->cfg.no_prefix_cache && i < e->n_active; i++) {
+            const struct eng_req *a = e->active[i];
+            sibling_prefilling |= a && a->notify == r->notify && a->n_prompt == r->n_prompt &&
+                                  a->n_computed < a->n_prompt &&
+                                  !memcmp(a->tokens, r->tokens, sizeof(int32_t) * (size_t)r->n_prompt);
+        }
+        if (sibling_prefilling)
+            break;
         /* reuse cached blocks; at least the last token is computed for its logits */
         int32_t matched =
             e->cfg.no_prefix_cache ? 0 : kv_match_prefix(e->pool, &r->seq, r->tokens, r->n_tokens - 1);

@@ -754,3 +754,19 @@ def test_new_settings(tmp_path):
     r = subprocess.run([str(CINFER_BIN), "serve", "-m", str(CINFER_MODEL), "--max-queue", "lots"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "--max-queue" in r.stderr, r.stderr
+
+
+def test_n_choices_share_prompt_blocks(server, model_id):
+    """n=3 choices of one prompt: the second and third reuse the first one's
+    cached prompt blocks instead of computing them again."""
+    prompt = "shared choices " + " ".join(f"w{i}" for i in range(150))
+    n_tok = len(server.json("POST", "/tokenize", {"content": prompt})[1]["tokens"])
+    before = metric(server, "cinfer:prefix_cache_hits_total")
+    status, body = server.json("POST", "/v1/completions", {
+        "model": model_id, "prompt": prompt, "n": 3, "max_tokens": 4, "temperature": 0})
+    assert status == 200, body
+    texts = [c["text"] for c in body["choices"]]
+    assert len(texts) == 3 and texts[0] == texts[1] == texts[2]
+    gained = metric(server, "cinfer:prefix_cache_hits_total") - before
+    whole_blocks = (n_tok - 1) // 16 * 16
+    assert gained >= 2 * whole_blocks, (gained, n_tok)
