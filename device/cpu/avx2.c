@@ -385,6 +385,18 @@ static void silu_mul(const float *gate, const float *up, int n, float *out)
         out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+static void scale_round_f16(float *x, float s, int n)
+{
+    int i = 0;
+    __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
+    }
+    for (; i < n; i++)
+        x[i] = qt_f16_to_f32(qt_f32_to_f16(x[i] * s));
+}
+
 const struct cpu_kernels cpu_kernels_avx2 = {
     .name = "avx2",
     .quant_q8_0 = quant_q8_0,
@@ -401,5 +413,6 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,
     .exp_sum = exp_sum,
+    .scale_round_f16 = scale_round_f16,
     .silu_mul = silu_mul,
 };

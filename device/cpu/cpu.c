@@ -460,8 +460,9 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
         float *qh = sc + n;                     /* hd: the query as the dots see it */
         float *acc = qh + hd;                   /* 32 x hd lanes of the V pass */
         const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
-        for (int i = 0; i < hd; i++)
-            qh[i] = f16 ? qt_f16_to_f32(qt_f32_to_f16(q[i])) : q[i];
+        memcpy(qh, q, sizeof(float) * (size_t)hd);
+        if (f16) /* the query meets K in f16 */
+            k->scale_round_f16(qh, 1.0f, hd);
         float mx = -INFINITY;
         for (int p = 0; p < n; p++) {
             size_t slot = (size_t)tp->blocks[p / bs] * bs + (size_t)(p % bs);
@@ -472,10 +473,11 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
             mx = fmaxf(mx, sc[p]);
         }
         float inv = (float)(1.0 / k->exp_sum(sc, mx, sc, n));
-        for (int p = 0; p < n; p++) {
-            sc[p] *= inv;
-            if (f16) /* the probabilities meet V in f16 */
-                sc[p] = qt_f16_to_f32(qt_f32_to_f16(sc[p]));
+        if (f16) { /* the probabilities meet V in f16 */
+            k->scale_round_f16(sc, inv, n);
+        } else {
+            for (int p = 0; p < n; p++)
+                sc[p] *= inv;
         }
         float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
         if (f16) {

@@ -80,6 +80,8 @@ struct cpu_kernels {
     void (*reduce_lanes)(const float *acc, int d, int n_lanes, float *out);
     /* y = e^(x - max) for n values in groups of 8 (zero past n); returns their sum */
     double (*exp_sum)(const float *x, float max, float *y, int n);
+    /* x[i] = x[i] * s rounded to the nearest f16 value (ties to even), kept as float */
+    void (*scale_round_f16)(float *x, float s, int n);
     /* out = silu(gate) * up over n values, 8 at a time, the rest with libm expf */
     void (*silu_mul)(const float *gate, const float *up, int n, float *out);
 };

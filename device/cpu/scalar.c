@@ -269,6 +269,12 @@ static void silu_mul(const float *gate, const float *up, int n, float *out)
         out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+static void scale_round_f16(float *x, float s, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] = qt_f16_to_f32(qt_f32_to_f16(x[i] * s));
+}
+
 const struct cpu_kernels cpu_kernels_scalar = {
     .name = "scalar",
     .quant_q8_0 = quant_q8_0,
@@ -283,5 +289,6 @@ const struct cpu_kernels cpu_kernels_scalar = {
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,
     .exp_sum = exp_sum,
+    .scale_round_f16 = scale_round_f16,
     .silu_mul = silu_mul,
 };
