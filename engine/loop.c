@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "engine/sched.h"
+#include "util/clock.h"
 #include "util/errmsg.h"
 #include "util/quant.h"
 
@@ -26,11 +27,16 @@
 #define DEFAULT_QUEUE_CONTEXTS 64 /* default --max-queue-tokens: this many full contexts */
 #define TICK_MS 100
 
-static double now_s(void)
+/* Closes the loop's handles; the loop then ends once it runs again. */
+static void close_handles(struct engine *e)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    uv_close((uv_handle_t *)&e->idle, NULL);
+    uv_close((uv_handle_t *)&e->wake, NULL);
+    uv_close((uv_handle_t *)&e->timer, NULL);
+    if (e->cfg.on_signal) {
+        uv_close((uv_handle_t *)&e->sig_term, NULL);
+        uv_close((uv_handle_t *)&e->sig_int, NULL);
+    }
 }
 
 static void idle_cb(uv_idle_t *h)
@@ -60,13 +66,7 @@ static void wake_cb(uv_async_t *h)
     if (stopping) {
         sched_abort_all(e, ENG_FINISH_ERROR, "the server is shutting down");
         uv_idle_stop(&e->idle);
-        uv_close((uv_handle_t *)&e->idle, NULL);
-        uv_close((uv_handle_t *)&e->wake, NULL);
-        uv_close((uv_handle_t *)&e->timer, NULL);
-        if (e->cfg.on_signal) {
-            uv_close((uv_handle_t *)&e->sig_term, NULL);
-            uv_close((uv_handle_t *)&e->sig_int, NULL);
-        }
+        close_handles(e);
         return;
     }
     uv_idle_start(&e->idle, idle_cb);
@@ -159,13 +159,7 @@ void eng_destroy(struct engine *e)
     eng_stop(e);
     if (e->loop_ready) {
         if (!e->thread_joined) { /* handles made but never run */
-            uv_close((uv_handle_t *)&e->idle, NULL);
-            uv_close((uv_handle_t *)&e->wake, NULL);
-            uv_close((uv_handle_t *)&e->timer, NULL);
-            if (e->cfg.on_signal) {
-                uv_close((uv_handle_t *)&e->sig_term, NULL);
-                uv_close((uv_handle_t *)&e->sig_int, NULL);
-            }
+            close_handles(e);
             uv_run(&e->loop, UV_RUN_DEFAULT);
         }
         uv_loop_close(&e->loop);
@@ -350,12 +344,9 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
                       "but the pool holds %lld",
                       (long long)n_prompt + max_tokens, n_prompt, max_tokens,
                       (long long)e->info.kv_blocks * e->info.kv_block);
-    struct smp probe; /* the sampler checks its own parameters */
-    int rc = smp_init(&probe, &p->sp, e->info.n_vocab, NULL, 0);
+    int rc = smp_params_check(&p->sp, e->info.n_vocab);
     if (rc)
-        return errmsg(err, errlen, rc,
-                      rc == -ENOMEM ? "out of memory" : "a sampling parameter is out of range");
-    smp_free(&probe);
+        return errmsg(err, errlen, rc, "a sampling parameter is out of range");
 
     struct eng_req *r = req_create();
     if (!r)
@@ -387,7 +378,7 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
     r->ignore_eos = p->ignore_eos;
     r->logprobs = p->logprobs;
     r->notify = p->notify;
-    r->t_submit = now_s();
+    r->t_submit = util_now_s();
 
     pthread_mutex_lock(&e->mu);
     int stopping = e->stopping || e->draining;

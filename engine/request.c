@@ -116,6 +116,18 @@ void req_unref(struct eng_req *r)
     free(r);
 }
 
+/* Wakes whoever waits on r's channel or its notify (r->mu held). */
+static void wake_reader(struct eng_req *r)
+{
+    pthread_cond_signal(&r->cv);
+    if (r->notify && !r->released) {
+        pthread_mutex_lock(&r->notify->mu);
+        r->notify->count++;
+        pthread_cond_broadcast(&r->notify->cv);
+        pthread_mutex_unlock(&r->notify->mu);
+    }
+}
+
 int req_push(struct eng_req *r, struct eng_event *ev)
 {
     pthread_mutex_lock(&r->mu);
@@ -127,13 +139,7 @@ int req_push(struct eng_req *r, struct eng_event *ev)
         if (!p) {
             if (ev->kind == ENG_EV_END) { /* the reader must still learn it is over */
                 r->ended = r->taken = 1;
-                pthread_cond_signal(&r->cv);
-                if (r->notify && !r->released) {
-                    pthread_mutex_lock(&r->notify->mu);
-                    r->notify->count++;
-                    pthread_cond_broadcast(&r->notify->cv);
-                    pthread_mutex_unlock(&r->notify->mu);
-                }
+                wake_reader(r);
             }
             pthread_mutex_unlock(&r->mu);
             eng_event_clear(ev);
@@ -146,13 +152,7 @@ int req_push(struct eng_req *r, struct eng_event *ev)
     memset(ev, 0, sizeof(*ev));
     if (r->ev[r->n - 1].kind == ENG_EV_END)
         r->ended = 1;
-    pthread_cond_signal(&r->cv);
-    if (r->notify && !r->released) {
-        pthread_mutex_lock(&r->notify->mu);
-        r->notify->count++;
-        pthread_cond_broadcast(&r->notify->cv);
-        pthread_mutex_unlock(&r->notify->mu);
-    }
+    wake_reader(r);
     pthread_mutex_unlock(&r->mu);
     return 0;
 }

@@ -50,10 +50,8 @@ static double rng_uniform(uint64_t *s)
     return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-int smp_init(struct smp *s, const struct smp_params *p, int n_vocab, const int32_t *prompt,
-             int n_prompt)
+int smp_params_check(const struct smp_params *p, int n_vocab)
 {
-    memset(s, 0, sizeof(*s));
     if (n_vocab <= 0 || !(p->temperature >= 0.0f) || !isfinite(p->temperature) ||
         !(p->top_p > 0.0f && p->top_p <= 1.0f) || !(p->min_p >= 0.0f && p->min_p <= 1.0f) ||
         !(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty) ||
@@ -63,6 +61,15 @@ int smp_init(struct smp *s, const struct smp_params *p, int n_vocab, const int32
     for (int i = 0; i < p->n_bias; i++)
         if (p->bias[i].token < 0 || p->bias[i].token >= n_vocab || !isfinite(p->bias[i].bias))
             return -EINVAL;
+    return 0;
+}
+
+int smp_init(struct smp *s, const struct smp_params *p, int n_vocab, const int32_t *prompt,
+             int n_prompt)
+{
+    memset(s, 0, sizeof(*s));
+    if (smp_params_check(p, n_vocab))
+        return -EINVAL;
     s->p = *p;
     s->n_vocab = n_vocab;
     uint64_t x = p->seed;

@@ -59,6 +59,8 @@ struct smp {
 /* Fills defaults: greedy off (temperature 1), no filters, no penalties. */
 void smp_params_default(struct smp_params *p);
 
+/* 0 when p is in range for a vocabulary of n_vocab (bias tokens valid ids), else -EINVAL. */
+int smp_params_check(const struct smp_params *p, int n_vocab);
 /*
  * Prepares a sampler for one request.  Returns 0, -EINVAL for a parameter
  * out of range (with n_vocab: bias tokens must be valid ids), or -ENOMEM.

@@ -32,13 +32,7 @@
 #include <time.h>
 
 #include "engine/sched.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "util/clock.h"
 
 int32_t sched_blocks_for(const struct engine *e, int64_t n)
 {
@@ -66,7 +60,7 @@ static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const
         atomic_fetch_sub(&e->queued_tokens, r->n_prompt);
     }
     atomic_fetch_sub(&e->n_live, 1);
-    struct eng_event ev = {.kind = ENG_EV_END, .finish = f, .t = now_s()};
+    struct eng_event ev = {.kind = ENG_EV_END, .finish = f, .t = util_now_s()};
     ev.text = copy_bytes(text ? text : "", text ? n : 0);
     ev.n_text = ev.text ? n : 0;
     ev.prompt_tokens = r->n_prompt;
@@ -173,44 +167,6 @@ static int on_token(struct engine *e, struct eng_req *r, const struct smp_result
     return 0;
 }
 
-void sched_abort_all(struct engine *e, enum eng_finish f, const char *msg)
-{
-    for (int i = 0; i < e->n_active; i++)
-        if (e->active[i])
-            finish(e, e->active[i], f, msg, strlen(msg));
-    e->n_active = 0;
-    while (e->wait_head) {
-        struct eng_req *r = e->wait_head;
-        e->wait_head = r->next;
-        finish(e, r, f, msg, strlen(msg));
-    }
-    e->wait_tail = NULL;
-}
-
-/* Drops cancelled requests, queued or active. */
-static void drop_cancelled(struct engine *e)
-{
-    for (int i = 0; i < e->n_active; i++) {
-        struct eng_req *r = e->active[i];
-        if (r && atomic_load(&r->cancel)) {
-            finish(e, r, ENG_FINISH_CANCELLED, NULL, 0);
-            e->active[i] = NULL;
-        }
-    }
-    struct eng_req **pp = &e->wait_head, *prev = NULL;
-    while (*pp) {
-        struct eng_req *r = *pp;
-        if (atomic_load(&r->cancel)) {
-            *pp = r->next;
-            finish(e, r, ENG_FINISH_CANCELLED, NULL, 0);
-        } else {
-            prev = r;
-            pp = &r->next;
-        }
-    }
-    e->wait_tail = prev;
-}
-
 static void compact_active(struct engine *e)
 {
     int k = 0;
@@ -219,6 +175,57 @@ static void compact_active(struct engine *e)
             e->active[k++] = e->active[i];
     e->n_active = k;
 }
+
+/* Ends every request, queued or active, that `which` picks (given `arg`). */
+static void end_where(struct engine *e, int (*which)(const struct eng_req *, double), double arg,
+                      enum eng_finish f, const char *msg)
+{
+    size_t n = msg ? strlen(msg) : 0;
+    for (int i = 0; i < e->n_active; i++) {
+        struct eng_req *r = e->active[i];
+        if (r && which(r, arg)) {
+            finish(e, r, f, msg, n);
+            e->active[i] = NULL;
+        }
+    }
+    compact_active(e);
+    struct eng_req **pp = &e->wait_head, *prev = NULL;
+    while (*pp) {
+        struct eng_req *r = *pp;
+        if (which(r, arg)) {
+            *pp = r->next;
+            finish(e, r, f, msg, n);
+        } else {
+            prev = r;
+            pp = &r->next;
+        }
+    }
+    e->wait_tail = prev;
+}
+
+static int any_request(const struct eng_req *r, double unused)
+{
+    (void)r;
+    (void)unused;
+    return 1;
+}
+
+static int is_cancelled(const struct eng_req *r, double unused)
+{
+    (void)unused;
+    return atomic_load(&r->cancel);
+}
+
+static int submitted_before(const struct eng_req *r, double when)
+{
+    return r->t_submit < when;
+}
+
+void sched_abort_all(struct engine *e, enum eng_finish f, const char *msg)
+{
+    end_where(e, any_request, 0, f, msg);
+}
+
 
 static void queue_count(struct engine *e, struct eng_req *r, int in)
 {
@@ -334,40 +341,19 @@ void sched_update_stats(struct engine *e)
 
 void sched_tick(struct engine *e)
 {
-    double now = now_s(), limit = e->cfg.request_timeout;
+    double now = util_now_s(), limit = e->cfg.request_timeout;
     if (limit > 0) {
         char msg[96];
-        int n = snprintf(msg, sizeof(msg), "the request timed out after %g s (--request-timeout)",
-                         limit);
-        for (int i = 0; i < e->n_active; i++) {
-            struct eng_req *r = e->active[i];
-            if (r && now - r->t_submit > limit) {
-                finish(e, r, ENG_FINISH_ERROR, msg, (size_t)n);
-                e->active[i] = NULL;
-            }
-        }
-        compact_active(e);
-        struct eng_req **pp = &e->wait_head, *prev = NULL;
-        while (*pp) {
-            struct eng_req *r = *pp;
-            if (now - r->t_submit > limit) {
-                *pp = r->next;
-                finish(e, r, ENG_FINISH_ERROR, msg, (size_t)n);
-            } else {
-                prev = r;
-                pp = &r->next;
-            }
-        }
-        e->wait_tail = prev;
+        snprintf(msg, sizeof(msg), "the request timed out after %g s (--request-timeout)", limit);
+        end_where(e, submitted_before, now - limit, ENG_FINISH_ERROR, msg);
     }
     sched_update_stats(e);
 }
 
 int sched_step(struct engine *e)
 {
-    double now = now_s();
-    drop_cancelled(e);
-    compact_active(e);
+    double now = util_now_s();
+    end_where(e, is_cancelled, 0, ENG_FINISH_CANCELLED, NULL);
     admit(e, now);
     int T = 0, rows = 0, budget = e->cfg.max_batch_tokens;
     for (int i = 0; i < e->n_active; i++)
@@ -377,23 +363,9 @@ int sched_step(struct engine *e)
         struct eng_req *r = e->active[i];
         if (!r || r->n_tokens - r->n_computed != 1)
             continue;
-        while (e->active[i] && add_tokens(e, r, 1, &T, &rows)) {
-            int v = newest_active(e);
-            if (v < 0 || v == i) {
-                preempt(e, i);
-                break;
-            }
-            if (e->active[v]->step_n) { /* it is in this batch already: start over */
-                T = rows = 0;
-                for (int k = 0; k < e->n_active; k++)
-                    if (e->active[k])
-                        e->active[k]->step_n = 0;
-                preempt(e, v);
-                i = -1;
-                break;
-            }
-            preempt(e, v);
-        }
+        /* the newest is never before i, so it has nothing in the batch yet */
+        while (e->active[i] && add_tokens(e, r, 1, &T, &rows))
+            preempt(e, newest_active(e));
     }
     /* then prefill chunks in admission order, while the budget lasts */
     for (int i = 0; i < e->n_active && T < budget; i++) {
@@ -431,7 +403,7 @@ int sched_step(struct engine *e)
                         kv_commit_blocks(e->pool, &r->seq, r->tokens, r->n_computed);
                 }
             }
-            now = now_s();
+            now = util_now_s();
             int V = e->info.n_vocab;
             for (int j = 0; j < rows; j++) {
                 struct eng_req *r = e->b_rows[j];

@@ -52,7 +52,6 @@ struct eng_req {
     int max_tokens, ignore_eos, logprobs;
     char **stop;
     int n_stop;
-    size_t max_stop; /* longest stop string */
     struct tok_detok detok;
     struct tok_buf pending; /* text not yet released */
     double t_submit, t_scheduled, t_first;

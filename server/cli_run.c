@@ -17,6 +17,7 @@
 #include "engine/sampler.h"
 #include "kv-cache/kv.h"
 #include "server/cli.h"
+#include "util/clock.h"
 #include "util/quant.h"
 
 #define BLOCK 16
@@ -28,13 +29,6 @@ struct loaded {
     struct dev dev;
     struct model *m;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void unload(struct loaded *l)
 {
@@ -285,13 +279,11 @@ static int run_prompt(const struct run_opts *o, struct loaded *l, int32_t **ids,
     } else {
         rc = tok_buf_append(&text, o->prompt, strlen(o->prompt));
     }
-    size_t cap = 3 * text.n + 2;
-    *ids = rc ? NULL : malloc(cap * sizeof(**ids));
-    int64_t k = *ids ? tok_encode(l->tok, text.p, text.n, flags, *ids, cap) : -ENOMEM;
+    *ids = NULL;
+    int64_t k = rc ? -ENOMEM : tok_encode_alloc(l->tok, text.p, text.n, flags, ids);
     free(text.p);
     if (k < 0) {
         fprintf(stderr, "cinfer run: cannot encode the prompt: %s\n", strerror((int)-k));
-        free(*ids);
         return EXIT_FAILURE;
     }
     *n = (int)k;
@@ -305,7 +297,7 @@ int cli_run(int argc, char **argv)
     if (rc)
         return rc < 0 ? 0 : rc;
     struct loaded l;
-    double t0 = now_s();
+    double t0 = util_now_s();
     if ((rc = load("run", o.model, o.threads, &l)))
         return rc;
     int32_t *ids = NULL;
@@ -342,7 +334,7 @@ int cli_run(int argc, char **argv)
                 rc == -ENOMEM ? "out of memory for the KV cache" : "bad sampling parameters");
         goto done;
     }
-    double t1 = now_s();
+    double t1 = util_now_s();
     // prefill in chunks
     for (int start = 0; start < n_prompt && !rc; start += PREFILL_CHUNK) {
         int cnt = n_prompt - start < PREFILL_CHUNK ? n_prompt - start : PREFILL_CHUNK;
@@ -354,7 +346,7 @@ int cli_run(int argc, char **argv)
         struct model_batch b = {cnt, ids + start, tp, want, NULL};
         rc = rc ? rc : model_forward(l.m, &kv, &b, logits);
     }
-    double t2 = now_s();
+    double t2 = util_now_s();
     // decode: sample, print, feed back
     struct tok_detok d;
     struct tok_buf out = {0};
@@ -390,7 +382,7 @@ int cli_run(int argc, char **argv)
         fputc('\n', stdout); /* a terminal gets its line end; pipes get the text only */
     fflush(stdout);
     free(out.p);
-    double t3 = now_s();
+    double t3 = util_now_s();
     if (rc)
         fprintf(stderr, "cinfer run: generation failed: %s\n", strerror(-rc));
     fprintf(stderr,
@@ -453,7 +445,7 @@ static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, uint64_
     for (int i = 0; i < n_seq; i++)
         kv_seq_init(&seqs[i]);
     int steps = pp ? 1 : tg, rc = 0;
-    double t0 = now_s();
+    double t0 = util_now_s();
     for (int s = 0; s < steps && !rc; s++) {
         for (int i = 0; i < n; i++) {
             *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -476,7 +468,7 @@ static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, uint64_
         rc = rc ? rc : model_forward(c->l.m, &c->kv, &b, c->logits);
     }
     if (!rc)
-        t = now_s() - t0;
+        t = util_now_s() - t0;
     for (int i = 0; i < n_seq; i++)
         kv_free_seq(c->pool, &seqs[i]);
 out:

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "server/srv.h"
+#include "util/clock.h"
 
 #define POLL_SLICE_MS 100
 #define DISCARD_MAX (64u << 20) /* bytes of an oversized body read and dropped before answering */
@@ -30,7 +31,6 @@ struct srv {
     struct MHD_Daemon *d;
     char *api_key; /* NULL: no key */
     size_t max_body;
-    int log_json;
     unsigned port;
     atomic_int inflight;
     _Atomic(struct engine *) e;
@@ -57,13 +57,6 @@ struct conn {
 
 static int g_log_json;
 static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void srv_log(const char *fmt, ...)
 {
@@ -302,14 +295,7 @@ static enum MHD_Result do_models(struct MHD_Connection *mc, struct conn *c, cons
 
 static cJSON *parse_body(struct conn *c, struct srv_error *err)
 {
-    const char *end = NULL;
-    cJSON *o = cJSON_ParseWithLengthOpts(c->body.p ? c->body.p : "", c->body.n, &end, 0);
-    if (!cJSON_IsObject(o)) {
-        cJSON_Delete(o);
-        srv_fail(err, 400, NULL, NULL, "the body must be a JSON object");
-        return NULL;
-    }
-    return o;
+    return srv_parse_json(c->body.p ? c->body.p : "", c->body.n, err);
 }
 
 static enum MHD_Result do_tokenize(struct MHD_Connection *mc, struct conn *c, struct engine *e)
@@ -329,14 +315,11 @@ static enum MHD_Result do_tokenize(struct MHD_Connection *mc, struct conn *c, st
     }
     const struct tok *t = eng_tok(e);
     unsigned flags = TOK_PARSE_SPECIAL | (cJSON_IsTrue(add) && tok_add_bos(t) ? TOK_ADD_BOS : 0);
-    size_t len = strlen(text->valuestring), cap = 3 * len + 2;
-    int32_t *ids = malloc(cap * sizeof(*ids));
-    int64_t n = ids ? tok_encode(t, text->valuestring, len, flags, ids, cap) : -ENOMEM;
+    int32_t *ids;
+    int64_t n = tok_encode_alloc(t, text->valuestring, strlen(text->valuestring), flags, &ids);
     cJSON_Delete(o);
-    if (n < 0) {
-        free(ids);
+    if (n < 0)
         return fail(mc, c, n == -ENOMEM ? 500 : 400, "content", NULL, "cannot tokenize the text");
-    }
     cJSON *r = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(r, "tokens");
     for (int64_t i = 0; i < n; i++)
@@ -513,7 +496,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc, const cha
         if (!c)
             return MHD_NO;
         c->s = s;
-        c->t0 = now_s();
+        c->t0 = util_now_s();
         c->fd = MHD_INVALID_SOCKET;
         c->route = "other";
         snprintf(c->method, sizeof(c->method), "%s", method);
@@ -574,7 +557,7 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!c->status)
         c->status = 499; /* the client went before an answer, as nginx logs it */
     srv_metrics_http(c->route, c->status);
-    access_log(c, now_s() - c->t0, prompt, completion);
+    access_log(c, util_now_s() - c->t0, prompt, completion);
     free(c->body.p);
     free(c->out.p);
     free(c->path);
@@ -600,7 +583,6 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
     if (!s)
         return snprintf(err, errlen, "out of memory"), -ENOMEM;
     g_log_json = !strcmp(cfg->log_format, "json");
-    s->log_json = g_log_json;
     s->max_body = (size_t)cfg->max_body;
     s->model = *model;
     atomic_init(&s->e, NULL);

@@ -220,14 +220,10 @@ static int cmd_tokenize(int argc, char **argv)
     if (!use_stdin)
         len = strlen(src);
     int status = EXIT_FAILURE;
-    size_t cap = 3 * len + 2;
-    int32_t *ids = malloc(cap * sizeof(*ids));
-    int64_t n = ids ? tok_encode(t, src, len, flags, ids, cap) : -ENOMEM;
+    int32_t *ids;
+    int64_t n = tok_encode_alloc(t, src, len, flags, &ids);
     if (n < 0)
         fprintf(stderr, "cinfer tokenize: cannot encode the text: %s\n", strerror((int)-n));
-    else if ((size_t)n > cap)
-        fprintf(stderr, "cinfer tokenize: internal error: %lld ids for %zu bytes\n", (long long)n,
-                len);
     else
         status = print_ids(t, ids, (size_t)n, pieces);
     free(ids);

@@ -123,6 +123,31 @@ static int body_ok(const char *p, size_t n, struct srv_error *err)
     return 0;
 }
 
+cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err)
+{
+    if (body_ok(body, len, err))
+        return NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root) {
+        srv_fail(err, 400, NULL, NULL, "the body is not valid JSON (at byte %zu)",
+                 end && end >= body ? (size_t)(end - body) : (size_t)0);
+        return NULL;
+    }
+    for (const char *p = end; p && p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            cJSON_Delete(root);
+            srv_fail(err, 400, NULL, NULL, "the body has text after the JSON value");
+            return NULL;
+        }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        srv_fail(err, 400, NULL, NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
 /* ---- field readers: each returns 0 (absent or null leaves *out), or -1 ------ */
 
 static int get_number(const cJSON *o, const char *key, double lo, double hi, int lo_open,
@@ -198,14 +223,11 @@ static int add_prompt(struct srv_request *r, int32_t *ids, int n, struct srv_err
 static int encode(const struct tok *t, const char *text, size_t len, unsigned flags,
                   struct srv_request *r, struct srv_error *err)
 {
-    size_t cap = 3 * len + 2;
-    int32_t *ids = malloc(sizeof(int32_t) * cap);
-    int64_t n = ids ? tok_encode(t, text, len, flags, ids, cap) : -ENOMEM;
-    if (n < 0) {
-        free(ids);
+    int32_t *ids;
+    int64_t n = tok_encode_alloc(t, text, len, flags, &ids);
+    if (n < 0)
         return n == -ENOMEM ? srv_fail(err, 500, NULL, NULL, "out of memory")
                             : srv_fail(err, 400, "prompt", NULL, "the text cannot be tokenized");
-    }
     return add_prompt(r, ids, (int)n, err);
 }
 
@@ -441,24 +463,12 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
 {
     memset(r, 0, sizeof(*r));
     r->kind = kind;
-    if (body_ok(body, len, err))
-        return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    cJSON *root = srv_parse_json(body, len, err);
     if (!root)
-        return srv_fail(err, 400, NULL, NULL, "the body is not valid JSON (at byte %zu)",
-                        end && end >= body ? (size_t)(end - body) : (size_t)0);
-    for (const char *p = end; p && p < body + len; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            cJSON_Delete(root);
-            return srv_fail(err, 400, NULL, NULL, "the body has text after the JSON value");
-        }
+        return -1;
     int rc = 0;
-    if (!cJSON_IsObject(root))
-        rc = srv_fail(err, 400, NULL, NULL, "the body must be a JSON object");
     struct eng_info info;
     eng_get_info(e, &info);
-    const struct tok *t = eng_tok(e);
     /* model */
     const cJSON *m = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "model");
     if (m && !cJSON_IsNull(m)) {
@@ -557,7 +567,6 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     /* the prompts */
     if (!rc)
         rc = kind == SRV_CHAT ? parse_messages(root, e, r, err) : parse_prompt(root, e, r, err);
-    (void)t;
     for (int i = 0; !rc && i < r->n_prompts; i++) {
         int np = r->n_prompt[i];
         const char *what = kind == SRV_CHAT ? "messages" : "prompt";

@@ -17,14 +17,8 @@
 
 #include "server/cli.h"
 #include "server/srv.h"
+#include "util/clock.h"
 #include "util/quant.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
@@ -80,7 +74,7 @@ static char *model_id(const char *path)
 
 int cli_serve(int argc, char **argv)
 {
-    double t0 = now_s();
+    double t0 = util_now_s();
     struct srv_config cfg;
     int print = 0;
     int rc = srv_config_load(argc, argv, &cfg, &print);
@@ -156,7 +150,7 @@ int cli_serve(int argc, char **argv)
     srv_set_engine(s, e);
     srv_log("ready in %.2f s: model %s (%s), context %d, KV cache %d blocks of %d tokens, "
             "kernels %s, chat format %s",
-            now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
+            util_now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
             info.kernels, tok_chat_name(info.chat));
 
     pthread_mutex_lock(&g_sig_mu);
@@ -167,8 +161,8 @@ int cli_serve(int argc, char **argv)
     /* the engine refuses new work now; wait for what is in flight */
     srv_log("%s: draining (up to %lld s; a second signal exits at once)",
             sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)cfg.shutdown_timeout);
-    double until = now_s() + (double)cfg.shutdown_timeout;
-    while ((!eng_idle(e) || srv_inflight(s) > 0) && now_s() < until)
+    double until = util_now_s() + (double)cfg.shutdown_timeout;
+    while ((!eng_idle(e) || srv_inflight(s) > 0) && util_now_s() < until)
         usleep(20000);
     if (!eng_idle(e))
         srv_log("shutdown timeout: ending the requests still open");

@@ -103,6 +103,12 @@ struct srv_model {
     long created;
 };
 
+/*
+ * A request body as a JSON object, or NULL with a 400 in err: the body must
+ * be strict UTF-8 without raw control bytes or \u0000 (which cJSON would let
+ * through or cut a string at), one JSON object and nothing after it.
+ */
+cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err);
 /* Parses and checks a chat or completion body; 0, or -1 with err set. */
 int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
                       const struct srv_model *model, struct srv_request *req,

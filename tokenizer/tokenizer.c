@@ -637,6 +637,27 @@ int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned f
 
 /* ---- queries ------------------------------------------------------------- */
 
+int64_t tok_encode_alloc(const struct tok *t, const char *text, size_t len, unsigned flags,
+                         int32_t **out)
+{
+    size_t cap = 3 * len + 2; /* tok_encode's bound; asked again if ever exceeded */
+    int64_t n;
+    for (;;) {
+        int32_t *ids = malloc(cap * sizeof(*ids));
+        n = ids ? tok_encode(t, text, len, flags, ids, cap) : -ENOMEM;
+        if (n >= 0 && (size_t)n <= cap) {
+            *out = ids;
+            return n;
+        }
+        free(ids);
+        if (n < 0) {
+            *out = NULL;
+            return n;
+        }
+        cap = (size_t)n;
+    }
+}
+
 size_t tok_n_vocab(const struct tok *t)
 {
     return t->n_vocab;

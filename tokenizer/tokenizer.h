@@ -78,6 +78,13 @@ void tok_destroy(struct tok *t);
 int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags, int32_t *ids,
                    size_t cap);
 
+/*
+ * tok_encode into a buffer it allocates: *out (the caller frees it; NULL on
+ * failure) holds the ids.  Returns their count or a negative code as
+ * tok_encode does.
+ */
+int64_t tok_encode_alloc(const struct tok *t, const char *text, size_t len, unsigned flags,
+                         int32_t **out);
 size_t tok_n_vocab(const struct tok *t);
 int32_t tok_bos(const struct tok *t);
 int32_t tok_eos(const struct tok *t);
