@@ -54,10 +54,10 @@ static inline __m256 dot_u8(__m256i w, __m256i a)
 /* 16 packed bytes -> 32 nibbles: low nibbles first, then high */
 static inline __m256i nibbles(const uint8_t *q)
 {
-    __m128i b = _mm_loadu_si128((const __m128i *)q);
-    __m128i m = _mm_set1_epi8(0x0f);
-    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-    return _mm256_set_m128i(hi, lo);
+    /* the bytes in both halves; the upper half shifted down by 4 bits */
+    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+    b = _mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0f));
 }
 
 /* bit j of the 32-bit word at p -> byte j = 0x10 if set, else 0 */
@@ -191,44 +191,104 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
     return hsum8(acc);
 }
 
-static void dot4_q4_1(const void *w, const void *a, size_t stride, int64_t k, float *out)
+/*
+ * The 2 x 4 tiles: weight rows w0 and w1 against one group of 4 activation
+ * rows.  Each of the 8 results takes exactly the steps of the single dot
+ * (same products d_w * d_a, same fused adds, same lane sums); the tile only
+ * shares the unpacking of a weight block across 4 tokens and the loads of an
+ * activation block across 2 rows, and turns the per-block scalar work
+ * (scale products, the Q4_1 min term) into one 8-lane operation.
+ */
+
+/*
+ * hsum8 of each of the 8 accumulators of a tile, as the lanes
+ * [x0 x1 x2 x3 y0 y1 y2 y3]: the same three rounds of adds (v_i + v_i+4,
+ * then s_0 + s_2 and s_1 + s_3, then those two), done 8 sums at a time.
+ */
+static inline __m256 hsum8_2x4(const __m256 *x, const __m256 *y)
 {
-    const uint8_t *p = w;
-    const char *ab = a;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    float summ[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t b = 0; b < k / QK; b++, p += 20) {
-        __m256i q = nibbles(p + 4);
-        float dw = half(rd16(p)), mw = half(rd16(p + 2));
-        for (int j = 0; j < 4; j++) {
-            const struct blk_q8_1 *x = (const struct blk_q8_1 *)(const void *)(ab + j * stride) + b;
-            summ[j] = fmaf(mw, x->s, summ[j]);
-            __m256i qa = _mm256_loadu_si256((const __m256i *)x->qs);
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), dot_u8(q, qa), acc[j]);
-        }
-    }
-    for (int j = 0; j < 4; j++)
-        out[j] = hsum8(acc[j]) + summ[j];
+    __m256 s[4], u[2];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) /* [s(x_j) s(y_j)] */
+        s[j] = _mm256_add_ps(_mm256_permute2f128_ps(x[j], y[j], 0x20),
+                             _mm256_permute2f128_ps(x[j], y[j], 0x31));
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; j++) /* per half: [t0 t1 of token 2j, t0 t1 of token 2j+1] */
+        u[j] = _mm256_add_ps(_mm256_shuffle_ps(s[2 * j], s[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(s[2 * j], s[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-static void dot4_q8_0(const void *w, const void *a, size_t stride, int64_t k, float *out)
+/* [d0 m0 d1 m1] (f16 pairs at the head of two blocks) as floats */
+static inline __m128 head_pair(const uint8_t *p0, const uint8_t *p1)
 {
-    const uint8_t *p = w;
-    const char *ab = a;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    for (int64_t b = 0; b < k / QK; b++, p += 34) {
-        __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-        float dw = half(rd16(p));
+    uint32_t h0, h1;
+    memcpy(&h0, p0, 4);
+    memcpy(&h1, p1, 4);
+    return _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0));
+}
+
+static void gemm_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a, int64_t k,
+                      float *out)
+{
+    const uint8_t *p0 = w0, *p1 = w1;
+    const __m256i pick_d = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    const __m256i pick_m = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
+    __m256 acc0[4], acc1[4], summ = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        acc0[j] = acc1[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / QK; b++, p0 += 20, p1 += 20, a++) {
+        _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
+        _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
+        __m256 dm = _mm256_castps128_ps256(head_pair(p0, p1));
+        /* lanes 0-3: row 0 with tokens 0-3; lanes 4-7: row 1 */
+        __m256 dw = _mm256_permutevar8x32_ps(dm, pick_d);
+        __m256 mw = _mm256_permutevar8x32_ps(dm, pick_m);
+        summ = _mm256_fmadd_ps(mw, _mm256_broadcast_ps((const __m128 *)a->s), summ);
+        float dd[8];
+        _mm256_storeu_ps(dd, _mm256_mul_ps(dw, _mm256_broadcast_ps((const __m128 *)a->d)));
+        __m256i q0 = nibbles(p0 + 4), q1 = nibbles(p1 + 4);
+#pragma GCC unroll 4 /* the 8 accumulators must stay in registers */
         for (int j = 0; j < 4; j++) {
-            const struct blk_q8_0 *x = (const struct blk_q8_0 *)(const void *)(ab + j * stride) + b;
-            __m256i qa = _mm256_loadu_si256((const __m256i *)x->qs);
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), dot_i8(q, qa), acc[j]);
+            __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs[j]);
+            acc0[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), dot_u8(q0, qa), acc0[j]);
+            acc1[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + 4 + j), dot_u8(q1, qa), acc1[j]);
         }
     }
+    _mm256_storeu_ps(out, _mm256_add_ps(hsum8_2x4(acc0, acc1), summ));
+}
+
+static void gemm_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a, int64_t k,
+                      float *out)
+{
+    const uint8_t *p0 = w0, *p1 = w1;
+    const __m256i pick_d = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    __m256 acc0[4], acc1[4];
+#pragma GCC unroll 4
     for (int j = 0; j < 4; j++)
-        out[j] = hsum8(acc[j]);
+        acc0[j] = acc1[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / QK; b++, p0 += 34, p1 += 34, a++) {
+        _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
+        _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
+        /* only the d of each head is used; the next two bytes are quants */
+        __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(head_pair(p0, p1)), pick_d);
+        float dd[8];
+        _mm256_storeu_ps(dd, _mm256_mul_ps(dw, _mm256_broadcast_ps((const __m128 *)a->d)));
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)(p0 + 2));
+        __m256i q1 = _mm256_loadu_si256((const __m256i *)(p1 + 2));
+        __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
+#pragma GCC unroll 4 /* the 8 accumulators must stay in registers */
+        for (int j = 0; j < 4; j++) {
+            __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs[j]);
+            acc0[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j),
+                                      dot_u8(u0, _mm256_sign_epi8(qa, q0)), acc0[j]);
+            acc1[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + 4 + j),
+                                      dot_u8(u1, _mm256_sign_epi8(qa, q1)), acc1[j]);
+        }
+    }
+    _mm256_storeu_ps(out, hsum8_2x4(acc0, acc1));
 }
 
 static float dot_f32(const float *a, const float *b, int64_t k)
@@ -407,8 +467,8 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
-    .dot4_q4_1 = dot4_q4_1,
-    .dot4_q8_0 = dot4_q8_0,
+    .gemm_q4_1 = gemm_q4_1,
+    .gemm_q8_0 = gemm_q8_0,
     .dot_f16 = dot_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

@@ -242,7 +242,87 @@ struct mm_job {
     float *y;
     enum act_fmt fmt;
     size_t act_row; /* bytes of one quantized activation row */
+    /* the GEMM path: activations in groups of 4 rows, weights in row blocks */
+    int grouped;
+    size_t grp_bytes;  /* one group: K/32 blocks of blk_q8_?x4 */
+    int64_t row_block; /* rows per work item, even */
 };
+
+/* quantizes activation rows 4g..4g+3 into group g; rows past T are zero */
+static void mm_quant_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    struct mm_job *j = arg;
+    int64_t nb = j->w->cols / QK;
+    void *tmp = j->c->per_worker[worker].p; /* one row of single blocks */
+    for (int64_t g = b; g < e; g++) {
+        char *grp = (char *)j->c->act.p + g * j->grp_bytes;
+        for (int i = 0; i < 4; i++) {
+            int64_t t = 4 * g + i;
+            const float *x = t < j->T ? j->x + t * j->w->cols : NULL;
+            if (j->fmt == ACT_Q8_0) {
+                struct blk_q8_0 *s = tmp;
+                struct blk_q8_0x4 *d = (struct blk_q8_0x4 *)(void *)grp;
+                if (t < j->T)
+                    j->c->k->quant_q8_0(x, s, j->w->cols);
+                for (int64_t k = 0; k < nb; k++) {
+                    d[k].d[i] = t < j->T ? s[k].d : 0.0f;
+                    if (t < j->T)
+                        memcpy(d[k].qs[i], s[k].qs, QK);
+                    else
+                        memset(d[k].qs[i], 0, QK);
+                }
+            } else {
+                struct blk_q8_1 *s = tmp;
+                struct blk_q8_1x4 *d = (struct blk_q8_1x4 *)(void *)grp;
+                if (t < j->T)
+                    j->c->k->quant_q8_1(x, s, j->w->cols);
+                for (int64_t k = 0; k < nb; k++) {
+                    d[k].d[i] = t < j->T ? s[k].d : 0.0f;
+                    d[k].s[i] = t < j->T ? s[k].s : 0.0f;
+                    if (t < j->T)
+                        memcpy(d[k].qs[i], s[k].qs, QK);
+                    else
+                        memset(d[k].qs[i], 0, QK);
+                }
+            }
+        }
+    }
+}
+
+/*
+ * Row block by row block; within one, every group of 4 tokens against every
+ * pair of rows, so the block's weights stay in cache across the groups and
+ * a group's activations across the rows.
+ */
+static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    struct mm_job *j = arg;
+    const struct dev_weight *w = j->w;
+    int64_t N = w->rows, n_groups = (j->T + 3) / 4;
+    (void)worker;
+    for (int64_t rb = b; rb < e; rb++) {
+        int64_t r0 = rb * j->row_block, r1 = r0 + j->row_block < N ? r0 + j->row_block : N;
+        for (int64_t g = 0; g < n_groups; g++) {
+            const void *ag = (const char *)j->c->act.p + g * j->grp_bytes;
+            int nt = j->T - 4 * g < 4 ? (int)(j->T - 4 * g) : 4;
+            for (int64_t r = r0; r < r1; r += 2) {
+                const char *w0 = (const char *)w->data + r * w->row_bytes;
+                const char *w1 = r + 1 < r1 ? w0 + w->row_bytes : w0;
+                float out[8];
+                if (j->fmt == ACT_Q8_0)
+                    j->c->k->gemm_q8_0(w0, w1, ag, w->cols, out);
+                else
+                    j->c->k->gemm_q4_1(w0, w1, ag, w->cols, out);
+                for (int i = 0; i < nt; i++) {
+                    float *y = j->y + (4 * g + i) * N + r;
+                    y[0] = out[i];
+                    if (r + 1 < r1)
+                        y[1] = out[4 + i];
+                }
+            }
+        }
+    }
+}
 
 static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
 {
@@ -277,18 +357,7 @@ static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
                 j->y[t * N + r] = k->dot_f32(wf, j->x + t * K, K);
             continue;
         }
-        int t = 0;
-        void (*dot4)(const void *, const void *, size_t, int64_t, float *) =
-            w->type == QT_Q4_1   ? k->dot4_q4_1
-            : w->type == QT_Q8_0 ? k->dot4_q8_0
-                                 : NULL;
-        for (; dot4 && t + 4 <= j->T; t += 4) { /* the weight row unpacked once for 4 tokens */
-            float v4[4];
-            dot4(wr, (const char *)j->c->act.p + t * j->act_row, j->act_row, K, v4);
-            for (int i = 0; i < 4; i++)
-                j->y[(t + i) * N + r] = v4[i];
-        }
-        for (; t < j->T; t++) {
+        for (int t = 0; t < j->T; t++) {
             const void *a = (const char *)j->c->act.p + t * j->act_row;
             float v;
             switch (w->type) {
@@ -328,6 +397,24 @@ static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int
             return -EINVAL;
         j.act_row = (size_t)(w->cols / QK) *
                     (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0) : sizeof(struct blk_q8_1));
+        j.grouped = T >= 2 && (w->type == QT_Q4_1   ? c->k->gemm_q4_1 != NULL
+                               : w->type == QT_Q8_0 ? c->k->gemm_q8_0 != NULL
+                                                    : 0);
+        if (j.grouped) {
+            j.grp_bytes = (size_t)(w->cols / QK) * (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0x4)
+                                                                      : sizeof(struct blk_q8_1x4));
+            int64_t n_groups = (T + 3) / 4;
+            if (!scratch_get(&c->act, j.grp_bytes * (size_t)n_groups) ||
+                worker_scratch(c, j.act_row))
+                return -ENOMEM;
+            pool_run(&c->pool, n_groups, 1, mm_quant_grouped_cb, &j);
+            /* blocks of at most 64 rows, at least two per thread */
+            int64_t rb = (w->rows + c->pool.n * 2 - 1) / (c->pool.n * 2);
+            rb = rb > 64 ? 64 : rb < 2 ? 2 : rb;
+            j.row_block = rb + (rb & 1);
+            pool_run(&c->pool, (w->rows + j.row_block - 1) / j.row_block, 1, mm_grouped_cb, &j);
+            return 0;
+        }
         if (!scratch_get(&c->act, j.act_row * (size_t)(T ? T : 1)))
             return -ENOMEM;
         pool_run(&c->pool, T, 1, mm_quant_cb, &j);

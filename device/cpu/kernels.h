@@ -39,6 +39,19 @@ struct blk_q8_1 {
     int8_t qs[QK];
 };
 
+/* Block b of a group of 4 activation rows (the GEMM layout): the 4 rows'
+ * block b side by side; rows past the end of the batch are zero. */
+struct blk_q8_0x4 {
+    float d[4];
+    int8_t qs[4][QK];
+};
+
+struct blk_q8_1x4 {
+    float d[4];
+    float s[4];
+    int8_t qs[4][QK];
+};
+
 /* Activation formats a weight type is dotted with. */
 enum act_fmt { ACT_F32, ACT_Q8_0, ACT_Q8_1 };
 
@@ -55,12 +68,15 @@ struct cpu_kernels {
     float (*dot_q5_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
     float (*dot_f32)(const float *a, const float *b, int64_t k);
     /*
-     * Optional (NULL: call the single dot four times): one weight row against
-     * four activation rows a, a + stride, ... (stride in bytes), each result
-     * bit-identical to the single dot - the weight is unpacked once per block.
+     * Optional (NULL: the single dots): weight rows w0 and w1 (w1 may be w0)
+     * against one group of 4 activation rows; out[4 * r + j] is row r . token
+     * j, bit-identical to the single dot.  The group layout keeps each
+     * block's 4 scales side by side so the scale work is one vector op.
      */
-    void (*dot4_q4_1)(const void *w, const void *a, size_t stride, int64_t k, float *out);
-    void (*dot4_q8_0)(const void *w, const void *a, size_t stride, int64_t k, float *out);
+    void (*gemm_q4_1)(const void *w0, const void *w1, const struct blk_q8_1x4 *a, int64_t k,
+                      float *out);
+    void (*gemm_q8_0)(const void *w0, const void *w1, const struct blk_q8_0x4 *a, int64_t k,
+                      float *out);
     /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
      * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used
