@@ -305,39 +305,142 @@ static float dot_f32(const float *a, const float *b, int64_t k)
     return s;
 }
 
-static float dot_f16(const float *a, const uint16_t *b, int64_t k, int n_lanes)
+/* Walks a sequence's positions p, p + step, ... through its block table. */
+struct paged {
+    const uint16_t *base;
+    const int32_t *blocks;
+    int bs, bi, off, step;
+    size_t row;
+};
+
+static inline void paged_at(struct paged *w, int p)
 {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    int na = n_lanes / 8;
-    for (int64_t i = 0; i < k; i += 8) {
-        int j = (int)((i / 8) % na);
-        __m256 bf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
-        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), bf, acc[j]);
-    }
-    if (na == 1)
-        return hsum8(acc[0]);
-    /* (x0 + x2) + (x1 + x3), then lo + hi, then two horizontal adds */
-    __m256 x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    t = _mm_hadd_ps(t, t);
-    return _mm_cvtss_f32(_mm_hadd_ps(t, t));
+    w->bi = p / w->bs;
+    w->off = p % w->bs;
 }
 
-static void accum_v_f16(float *acc, const float *p, const uint16_t *v, int p0, int m, size_t stride,
-                        int d, int n_lanes)
+static inline const uint16_t *paged_next(struct paged *w)
 {
-    for (int r = 0; r < m; r++) {
-        float *a = acc + (size_t)((p0 + r) % n_lanes) * d;
-        const uint16_t *vr = v + (size_t)r * stride;
-        __m256 pr = _mm256_set1_ps(p[r]);
-        int i = 0;
-        for (; i + 8 <= d; i += 8) {
-            __m256 vf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + i)));
-            _mm256_storeu_ps(a + i, _mm256_fmadd_ps(pr, vf, _mm256_loadu_ps(a + i)));
+    const uint16_t *r = w->base + ((size_t)w->blocks[w->bi] * w->bs + (size_t)w->off) * w->row;
+    w->off += w->step;
+    while (w->off >= w->bs) {
+        w->off -= w->bs;
+        w->bi++;
+    }
+    return r;
+}
+
+static inline __m256 ld_f16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/*
+ * Scores 8 rows at a time in the 8-lane order (one accumulator per row, its
+ * lanes summed as hsum8 does), 2 rows at a time in the 32-lane order (four
+ * accumulators per row, summed as llama.cpp's vector dot does).  Rows past n
+ * repeat the last row and are not stored.
+ */
+static void scores_f16(const float *q, const uint16_t *k, const int32_t *blocks, int bs,
+                       size_t row, int n, int d, int n_lanes, float scale, float *out)
+{
+    struct paged w = {k, blocks, bs, 0, 0, 1, row};
+    const __m256 vs = _mm256_set1_ps(scale);
+    int nc = d / 8;
+    if (n_lanes == 8) {
+        for (int p0 = 0; p0 < n; p0 += 8) {
+            const uint16_t *kr[8];
+            __m256 acc[8];
+            for (int r = 0; r < 8; r++)
+                kr[r] = p0 + r < n ? paged_next(&w) : kr[r - 1];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++)
+                acc[r] = _mm256_setzero_ps();
+            for (int c = 0; c < nc; c++) {
+                __m256 qv = _mm256_loadu_ps(q + 8 * c);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    acc[r] = _mm256_fmadd_ps(qv, ld_f16(kr[r] + 8 * c), acc[r]);
+            }
+            float res[8];
+            _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc, acc + 4), vs));
+            memcpy(out + p0, res, sizeof(float) * (size_t)(n - p0 < 8 ? n - p0 : 8));
         }
-        for (; i < d; i++)
-            a[i] = fmaf(p[r], half(vr[i]), a[i]);
+        return;
+    }
+    for (int p0 = 0; p0 < n; p0 += 2) {
+        const uint16_t *k0 = paged_next(&w), *k1 = p0 + 1 < n ? paged_next(&w) : k0;
+        __m256 a[4], b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            a[j] = b[j] = _mm256_setzero_ps();
+        int c = 0;
+        for (; c + 4 <= nc; c += 4) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m256 qv = _mm256_loadu_ps(q + 8 * (c + j));
+                a[j] = _mm256_fmadd_ps(qv, ld_f16(k0 + 8 * (c + j)), a[j]);
+                b[j] = _mm256_fmadd_ps(qv, ld_f16(k1 + 8 * (c + j)), b[j]);
+            }
+        }
+        for (int j = 0; c < nc; c++, j++) {
+            __m256 qv = _mm256_loadu_ps(q + 8 * c);
+            a[j] = _mm256_fmadd_ps(qv, ld_f16(k0 + 8 * c), a[j]);
+            b[j] = _mm256_fmadd_ps(qv, ld_f16(k1 + 8 * c), b[j]);
+        }
+        /* per row: (x0 + x2) + (x1 + x3), then lo + hi, then two horizontal adds */
+        __m256 x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+        __m256 y = _mm256_add_ps(_mm256_add_ps(b[0], b[2]), _mm256_add_ps(b[1], b[3]));
+        __m128 tx = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        __m128 ty = _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
+        __m128 t = _mm_hadd_ps(_mm_hadd_ps(tx, ty), _mm_setzero_ps()); /* [x y 0 0] */
+        float res[4];
+        _mm_storeu_ps(res, _mm_mul_ps(t, _mm256_castps256_ps128(vs)));
+        out[p0] = res[0];
+        if (p0 + 1 < n)
+            out[p0 + 1] = res[1];
+    }
+}
+
+/*
+ * The V pass lane by lane: lane l's positions l, l + n_lanes, ... in order,
+ * its d values in registers 64 at a time, so each lane row is written once.
+ */
+static void accum_v_f16(float *acc, const float *p, const uint16_t *v, const int32_t *blocks,
+                        int bs, size_t row, int n, int d, int n_lanes)
+{
+    for (int l = 0; l < n_lanes; l++) {
+        float *a = acc + (size_t)l * d;
+        for (int s0 = 0; s0 < d; s0 += 64) {
+            struct paged w = {v + s0, blocks, bs, 0, 0, n_lanes, row};
+            if (d - s0 >= 64) {
+                __m256 x[8];
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++)
+                    x[c] = _mm256_setzero_ps();
+                if (l < n)
+                    paged_at(&w, l);
+                for (int r = l; r < n; r += n_lanes) {
+                    const uint16_t *vr = paged_next(&w);
+                    __m256 pr = _mm256_set1_ps(p[r]);
+#pragma GCC unroll 8
+                    for (int c = 0; c < 8; c++)
+                        x[c] = _mm256_fmadd_ps(pr, ld_f16(vr + 8 * c), x[c]);
+                }
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++)
+                    _mm256_storeu_ps(a + s0 + 8 * c, x[c]);
+                continue;
+            }
+            for (int c = 0; c < (d - s0) / 8; c++) { /* a last slice under 64 values */
+                __m256 x = _mm256_setzero_ps();
+                if (l < n)
+                    paged_at(&w, l);
+                for (int r = l; r < n; r += n_lanes)
+                    x = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), ld_f16(paged_next(&w) + 8 * c), x);
+                _mm256_storeu_ps(a + s0 + 8 * c, x);
+            }
+        }
     }
 }
 
@@ -469,7 +572,7 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .dot_f32 = dot_f32,
     .gemm_q4_1 = gemm_q4_1,
     .gemm_q8_0 = gemm_q8_0,
-    .dot_f16 = dot_f16,
+    .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,
     .exp_sum = exp_sum,

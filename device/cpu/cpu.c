@@ -550,14 +550,19 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
         memcpy(qh, q, sizeof(float) * (size_t)hd);
         if (f16) /* the query meets K in f16 */
             k->scale_round_f16(qh, 1.0f, hd);
+        const int32_t *blocks = tp->blocks;
         float mx = -INFINITY;
-        for (int p = 0; p < n; p++) {
-            size_t slot = (size_t)tp->blocks[p / bs] * bs + (size_t)(p % bs);
-            float s =
-                f16 ? k->dot_f16(qh, (const uint16_t *)kv->k + slot * row + kh * hd, hd, lanes)
-                    : k->dot_f32(qh, (const float *)kv->k + slot * row + kh * hd, hd);
-            sc[p] = s * j->scale;
-            mx = fmaxf(mx, sc[p]);
+        if (f16) {
+            k->scores_f16(qh, (const uint16_t *)kv->k + kh * hd, blocks, bs, row, n, hd, lanes,
+                          j->scale, sc);
+            for (int p = 0; p < n; p++)
+                mx = sc[p] > mx ? sc[p] : mx;
+        } else {
+            for (int p = 0; p < n; p++) {
+                size_t slot = (size_t)blocks[p / bs] * bs + (size_t)(p % bs);
+                sc[p] = k->dot_f32(qh, (const float *)kv->k + slot * row + kh * hd, hd) * j->scale;
+                mx = fmaxf(mx, sc[p]);
+            }
         }
         float inv = (float)(1.0 / k->exp_sum(sc, mx, sc, n));
         if (f16) { /* the probabilities meet V in f16 */
@@ -568,12 +573,8 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
         }
         float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
         if (f16) {
-            memset(acc, 0, (size_t)lanes * hd * sizeof(float));
-            for (int p0 = 0; p0 < n; p0 += bs) { /* V rows are contiguous within a block */
-                int m = n - p0 < bs ? n - p0 : bs;
-                size_t base = (size_t)tp->blocks[p0 / bs] * bs * row + (size_t)kh * hd;
-                k->accum_v_f16(acc, sc + p0, (const uint16_t *)kv->v + base, p0, m, row, hd, lanes);
-            }
+            k->accum_v_f16(acc, sc, (const uint16_t *)kv->v + kh * hd, blocks, bs, row, n, hd,
+                           lanes);
             k->reduce_lanes(acc, hd, lanes, o);
         } else {
             for (int i = 0; i < hd; i++)

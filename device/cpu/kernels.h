@@ -81,17 +81,23 @@ struct cpu_kernels {
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
      * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used
      * for a sequence's multi-token chunk); with 32, to lane i % 32, four
-     * accumulators of 8 (its vector-dot path, used for a lone token).
-     * dot_f16: a (f32 values already rounded to f16) . b (f16), k % n_lanes == 0.
+     * accumulators of 8 (its vector-dot path, used for a lone token).  The
+     * cache is paged: position p of the sequence is in row
+     * blocks[p / bs] * bs + p % bs of k or v (rows of `row` values apart;
+     * k and v already point at the head's d values in row 0).
+     *
+     * scores_f16: out[p] = (q . k_p) * scale for p < n, q being f32 values
+     * already rounded to f16 and d % 8 == 0.
      */
-    float (*dot_f16)(const float *a, const uint16_t *b, int64_t k, int n_lanes);
+    void (*scores_f16)(const float *q, const uint16_t *k, const int32_t *blocks, int bs,
+                       size_t row, int n, int d, int n_lanes, float scale, float *out);
     /*
-     * The V pass: for m positions starting at position p0, with V rows
-     * v[r * stride] (f16, d values each), acc[((p0 + r) % n_lanes)][i] is
-     * fused-multiply-added p[r] * v_r[i]; acc is n_lanes rows of d floats.
+     * The V pass over positions p < n: acc (n_lanes rows of d floats) is set
+     * so that row p % n_lanes is the fused multiply-add of p[p] * v_p over its
+     * positions in increasing order, from zero.
      */
-    void (*accum_v_f16)(float *acc, const float *p, const uint16_t *v, int p0, int m, size_t stride,
-                        int d, int n_lanes);
+    void (*accum_v_f16)(float *acc, const float *p, const uint16_t *v, const int32_t *blocks,
+                        int bs, size_t row, int n, int d, int n_lanes);
     /* out[i] = the n_lanes lanes of acc[.][i] summed in that path's order */
     void (*reduce_lanes)(const float *acc, int d, int n_lanes, float *out);
     /* y = e^(x - max) for n values in groups of 8 (zero past n); returns their sum */

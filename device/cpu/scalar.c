@@ -183,20 +183,31 @@ static float dot_f32(const float *a, const float *b, int64_t k)
     return (float)s;
 }
 
-static float dot_f16(const float *a, const uint16_t *b, int64_t k, int n_lanes)
+static const uint16_t *paged_row(const uint16_t *base, const int32_t *blocks, int bs, size_t row,
+                                 int p)
 {
-    float lanes[32] = {0};
-    for (int64_t i = 0; i < k; i++)
-        lanes[i % n_lanes] = fmaf(a[i], half(b[i]), lanes[i % n_lanes]);
-    return n_lanes == 8 ? sum8(lanes) : sum32(lanes);
+    return base + ((size_t)blocks[p / bs] * bs + (size_t)(p % bs)) * row;
 }
 
-static void accum_v_f16(float *acc, const float *p, const uint16_t *v, int p0, int m, size_t stride,
-                        int d, int n_lanes)
+static void scores_f16(const float *q, const uint16_t *k, const int32_t *blocks, int bs,
+                       size_t row, int n, int d, int n_lanes, float scale, float *out)
 {
-    for (int r = 0; r < m; r++) {
-        float *a = acc + (size_t)((p0 + r) % n_lanes) * d;
-        const uint16_t *vr = v + (size_t)r * stride;
+    for (int p = 0; p < n; p++) {
+        const uint16_t *kr = paged_row(k, blocks, bs, row, p);
+        float lanes[32] = {0};
+        for (int i = 0; i < d; i++)
+            lanes[i % n_lanes] = fmaf(q[i], half(kr[i]), lanes[i % n_lanes]);
+        out[p] = (n_lanes == 8 ? sum8(lanes) : sum32(lanes)) * scale;
+    }
+}
+
+static void accum_v_f16(float *acc, const float *p, const uint16_t *v, const int32_t *blocks,
+                        int bs, size_t row, int n, int d, int n_lanes)
+{
+    memset(acc, 0, sizeof(float) * (size_t)n_lanes * d);
+    for (int r = 0; r < n; r++) {
+        float *a = acc + (size_t)(r % n_lanes) * d;
+        const uint16_t *vr = paged_row(v, blocks, bs, row, r);
         for (int i = 0; i < d; i++)
             a[i] = fmaf(p[r], half(vr[i]), a[i]);
     }
@@ -285,7 +296,7 @@ const struct cpu_kernels cpu_kernels_scalar = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
-    .dot_f16 = dot_f16,
+    .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,
     .exp_sum = exp_sum,

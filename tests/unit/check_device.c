@@ -1033,6 +1033,73 @@ START_TEST(attention_over_scattered_blocks_matches_reference)
 }
 END_TEST
 
+/*
+ * Head sizes other than 64 and a block size that does not divide the lane
+ * counts: the AVX2 kernels take 64 values of a head at a time and walk the
+ * block table by strides of 8 and 32, so 8, 40, 80 and 136 values per head
+ * and blocks of 5 positions reach their other branches.  The scalar kernels
+ * are the reference: the bits must agree, for a chunk and for lone tokens.
+ */
+START_TEST(attention_head_sizes_scalar_and_avx2_agree)
+{
+    struct backends b;
+    backends_create(&b, 2);
+    if (!b.has_avx2) {
+        note_no_avx2("attention_head_sizes_scalar_and_avx2_agree");
+        backends_destroy(&b);
+        return;
+    }
+    enum { BS = 5, NB = 12, N = 41, QH = 2 };
+    static const int32_t blocks[] = {11, 2, 7, 0, 5, 9, 1, 3, 10}; /* 9 * 5 = 45 >= N */
+    static const int dims[] = {8, 40, 80, 136};
+    struct rng r = {1300};
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        int hd = dims[di];
+        size_t bytes = (size_t)NB * BS * hd * 2;
+        float *k = malloc(sizeof(float) * N * hd), *v = malloc(sizeof(float) * N * hd);
+        float *q = malloc(sizeof(float) * N * QH * hd);
+        float *out[2] = {malloc(sizeof(float) * N * QH * hd), malloc(sizeof(float) * N * QH * hd)};
+        for (int i = 0; i < N * hd; i++) {
+            k[i] = rng_normal(&r);
+            v[i] = rng_normal(&r);
+        }
+        for (int i = 0; i < N * QH * hd; i++)
+            q[i] = rng_normal(&r);
+        struct dev *devs[2] = {&b.scalar, &b.avx2};
+        struct dev_kv kv[2];
+        struct dev_tokpos tp[N];
+        for (int d = 0; d < 2; d++) {
+            kv[d] = (struct dev_kv){.type = QT_F16, .block_size = BS, .n_kv_heads = 1,
+                                    .head_dim = hd};
+            kv[d].k = dev_alloc(devs[d], bytes);
+            kv[d].v = dev_alloc(devs[d], bytes);
+            ck_assert(kv[d].k && kv[d].v);
+            for (int p = 0; p < N; p++)
+                tp[p] = (struct dev_tokpos){blocks, p, 1};
+            ck_assert_int_eq(dev_kv_store(devs[d], &kv[d], tp, N, k, v), 0);
+        }
+        for (int chunk = 0; chunk < 2; chunk++) {
+            /* a chunk of the last 13 positions, or every position as a lone token */
+            int T = chunk ? 13 : N;
+            for (int t = 0; t < T; t++)
+                tp[t] = (struct dev_tokpos){blocks, chunk ? N - T + t : t, chunk};
+            for (int d = 0; d < 2; d++)
+                ck_assert_int_eq(dev_attention(devs[d], &kv[d], tp, T, q, QH, 0.125f, out[d]), 0);
+            for (int i = 0; i < T * QH * hd; i++)
+                ck_assert_msg(memcmp(&out[0][i], &out[1][i], 4) == 0,
+                              "head_dim %d, %s, output %d: scalar %.9g avx2 %.9g", hd,
+                              chunk ? "chunk" : "lone tokens", i, out[0][i], out[1][i]);
+        }
+        for (int d = 0; d < 2; d++) {
+            dev_free(devs[d], kv[d].k);
+            dev_free(devs[d], kv[d].v);
+        }
+        free(k), free(v), free(q), free(out[0]), free(out[1]);
+    }
+    backends_destroy(&b);
+}
+END_TEST
+
 START_TEST(attention_does_not_depend_on_thread_count)
 {
     struct rng r = {1200};
@@ -1088,6 +1155,7 @@ Suite *device_suite(void)
     tcase_add_test(tc, add_and_add_bias_are_elementwise);
     tcase_add_test(tc, device_memory_round_trips);
     tcase_add_test(tc, attention_over_scattered_blocks_matches_reference);
+    tcase_add_test(tc, attention_head_sizes_scalar_and_avx2_agree);
     tcase_add_test(tc, attention_does_not_depend_on_thread_count);
     suite_add_tcase(s, tc);
     return s;
