@@ -371,6 +371,7 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
     memcpy(r->tokens, prompt, sizeof(int32_t) * (size_t)n_prompt);
     r->n_prompt = r->n_tokens = n_prompt;
     r->sp = p->sp;
+    r->sp.logprobs = p->logprobs; /* the only reader of a token's logprob is the report */
     if (p->sp.n_bias)
         memcpy(r->bias, p->sp.bias, sizeof(*r->bias) * (size_t)p->sp.n_bias);
     r->sp.bias = r->bias;

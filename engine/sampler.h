@@ -31,13 +31,14 @@ struct smp_params {
     const struct smp_bias *bias; /* copied by smp_init */
     int n_bias;
     int n_logprobs; /* alternatives to report, 0..SMP_MAX_LOGPROBS */
+    int logprobs;   /* 0: skip the log-sum-exp over the vocabulary; logprob then 0 */
 };
 
 #define SMP_MAX_LOGPROBS 20
 
 struct smp_result {
     int32_t token;
-    float logprob; /* of token, under the raw distribution */
+    float logprob; /* of token, under the raw distribution (with logprobs or n_logprobs) */
     int n_top;
     struct {
         int32_t token;
@@ -56,7 +57,7 @@ struct smp {
     int32_t *idx;       /* n_vocab */
 };
 
-/* Fills defaults: greedy off (temperature 1), no filters, no penalties. */
+/* Fills defaults: greedy off (temperature 1), no filters, no penalties, logprobs on. */
 void smp_params_default(struct smp_params *p);
 
 /* 0 when p is in range for a vocabulary of n_vocab (bias tokens valid ids), else -EINVAL. */

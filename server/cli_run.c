@@ -411,13 +411,15 @@ static const char *const k_bench_help =
     "\n"
     "Measures like llama-bench: ppP = one prompt of P random tokens in one pass;\n"
     "tgN = N single-token decode steps from an empty cache (with --batch B, B\n"
-    "sequences decode together and tokens/s is the aggregate).  The KV cache is\n"
-    "cleared before each repetition; one warm-up run is not counted.\n"
+    "sequences decode together and tokens/s is the aggregate).  With -d D, each\n"
+    "sequence first gets D random tokens, untimed (\"tg128 @ d128\").  The KV cache\n"
+    "is cleared before each repetition; one warm-up run is not counted.\n"
     "\n"
     "  -m, --model FILE   GGUF model (required)\n"
     "  -p N               prompt tokens (default 512; 0 skips pp)\n"
     "  -n N               generated tokens (default 128; 0 skips tg)\n"
     "  -r N               repetitions (default 5)\n"
+    "  -d N               tokens already in the cache (default 0)\n"
     "      --batch B      sequences decoded together in tg (default 1)\n"
     "  -t, --threads N    worker threads (default: the number of cores)\n"
     "      --json         one JSON object per line per test\n"
@@ -431,36 +433,55 @@ struct bench_ctx {
     float *logits;
 };
 
-/* One timed run: pp (batch = 0) or tg with `batch` sequences; returns seconds or < 0. */
-static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, uint64_t *rng)
+static void bench_tokens(int32_t *ids, int n, int V, uint64_t *rng)
+{
+    for (int i = 0; i < n; i++) {
+        *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((*rng >> 33) % (uint64_t)V);
+    }
+}
+
+/* One timed run: pp (batch = 0) or tg with `batch` sequences, each after
+ * `depth` untimed tokens; returns seconds or < 0. */
+static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, int depth, uint64_t *rng)
 {
     int V = c->l.m->hp.n_vocab, n_seq = pp ? 1 : batch, n = pp ? pp : batch;
+    int nbuf = n > depth ? n : depth;
     struct kv_seq *seqs = calloc((size_t)n_seq, sizeof(*seqs));
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
-    struct dev_tokpos *tp = malloc(sizeof(*tp) * (size_t)n);
-    uint8_t *want = calloc((size_t)n, 1);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)nbuf);
+    struct dev_tokpos *tp = malloc(sizeof(*tp) * (size_t)nbuf);
+    uint8_t *want = calloc((size_t)nbuf, 1);
     double t = -1.0;
     if (!seqs || !ids || !tp || !want)
         goto out;
+    int rc = 0;
     for (int i = 0; i < n_seq; i++)
         kv_seq_init(&seqs[i]);
-    int steps = pp ? 1 : tg, rc = 0;
+    for (int i = 0; i < n_seq && depth > 0 && !rc; i++) { /* the context, one prompt each */
+        bench_tokens(ids, depth, V, rng);
+        rc = kv_alloc_slots(c->pool, &seqs[i], depth);
+        for (int p = 0; p < depth; p++) {
+            tp[p] = (struct dev_tokpos){seqs[i].blocks, p, depth > 1};
+            want[p] = p == depth - 1;
+        }
+        struct model_batch b = {depth, ids, tp, want, NULL};
+        rc = rc ? rc : model_forward(c->l.m, &c->kv, &b, c->logits);
+    }
+    int steps = pp ? 1 : tg;
     double t0 = util_now_s();
     for (int s = 0; s < steps && !rc; s++) {
-        for (int i = 0; i < n; i++) {
-            *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
-            ids[i] = (int32_t)((*rng >> 33) % (uint64_t)V);
-        }
+        bench_tokens(ids, n, V, rng);
         if (pp) {
             rc = kv_alloc_slots(c->pool, &seqs[0], pp);
             for (int i = 0; i < pp; i++) {
-                tp[i] = (struct dev_tokpos){seqs[0].blocks, i, 0};
+                /* a prompt chunk, as the engine computes one */
+                tp[i] = (struct dev_tokpos){seqs[0].blocks, depth + i, pp > 1};
                 want[i] = i == pp - 1;
             }
         } else {
             for (int i = 0; i < n_seq && !rc; i++) {
                 rc = kv_alloc_slots(c->pool, &seqs[i], 1);
-                tp[i] = (struct dev_tokpos){seqs[i].blocks, s, 0};
+                tp[i] = (struct dev_tokpos){seqs[i].blocks, depth + s, 0};
                 want[i] = 1;
             }
         }
@@ -490,7 +511,7 @@ static void bench_report(const char *name, const double *tps, int r, int threads
         printf("{\"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"threads\": %d}\n",
                name, mean, sqrt(var), threads);
     else
-        printf("| %-12s | %10.2f ± %-8.2f | %7d |\n", name, mean, sqrt(var), threads);
+        printf("| %-18s | %10.2f ± %-8.2f | %7d |\n", name, mean, sqrt(var), threads);
     fflush(stdout);
 }
 
@@ -507,11 +528,11 @@ int cli_bench(int argc, char **argv)
         {0, 0, 0, 0},
     };
     const char *model = NULL;
-    int pp = 512, tg = 128, reps = 5, batch = 1, threads = 0, json = 0, c;
+    int pp = 512, tg = 128, reps = 5, batch = 1, threads = 0, json = 0, depth = 0, c;
     double v;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:p:n:r:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:p:n:r:d:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model = optarg;
@@ -521,6 +542,11 @@ int cli_bench(int argc, char **argv)
             if (parse_num(optarg, 0, 1 << 20, &v))
                 return cli_usage("bench", "-p and -n take a number of tokens");
             *(c == 'p' ? &pp : &tg) = (int)v;
+            break;
+        case 'd':
+            if (parse_num(optarg, 0, 1 << 20, &v))
+                return cli_usage("bench", "-d takes a number of tokens");
+            depth = (int)v;
             break;
         case 'r':
             if (parse_num(optarg, 1, 1000, &v))
@@ -561,7 +587,7 @@ int cli_bench(int argc, char **argv)
     if (threads <= 0)
         threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int tokens = pp > tg * batch ? pp : tg * batch;
-    int per_seq = pp > tg ? pp : tg;
+    int per_seq = depth + (pp > tg ? pp : tg);
     int32_t n_blocks = batch * ((per_seq + BLOCK - 1) / BLOCK) + 2;
     int rows = batch > 1 ? batch : 1;
     b.logits = malloc(sizeof(float) * (size_t)b.l.m->hp.n_vocab * (size_t)rows);
@@ -576,7 +602,7 @@ int cli_bench(int argc, char **argv)
         goto done;
     }
     if (!json)
-        printf("| %-12s | %21s | %7s |\n| ------------ | --------------------- | ------- |\n",
+        printf("| %-18s | %21s | %7s |\n| ------------------ | --------------------- | ------- |\n",
                "test", "tokens/s", "threads");
     uint64_t rng = 1234;
     char name[64];
@@ -585,23 +611,26 @@ int cli_bench(int argc, char **argv)
         if ((test == 0 && !pp) || (test == 1 && !tg))
             continue;
         int bsz = test == 1 ? batch : 1;
-        if (bench_once(&b, p, n, bsz, &rng) < 0) { /* warm-up */
+        if (bench_once(&b, p, n, bsz, depth, &rng) < 0) { /* warm-up */
             rc = EXIT_FAILURE;
             break;
         }
         for (int i = 0; i < reps && !rc; i++) {
-            double t = bench_once(&b, p, n, bsz, &rng);
+            double t = bench_once(&b, p, n, bsz, depth, &rng);
             if (t <= 0)
                 rc = EXIT_FAILURE;
             else
                 tps[i] = (test == 0 ? pp : (double)tg * bsz) / t;
         }
+        int len;
         if (test == 0)
-            snprintf(name, sizeof(name), "pp%d", pp);
+            len = snprintf(name, sizeof(name), "pp%d", pp);
         else if (batch > 1)
-            snprintf(name, sizeof(name), "tg%d@b%d", tg, batch);
+            len = snprintf(name, sizeof(name), "tg%d@b%d", tg, batch);
         else
-            snprintf(name, sizeof(name), "tg%d", tg);
+            len = snprintf(name, sizeof(name), "tg%d", tg);
+        if (depth > 0)
+            snprintf(name + len, sizeof(name) - (size_t)len, " @ d%d", depth);
         if (!rc)
             bench_report(name, tps, reps, threads, json);
     }

@@ -233,7 +233,6 @@ static void gemm_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a
                       float *out)
 {
     const uint8_t *p0 = w0, *p1 = w1;
-    const __m256i pick_d = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
     const __m256i pick_m = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
     __m256 acc0[4], acc1[4], summ = _mm256_setzero_ps();
 #pragma GCC unroll 4
@@ -243,18 +242,18 @@ static void gemm_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a
         _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
         _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
         __m256 dm = _mm256_castps128_ps256(head_pair(p0, p1));
-        /* lanes 0-3: row 0 with tokens 0-3; lanes 4-7: row 1 */
-        __m256 dw = _mm256_permutevar8x32_ps(dm, pick_d);
+        /* the min term: lanes 0-3 row 0 with tokens 0-3, lanes 4-7 row 1 */
         __m256 mw = _mm256_permutevar8x32_ps(dm, pick_m);
         summ = _mm256_fmadd_ps(mw, _mm256_broadcast_ps((const __m128 *)a->s), summ);
-        float dd[8];
-        _mm256_storeu_ps(dd, _mm256_mul_ps(dw, _mm256_broadcast_ps((const __m128 *)a->d)));
+        __m256 dw0 = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256());
+        __m256 dw1 = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2));
         __m256i q0 = nibbles(p0 + 4), q1 = nibbles(p1 + 4);
 #pragma GCC unroll 4 /* the 8 accumulators must stay in registers */
         for (int j = 0; j < 4; j++) {
             __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs[j]);
-            acc0[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), dot_u8(q0, qa), acc0[j]);
-            acc1[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + 4 + j), dot_u8(q1, qa), acc1[j]);
+            __m256 da = _mm256_broadcast_ss(&a->d[j]);
+            acc0[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw0, da), dot_u8(q0, qa), acc0[j]);
+            acc1[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw1, da), dot_u8(q1, qa), acc1[j]);
         }
     }
     _mm256_storeu_ps(out, _mm256_add_ps(hsum8_2x4(acc0, acc1), summ));
@@ -264,7 +263,6 @@ static void gemm_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a
                       float *out)
 {
     const uint8_t *p0 = w0, *p1 = w1;
-    const __m256i pick_d = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
     __m256 acc0[4], acc1[4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++)
@@ -273,19 +271,20 @@ static void gemm_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a
         _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
         _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
         /* only the d of each head is used; the next two bytes are quants */
-        __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(head_pair(p0, p1)), pick_d);
-        float dd[8];
-        _mm256_storeu_ps(dd, _mm256_mul_ps(dw, _mm256_broadcast_ps((const __m128 *)a->d)));
+        __m256 dm = _mm256_castps128_ps256(head_pair(p0, p1));
+        __m256 dw0 = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256());
+        __m256 dw1 = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2));
         __m256i q0 = _mm256_loadu_si256((const __m256i *)(p0 + 2));
         __m256i q1 = _mm256_loadu_si256((const __m256i *)(p1 + 2));
         __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
-#pragma GCC unroll 4 /* the 8 accumulators must stay in registers */
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs[j]);
-            acc0[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j),
-                                      dot_u8(u0, _mm256_sign_epi8(qa, q0)), acc0[j]);
-            acc1[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + 4 + j),
-                                      dot_u8(u1, _mm256_sign_epi8(qa, q1)), acc1[j]);
+            __m256 da = _mm256_broadcast_ss(&a->d[j]);
+            acc0[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw0, da), dot_u8(u0, _mm256_sign_epi8(qa, q0)),
+                                      acc0[j]);
+            acc1[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw1, da), dot_u8(u1, _mm256_sign_epi8(qa, q1)),
+                                      acc1[j]);
         }
     }
     _mm256_storeu_ps(out, hsum8_2x4(acc0, acc1));
