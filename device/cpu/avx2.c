@@ -559,6 +559,16 @@ static void scale_round_f16(float *x, float s, int n)
         x[i] = qt_f16_to_f32(qt_f32_to_f16(x[i] * s));
 }
 
+static void to_f16(const float *x, uint16_t *y, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = qt_f32_to_f16(x[i]);
+}
+
 const struct cpu_kernels cpu_kernels_avx2 = {
     .name = "avx2",
     .quant_q8_0 = quant_q8_0,
@@ -576,5 +586,6 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .reduce_lanes = reduce_lanes,
     .exp_sum = exp_sum,
     .scale_round_f16 = scale_round_f16,
+    .to_f16 = to_f16,
     .silu_mul = silu_mul,
 };

@@ -442,67 +442,105 @@ static int cpu_embed(void *ctx, const struct dev_weight *table, const int32_t *i
     return 0;
 }
 
-static int cpu_rmsnorm(void *ctx, const float *x, const float *w, int T, int n, float eps,
-                       float *out)
+/* ---- per-token ops: split over the pool by token (rows) ----------------------- */
+
+struct rows_job {
+    struct cpu *c;
+    const float *x, *w, *y;
+    float *out;
+    int n;
+    float eps;
+    const int32_t *pos;
+    int n_heads, head_dim;
+    const struct dev_rope *r;
+};
+
+/* runs fn over rows [0, T), each row on one thread, so results match T = 1 */
+static void run_rows(struct cpu *c, int T, pool_fn fn, struct rows_job *j)
 {
-    (void)ctx;
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * n;
-        float *o = out + (size_t)t * n;
+    pool_run(&c->pool, T, T >= 8 ? 2 : 1, fn, j);
+}
+
+static void rmsnorm_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    const struct rows_job *j = arg;
+    int n = j->n;
+    (void)worker;
+    for (int64_t t = b; t < e; t++) {
+        const float *xr = j->x + (size_t)t * n;
+        float *o = j->out + (size_t)t * n;
         double sum = 0.0;
         for (int i = 0; i < n; i++)
             sum += (double)(xr[i] * xr[i]);
-        float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+        float scale = 1.0f / sqrtf((float)(sum / n) + j->eps);
         for (int i = 0; i < n; i++)
-            o[i] = w ? (xr[i] * scale) * w[i] : xr[i] * scale;
+            o[i] = j->w ? (xr[i] * scale) * j->w[i] : xr[i] * scale;
     }
+}
+
+static int cpu_rmsnorm(void *ctx, const float *x, const float *w, int T, int n, float eps,
+                       float *out)
+{
+    struct rows_job j = {.c = ctx, .x = x, .w = w, .out = out, .n = n, .eps = eps};
+    run_rows(ctx, T, rmsnorm_cb, &j);
     return 0;
+}
+
+/* The angles depend on the position and the pair, not the head: one sincos
+ * per pair and token, applied to every head (the same values as per head). */
+static void rope_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    const struct rows_job *j = arg;
+    const struct dev_rope *r = j->r;
+    const float theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
+    const int half_rot = r->n_rot / 2;
+    float *cs = j->c->per_worker[worker].p, *sn = cs + half_rot;
+    for (int64_t t = b; t < e; t++) {
+        float theta_base = (float)j->pos[t];
+        for (int i = 0; i < half_rot; i++) {
+            float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
+            sincosf(r->freq_scale * (theta_base / ff), &sn[i], &cs[i]);
+            theta_base *= theta_scale;
+        }
+        for (int h = 0; h < j->n_heads; h++) {
+            float *v = j->out + ((size_t)t * j->n_heads + h) * j->head_dim;
+            for (int i = 0; i < half_rot; i++) {
+                int a = r->neox ? i : 2 * i, bb = r->neox ? i + half_rot : 2 * i + 1;
+                float x0 = v[a], x1 = v[bb];
+                /* fused as llama.cpp's compiled code does (checked bit for bit) */
+                v[a] = fmaf(x0, cs[i], -(x1 * sn[i]));
+                v[bb] = fmaf(x0, sn[i], x1 * cs[i]);
+            }
+        }
+    }
 }
 
 static int cpu_rope(void *ctx, float *x, const int32_t *pos, int T, int n_heads, int head_dim,
                     const struct dev_rope *r)
 {
-    (void)ctx;
+    struct cpu *c = ctx;
     if (r->n_rot > head_dim || r->n_rot % 2)
         return -EINVAL;
-    const float theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
-    const int half_rot = r->n_rot / 2;
-    for (int t = 0; t < T; t++) {
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)t * n_heads + h) * head_dim;
-            float theta_base = (float)pos[t];
-            for (int i = 0; i < half_rot; i++) {
-                float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
-                float theta = r->freq_scale * (theta_base / ff);
-                float cs, sn;
-                sincosf(theta, &sn, &cs);
-                int a = r->neox ? i : 2 * i, b = r->neox ? i + half_rot : 2 * i + 1;
-                float x0 = v[a], x1 = v[b];
-                /* fused as llama.cpp's compiled code does (checked bit for bit) */
-                v[a] = fmaf(x0, cs, -(x1 * sn));
-                v[b] = fmaf(x0, sn, x1 * cs);
-                theta_base *= theta_scale;
-            }
-        }
-    }
+    if (worker_scratch(c, (size_t)(r->n_rot > 0 ? r->n_rot : 1) * sizeof(float)))
+        return -ENOMEM;
+    struct rows_job j = {
+        .c = c, .out = x, .pos = pos, .n_heads = n_heads, .head_dim = head_dim, .r = r};
+    run_rows(c, T, rope_cb, &j);
     return 0;
 }
 
 static int cpu_kv_store(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
                         const float *k, const float *v)
 {
-    (void)ctx;
+    struct cpu *c = ctx;
     size_t row = (size_t)kv->n_kv_heads * kv->head_dim;
     for (int t = 0; t < T; t++) {
         int32_t blk = tp[t].blocks[tp[t].pos / kv->block_size];
         size_t slot = (size_t)blk * kv->block_size + (size_t)(tp[t].pos % kv->block_size);
         const float *ks = k + (size_t)t * row, *vs = v + (size_t)t * row;
         if (kv->type == QT_F16) {
-            uint16_t *kd = (uint16_t *)kv->k + slot * row, *vd = (uint16_t *)kv->v + slot * row;
-            for (size_t i = 0; i < row; i++) {
-                kd[i] = qt_f32_to_f16(ks[i]);
-                vd[i] = qt_f32_to_f16(vs[i]);
-            }
+            c->k->to_f16(ks, (uint16_t *)kv->k + slot * row, (int)row);
+            c->k->to_f16(vs, (uint16_t *)kv->v + slot * row, (int)row);
         } else {
             memcpy((float *)kv->k + slot * row, ks, row * sizeof(float));
             memcpy((float *)kv->v + slot * row, vs, row * sizeof(float));
@@ -605,11 +643,19 @@ static int cpu_attention(void *ctx, const struct dev_kv *kv, const struct dev_to
     return 0;
 }
 
+static void silu_mul_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    const struct rows_job *j = arg;
+    (void)worker;
+    for (int64_t t = b; t < e; t++)
+        j->c->k->silu_mul(j->x + (size_t)t * j->n, j->y + (size_t)t * j->n, j->n,
+                          j->out + (size_t)t * j->n);
+}
+
 static int cpu_silu_mul(void *ctx, const float *gate, const float *up, int T, int n, float *out)
 {
-    struct cpu *c = ctx;
-    for (int t = 0; t < T; t++)
-        c->k->silu_mul(gate + (size_t)t * n, up + (size_t)t * n, n, out + (size_t)t * n);
+    struct rows_job j = {.c = ctx, .x = gate, .y = up, .out = out, .n = n};
+    run_rows(ctx, T, silu_mul_cb, &j);
     return 0;
 }
 
@@ -622,11 +668,20 @@ static int cpu_add_bias(void *ctx, float *x, const float *b, int T, int n)
     return 0;
 }
 
+static void add_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    const struct rows_job *j = arg;
+    (void)worker;
+    for (int64_t i = b; i < e; i++)
+        j->out[i] += j->y[i];
+}
+
 static int cpu_add(void *ctx, float *x, const float *y, size_t n)
 {
-    (void)ctx;
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
+    struct cpu *c = ctx;
+    struct rows_job j = {.c = c, .y = y, .out = x};
+    /* elementwise: any split gives the same sums */
+    pool_run(&c->pool, (int64_t)n, n >= 16384 ? 4096 : (int64_t)n, add_cb, &j);
     return 0;
 }
 

@@ -104,6 +104,8 @@ struct cpu_kernels {
     double (*exp_sum)(const float *x, float max, float *y, int n);
     /* x[i] = x[i] * s rounded to the nearest f16 value (ties to even), kept as float */
     void (*scale_round_f16)(float *x, float s, int n);
+    /* y[i] = x[i] rounded to the nearest f16 (ties to even) */
+    void (*to_f16)(const float *x, uint16_t *y, int n);
     /* out = silu(gate) * up over n values, 8 at a time, the rest with libm expf */
     void (*silu_mul)(const float *gate, const float *up, int n, float *out);
 };

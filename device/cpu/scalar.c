@@ -286,6 +286,12 @@ static void scale_round_f16(float *x, float s, int n)
         x[i] = qt_f16_to_f32(qt_f32_to_f16(x[i] * s));
 }
 
+static void to_f16(const float *x, uint16_t *y, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = qt_f32_to_f16(x[i]);
+}
+
 const struct cpu_kernels cpu_kernels_scalar = {
     .name = "scalar",
     .quant_q8_0 = quant_q8_0,
@@ -301,5 +307,6 @@ const struct cpu_kernels cpu_kernels_scalar = {
     .reduce_lanes = reduce_lanes,
     .exp_sum = exp_sum,
     .scale_round_f16 = scale_round_f16,
+    .to_f16 = to_f16,
     .silu_mul = silu_mul,
 };
