@@ -334,113 +334,214 @@ static inline __m256 ld_f16(const uint16_t *p)
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-/*
- * Scores 8 rows at a time in the 8-lane order (one accumulator per row, its
- * lanes summed as hsum8 does), 2 rows at a time in the 32-lane order (four
- * accumulators per row, summed as llama.cpp's vector dot does).  Rows past n
- * repeat the last row and are not stored.
- */
-static void scores_f16(const float *q, const uint16_t *k, const int32_t *blocks, int bs,
-                       size_t row, int n, int d, int n_lanes, float scale, float *out)
+/* lane 0: the 32-lane sum of a[0..3]: (a0 + a2) + (a1 + a3), lo + hi, two hadds */
+static inline float sum32_4(const __m256 *a)
 {
-    struct paged w = {k, blocks, bs, 0, 0, 1, row};
+    __m256 x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    t = _mm_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_hadd_ps(t, t));
+}
+
+/*
+ * The 8-lane order: R rows of K at a time against NQ queries, one
+ * accumulator per (query, row), summed as hsum8 does.  Rows past n repeat
+ * the last row and are not stored.  R * NQ <= 12 keeps them in registers.
+ */
+static inline __attribute__((always_inline)) void
+scores8(const int R, const int NQ, const float *q, size_t q_stride, const uint16_t *k,
+        const int32_t *blocks, int bs, size_t row, int n, int d,
+        float scale, float *out, size_t out_stride)
+{
+    struct paged wk = {k, blocks, bs, 0, 0, 1, row}, *w = &wk; /* local: kept in registers */
     const __m256 vs = _mm256_set1_ps(scale);
-    int nc = d / 8;
-    if (n_lanes == 8) {
-        for (int p0 = 0; p0 < n; p0 += 8) {
-            const uint16_t *kr[8];
-            __m256 acc[8];
-            for (int r = 0; r < 8; r++)
-                kr[r] = p0 + r < n ? paged_next(&w) : kr[r - 1];
-#pragma GCC unroll 8
-            for (int r = 0; r < 8; r++)
-                acc[r] = _mm256_setzero_ps();
-            for (int c = 0; c < nc; c++) {
-                __m256 qv = _mm256_loadu_ps(q + 8 * c);
-#pragma GCC unroll 8
-                for (int r = 0; r < 8; r++)
-                    acc[r] = _mm256_fmadd_ps(qv, ld_f16(kr[r] + 8 * c), acc[r]);
+    for (int p0 = 0; p0 < n; p0 += R) {
+        const uint16_t *kr[8];
+        __m256 acc[3][8];
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            kr[r] = p0 + r < n ? paged_next(w) : kr[r - 1];
+        #pragma GCC unroll 8
+        for (int h = 0; h < NQ; h++)
+            #pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                acc[h][r] = _mm256_setzero_ps();
+        for (int c = 0; c < d / 8; c++) {
+            #pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                __m256 kv = ld_f16(kr[r] + 8 * c);
+                #pragma GCC unroll 8
+                for (int h = 0; h < NQ; h++)
+                    acc[h][r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * q_stride + 8 * c), kv,
+                                                acc[h][r]);
             }
+        }
+        int m = n - p0 < R ? n - p0 : R;
+        #pragma GCC unroll 8
+        for (int h = 0; h < NQ; h++) {
             float res[8];
-            _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc, acc + 4), vs));
-            memcpy(out + p0, res, sizeof(float) * (size_t)(n - p0 < 8 ? n - p0 : 8));
+            /* hsum8_2x4 takes two sets of 4: rows 0-3 and 4-7, or two heads' 0-3 */
+            if (R == 8) {
+                _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], acc[h] + 4), vs));
+            } else if (h + 1 < NQ) {
+                _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], acc[h + 1]), vs));
+                memcpy(out + (h + 1) * out_stride + p0, res + 4, sizeof(float) * (size_t)m);
+            } else {
+                _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], acc[h]), vs));
+            }
+            memcpy(out + h * out_stride + p0, res, sizeof(float) * (size_t)m);
+            if (R != 8 && h + 1 < NQ)
+                h++;
         }
-        return;
     }
-    for (int p0 = 0; p0 < n; p0 += 2) {
-        const uint16_t *k0 = paged_next(&w), *k1 = p0 + 1 < n ? paged_next(&w) : k0;
-        __m256 a[4], b[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++)
-            a[j] = b[j] = _mm256_setzero_ps();
+}
+
+/* The 32-lane order: R rows against NQ queries, four accumulators each. */
+static inline __attribute__((always_inline)) void
+scores32(const int R, const int NQ, const float *q, size_t q_stride, const uint16_t *k,
+        const int32_t *blocks, int bs, size_t row, int n, int d,
+         float scale, float *out, size_t out_stride)
+{
+    struct paged wk = {k, blocks, bs, 0, 0, 1, row}, *w = &wk; /* local: kept in registers */
+    int nc = d / 8;
+    for (int p0 = 0; p0 < n; p0 += R) {
+        const uint16_t *kr[2];
+        __m256 acc[3][2][4];
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            kr[r] = p0 + r < n ? paged_next(w) : kr[r - 1];
+        #pragma GCC unroll 8
+        for (int h = 0; h < NQ; h++)
+            #pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                #pragma GCC unroll 8
+                for (int j = 0; j < 4; j++)
+                    acc[h][r][j] = _mm256_setzero_ps();
         int c = 0;
-        for (; c + 4 <= nc; c += 4) {
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                __m256 qv = _mm256_loadu_ps(q + 8 * (c + j));
-                a[j] = _mm256_fmadd_ps(qv, ld_f16(k0 + 8 * (c + j)), a[j]);
-                b[j] = _mm256_fmadd_ps(qv, ld_f16(k1 + 8 * (c + j)), b[j]);
+        for (; c + 4 <= nc; c += 4)
+            #pragma GCC unroll 8
+            for (int j = 0; j < 4; j++)
+                #pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    __m256 kv = ld_f16(kr[r] + 8 * (c + j));
+                    #pragma GCC unroll 8
+                    for (int h = 0; h < NQ; h++)
+                        acc[h][r][j] = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(q + h * q_stride + 8 * (c + j)), kv, acc[h][r][j]);
+                }
+        #pragma GCC unroll 8
+        for (int j = 0; j < 3; j++) { /* the last chunks: chunk c + j to accumulator j */
+            if (c + j >= nc)
+                break;
+            #pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                __m256 kv = ld_f16(kr[r] + 8 * (c + j));
+                #pragma GCC unroll 8
+                for (int h = 0; h < NQ; h++)
+                    acc[h][r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * q_stride + 8 * (c + j)),
+                                                   kv, acc[h][r][j]);
             }
         }
-        for (int j = 0; c < nc; c++, j++) {
-            __m256 qv = _mm256_loadu_ps(q + 8 * c);
-            a[j] = _mm256_fmadd_ps(qv, ld_f16(k0 + 8 * c), a[j]);
-            b[j] = _mm256_fmadd_ps(qv, ld_f16(k1 + 8 * c), b[j]);
-        }
-        /* per row: (x0 + x2) + (x1 + x3), then lo + hi, then two horizontal adds */
-        __m256 x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
-        __m256 y = _mm256_add_ps(_mm256_add_ps(b[0], b[2]), _mm256_add_ps(b[1], b[3]));
-        __m128 tx = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-        __m128 ty = _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
-        __m128 t = _mm_hadd_ps(_mm_hadd_ps(tx, ty), _mm_setzero_ps()); /* [x y 0 0] */
-        float res[4];
-        _mm_storeu_ps(res, _mm_mul_ps(t, _mm256_castps256_ps128(vs)));
-        out[p0] = res[0];
-        if (p0 + 1 < n)
-            out[p0 + 1] = res[1];
+        #pragma GCC unroll 8
+        for (int h = 0; h < NQ; h++)
+            #pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                if (p0 + r < n)
+                    out[h * out_stride + p0 + r] = sum32_4(acc[h][r]) * scale;
+    }
+}
+
+static void scores_f16(const float *q, size_t q_stride, int nq, const uint16_t *k,
+                       const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes,
+                       float scale, float *out, size_t out_stride)
+{
+    if (n_lanes == 8) {
+        if (nq == 1)
+            scores8(8, 1, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+        else if (nq == 2)
+            scores8(4, 2, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+        else
+            scores8(4, 3, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+    } else {
+        if (nq == 1)
+            scores32(2, 1, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+        else if (nq == 2)
+            scores32(1, 2, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+        else
+            scores32(1, 3, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
     }
 }
 
 /*
  * The V pass lane by lane: lane l's positions l, l + n_lanes, ... in order,
- * its d values in registers 64 at a time, so each lane row is written once.
+ * C * 8 values of each of the NQ heads in registers (C * NQ <= 12), so each
+ * lane row is written once and each V row converted once for all heads.
  */
-static void accum_v_f16(float *acc, const float *p, const uint16_t *v, const int32_t *blocks,
-                        int bs, size_t row, int n, int d, int n_lanes)
+static inline __attribute__((always_inline)) void
+accum_v_n(const int C, const int NQ, float *acc, size_t acc_stride, const float *p,
+          size_t p_stride, const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n,
+          int d, int n_lanes)
 {
+    const int W = 8 * C;
     for (int l = 0; l < n_lanes; l++) {
-        float *a = acc + (size_t)l * d;
-        for (int s0 = 0; s0 < d; s0 += 64) {
+        for (int s0 = 0; s0 < d; s0 += W) {
             struct paged w = {v + s0, blocks, bs, 0, 0, n_lanes, row};
-            if (d - s0 >= 64) {
-                __m256 x[8];
-#pragma GCC unroll 8
-                for (int c = 0; c < 8; c++)
-                    x[c] = _mm256_setzero_ps();
+            if (d - s0 >= W) {
+                __m256 x[3][8];
+                #pragma GCC unroll 8
+                for (int h = 0; h < NQ; h++)
+                    #pragma GCC unroll 8
+                    for (int c = 0; c < C; c++)
+                        x[h][c] = _mm256_setzero_ps();
                 if (l < n)
                     paged_at(&w, l);
                 for (int r = l; r < n; r += n_lanes) {
                     const uint16_t *vr = paged_next(&w);
-                    __m256 pr = _mm256_set1_ps(p[r]);
-#pragma GCC unroll 8
-                    for (int c = 0; c < 8; c++)
-                        x[c] = _mm256_fmadd_ps(pr, ld_f16(vr + 8 * c), x[c]);
+                    __m256 pr[3];
+                    #pragma GCC unroll 8
+                    for (int h = 0; h < NQ; h++)
+                        pr[h] = _mm256_broadcast_ss(p + h * p_stride + r);
+                    #pragma GCC unroll 8
+                    for (int c = 0; c < C; c++) {
+                        __m256 vv = ld_f16(vr + 8 * c);
+                        #pragma GCC unroll 8
+                        for (int h = 0; h < NQ; h++)
+                            x[h][c] = _mm256_fmadd_ps(pr[h], vv, x[h][c]);
+                    }
                 }
-#pragma GCC unroll 8
-                for (int c = 0; c < 8; c++)
-                    _mm256_storeu_ps(a + s0 + 8 * c, x[c]);
+                #pragma GCC unroll 8
+                for (int h = 0; h < NQ; h++)
+                    #pragma GCC unroll 8
+                    for (int c = 0; c < C; c++)
+                        _mm256_storeu_ps(acc + h * acc_stride + (size_t)l * d + s0 + 8 * c,
+                                         x[h][c]);
                 continue;
             }
-            for (int c = 0; c < (d - s0) / 8; c++) { /* a last slice under 64 values */
-                __m256 x = _mm256_setzero_ps();
-                if (l < n)
-                    paged_at(&w, l);
-                for (int r = l; r < n; r += n_lanes)
-                    x = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), ld_f16(paged_next(&w) + 8 * c), x);
-                _mm256_storeu_ps(a + s0 + 8 * c, x);
-            }
+            #pragma GCC unroll 8
+            for (int h = 0; h < NQ; h++) /* a last slice under W values */
+                for (int c = 0; c < (d - s0) / 8; c++) {
+                    __m256 x = _mm256_setzero_ps();
+                    if (l < n)
+                        paged_at(&w, l);
+                    for (int r = l; r < n; r += n_lanes)
+                        x = _mm256_fmadd_ps(_mm256_set1_ps(p[h * p_stride + r]),
+                                            ld_f16(paged_next(&w) + 8 * c), x);
+                    _mm256_storeu_ps(acc + h * acc_stride + (size_t)l * d + s0 + 8 * c, x);
+                }
         }
     }
+}
+
+static void accum_v_f16(float *acc, size_t acc_stride, const float *p, size_t p_stride, int nq,
+                        const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d,
+                        int n_lanes)
+{
+    if (nq == 1)
+        accum_v_n(8, 1, acc, acc_stride, p, p_stride, v, blocks, bs, row, n, d, n_lanes);
+    else if (nq == 2)
+        accum_v_n(4, 2, acc, acc_stride, p, p_stride, v, blocks, bs, row, n, d, n_lanes);
+    else
+        accum_v_n(4, 3, acc, acc_stride, p, p_stride, v, blocks, bs, row, n, d, n_lanes);
 }
 
 static void reduce_lanes(const float *acc, int d, int n_lanes, float *out)

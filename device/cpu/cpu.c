@@ -555,73 +555,87 @@ struct attn_job {
     const struct dev_tokpos *tp;
     const float *q;
     int n_heads;
+    int gsz; /* query heads per work item, sharing their KV head */
     float scale;
     float *out;
 };
 
 /*
- * One (token, head): softmax(q . k_p * scale) over the sequence's positions
- * 0..pos, then the sum of p_p v_p, reading K and V block by block.  The
- * arithmetic follows llama.cpp's: q and the probabilities are rounded to f16
- * for the f16 cache, and the dot products keep its summation order - the
- * GEMM order for a sequence's multi-token chunk, the vector-dot order for a
- * lone token (see kernels.h).
+ * One (token, gsz query heads of one KV head): softmax(q . k_p * scale) over
+ * the sequence's positions 0..pos, then the sum of p_p v_p, reading K and V
+ * block by block.  The arithmetic follows llama.cpp's: q and the
+ * probabilities are rounded to f16 for the f16 cache, and the dot products
+ * keep its summation order - the GEMM order for a sequence's multi-token
+ * chunk, the vector-dot order for a lone token (see kernels.h).  Each head's
+ * result is the same whatever gsz is.
  */
 static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
 {
     struct attn_job *j = arg;
     const struct dev_kv *kv = j->kv;
     const struct cpu_kernels *k = j->c->k;
-    int hd = kv->head_dim, bs = kv->block_size;
+    int hd = kv->head_dim, bs = kv->block_size, g = j->gsz;
     size_t row = (size_t)kv->n_kv_heads * hd;
-    int group = j->n_heads / kv->n_kv_heads;
+    int group = j->n_heads / kv->n_kv_heads, items = j->n_heads / g;
     int f16 = kv->type == QT_F16;
     for (int64_t it = b; it < e; it++) {
-        int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kh = h / group;
+        int t = (int)(it / items), h0 = (int)(it % items) * g, kh = h0 / group;
         const struct dev_tokpos *tp = &j->tp[t];
         int n = tp->pos + 1;
         int lanes = tp->chunk ? 8 : 32;
-        float *sc = j->c->per_worker[worker].p; /* n scores */
-        float *qh = sc + n;                     /* hd: the query as the dots see it */
-        float *acc = qh + hd;                   /* 32 x hd lanes of the V pass */
-        const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
-        memcpy(qh, q, sizeof(float) * (size_t)hd);
-        if (f16) /* the query meets K in f16 */
-            k->scale_round_f16(qh, 1.0f, hd);
+        /* per head: n scores, hd of the query as the dots see it, 32 x hd lanes */
+        size_t per_head = (size_t)n + 33 * (size_t)hd;
+        float *sc = j->c->per_worker[worker].p, *qh = sc + n, *acc = qh + hd;
         const int32_t *blocks = tp->blocks;
-        float mx = -INFINITY;
-        if (f16) {
-            k->scores_f16(qh, (const uint16_t *)kv->k + kh * hd, blocks, bs, row, n, hd, lanes,
-                          j->scale, sc);
-            for (int p = 0; p < n; p++)
-                mx = sc[p] > mx ? sc[p] : mx;
-        } else {
-            for (int p = 0; p < n; p++) {
-                size_t slot = (size_t)blocks[p / bs] * bs + (size_t)(p % bs);
-                sc[p] = k->dot_f32(qh, (const float *)kv->k + slot * row + kh * hd, hd) * j->scale;
-                mx = fmaxf(mx, sc[p]);
+        for (int i = 0; i < g; i++) {
+            memcpy(qh + i * per_head, j->q + ((size_t)t * j->n_heads + h0 + i) * hd,
+                   sizeof(float) * (size_t)hd);
+            if (f16) /* the query meets K in f16 */
+                k->scale_round_f16(qh + i * per_head, 1.0f, hd);
+        }
+        if (f16)
+            k->scores_f16(qh, per_head, g, (const uint16_t *)kv->k + kh * hd, blocks, bs, row, n,
+                          hd, lanes, j->scale, sc, per_head);
+        for (int i = 0; i < g; i++) {
+            float *s = sc + i * per_head, mx = -INFINITY;
+            if (f16) {
+                for (int p = 0; p < n; p++)
+                    mx = s[p] > mx ? s[p] : mx;
+            } else {
+                for (int p = 0; p < n; p++) {
+                    size_t slot = (size_t)blocks[p / bs] * bs + (size_t)(p % bs);
+                    s[p] = k->dot_f32(qh + i * per_head, (const float *)kv->k + slot * row + kh * hd,
+                                      hd) *
+                           j->scale;
+                    mx = fmaxf(mx, s[p]);
+                }
+            }
+            float inv = (float)(1.0 / k->exp_sum(s, mx, s, n));
+            if (f16) { /* the probabilities meet V in f16 */
+                k->scale_round_f16(s, inv, n);
+            } else {
+                for (int p = 0; p < n; p++)
+                    s[p] *= inv;
             }
         }
-        float inv = (float)(1.0 / k->exp_sum(sc, mx, sc, n));
-        if (f16) { /* the probabilities meet V in f16 */
-            k->scale_round_f16(sc, inv, n);
-        } else {
-            for (int p = 0; p < n; p++)
-                sc[p] *= inv;
-        }
-        float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
         if (f16) {
-            k->accum_v_f16(acc, sc, (const uint16_t *)kv->v + kh * hd, blocks, bs, row, n, hd,
-                           lanes);
-            k->reduce_lanes(acc, hd, lanes, o);
-        } else {
-            for (int i = 0; i < hd; i++)
-                o[i] = 0.0f;
+            k->accum_v_f16(acc, per_head, sc, per_head, g, (const uint16_t *)kv->v + kh * hd,
+                           blocks, bs, row, n, hd, lanes);
+            for (int i = 0; i < g; i++)
+                k->reduce_lanes(acc + i * per_head, hd, lanes,
+                                j->out + ((size_t)t * j->n_heads + h0 + i) * hd);
+            continue;
+        }
+        for (int i = 0; i < g; i++) {
+            const float *s = sc + i * per_head;
+            float *o = j->out + ((size_t)t * j->n_heads + h0 + i) * hd;
+            for (int d = 0; d < hd; d++)
+                o[d] = 0.0f;
             for (int p = 0; p < n; p++) {
-                size_t slot = (size_t)tp->blocks[p / bs] * bs + (size_t)(p % bs);
+                size_t slot = (size_t)blocks[p / bs] * bs + (size_t)(p % bs);
                 const float *v = (const float *)kv->v + slot * row + (size_t)kh * hd;
-                for (int i = 0; i < hd; i++)
-                    o[i] += sc[p] * v[i];
+                for (int d = 0; d < hd; d++)
+                    o[d] += s[p] * v[d];
             }
         }
     }
@@ -636,10 +650,17 @@ static int cpu_attention(void *ctx, const struct dev_kv *kv, const struct dev_to
     int32_t max_pos = 0;
     for (int t = 0; t < T; t++)
         max_pos = tp[t].pos > max_pos ? tp[t].pos : max_pos;
-    if (worker_scratch(c, ((size_t)max_pos + 1 + 33 * (size_t)kv->head_dim) * sizeof(float)))
+    /*
+     * Query heads of one KV head go together, up to 3 (the kernels' register
+     * budget): each K and V row is then read and converted once for them.
+     */
+    int group = n_heads / kv->n_kv_heads;
+    int gsz = group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1;
+    size_t per_head = (size_t)max_pos + 1 + 33 * (size_t)kv->head_dim;
+    if (worker_scratch(c, per_head * (size_t)gsz * sizeof(float)))
         return -ENOMEM;
-    struct attn_job j = {c, kv, tp, q, n_heads, scale, out};
-    pool_run(&c->pool, (int64_t)T * n_heads, 1, attn_cb, &j);
+    struct attn_job j = {c, kv, tp, q, n_heads, gsz, scale, out};
+    pool_run(&c->pool, (int64_t)T * (n_heads / gsz), 1, attn_cb, &j);
     return 0;
 }
 

@@ -86,18 +86,25 @@ struct cpu_kernels {
      * blocks[p / bs] * bs + p % bs of k or v (rows of `row` values apart;
      * k and v already point at the head's d values in row 0).
      *
+     * Both take nq (1 to 3) query heads that share one KV head, so a K or V
+     * row is read and converted once for all of them; head i's data is at
+     * i * stride of each per-head argument.  Each head's arithmetic is the
+     * same whatever nq is.
+     *
      * scores_f16: out[p] = (q . k_p) * scale for p < n, q being f32 values
      * already rounded to f16 and d % 8 == 0.
      */
-    void (*scores_f16)(const float *q, const uint16_t *k, const int32_t *blocks, int bs,
-                       size_t row, int n, int d, int n_lanes, float scale, float *out);
+    void (*scores_f16)(const float *q, size_t q_stride, int nq, const uint16_t *k,
+                       const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes,
+                       float scale, float *out, size_t out_stride);
     /*
      * The V pass over positions p < n: acc (n_lanes rows of d floats) is set
      * so that row p % n_lanes is the fused multiply-add of p[p] * v_p over its
      * positions in increasing order, from zero.
      */
-    void (*accum_v_f16)(float *acc, const float *p, const uint16_t *v, const int32_t *blocks,
-                        int bs, size_t row, int n, int d, int n_lanes);
+    void (*accum_v_f16)(float *acc, size_t acc_stride, const float *p, size_t p_stride, int nq,
+                        const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d,
+                        int n_lanes);
     /* out[i] = the n_lanes lanes of acc[.][i] summed in that path's order */
     void (*reduce_lanes)(const float *acc, int d, int n_lanes, float *out);
     /* y = e^(x - max) for n values in groups of 8 (zero past n); returns their sum */

@@ -189,27 +189,35 @@ static const uint16_t *paged_row(const uint16_t *base, const int32_t *blocks, in
     return base + ((size_t)blocks[p / bs] * bs + (size_t)(p % bs)) * row;
 }
 
-static void scores_f16(const float *q, const uint16_t *k, const int32_t *blocks, int bs,
-                       size_t row, int n, int d, int n_lanes, float scale, float *out)
+static void scores_f16(const float *q, size_t q_stride, int nq, const uint16_t *k,
+                       const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes,
+                       float scale, float *out, size_t out_stride)
 {
-    for (int p = 0; p < n; p++) {
-        const uint16_t *kr = paged_row(k, blocks, bs, row, p);
-        float lanes[32] = {0};
-        for (int i = 0; i < d; i++)
-            lanes[i % n_lanes] = fmaf(q[i], half(kr[i]), lanes[i % n_lanes]);
-        out[p] = (n_lanes == 8 ? sum8(lanes) : sum32(lanes)) * scale;
-    }
+    for (int h = 0; h < nq; h++)
+        for (int p = 0; p < n; p++) {
+            const uint16_t *kr = paged_row(k, blocks, bs, row, p);
+            const float *qh = q + h * q_stride;
+            float lanes[32] = {0};
+            for (int i = 0; i < d; i++)
+                lanes[i % n_lanes] = fmaf(qh[i], half(kr[i]), lanes[i % n_lanes]);
+            out[h * out_stride + p] = (n_lanes == 8 ? sum8(lanes) : sum32(lanes)) * scale;
+        }
 }
 
-static void accum_v_f16(float *acc, const float *p, const uint16_t *v, const int32_t *blocks,
-                        int bs, size_t row, int n, int d, int n_lanes)
+static void accum_v_f16(float *acc, size_t acc_stride, const float *p, size_t p_stride, int nq,
+                        const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d,
+                        int n_lanes)
 {
-    memset(acc, 0, sizeof(float) * (size_t)n_lanes * d);
-    for (int r = 0; r < n; r++) {
-        float *a = acc + (size_t)(r % n_lanes) * d;
-        const uint16_t *vr = paged_row(v, blocks, bs, row, r);
-        for (int i = 0; i < d; i++)
-            a[i] = fmaf(p[r], half(vr[i]), a[i]);
+    for (int h = 0; h < nq; h++) {
+        float *ah = acc + h * acc_stride;
+        const float *ph = p + h * p_stride;
+        memset(ah, 0, sizeof(float) * (size_t)n_lanes * d);
+        for (int r = 0; r < n; r++) {
+            float *a = ah + (size_t)(r % n_lanes) * d;
+            const uint16_t *vr = paged_row(v, blocks, bs, row, r);
+            for (int i = 0; i < d; i++)
+                a[i] = fmaf(ph[r], half(vr[i]), a[i]);
+        }
     }
 }
 

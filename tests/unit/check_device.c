@@ -1038,7 +1038,9 @@ END_TEST
  * counts: the AVX2 kernels take 64 values of a head at a time and walk the
  * block table by strides of 8 and 32, so 8, 40, 80 and 136 values per head
  * and blocks of 5 positions reach their other branches.  The scalar kernels
- * are the reference: the bits must agree, for a chunk and for lone tokens.
+ * are the reference: the bits must agree, for chunks and lone tokens, with
+ * 1, 2 and 5 query heads per KV head (the kernels take them alone, in
+ * pairs and in threes: 5 is the odd case that goes one at a time).
  */
 START_TEST(attention_head_sizes_scalar_and_avx2_agree)
 {
@@ -1049,16 +1051,18 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
         backends_destroy(&b);
         return;
     }
-    enum { BS = 5, NB = 12, N = 41, QH = 2 };
+    enum { BS = 5, NB = 12, N = 41, QH_MAX = 5 };
+    static const int n_qh[] = {1, 2, 5};
     static const int32_t blocks[] = {11, 2, 7, 0, 5, 9, 1, 3, 10}; /* 9 * 5 = 45 >= N */
     static const int dims[] = {8, 40, 80, 136};
     struct rng r = {1300};
-    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
-        int hd = dims[di];
+    for (size_t di = 0; di < 3 * sizeof dims / sizeof dims[0]; di++) {
+        int hd = dims[di / 3], QH = n_qh[di % 3];
         size_t bytes = (size_t)NB * BS * hd * 2;
         float *k = malloc(sizeof(float) * N * hd), *v = malloc(sizeof(float) * N * hd);
-        float *q = malloc(sizeof(float) * N * QH * hd);
-        float *out[2] = {malloc(sizeof(float) * N * QH * hd), malloc(sizeof(float) * N * QH * hd)};
+        float *q = malloc(sizeof(float) * N * QH_MAX * hd);
+        float *out[2] = {malloc(sizeof(float) * N * QH_MAX * hd),
+                         malloc(sizeof(float) * N * QH_MAX * hd)};
         for (int i = 0; i < N * hd; i++) {
             k[i] = rng_normal(&r);
             v[i] = rng_normal(&r);
@@ -1078,17 +1082,22 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
                 tp[p] = (struct dev_tokpos){blocks, p, 1};
             ck_assert_int_eq(dev_kv_store(devs[d], &kv[d], tp, N, k, v), 0);
         }
-        for (int chunk = 0; chunk < 2; chunk++) {
-            /* a chunk of the last 13 positions, or every position as a lone token */
-            int T = chunk ? 13 : N;
+        /*
+         * every position as a lone token, a chunk of the last 13, of the
+         * last 3, one lone token
+         */
+        static const int sets[][2] = {{N, 0}, {13, 1}, {3, 1}, {1, 0}}; /* T, chunk */
+        for (int qs = 0; qs < 4; qs++) {
+            int T = sets[qs][0], chunk = sets[qs][1];
             for (int t = 0; t < T; t++)
-                tp[t] = (struct dev_tokpos){blocks, chunk ? N - T + t : t, chunk};
+                tp[t] = (struct dev_tokpos){blocks, chunk || T == 1 ? N - T + t : t, chunk};
             for (int d = 0; d < 2; d++)
                 ck_assert_int_eq(dev_attention(devs[d], &kv[d], tp, T, q, QH, 0.125f, out[d]), 0);
             for (int i = 0; i < T * QH * hd; i++)
                 ck_assert_msg(memcmp(&out[0][i], &out[1][i], 4) == 0,
-                              "head_dim %d, %s, output %d: scalar %.9g avx2 %.9g", hd,
-                              chunk ? "chunk" : "lone tokens", i, out[0][i], out[1][i]);
+                              "head_dim %d, %d query heads, %d %s, output %d: scalar %.9g avx2 %.9g",
+                              hd, QH, T, chunk ? "in a chunk" : "lone tokens", i, out[0][i],
+                              out[1][i]);
         }
         for (int d = 0; d < 2; d++) {
             dev_free(devs[d], kv[d].k);
