@@ -58,6 +58,13 @@ struct dev_ops {
     int (*download)(void *ctx, void *dst, const void *src, size_t n);
     /* y[T x w->rows] = x[T x w->cols] . w^T */
     int (*matmul)(void *ctx, const struct dev_weight *w, const float *x, int T, float *y);
+    /*
+     * Optional: y[i] = x . w[i]^T for n (<= DEV_MATMUL_MAX) weights of one type
+     * and one column count, each result as matmul gives it; the activations
+     * are prepared once and the rows of all n shared out as one job.
+     */
+    int (*matmul_n)(void *ctx, const struct dev_weight *const *w, int n, const float *x, int T,
+                    float *const *y);
     /* out[T x cols] = rows ids[t] of table, dequantized */
     int (*embed)(void *ctx, const struct dev_weight *table, const int32_t *ids, int T, float *out);
     /* out[t] = x[t] / rms(x[t]) * w (w may be NULL) */
@@ -133,6 +140,25 @@ static inline int dev_matmul(struct dev *d, const struct dev_weight *w, const fl
                              float *y)
 {
     return d->ops->matmul(d->ctx, w, x, T, y);
+}
+
+#define DEV_MATMUL_MAX 4
+
+/* matmul_n where the backend has it and the weights allow, else n matmuls */
+static inline int dev_matmul_n(struct dev *d, const struct dev_weight *const *w, int n,
+                               const float *x, int T, float *const *y)
+{
+    int same = d->ops->matmul_n && n > 1 && n <= DEV_MATMUL_MAX;
+    for (int i = 1; same && i < n; i++)
+        same = w[i]->type == w[0]->type && w[i]->cols == w[0]->cols;
+    if (same)
+        return d->ops->matmul_n(d->ctx, w, n, x, T, y);
+    for (int i = 0; i < n; i++) {
+        int rc = d->ops->matmul(d->ctx, w[i], x, T, y[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 static inline int dev_embed(struct dev *d, const struct dev_weight *table, const int32_t *ids,

@@ -378,9 +378,9 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         // attention rmsnorm
         rc = dev_rmsnorm(d, m->x, ly->attn_norm, n, e, hp->rms_eps, m->xb);
         // qkv matmuls (+ biases for qwen2)
-        rc = rc ? rc : dev_matmul(d, &ly->wq, m->xb, n, m->q);
-        rc = rc ? rc : dev_matmul(d, &ly->wk, m->xb, n, m->k);
-        rc = rc ? rc : dev_matmul(d, &ly->wv, m->xb, n, m->v);
+        const struct dev_weight *qkv[3] = {&ly->wq, &ly->wk, &ly->wv};
+        float *qkv_out[3] = {m->q, m->k, m->v};
+        rc = rc ? rc : dev_matmul_n(d, qkv, 3, m->xb, n, qkv_out);
         if (!rc && ly->bq) {
             dev_add_bias(d, m->q, ly->bq, n, qd);
             dev_add_bias(d, m->k, ly->bk, n, kvd);
@@ -404,8 +404,9 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         // ffn rmsnorm
         rc = rc ? rc : dev_rmsnorm(d, m->x, ly->ffn_norm, n, e, hp->rms_eps, m->xb);
         // silu(gate) * up, then down, and residual
-        rc = rc ? rc : dev_matmul(d, &ly->w_gate, m->xb, n, m->hb);
-        rc = rc ? rc : dev_matmul(d, &ly->w_up, m->xb, n, m->hb2);
+        const struct dev_weight *gate_up[2] = {&ly->w_gate, &ly->w_up};
+        float *gate_up_out[2] = {m->hb, m->hb2};
+        rc = rc ? rc : dev_matmul_n(d, gate_up, 2, m->xb, n, gate_up_out);
         rc = rc ? rc : dev_silu_mul(d, m->hb, m->hb2, n, hp->n_ff, m->hb);
         rc = rc ? rc : dev_matmul(d, &ly->w_down, m->hb, n, m->xb2);
         rc = rc ? rc : dev_add(d, m->x, m->xb2, (size_t)n * e);

@@ -236,10 +236,13 @@ static enum act_fmt act_fmt_of(uint32_t type)
 
 struct mm_job {
     struct cpu *c;
-    const struct dev_weight *w;
+    const struct dev_weight *w; /* w[0]: the type and columns of all */
     const float *x;
     int T;
-    float *y;
+    int n_w; /* weights, each with its output */
+    const struct dev_weight *ws[DEV_MATMUL_MAX];
+    float *ys[DEV_MATMUL_MAX];
+    int64_t off[DEV_MATMUL_MAX + 1]; /* where each weight's work items start */
     enum act_fmt fmt;
     size_t act_row; /* bytes of one quantized activation row */
     /* the GEMM path: activations in groups of 4 rows, weights in row blocks */
@@ -289,15 +292,26 @@ static void mm_quant_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
     }
 }
 
+/* the work items [b, e) of all the weights: split at each weight's start */
+static void mm_split(struct mm_job *j, int64_t b, int64_t e, int worker,
+                     void (*one)(struct mm_job *, const struct dev_weight *, float *, int64_t,
+                                 int64_t, int))
+{
+    for (int i = 0; i < j->n_w; i++) {
+        int64_t lo = b > j->off[i] ? b : j->off[i], hi = e < j->off[i + 1] ? e : j->off[i + 1];
+        if (lo < hi)
+            one(j, j->ws[i], j->ys[i], lo - j->off[i], hi - j->off[i], worker);
+    }
+}
+
 /*
  * Row block by row block; within one, every group of 4 tokens against every
  * pair of rows, so the block's weights stay in cache across the groups and
  * a group's activations across the rows.
  */
-static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
+static void mm_grouped_one(struct mm_job *j, const struct dev_weight *w, float *yw, int64_t b,
+                           int64_t e, int worker)
 {
-    struct mm_job *j = arg;
-    const struct dev_weight *w = j->w;
     int64_t N = w->rows, n_groups = (j->T + 3) / 4;
     (void)worker;
     for (int64_t rb = b; rb < e; rb++) {
@@ -314,7 +328,7 @@ static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
                 else
                     j->c->k->gemm_q4_1(w0, w1, ag, w->cols, out);
                 for (int i = 0; i < nt; i++) {
-                    float *y = j->y + (4 * g + i) * N + r;
+                    float *y = yw + (4 * g + i) * N + r;
                     y[0] = out[i];
                     if (r + 1 < r1)
                         y[1] = out[4 + i];
@@ -322,6 +336,11 @@ static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
             }
         }
     }
+}
+
+static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    mm_split(arg, b, e, worker, mm_grouped_one);
 }
 
 static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
@@ -338,11 +357,10 @@ static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
     }
 }
 
-static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
+static void mm_rows_one(struct mm_job *j, const struct dev_weight *w, float *y, int64_t b,
+                        int64_t e, int worker)
 {
-    struct mm_job *j = arg;
     const struct cpu_kernels *k = j->c->k;
-    const struct dev_weight *w = j->w;
     int64_t K = w->cols, N = w->rows;
     for (int64_t r = b; r < e; r++) {
         const char *wr = (const char *)w->data + r * w->row_bytes;
@@ -354,7 +372,7 @@ static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
                 wf = tmp;
             }
             for (int t = 0; t < j->T; t++)
-                j->y[t * N + r] = k->dot_f32(wf, j->x + t * K, K);
+                y[t * N + r] = k->dot_f32(wf, j->x + t * K, K);
             continue;
         }
         for (int t = 0; t < j->T; t++) {
@@ -377,18 +395,35 @@ static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
                 v = k->dot_q5_1(wr, a, K);
                 break;
             }
-            j->y[t * N + r] = v;
+            y[t * N + r] = v;
         }
     }
 }
 
-static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int T, float *y)
+static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    mm_split(arg, b, e, worker, mm_rows_one);
+}
+
+static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, const float *x,
+                        int T, float *const *ys)
 {
     struct cpu *c = ctx;
+    if (n < 1 || n > DEV_MATMUL_MAX)
+        return -EINVAL;
+    const struct dev_weight *w = ws[0];
     const struct qt_info *qi = qt_info(w->type);
     if (!qi || !qi->can_dequant || T < 0 || w->cols % qi->blck_size)
         return -EINVAL;
-    struct mm_job j = {.c = c, .w = w, .x = x, .T = T, .y = y, .fmt = act_fmt_of(w->type)};
+    struct mm_job j = {.c = c, .w = w, .x = x, .T = T, .n_w = n, .fmt = act_fmt_of(w->type)};
+    int64_t rows = 0;
+    for (int i = 0; i < n; i++) {
+        if (ws[i]->type != w->type || ws[i]->cols != w->cols)
+            return -EINVAL;
+        j.ws[i] = ws[i];
+        j.ys[i] = ys[i];
+        rows += ws[i]->rows;
+    }
     if (j.fmt == ACT_F32) {
         if (w->type != QT_F32 && worker_scratch(c, (size_t)w->cols * sizeof(float)))
             return -ENOMEM;
@@ -409,20 +444,29 @@ static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int
                 return -ENOMEM;
             pool_run(&c->pool, n_groups, 1, mm_quant_grouped_cb, &j);
             /* blocks of at most 64 rows, at least two per thread */
-            int64_t rb = (w->rows + c->pool.n * 2 - 1) / (c->pool.n * 2);
+            int64_t rb = (rows + c->pool.n * 2 - 1) / (c->pool.n * 2);
             rb = rb > 64 ? 64 : rb < 2 ? 2 : rb;
             j.row_block = rb + (rb & 1);
-            pool_run(&c->pool, (w->rows + j.row_block - 1) / j.row_block, 1, mm_grouped_cb, &j);
+            for (int i = 0; i < n; i++) /* work items: each weight's row blocks */
+                j.off[i + 1] = j.off[i] + (ws[i]->rows + j.row_block - 1) / j.row_block;
+            pool_run(&c->pool, j.off[n], 1, mm_grouped_cb, &j);
             return 0;
         }
         if (!scratch_get(&c->act, j.act_row * (size_t)(T ? T : 1)))
             return -ENOMEM;
         pool_run(&c->pool, T, 1, mm_quant_cb, &j);
     }
+    for (int i = 0; i < n; i++) /* work items: rows */
+        j.off[i + 1] = j.off[i] + ws[i]->rows;
     /* chunks of rows; small enough to balance, large enough to amortize */
-    int64_t chunk = w->rows / (c->pool.n * 2);
-    pool_run(&c->pool, w->rows, chunk < 4 ? 4 : chunk, mm_rows_cb, &j);
+    int64_t chunk = rows / (c->pool.n * 2);
+    pool_run(&c->pool, rows, chunk < 4 ? 4 : chunk, mm_rows_cb, &j);
     return 0;
+}
+
+static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int T, float *y)
+{
+    return cpu_matmul_n(ctx, &w, 1, x, T, &y);
 }
 
 /* ---- elementwise and per-row ops --------------------------------------------- */
@@ -733,6 +777,7 @@ static const struct dev_ops dev_cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .matmul = cpu_matmul,
+    .matmul_n = cpu_matmul_n,
     .embed = cpu_embed,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

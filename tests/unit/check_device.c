@@ -458,6 +458,52 @@ START_TEST(matmul_rows_do_not_depend_on_batch)
 }
 END_TEST
 
+/*
+ * Several weights against one input in one call (the model's q, k, v and
+ * gate, up): each output equals its own matmul, bit for bit, for a decode
+ * row (T = 1) and a batch (the GEMM path), weights of different row counts
+ * (row blocks and chunks that straddle two weights), and a mix of types
+ * (dev_matmul_n then falls back to one matmul each).
+ */
+START_TEST(matmul_n_equals_separate_matmuls)
+{
+    struct backends b;
+    backends_create(&b, 2);
+    struct dev *devs[2];
+    int nd = backends_list(&b, devs);
+    float *x = make_acts(COLS, 14);
+    static const int64_t rows[3] = {ROWS, 20, 33};
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        struct tweight tw[3];
+        for (int i = 0; i < 3; i++) /* the last weight: another type when mixed */
+            tweight_init(&tw[i], i == 2 && ti % 2 ? all_types[(ti + 1) % N_TYPES] : all_types[ti],
+                         rows[i], COLS, 400 + ti * 3 + (size_t)i);
+        const struct dev_weight *ws[3] = {&tw[0].w, &tw[1].w, &tw[2].w};
+        float *ys[3], *ref = malloc(sizeof(float) * TMAX * ROWS);
+        for (int i = 0; i < 3; i++)
+            ys[i] = malloc(sizeof(float) * TMAX * ROWS);
+        for (int di = 0; di < nd; di++)
+            for (size_t bi = 0; bi < 3; bi++) {
+                int T = batch_sizes[bi];
+                ck_assert_int_eq(dev_matmul_n(devs[di], ws, 3, x, T, ys), 0);
+                for (int i = 0; i < 3; i++) {
+                    ck_assert_int_eq(dev_matmul(devs[di], ws[i], x, T, ref), 0);
+                    ck_assert_msg(memcmp(ref, ys[i], sizeof(float) * (size_t)(T * rows[i])) == 0,
+                                  "%s %s T=%d: weight %d of 3 differs from its own matmul",
+                                  dev_cpu_kernels_name(devs[di]), type_name(tw[i].w.type), T, i);
+                }
+            }
+        for (int i = 0; i < 3; i++) {
+            free(ys[i]);
+            tweight_free(&tw[i]);
+        }
+        free(ref);
+    }
+    free(x);
+    backends_destroy(&b);
+}
+END_TEST
+
 START_TEST(matmul_refuses_unsupported_weights)
 {
     struct backends b;
@@ -1155,6 +1201,7 @@ Suite *device_suite(void)
     tcase_add_test(tc, matmul_scalar_and_avx2_agree);
     tcase_add_test(tc, matmul_matches_dequantized_reference);
     tcase_add_test(tc, matmul_rows_do_not_depend_on_batch);
+    tcase_add_test(tc, matmul_n_equals_separate_matmuls);
     tcase_add_test(tc, matmul_refuses_unsupported_weights);
     tcase_add_test(tc, results_do_not_depend_on_thread_count);
     tcase_add_test(tc, embed_returns_dequantized_rows);
