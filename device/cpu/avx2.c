@@ -229,8 +229,8 @@ static inline __m128 head_pair(const uint8_t *p0, const uint8_t *p1)
     return _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0));
 }
 
-static void gemm_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a, int64_t k,
-                      float *out)
+static inline void tile_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a, int64_t k,
+                             float *out)
 {
     const uint8_t *p0 = w0, *p1 = w1;
     const __m256i pick_m = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
@@ -259,8 +259,8 @@ static void gemm_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a
     _mm256_storeu_ps(out, _mm256_add_ps(hsum8_2x4(acc0, acc1), summ));
 }
 
-static void gemm_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a, int64_t k,
-                      float *out)
+static inline void tile_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a, int64_t k,
+                             float *out)
 {
     const uint8_t *p0 = w0, *p1 = w1;
     __m256 acc0[4], acc1[4];
@@ -288,6 +288,38 @@ static void gemm_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a
         }
     }
     _mm256_storeu_ps(out, hsum8_2x4(acc0, acc1));
+}
+
+/* out = [r0 t0..t3, r1 t0..t3] of a tile -> y (tokens ldy apart), nt tokens */
+static inline void tile_store(const float *out, float *y, int64_t ldy, int nt, int two)
+{
+    for (int i = 0; i < nt; i++) {
+        y[i * ldy] = out[i];
+        if (two)
+            y[i * ldy + 1] = out[4 + i];
+    }
+}
+
+static void gemm_q4_1(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_1x4 *a,
+                      int64_t k, float *y, int64_t ldy, int nt)
+{
+    for (int64_t r = 0; r < n_rows; r += 2) {
+        const char *w0 = (const char *)w + r * row_bytes;
+        float out[8];
+        tile_q4_1(w0, r + 1 < n_rows ? w0 + row_bytes : w0, a, k, out);
+        tile_store(out, y + r, ldy, nt, r + 1 < n_rows);
+    }
+}
+
+static void gemm_q8_0(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_0x4 *a,
+                      int64_t k, float *y, int64_t ldy, int nt)
+{
+    for (int64_t r = 0; r < n_rows; r += 2) {
+        const char *w0 = (const char *)w + r * row_bytes;
+        float out[8];
+        tile_q8_0(w0, r + 1 < n_rows ? w0 + row_bytes : w0, a, k, out);
+        tile_store(out, y + r, ldy, nt, r + 1 < n_rows);
+    }
 }
 
 static float dot_f32(const float *a, const float *b, int64_t k)
@@ -622,7 +654,13 @@ static double exp_sum(const float *x, float max, float *y, int n)
 {
     double sum = 0.0;
     __m256 mx = _mm256_set1_ps(max);
-    for (int i = 0; i < n; i += 8) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx));
+        _mm256_storeu_ps(y + i, v);
+        sum += (double)hsum8(v);
+    }
+    for (; i < n; i += 8) { /* the last n % 8, padded as above */
         float in[8], out[8];
         int m = n - i < 8 ? n - i : 8;
         for (int l = 0; l < 8; l++)

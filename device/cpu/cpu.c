@@ -319,21 +319,12 @@ static void mm_grouped_one(struct mm_job *j, const struct dev_weight *w, float *
         for (int64_t g = 0; g < n_groups; g++) {
             const void *ag = (const char *)j->c->act.p + g * j->grp_bytes;
             int nt = j->T - 4 * g < 4 ? (int)(j->T - 4 * g) : 4;
-            for (int64_t r = r0; r < r1; r += 2) {
-                const char *w0 = (const char *)w->data + r * w->row_bytes;
-                const char *w1 = r + 1 < r1 ? w0 + w->row_bytes : w0;
-                float out[8];
-                if (j->fmt == ACT_Q8_0)
-                    j->c->k->gemm_q8_0(w0, w1, ag, w->cols, out);
-                else
-                    j->c->k->gemm_q4_1(w0, w1, ag, w->cols, out);
-                for (int i = 0; i < nt; i++) {
-                    float *y = yw + (4 * g + i) * N + r;
-                    y[0] = out[i];
-                    if (r + 1 < r1)
-                        y[1] = out[4 + i];
-                }
-            }
+            const char *wr = (const char *)w->data + r0 * w->row_bytes;
+            float *y = yw + 4 * g * N + r0;
+            if (j->fmt == ACT_Q8_0)
+                j->c->k->gemm_q8_0(wr, w->row_bytes, r1 - r0, ag, w->cols, y, N, nt);
+            else
+                j->c->k->gemm_q4_1(wr, w->row_bytes, r1 - r0, ag, w->cols, y, N, nt);
         }
     }
 }

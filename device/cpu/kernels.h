@@ -68,15 +68,16 @@ struct cpu_kernels {
     float (*dot_q5_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
     float (*dot_f32)(const float *a, const float *b, int64_t k);
     /*
-     * Optional (NULL: the single dots): weight rows w0 and w1 (w1 may be w0)
-     * against one group of 4 activation rows; out[4 * r + j] is row r . token
-     * j, bit-identical to the single dot.  The group layout keeps each
-     * block's 4 scales side by side so the scale work is one vector op.
+     * Optional (NULL: the single dots): n_rows weight rows (row_bytes apart)
+     * against one group of 4 activation rows, two rows at a time; y[i * ldy + r]
+     * = row r . token i for the first nt tokens, bit-identical to the single
+     * dot.  The group layout keeps each block's 4 scales side by side so the
+     * scale work is one vector op.
      */
-    void (*gemm_q4_1)(const void *w0, const void *w1, const struct blk_q8_1x4 *a, int64_t k,
-                      float *out);
-    void (*gemm_q8_0)(const void *w0, const void *w1, const struct blk_q8_0x4 *a, int64_t k,
-                      float *out);
+    void (*gemm_q4_1)(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_1x4 *a,
+                      int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q8_0)(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_0x4 *a,
+                      int64_t k, float *y, int64_t ldy, int nt);
     /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
      * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used
