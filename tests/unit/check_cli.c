@@ -371,6 +371,8 @@ START_TEST(run_and_bench_refuse_bad_input)
         ARGS("run", "-m", "/nonexistent.gguf", "-p", "x"),
         ARGS("bench", "-m", m, "-r", "0"),
         ARGS("bench", "-m", m, "--batch", "x"),
+        ARGS("bench", "-m", m, "-d", "-1"),
+        ARGS("bench", "-m", m, "-d", "deep"),
         ARGS("bench"),
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
@@ -386,7 +388,7 @@ START_TEST(bench_reports_json_rows)
 {
     struct result r = run("", 0,
                           ARGS("bench", "-m", test_model_path(), "-p", "16", "-n", "4", "-r", "2",
-                               "--batch", "3", "--json", "-t", "2"));
+                               "--batch", "3", "-d", "5", "--json", "-t", "2"));
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     char *line2 = strchr(r.out, '\n');
     ck_assert_ptr_nonnull(line2);
@@ -394,8 +396,8 @@ START_TEST(bench_reports_json_rows)
     cJSON *a = cJSON_Parse(r.out), *b = cJSON_Parse(line2);
     ck_assert_ptr_nonnull(a);
     ck_assert_ptr_nonnull(b);
-    ck_assert_str_eq(cJSON_GetObjectItem(a, "test")->valuestring, "pp16");
-    ck_assert_str_eq(cJSON_GetObjectItem(b, "test")->valuestring, "tg4@b3");
+    ck_assert_str_eq(cJSON_GetObjectItem(a, "test")->valuestring, "pp16 @ d5");
+    ck_assert_str_eq(cJSON_GetObjectItem(b, "test")->valuestring, "tg4@b3 @ d5");
     ck_assert(cJSON_GetObjectItem(a, "tokens_per_s")->valuedouble > 0);
     ck_assert(cJSON_GetObjectItem(b, "stddev")->valuedouble >= 0);
     ck_assert_int_eq(cJSON_GetObjectItem(b, "threads")->valueint, 2);
