@@ -132,6 +132,7 @@ enum eng_finish {
     ENG_FINISH_LENGTH,    /* max_tokens or the context */
     ENG_FINISH_CANCELLED, /* eng_cancel() */
     ENG_FINISH_ERROR,     /* the engine failed; see the event's text */
+    ENG_FINISH_TIMEOUT,   /* ran past eng_config.request_timeout; the text says so */
 };
 const char *eng_finish_name(enum eng_finish f); /* "stop", "length", ... */
 

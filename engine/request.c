@@ -22,6 +22,8 @@ const char *eng_finish_name(enum eng_finish f)
         return "cancelled";
     case ENG_FINISH_ERROR:
         return "error";
+    case ENG_FINISH_TIMEOUT:
+        return "timeout";
     default:
         return "none";
     }

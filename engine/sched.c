@@ -345,7 +345,7 @@ void sched_tick(struct engine *e)
     if (limit > 0) {
         char msg[96];
         snprintf(msg, sizeof(msg), "the request timed out after %g s (--request-timeout)", limit);
-        end_where(e, submitted_before, now - limit, ENG_FINISH_ERROR, msg);
+        end_where(e, submitted_before, now - limit, ENG_FINISH_TIMEOUT, msg);
     }
     sched_update_stats(e);
 }

@@ -182,7 +182,7 @@ static enum MHD_Result fail(struct MHD_Connection *mc, struct conn *c, unsigned 
     return reply_error(mc, c, &err);
 }
 
-/* ---- completions: the reader callback ------------------------------------------ */
+/* ---- completions: a stream's reader callback, or the whole result ---------------- */
 
 /* Whether the client closed its end (EOF or error on the socket). */
 static int client_gone(const struct conn *c)
@@ -241,17 +241,33 @@ static enum MHD_Result do_completion(struct MHD_Connection *mc, struct conn *c, 
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     c->fd = ci ? ci->connect_fd : MHD_INVALID_SOCKET;
+    if (!srv_job_stream(c->job)) {
+        /*
+         * Not streamed: wait here (this connection's own thread) for the whole
+         * result, so a failure gets its own status rather than a 200 sent
+         * ahead of it; a client that leaves meanwhile cancels the request.
+         */
+        for (;;) {
+            int rc = srv_job_pump(c->job, &c->out, POLL_SLICE_MS);
+            if (rc < 0)
+                return fail(mc, c, 500, NULL, NULL, "out of memory");
+            if (rc == SRV_JOB_DONE)
+                break;
+            if (rc == SRV_JOB_WAIT && client_gone(c)) {
+                srv_job_cancel(c->job);
+                return MHD_NO;
+            }
+        }
+        return reply(mc, c, (unsigned)srv_job_status(c->job), "application/json", c->out.p,
+                     c->out.n);
+    }
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, job_reader_cb, c, NULL);
     if (!r)
         return MHD_NO;
-    int stream = srv_job_stream(c->job);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-                            stream ? "text/event-stream; charset=utf-8" : "application/json");
-    if (stream) {
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        MHD_add_response_header(r, "X-Accel-Buffering", "no");
-    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
     c->status = 200;
     enum MHD_Result ok = MHD_queue_response(mc, 200, r);
     MHD_destroy_response(r);

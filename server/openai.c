@@ -632,8 +632,14 @@ struct srv_job {
     struct choice *c;
     int started; /* stream: the opening chunks are out */
     int done;
+    int status; /* 200, or the failed job's error status */
     int prompt_tokens, completion_tokens;
 };
+
+int srv_job_status(const struct srv_job *j)
+{
+    return j->status;
+}
 
 int srv_job_stream(const struct srv_job *j)
 {
@@ -674,6 +680,8 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
 {
     *out = NULL;
     struct srv_job *j = calloc(1, sizeof(*j));
+    if (j)
+        j->status = 200;
     int n = req->n_prompts * req->n;
     struct choice *c = j ? calloc((size_t)n, sizeof(*c)) : NULL;
     if (!c) {
@@ -970,7 +978,8 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok
     c->cached_tokens = ev->cached_tokens;
     j->completion_tokens += ev->completion_tokens;
     observe_end(ev);
-    if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {
+    if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED ||
+        ev->finish == ENG_FINISH_TIMEOUT) {
         c->error = srv_utf8_dup(ev->n_text ? ev->text : "the request was cancelled",
                                 ev->n_text ? ev->n_text : 25);
         return 0;
@@ -1046,12 +1055,19 @@ int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms)
         j->done = 1;
         srv_metrics_tokens(j->prompt_tokens, 0);
         const char *error = NULL;
-        for (int i = 0; i < j->n_choices; i++)
-            if (j->c[i].finish == ENG_FINISH_ERROR || j->c[i].finish == ENG_FINISH_CANCELLED)
+        int timeout = 0;
+        for (int i = 0; i < j->n_choices; i++) {
+            enum eng_finish f = j->c[i].finish;
+            if (f == ENG_FINISH_ERROR || f == ENG_FINISH_CANCELLED || f == ENG_FINISH_TIMEOUT) {
                 error = j->c[i].error ? j->c[i].error : "the request failed";
+                timeout = f == ENG_FINISH_TIMEOUT;
+            }
+        }
         if (error) {
             struct srv_error e;
-            srv_fail(&e, 500, NULL, NULL, "%s", error);
+            /* a timeout is the gateway's kind of failure, anything else ours */
+            j->status = timeout ? 504 : 500;
+            srv_fail(&e, j->status, NULL, timeout ? "timeout" : NULL, "%s", error);
             char *s = srv_error_json(&e);
             rc = s ? srv_buf_printf(out, j->req.stream ? "data: %s\n\n" : "%s", s) : -ENOMEM;
             free(s);

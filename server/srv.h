@@ -132,6 +132,8 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
  */
 int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms);
 int srv_job_stream(const struct srv_job *j);
+/* 200, or once SRV_JOB_DONE was returned for a failed job, the status its error names */
+int srv_job_status(const struct srv_job *j);
 void srv_job_usage(const struct srv_job *j, int *prompt, int *completion);
 void srv_job_cancel(struct srv_job *j);
 void srv_job_free(struct srv_job *j);

@@ -617,6 +617,54 @@ def test_cancel_running_and_queued():
         assert status == 200, data[:300]
 
 
+def test_non_streamed_client_leaving_cancels():
+    """A non-streamed request whose client closes the connection while it is
+    generating is cancelled: the gauges go back to idle within seconds."""
+    with serving([], "cancel-plain") as srv:
+        run0, wait0, kv0 = gauges(srv)
+        assert (run0, wait0) == (0, 0)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        body = dict(long_stream_body(0), stream=False)
+        conn.request("POST", "/v1/completions", body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        wait_for(lambda: gauges(srv)[0] == 1, 10, "the request to be running")
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        wait_for(lambda: gauges(srv) == (0, 0, kv0), 5,
+                 "running, waiting and kv usage back to idle after the client left")
+        status, _, data = post(srv, comp_body("Hello", 4))
+        assert status == 200, data[:300]
+
+
+def test_request_timeout():
+    """--request-timeout 1: a long request ends after about a second - not
+    streamed, with 504 and an OpenAI error (code "timeout"); streamed, with an
+    error event and no [DONE] - and the server goes on serving."""
+    with serving(["--request-timeout", "1"], "timeout") as srv:
+        t0 = time.monotonic()
+        status, _, data = post(srv, dict(long_stream_body(1), stream=False), timeout=30)
+        took = time.monotonic() - t0
+        assert status == 504, (status, data[:300])
+        err = error_obj(data)
+        assert err["code"] == "timeout" and "--request-timeout" in err["message"], err
+        assert took < 5, f"the 1 s timeout took {took:.1f} s"
+        s = Stream(srv, long_stream_body(2))
+        try:
+            s.read_all()
+        finally:
+            s.close()
+        assert s.error is None, s.error
+        assert not s.done, "a timed-out stream ended with [DONE]"
+        last = s.chunks[-1]
+        assert "error" in last and last["error"]["code"] == "timeout", last
+        assert s.n_content > 0, "no tokens before the timeout"
+        wait_for(lambda: gauges(srv)[:2] == (0, 0), 5, "no requests running or waiting")
+        status, _, data = post(srv, comp_body("Hello", 4))
+        assert status == 200, data[:300]
+        assert_completion(data, 4)
+
+
 # --------------------------------------------------------------------------
 # 6. draining on SIGTERM
 # --------------------------------------------------------------------------
