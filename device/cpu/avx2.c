@@ -229,9 +229,10 @@ static inline __m128 head_pair(const uint8_t *p0, const uint8_t *p1)
     return _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0));
 }
 
-static inline void tile_q4_1(const void *w0, const void *w1, const struct blk_q8_1x4 *a, int64_t k,
+static inline void tile_q4_1(const void *w0, const void *w1, const void *act, int64_t k,
                              float *out)
 {
+    const struct blk_q8_1x4 *a = act;
     const uint8_t *p0 = w0, *p1 = w1;
     const __m256i pick_m = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
     __m256 acc0[4], acc1[4], summ = _mm256_setzero_ps();
@@ -259,9 +260,10 @@ static inline void tile_q4_1(const void *w0, const void *w1, const struct blk_q8
     _mm256_storeu_ps(out, _mm256_add_ps(hsum8_2x4(acc0, acc1), summ));
 }
 
-static inline void tile_q8_0(const void *w0, const void *w1, const struct blk_q8_0x4 *a, int64_t k,
+static inline void tile_q8_0(const void *w0, const void *w1, const void *act, int64_t k,
                              float *out)
 {
+    const struct blk_q8_0x4 *a = act;
     const uint8_t *p0 = w0, *p1 = w1;
     __m256 acc0[4], acc1[4];
 #pragma GCC unroll 4
@@ -290,36 +292,34 @@ static inline void tile_q8_0(const void *w0, const void *w1, const struct blk_q8
     _mm256_storeu_ps(out, hsum8_2x4(acc0, acc1));
 }
 
-/* out = [r0 t0..t3, r1 t0..t3] of a tile -> y (tokens ldy apart), nt tokens */
-static inline void tile_store(const float *out, float *y, int64_t ldy, int nt, int two)
+/* the tiles of n_rows rows, two at a time, stored as [r0 t0..t3, r1 t0..t3] -> y */
+static inline __attribute__((always_inline)) void
+gemm_rows(void (*tile)(const void *, const void *, const void *, int64_t, float *), const void *w,
+          size_t row_bytes, int64_t n_rows, const void *a, int64_t k, float *y, int64_t ldy, int nt)
 {
-    for (int i = 0; i < nt; i++) {
-        y[i * ldy] = out[i];
-        if (two)
-            y[i * ldy + 1] = out[4 + i];
+    for (int64_t r = 0; r < n_rows; r += 2) {
+        const char *w0 = (const char *)w + r * row_bytes;
+        int two = r + 1 < n_rows;
+        float out[8];
+        tile(w0, two ? w0 + row_bytes : w0, a, k, out);
+        for (int i = 0; i < nt; i++) {
+            y[i * ldy + r] = out[i];
+            if (two)
+                y[i * ldy + r + 1] = out[4 + i];
+        }
     }
 }
 
 static void gemm_q4_1(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_1x4 *a,
                       int64_t k, float *y, int64_t ldy, int nt)
 {
-    for (int64_t r = 0; r < n_rows; r += 2) {
-        const char *w0 = (const char *)w + r * row_bytes;
-        float out[8];
-        tile_q4_1(w0, r + 1 < n_rows ? w0 + row_bytes : w0, a, k, out);
-        tile_store(out, y + r, ldy, nt, r + 1 < n_rows);
-    }
+    gemm_rows(tile_q4_1, w, row_bytes, n_rows, a, k, y, ldy, nt);
 }
 
 static void gemm_q8_0(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_0x4 *a,
                       int64_t k, float *y, int64_t ldy, int nt)
 {
-    for (int64_t r = 0; r < n_rows; r += 2) {
-        const char *w0 = (const char *)w + r * row_bytes;
-        float out[8];
-        tile_q8_0(w0, r + 1 < n_rows ? w0 + row_bytes : w0, a, k, out);
-        tile_store(out, y + r, ldy, nt, r + 1 < n_rows);
-    }
+    gemm_rows(tile_q8_0, w, row_bytes, n_rows, a, k, y, ldy, nt);
 }
 
 static float dot_f32(const float *a, const float *b, int64_t k)

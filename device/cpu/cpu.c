@@ -251,42 +251,38 @@ struct mm_job {
     int64_t row_block; /* rows per work item, even */
 };
 
-/* quantizes activation rows 4g..4g+3 into group g; rows past T are zero */
+/*
+ * Quantizes activation rows 4g..4g+3 into group g; rows past T are zero.
+ * Both group layouts are {d[4], (Q8_1: s[4],) qs[4][32]} per block and both
+ * single-row blocks {d, (s,) qs[32]}, so one copy loop serves either.
+ */
 static void mm_quant_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
 {
     struct mm_job *j = arg;
     int64_t nb = j->w->cols / QK;
-    void *tmp = j->c->per_worker[worker].p; /* one row of single blocks */
+    int q81 = j->fmt == ACT_Q8_1;
+    size_t sb = q81 ? sizeof(struct blk_q8_1) : sizeof(struct blk_q8_0);
+    size_t gb = q81 ? sizeof(struct blk_q8_1x4) : sizeof(struct blk_q8_0x4);
+    char *tmp = j->c->per_worker[worker].p; /* one row of single blocks */
     for (int64_t g = b; g < e; g++) {
         char *grp = (char *)j->c->act.p + g * j->grp_bytes;
         for (int i = 0; i < 4; i++) {
             int64_t t = 4 * g + i;
-            const float *x = t < j->T ? j->x + t * j->w->cols : NULL;
-            if (j->fmt == ACT_Q8_0) {
-                struct blk_q8_0 *s = tmp;
-                struct blk_q8_0x4 *d = (struct blk_q8_0x4 *)(void *)grp;
-                if (t < j->T)
-                    j->c->k->quant_q8_0(x, s, j->w->cols);
-                for (int64_t k = 0; k < nb; k++) {
-                    d[k].d[i] = t < j->T ? s[k].d : 0.0f;
-                    if (t < j->T)
-                        memcpy(d[k].qs[i], s[k].qs, QK);
-                    else
-                        memset(d[k].qs[i], 0, QK);
-                }
-            } else {
-                struct blk_q8_1 *s = tmp;
-                struct blk_q8_1x4 *d = (struct blk_q8_1x4 *)(void *)grp;
-                if (t < j->T)
-                    j->c->k->quant_q8_1(x, s, j->w->cols);
-                for (int64_t k = 0; k < nb; k++) {
-                    d[k].d[i] = t < j->T ? s[k].d : 0.0f;
-                    d[k].s[i] = t < j->T ? s[k].s : 0.0f;
-                    if (t < j->T)
-                        memcpy(d[k].qs[i], s[k].qs, QK);
-                    else
-                        memset(d[k].qs[i], 0, QK);
-                }
+            if (t < j->T && q81)
+                j->c->k->quant_q8_1(j->x + t * j->w->cols, (struct blk_q8_1 *)(void *)tmp,
+                                    j->w->cols);
+            else if (t < j->T)
+                j->c->k->quant_q8_0(j->x + t * j->w->cols, (struct blk_q8_0 *)(void *)tmp,
+                                    j->w->cols);
+            else
+                memset(tmp, 0, sb * (size_t)nb);
+            for (int64_t k = 0; k < nb; k++) {
+                const char *src = tmp + k * sb;
+                char *dst = grp + k * gb;
+                memcpy(dst + i * sizeof(float), src, sizeof(float));                      /* d */
+                if (q81)
+                    memcpy(dst + (4 + i) * sizeof(float), src + sizeof(float), sizeof(float)); /* s */
+                memcpy(dst + gb - (4 - i) * QK, src + sb - QK, QK);                          /* qs */
             }
         }
     }
