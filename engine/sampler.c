@@ -163,23 +163,6 @@ static void select_top(int32_t *idx, int n, int k, const float *v)
     }
 }
 
-/* the chosen token, its logprob and the alternatives asked for */
-static int finish_result(const struct smp_params *p, const float *logits, int V, float lse,
-                         int want_lp, int32_t tok, struct smp_result *out)
-{
-    out->token = tok;
-    out->logprob = want_lp ? logits[tok] - lse : 0.0f;
-    if (p->n_logprobs > 0) {
-        int32_t best[SMP_MAX_LOGPROBS];
-        out->n_top = top_n(logits, V, p->n_logprobs, best);
-        for (int i = 0; i < out->n_top; i++) {
-            out->top[i].token = best[i];
-            out->top[i].logprob = logits[best[i]] - lse;
-        }
-    }
-    return 0;
-}
-
 int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
 {
     const struct smp_params *p = &s->p;
@@ -200,34 +183,28 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
         lse = mx + (float)log(sum);
     }
 
-    /* bias and penalties (greedy without them reads the logits as they are) */
-    int plain = p->n_bias == 0 && p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
-                p->frequency_penalty == 0.0f;
-    if (plain && p->temperature == 0.0f) {
-        int32_t best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best])
-                best = i;
-        return finish_result(p, logits, V, lse, want_lp, best, out);
-    }
+    /* bias and penalties, on a copy (greedy without them reads the logits as they are) */
+    int penalties = p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+                    p->frequency_penalty != 0.0f;
     float *w = s->work;
-    memcpy(w, logits, (size_t)V * sizeof(*w));
-    for (int i = 0; i < p->n_bias; i++)
-        w[p->bias[i].token] += p->bias[i].bias;
-    if (p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
-        p->frequency_penalty != 0.0f) {
-        for (int i = 0; i < V; i++) {
+    const float *adj = logits;
+    if (p->n_bias || penalties || p->temperature != 0.0f) {
+        memcpy(w, logits, (size_t)V * sizeof(*w));
+        for (int i = 0; i < p->n_bias; i++)
+            w[p->bias[i].token] += p->bias[i].bias;
+        for (int i = 0; penalties && i < V; i++) {
             if (p->repetition_penalty != 1.0f && (s->in_prompt[i] || s->count[i]))
                 w[i] = w[i] > 0 ? w[i] / p->repetition_penalty : w[i] * p->repetition_penalty;
             if (s->count[i])
                 w[i] -= p->frequency_penalty * (float)s->count[i] + p->presence_penalty;
         }
+        adj = w;
     }
 
     int32_t tok = 0;
     if (p->temperature == 0.0f) {
         for (int i = 1; i < V; i++)
-            if (w[i] > w[tok])
+            if (adj[i] > adj[tok])
                 tok = i;
     } else {
         /* candidates: all tokens, or the top k */
@@ -277,5 +254,15 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
             }
         }
     }
-    return finish_result(p, logits, V, lse, want_lp, tok, out);
+    out->token = tok;
+    out->logprob = want_lp ? logits[tok] - lse : 0.0f;
+    if (p->n_logprobs > 0) {
+        int32_t best[SMP_MAX_LOGPROBS];
+        out->n_top = top_n(logits, V, p->n_logprobs, best);
+        for (int i = 0; i < out->n_top; i++) {
+            out->top[i].token = best[i];
+            out->top[i].logprob = logits[best[i]] - lse;
+        }
+    }
+    return 0;
 }

@@ -220,17 +220,25 @@ static inline __m256 hsum8_2x4(const __m256 *x, const __m256 *y)
                          _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* [d0 m0 d1 m1] (f16 pairs at the head of two blocks) as floats */
-static inline __m128 head_pair(const uint8_t *p0, const uint8_t *p1)
+/*
+ * The heads of block b of two weight rows: [d0 m0 d1 m1] (their leading f16
+ * pairs) as floats, and d0 and d1 broadcast; the rows' next bytes are asked
+ * for ahead.
+ */
+static inline __m256 tile_heads(const uint8_t *p0, const uint8_t *p1, __m256 *dw0, __m256 *dw1)
 {
+    _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
+    _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
     uint32_t h0, h1;
     memcpy(&h0, p0, 4);
     memcpy(&h1, p1, 4);
-    return _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0));
+    __m256 dm = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0)));
+    *dw0 = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256());
+    *dw1 = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2));
+    return dm;
 }
 
-static inline void tile_q4_1(const void *w0, const void *w1, const void *act, int64_t k,
-                             float *out)
+static inline void tile_q4_1(const void *w0, const void *w1, const void *act, int64_t k, float *out)
 {
     const struct blk_q8_1x4 *a = act;
     const uint8_t *p0 = w0, *p1 = w1;
@@ -240,14 +248,10 @@ static inline void tile_q4_1(const void *w0, const void *w1, const void *act, in
     for (int j = 0; j < 4; j++)
         acc0[j] = acc1[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < k / QK; b++, p0 += 20, p1 += 20, a++) {
-        _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
-        _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
-        __m256 dm = _mm256_castps128_ps256(head_pair(p0, p1));
+        __m256 dw0, dw1, dm = tile_heads(p0, p1, &dw0, &dw1);
         /* the min term: lanes 0-3 row 0 with tokens 0-3, lanes 4-7 row 1 */
         __m256 mw = _mm256_permutevar8x32_ps(dm, pick_m);
         summ = _mm256_fmadd_ps(mw, _mm256_broadcast_ps((const __m128 *)a->s), summ);
-        __m256 dw0 = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256());
-        __m256 dw1 = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2));
         __m256i q0 = nibbles(p0 + 4), q1 = nibbles(p1 + 4);
 #pragma GCC unroll 4 /* the 8 accumulators must stay in registers */
         for (int j = 0; j < 4; j++) {
@@ -260,8 +264,7 @@ static inline void tile_q4_1(const void *w0, const void *w1, const void *act, in
     _mm256_storeu_ps(out, _mm256_add_ps(hsum8_2x4(acc0, acc1), summ));
 }
 
-static inline void tile_q8_0(const void *w0, const void *w1, const void *act, int64_t k,
-                             float *out)
+static inline void tile_q8_0(const void *w0, const void *w1, const void *act, int64_t k, float *out)
 {
     const struct blk_q8_0x4 *a = act;
     const uint8_t *p0 = w0, *p1 = w1;
@@ -270,12 +273,9 @@ static inline void tile_q8_0(const void *w0, const void *w1, const void *act, in
     for (int j = 0; j < 4; j++)
         acc0[j] = acc1[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < k / QK; b++, p0 += 34, p1 += 34, a++) {
-        _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
-        _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
         /* only the d of each head is used; the next two bytes are quants */
-        __m256 dm = _mm256_castps128_ps256(head_pair(p0, p1));
-        __m256 dw0 = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256());
-        __m256 dw1 = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2));
+        __m256 dw0, dw1;
+        tile_heads(p0, p1, &dw0, &dw1);
         __m256i q0 = _mm256_loadu_si256((const __m256i *)(p0 + 2));
         __m256i q1 = _mm256_loadu_si256((const __m256i *)(p1 + 2));
         __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
@@ -380,50 +380,47 @@ static inline float sum32_4(const __m256 *a)
  * accumulator per (query, row), summed as hsum8 does.  Rows past n repeat
  * the last row and are not stored.  R * NQ <= 12 keeps them in registers.
  */
-static inline __attribute__((always_inline)) void
-scores8(const int R, const int NQ, const float *q, size_t q_stride, const uint16_t *k,
-        const int32_t *blocks, int bs, size_t row, int n, int d,
-        float scale, float *out, size_t out_stride)
+static inline __attribute__((always_inline)) void scores8(const int R, const int NQ, const float *q,
+                                                          size_t q_stride, const uint16_t *k,
+                                                          const int32_t *blocks, int bs, size_t row,
+                                                          int n, int d, float scale, float *out,
+                                                          size_t out_stride)
 {
     struct paged wk = {k, blocks, bs, 0, 0, 1, row}, *w = &wk; /* local: kept in registers */
     const __m256 vs = _mm256_set1_ps(scale);
     for (int p0 = 0; p0 < n; p0 += R) {
         const uint16_t *kr[8];
         __m256 acc[3][8];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++)
             kr[r] = p0 + r < n ? paged_next(w) : kr[r - 1];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int h = 0; h < NQ; h++)
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++)
                 acc[h][r] = _mm256_setzero_ps();
         for (int c = 0; c < d / 8; c++) {
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 __m256 kv = ld_f16(kr[r] + 8 * c);
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int h = 0; h < NQ; h++)
-                    acc[h][r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * q_stride + 8 * c), kv,
-                                                acc[h][r]);
+                    acc[h][r] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(q + h * q_stride + 8 * c), kv, acc[h][r]);
             }
         }
+        /* hsum8_2x4 sums two sets of 4: rows 0-3 and 4-7 of one head (R = 8),
+         * or rows 0-3 of heads h and h + 1 (R = 4) */
         int m = n - p0 < R ? n - p0 : R;
-        #pragma GCC unroll 8
-        for (int h = 0; h < NQ; h++) {
+#pragma GCC unroll 8
+        for (int h = 0; h < NQ; h += R == 8 ? 1 : 2) {
+            int pair = R != 8 && h + 1 < NQ;
+            const __m256 *hi = R == 8 ? acc[h] + 4 : acc[pair ? h + 1 : h];
             float res[8];
-            /* hsum8_2x4 takes two sets of 4: rows 0-3 and 4-7, or two heads' 0-3 */
-            if (R == 8) {
-                _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], acc[h] + 4), vs));
-            } else if (h + 1 < NQ) {
-                _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], acc[h + 1]), vs));
-                memcpy(out + (h + 1) * out_stride + p0, res + 4, sizeof(float) * (size_t)m);
-            } else {
-                _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], acc[h]), vs));
-            }
+            _mm256_storeu_ps(res, _mm256_mul_ps(hsum8_2x4(acc[h], hi), vs));
             memcpy(out + h * out_stride + p0, res, sizeof(float) * (size_t)m);
-            if (R != 8 && h + 1 < NQ)
-                h++;
+            if (pair)
+                memcpy(out + (h + 1) * out_stride + p0, res + 4, sizeof(float) * (size_t)m);
         }
     }
 }
@@ -431,52 +428,52 @@ scores8(const int R, const int NQ, const float *q, size_t q_stride, const uint16
 /* The 32-lane order: R rows against NQ queries, four accumulators each. */
 static inline __attribute__((always_inline)) void
 scores32(const int R, const int NQ, const float *q, size_t q_stride, const uint16_t *k,
-        const int32_t *blocks, int bs, size_t row, int n, int d,
-         float scale, float *out, size_t out_stride)
+         const int32_t *blocks, int bs, size_t row, int n, int d, float scale, float *out,
+         size_t out_stride)
 {
     struct paged wk = {k, blocks, bs, 0, 0, 1, row}, *w = &wk; /* local: kept in registers */
     int nc = d / 8;
     for (int p0 = 0; p0 < n; p0 += R) {
         const uint16_t *kr[2];
         __m256 acc[3][2][4];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++)
             kr[r] = p0 + r < n ? paged_next(w) : kr[r - 1];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int h = 0; h < NQ; h++)
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++)
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int j = 0; j < 4; j++)
                     acc[h][r][j] = _mm256_setzero_ps();
         int c = 0;
         for (; c + 4 <= nc; c += 4)
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int j = 0; j < 4; j++)
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
                     __m256 kv = ld_f16(kr[r] + 8 * (c + j));
-                    #pragma GCC unroll 8
+#pragma GCC unroll 8
                     for (int h = 0; h < NQ; h++)
                         acc[h][r][j] = _mm256_fmadd_ps(
                             _mm256_loadu_ps(q + h * q_stride + 8 * (c + j)), kv, acc[h][r][j]);
                 }
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < 3; j++) { /* the last chunks: chunk c + j to accumulator j */
             if (c + j >= nc)
                 break;
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 __m256 kv = ld_f16(kr[r] + 8 * (c + j));
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int h = 0; h < NQ; h++)
                     acc[h][r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * q_stride + 8 * (c + j)),
                                                    kv, acc[h][r][j]);
             }
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int h = 0; h < NQ; h++)
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++)
                 if (p0 + r < n)
                     out[h * out_stride + p0 + r] = sum32_4(acc[h][r]) * scale;
@@ -510,9 +507,8 @@ static void scores_f16(const float *q, size_t q_stride, int nq, const uint16_t *
  * lane row is written once and each V row converted once for all heads.
  */
 static inline __attribute__((always_inline)) void
-accum_v_n(const int C, const int NQ, float *acc, size_t acc_stride, const float *p,
-          size_t p_stride, const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n,
-          int d, int n_lanes)
+accum_v_n(const int C, const int NQ, float *acc, size_t acc_stride, const float *p, size_t p_stride,
+          const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes)
 {
     const int W = 8 * C;
     for (int l = 0; l < n_lanes; l++) {
@@ -520,9 +516,9 @@ accum_v_n(const int C, const int NQ, float *acc, size_t acc_stride, const float 
             struct paged w = {v + s0, blocks, bs, 0, 0, n_lanes, row};
             if (d - s0 >= W) {
                 __m256 x[3][8];
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int h = 0; h < NQ; h++)
-                    #pragma GCC unroll 8
+#pragma GCC unroll 8
                     for (int c = 0; c < C; c++)
                         x[h][c] = _mm256_setzero_ps();
                 if (l < n)
@@ -530,26 +526,26 @@ accum_v_n(const int C, const int NQ, float *acc, size_t acc_stride, const float 
                 for (int r = l; r < n; r += n_lanes) {
                     const uint16_t *vr = paged_next(&w);
                     __m256 pr[3];
-                    #pragma GCC unroll 8
+#pragma GCC unroll 8
                     for (int h = 0; h < NQ; h++)
                         pr[h] = _mm256_broadcast_ss(p + h * p_stride + r);
-                    #pragma GCC unroll 8
+#pragma GCC unroll 8
                     for (int c = 0; c < C; c++) {
                         __m256 vv = ld_f16(vr + 8 * c);
-                        #pragma GCC unroll 8
+#pragma GCC unroll 8
                         for (int h = 0; h < NQ; h++)
                             x[h][c] = _mm256_fmadd_ps(pr[h], vv, x[h][c]);
                     }
                 }
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int h = 0; h < NQ; h++)
-                    #pragma GCC unroll 8
+#pragma GCC unroll 8
                     for (int c = 0; c < C; c++)
                         _mm256_storeu_ps(acc + h * acc_stride + (size_t)l * d + s0 + 8 * c,
                                          x[h][c]);
                 continue;
             }
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int h = 0; h < NQ; h++) /* a last slice under W values */
                 for (int c = 0; c < (d - s0) / 8; c++) {
                     __m256 x = _mm256_setzero_ps();
@@ -691,7 +687,8 @@ static void scale_round_f16(float *x, float s, int n)
     int i = 0;
     __m256 vs = _mm256_set1_ps(s);
     for (; i + 8 <= n; i += 8) {
-        __m128i h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _MM_FROUND_TO_NEAREST_INT);
+        __m128i h =
+            _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _MM_FROUND_TO_NEAREST_INT);
         _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
     }
     for (; i < n; i++)

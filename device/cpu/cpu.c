@@ -246,10 +246,27 @@ struct mm_job {
     enum act_fmt fmt;
     size_t act_row; /* bytes of one quantized activation row */
     /* the GEMM path: activations in groups of 4 rows, weights in row blocks */
-    int grouped;
     size_t grp_bytes;  /* one group: K/32 blocks of blk_q8_?x4 */
     int64_t row_block; /* rows per work item, even */
 };
+
+/* activation row t, quantized in the job's format, into the blocks at dst */
+static void quant_row(const struct mm_job *j, int64_t t, void *dst)
+{
+    const float *x = j->x + t * j->w->cols;
+    if (j->fmt == ACT_Q8_0)
+        j->c->k->quant_q8_0(x, dst, j->w->cols);
+    else
+        j->c->k->quant_q8_1(x, dst, j->w->cols);
+}
+
+static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    struct mm_job *j = arg;
+    (void)worker;
+    for (int64_t t = b; t < e; t++)
+        quant_row(j, t, (char *)j->c->act.p + t * j->act_row);
+}
 
 /*
  * Quantizes activation rows 4g..4g+3 into group g; rows past T are zero.
@@ -268,21 +285,18 @@ static void mm_quant_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
         char *grp = (char *)j->c->act.p + g * j->grp_bytes;
         for (int i = 0; i < 4; i++) {
             int64_t t = 4 * g + i;
-            if (t < j->T && q81)
-                j->c->k->quant_q8_1(j->x + t * j->w->cols, (struct blk_q8_1 *)(void *)tmp,
-                                    j->w->cols);
-            else if (t < j->T)
-                j->c->k->quant_q8_0(j->x + t * j->w->cols, (struct blk_q8_0 *)(void *)tmp,
-                                    j->w->cols);
+            if (t < j->T)
+                quant_row(j, t, tmp);
             else
                 memset(tmp, 0, sb * (size_t)nb);
             for (int64_t k = 0; k < nb; k++) {
                 const char *src = tmp + k * sb;
                 char *dst = grp + k * gb;
-                memcpy(dst + i * sizeof(float), src, sizeof(float));                      /* d */
+                memcpy(dst + i * sizeof(float), src, sizeof(float)); /* d */
                 if (q81)
-                    memcpy(dst + (4 + i) * sizeof(float), src + sizeof(float), sizeof(float)); /* s */
-                memcpy(dst + gb - (4 - i) * QK, src + sb - QK, QK);                          /* qs */
+                    memcpy(dst + (4 + i) * sizeof(float), src + sizeof(float),
+                           sizeof(float));                          /* s */
+                memcpy(dst + gb - (4 - i) * QK, src + sb - QK, QK); /* qs */
             }
         }
     }
@@ -328,20 +342,6 @@ static void mm_grouped_one(struct mm_job *j, const struct dev_weight *w, float *
 static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
 {
     mm_split(arg, b, e, worker, mm_grouped_one);
-}
-
-static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
-{
-    struct mm_job *j = arg;
-    (void)worker;
-    for (int64_t t = b; t < e; t++) {
-        const float *x = j->x + t * j->w->cols;
-        char *dst = (char *)j->c->act.p + t * j->act_row;
-        if (j->fmt == ACT_Q8_0)
-            j->c->k->quant_q8_0(x, (struct blk_q8_0 *)dst, j->w->cols);
-        else
-            j->c->k->quant_q8_1(x, (struct blk_q8_1 *)dst, j->w->cols);
-    }
 }
 
 static void mm_rows_one(struct mm_job *j, const struct dev_weight *w, float *y, int64_t b,
@@ -392,8 +392,8 @@ static void mm_rows_cb(void *arg, int64_t b, int64_t e, int worker)
     mm_split(arg, b, e, worker, mm_rows_one);
 }
 
-static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, const float *x,
-                        int T, float *const *ys)
+static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, const float *x, int T,
+                        float *const *ys)
 {
     struct cpu *c = ctx;
     if (n < 1 || n > DEV_MATMUL_MAX)
@@ -419,10 +419,10 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
             return -EINVAL;
         j.act_row = (size_t)(w->cols / QK) *
                     (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0) : sizeof(struct blk_q8_1));
-        j.grouped = T >= 2 && (w->type == QT_Q4_1   ? c->k->gemm_q4_1 != NULL
-                               : w->type == QT_Q8_0 ? c->k->gemm_q8_0 != NULL
-                                                    : 0);
-        if (j.grouped) {
+        int grouped = T >= 2 && (w->type == QT_Q4_1   ? c->k->gemm_q4_1 != NULL
+                                 : w->type == QT_Q8_0 ? c->k->gemm_q8_0 != NULL
+                                                      : 0);
+        if (grouped) {
             j.grp_bytes = (size_t)(w->cols / QK) * (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0x4)
                                                                       : sizeof(struct blk_q8_1x4));
             int64_t n_groups = (T + 3) / 4;
@@ -629,18 +629,14 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
                           hd, lanes, j->scale, sc, per_head);
         for (int i = 0; i < g; i++) {
             float *s = sc + i * per_head, mx = -INFINITY;
-            if (f16) {
-                for (int p = 0; p < n; p++)
-                    mx = s[p] > mx ? s[p] : mx;
-            } else {
-                for (int p = 0; p < n; p++) {
-                    size_t slot = (size_t)blocks[p / bs] * bs + (size_t)(p % bs);
-                    s[p] = k->dot_f32(qh + i * per_head, (const float *)kv->k + slot * row + kh * hd,
-                                      hd) *
-                           j->scale;
-                    mx = fmaxf(mx, s[p]);
-                }
+            for (int p = 0; !f16 && p < n; p++) {
+                size_t slot = (size_t)blocks[p / bs] * bs + (size_t)(p % bs);
+                s[p] =
+                    k->dot_f32(qh + i * per_head, (const float *)kv->k + slot * row + kh * hd, hd) *
+                    j->scale;
             }
+            for (int p = 0; p < n; p++) /* NaN scores are passed over, as fmaxf would */
+                mx = s[p] > mx ? s[p] : mx;
             float inv = (float)(1.0 / k->exp_sum(s, mx, s, n));
             if (f16) { /* the probabilities meet V in f16 */
                 k->scale_round_f16(s, inv, n);
