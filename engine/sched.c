@@ -51,14 +51,21 @@ static char *copy_bytes(const char *p, size_t n)
     return s;
 }
 
+/* Counts r in or out of the waiting queue's limits (--max-queue, --max-queue-tokens). */
+static void queue_count(struct engine *e, struct eng_req *r, int in)
+{
+    if (r->in_queue == in)
+        return;
+    r->in_queue = in;
+    atomic_fetch_add(&e->n_queued, in ? 1 : -1);
+    atomic_fetch_add(&e->queued_tokens, in ? r->n_prompt : -r->n_prompt);
+}
+
 /* Ends r: queues END, frees its engine state and drops the engine's reference. */
 static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const char *text,
                    size_t n)
 {
-    if (r->in_queue) {
-        atomic_fetch_sub(&e->n_queued, 1);
-        atomic_fetch_sub(&e->queued_tokens, r->n_prompt);
-    }
+    queue_count(e, r, 0);
     atomic_fetch_sub(&e->n_live, 1);
     struct eng_event ev = {.kind = ENG_EV_END, .finish = f, .t = util_now_s()};
     ev.text = copy_bytes(text ? text : "", text ? n : 0);
@@ -224,16 +231,6 @@ static int submitted_before(const struct eng_req *r, double when)
 void sched_abort_all(struct engine *e, enum eng_finish f, const char *msg)
 {
     end_where(e, any_request, 0, f, msg);
-}
-
-
-static void queue_count(struct engine *e, struct eng_req *r, int in)
-{
-    if (r->in_queue == in)
-        return;
-    r->in_queue = in;
-    atomic_fetch_add(&e->n_queued, in ? 1 : -1);
-    atomic_fetch_add(&e->queued_tokens, in ? r->n_prompt : -r->n_prompt);
 }
 
 /* Gives up a running sequence's blocks; it waits at the front of the queue. */

@@ -287,7 +287,7 @@ int kv_alloc_slots(struct kv_pool *p, struct kv_seq *s, int32_t n_new)
     int64_t need_tokens = (int64_t)s->n_tokens + n_new;
     int32_t need = (int32_t)((need_tokens + p->block_size - 1) / p->block_size);
     int32_t extra = need - s->n_blocks;
-    if (extra > p->n_free + p->n_lru)
+    if (extra > kv_pool_n_free(p))
         return -ENOSPC;
     if (seq_reserve(s, need))
         return -ENOMEM;

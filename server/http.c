@@ -199,6 +199,18 @@ static int client_gone(const struct conn *c)
     return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
+/* One wait on the job for output into c->out: srv_job_pump's result, or
+ * -EPIPE when nothing came and the client has gone (the job is cancelled). */
+static int pump(struct conn *c)
+{
+    int r = srv_job_pump(c->job, &c->out, POLL_SLICE_MS);
+    if (r == SRV_JOB_WAIT && client_gone(c)) {
+        srv_job_cancel(c->job);
+        return -EPIPE;
+    }
+    return r;
+}
+
 static ssize_t job_reader_cb(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct conn *c = cls;
@@ -214,15 +226,11 @@ static ssize_t job_reader_cb(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (c->finished)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        int r = srv_job_pump(c->job, &c->out, POLL_SLICE_MS);
+        int r = pump(c);
         if (r < 0)
             return MHD_CONTENT_READER_END_WITH_ERROR;
         if (r == SRV_JOB_DONE)
             c->finished = 1;
-        if (r == SRV_JOB_WAIT && client_gone(c)) {
-            srv_job_cancel(c->job);
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        }
     }
 }
 
@@ -247,16 +255,12 @@ static enum MHD_Result do_completion(struct MHD_Connection *mc, struct conn *c, 
          * result, so a failure gets its own status rather than a 200 sent
          * ahead of it; a client that leaves meanwhile cancels the request.
          */
-        for (;;) {
-            int rc = srv_job_pump(c->job, &c->out, POLL_SLICE_MS);
+        int rc;
+        while ((rc = pump(c)) != SRV_JOB_DONE) {
+            if (rc == -EPIPE)
+                return MHD_NO;
             if (rc < 0)
                 return fail(mc, c, 500, NULL, NULL, "out of memory");
-            if (rc == SRV_JOB_DONE)
-                break;
-            if (rc == SRV_JOB_WAIT && client_gone(c)) {
-                srv_job_cancel(c->job);
-                return MHD_NO;
-            }
         }
         return reply(mc, c, (unsigned)srv_job_status(c->job), "application/json", c->out.p,
                      c->out.n);

@@ -680,8 +680,6 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
 {
     *out = NULL;
     struct srv_job *j = calloc(1, sizeof(*j));
-    if (j)
-        j->status = 200;
     int n = req->n_prompts * req->n;
     struct choice *c = j ? calloc((size_t)n, sizeof(*c)) : NULL;
     if (!c) {
@@ -690,6 +688,7 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
         return srv_fail(err, 500, NULL, NULL, "out of memory");
     }
     j->e = e;
+    j->status = 200;
     j->req = *req;
     memset(req, 0, sizeof(*req));
     j->model = *model;
