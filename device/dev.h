@@ -22,6 +22,12 @@ struct dev_weight {
     int64_t rows;     /* ne[1] */
     size_t row_bytes; /* qt_row_size(type, cols) */
     const void *data; /* rows * row_bytes bytes, on the device */
+    /*
+     * 0: data is the GGUF's rows.  1: pack_weight rearranged them into the
+     * backend's own layout in memory it allocated (free with dev_free); then
+     * only matmul and matmul_n may read the weight.
+     */
+    int packed;
 };
 
 /* KV cache storage of one layer as the attention op reads it. */
@@ -59,12 +65,19 @@ struct dev_ops {
     /* y[T x w->rows] = x[T x w->cols] . w^T */
     int (*matmul)(void *ctx, const struct dev_weight *w, const float *x, int T, float *y);
     /*
-     * Optional: y[i] = x . w[i]^T for n (<= DEV_MATMUL_MAX) weights of one type
-     * and one column count, each result as matmul gives it; the activations
+     * Optional: y[i] = x . w[i]^T for n (<= DEV_MATMUL_MAX) weights of one type,
+     * packing and column count, each result as matmul gives it; the activations
      * are prepared once and the rows of all n shared out as one job.
      */
     int (*matmul_n)(void *ctx, const struct dev_weight *const *w, int n, const float *x, int T,
                     float *const *y);
+    /*
+     * Optional: lays w out the way this backend's matmul reads fastest, in
+     * new device memory (setting w->packed), or leaves it as it is; the
+     * results of matmul are then the backend's packed path's, the same for
+     * every T.  Returns 0 or -ENOMEM.
+     */
+    int (*pack_weight)(void *ctx, struct dev_weight *w);
     /* out[T x cols] = rows ids[t] of table, dequantized */
     int (*embed)(void *ctx, const struct dev_weight *table, const int32_t *ids, int T, float *out);
     /* out[t] = x[t] / rms(x[t]) * w (w may be NULL) */
@@ -95,6 +108,7 @@ struct dev {
 struct dev_cpu_config {
     int threads;      /* worker threads; <= 0: the number of cores */
     int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
+    int no_pack;      /* 1: pack_weight leaves every weight as the GGUF has it */
 };
 
 /*
@@ -150,7 +164,7 @@ static inline int dev_matmul_n(struct dev *d, const struct dev_weight *const *w,
 {
     int same = d->ops->matmul_n && n > 1 && n <= DEV_MATMUL_MAX;
     for (int i = 1; same && i < n; i++)
-        same = w[i]->type == w[0]->type && w[i]->cols == w[0]->cols;
+        same = w[i]->type == w[0]->type && w[i]->cols == w[0]->cols && w[i]->packed == w[0]->packed;
     if (same)
         return d->ops->matmul_n(d->ctx, w, n, x, T, y);
     for (int i = 0; i < n; i++) {
@@ -159,6 +173,11 @@ static inline int dev_matmul_n(struct dev *d, const struct dev_weight *const *w,
             return rc;
     }
     return 0;
+}
+
+static inline int dev_pack_weight(struct dev *d, struct dev_weight *w)
+{
+    return d->ops->pack_weight ? d->ops->pack_weight(d->ctx, w) : 0;
 }
 
 static inline int dev_embed(struct dev *d, const struct dev_weight *table, const int32_t *ids,

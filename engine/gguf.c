@@ -515,6 +515,17 @@ int gguf_open(const char *path, struct gguf_file **out, char *err, size_t errlen
     return 0;
 }
 
+void gguf_release(const struct gguf_file *f, const void *p, size_t n)
+{
+    const uint8_t *b = p, *end = b + n;
+    if (!f->mapped || b < f->base || end > f->base + f->size)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)b + pg - 1) / pg * pg, hi = (uintptr_t)end / pg * pg;
+    if (lo < hi) /* whole pages only: the neighbours' bytes stay */
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 void gguf_close(struct gguf_file *f)
 {
     if (!f)

@@ -126,6 +126,13 @@ int gguf_get_str(const struct gguf_file *f, const char *key, struct gguf_str *ou
 int gguf_get_arr(const struct gguf_file *f, const char *key, uint32_t elem_type,
                  const struct gguf_value **out);
 
+/*
+ * Tells the kernel that bytes [p, p + n) of a mapped file will not be read
+ * soon: their pages leave this process's memory and are read from the file
+ * again if touched.  Does nothing for a parsed buffer.
+ */
+void gguf_release(const struct gguf_file *f, const void *p, size_t n);
+
 /* Tensor by name, or NULL. */
 const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char *name);
 

@@ -151,6 +151,25 @@ static int load_hparams(struct loader *L, struct model_hparams *hp)
     return 0;
 }
 
+/* a layer's matmul weights, into ws[7]; returns how many */
+static int layer_weights(struct model_layer *ly, struct dev_weight **ws)
+{
+    struct dev_weight *all[] = {&ly->wq,     &ly->wk,   &ly->wv,    &ly->wo,
+                                &ly->w_gate, &ly->w_up, &ly->w_down};
+    memcpy(ws, all, sizeof(all));
+    return (int)(sizeof(all) / sizeof(all[0]));
+}
+
+/* w in the device's layout; the file's copy, if replaced, leaves memory */
+static int pack(const struct gguf_file *g, struct dev *dev, struct dev_weight *w)
+{
+    const void *src = w->data;
+    int rc = dev_pack_weight(dev, w);
+    if (!rc && w->packed)
+        gguf_release(g, src, (size_t)w->rows * w->row_bytes);
+    return rc;
+}
+
 int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, char *err,
                size_t errlen)
 {
@@ -232,6 +251,15 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
         rc = get_vector(&L, "rope_freqs.weight", hp->rope.n_rot / 2, 1, &ff);
         hp->rope.freq_factors = ff;
     }
+    /* the matmul weights in the device's own layout (tok_embd is read by row) */
+    for (int l = 0; l < hp->n_layer && !rc; l++) {
+        struct dev_weight *ws[7];
+        for (int i = 0, n = layer_weights(&m->layers[l], ws); i < n && !rc; i++)
+            rc = pack(g, dev, ws[i]);
+    }
+    rc = rc ? rc : pack(g, dev, &m->output);
+    if (rc == -ENOMEM)
+        rc = errmsg(err, errlen, rc, "out of memory preparing the weights");
     if (rc) {
         model_free(m);
         return rc;
@@ -256,6 +284,14 @@ void model_free(struct model *m)
     if (!m)
         return;
     free_acts(m);
+    for (int l = 0; m->layers && l < m->hp.n_layer; l++) {
+        struct dev_weight *ws[7];
+        for (int i = 0, n = layer_weights(&m->layers[l], ws); i < n; i++)
+            if (ws[i]->packed)
+                dev_free(m->dev, (void *)ws[i]->data);
+    }
+    if (m->output.packed)
+        dev_free(m->dev, (void *)m->output.data);
     free(m->layers);
     free(m->owned);
     free(m);

@@ -192,16 +192,7 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
 }
 
 /*
- * The 2 x 4 tiles: weight rows w0 and w1 against one group of 4 activation
- * rows.  Each of the 8 results takes exactly the steps of the single dot
- * (same products d_w * d_a, same fused adds, same lane sums); the tile only
- * shares the unpacking of a weight block across 4 tokens and the loads of an
- * activation block across 2 rows, and turns the per-block scalar work
- * (scale products, the Q4_1 min term) into one 8-lane operation.
- */
-
-/*
- * hsum8 of each of the 8 accumulators of a tile, as the lanes
+ * hsum8 of each of 8 accumulators, as the lanes
  * [x0 x1 x2 x3 y0 y1 y2 y3]: the same three rounds of adds (v_i + v_i+4,
  * then s_0 + s_2 and s_1 + s_3, then those two), done 8 sums at a time.
  */
@@ -221,106 +212,151 @@ static inline __m256 hsum8_2x4(const __m256 *x, const __m256 *y)
 }
 
 /*
- * The heads of block b of two weight rows: [d0 m0 d1 m1] (their leading f16
- * pairs) as floats, and d0 and d1 broadcast; the rows' next bytes are asked
- * for ahead.
+ * Packed weights (kernels.h): 8 rows against nt tokens.  For each block, a
+ * 32-byte load holds 4 quants of each row; the 4 matching activation bytes,
+ * broadcast, meet them in one maddubs, giving each row's pair sums in its
+ * own 16-bit lanes.  Each row's integer dot is summed in those lanes
+ * (Q4_1: |16 products| <= 16 * 15 * 127 < 2^15) or in 32-bit lanes (Q8_0)
+ * and reaches floats once per block, for all 8 rows at a time.
  */
-static inline __m256 tile_heads(const uint8_t *p0, const uint8_t *p1, __m256 *dw0, __m256 *dw1)
+
+/* asks for the next packed blocks of a group ahead of their use */
+static inline void prefetch_blocks(const void *p, size_t bytes)
 {
-    _mm_prefetch((const char *)p0 + PF_DIST, _MM_HINT_T0);
-    _mm_prefetch((const char *)p1 + PF_DIST, _MM_HINT_T0);
-    uint32_t h0, h1;
-    memcpy(&h0, p0, 4);
-    memcpy(&h1, p1, 4);
-    __m256 dm = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0)));
-    *dw0 = _mm256_permutevar8x32_ps(dm, _mm256_setzero_si256());
-    *dw1 = _mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2));
-    return dm;
+    for (size_t i = 0; i < bytes; i += 64)
+        _mm_prefetch((const char *)p + i, _MM_HINT_T0);
 }
 
-static inline void tile_q4_1(const void *w0, const void *w1, const void *act, int64_t k, float *out)
+static inline __m256i bcast4(const int8_t *q)
 {
-    const struct blk_q8_1x4 *a = act;
-    const uint8_t *p0 = w0, *p1 = w1;
-    const __m256i pick_m = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
-    __m256 acc0[4], acc1[4], summ = _mm256_setzero_ps();
+    int32_t v;
+    memcpy(&v, q, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* stores the 8 rows' results of token t, or the first nr of them */
+static inline void store_rows(float *y, __m256 v, int nr)
+{
+    if (nr == 8) {
+        _mm256_storeu_ps(y, v);
+        return;
+    }
+    float tmp[8];
+    _mm256_storeu_ps(tmp, v);
+    memcpy(y, tmp, sizeof(float) * (size_t)nr);
+}
+
+static inline __attribute__((always_inline)) void q4_1x8(const struct blk_q4_1x8 *w,
+                                                         const struct blk_q8_1 *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; j++)
-        acc0[j] = acc1[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < k / QK; b++, p0 += 20, p1 += 20, a++) {
-        __m256 dw0, dw1, dm = tile_heads(p0, p1, &dw0, &dw1);
-        /* the min term: lanes 0-3 row 0 with tokens 0-3, lanes 4-7 row 1 */
-        __m256 mw = _mm256_permutevar8x32_ps(dm, pick_m);
-        summ = _mm256_fmadd_ps(mw, _mm256_broadcast_ps((const __m128 *)a->s), summ);
-        __m256i q0 = nibbles(p0 + 4), q1 = nibbles(p1 + 4);
-#pragma GCC unroll 4 /* the 8 accumulators must stay in registers */
-        for (int j = 0; j < 4; j++) {
-            __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs[j]);
-            __m256 da = _mm256_broadcast_ss(&a->d[j]);
-            acc0[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw0, da), dot_u8(q0, qa), acc0[j]);
-            acc1[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw1, da), dot_u8(q1, qa), acc1[j]);
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w++) {
+        prefetch_blocks(w + 4, sizeof(*w));
+        __m256i s16[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            s16[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
+            __m256i lo = _mm256_and_si256(q, low);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int8_t *qa = a[t * nb + b].qs;
+                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)),
+                                             _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
+                s16[t] = _mm256_add_epi16(s16[t], p);
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+        __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->m));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct blk_q8_1 *ab = &a[t * nb + b];
+            __m256 isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d)), isum, acc[t]);
+            acc[t] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&ab->s), acc[t]);
         }
     }
-    _mm256_storeu_ps(out, _mm256_add_ps(hsum8_2x4(acc0, acc1), summ));
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        store_rows(y + t * ldy, acc[t], nr);
 }
 
-static inline void tile_q8_0(const void *w0, const void *w1, const void *act, int64_t k, float *out)
+static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8 *w,
+                                                         const struct blk_q8_0 *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
 {
-    const struct blk_q8_0x4 *a = act;
-    const uint8_t *p0 = w0, *p1 = w1;
-    __m256 acc0[4], acc1[4];
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; j++)
-        acc0[j] = acc1[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < k / QK; b++, p0 += 34, p1 += 34, a++) {
-        /* only the d of each head is used; the next two bytes are quants */
-        __m256 dw0, dw1;
-        tile_heads(p0, p1, &dw0, &dw1);
-        __m256i q0 = _mm256_loadu_si256((const __m256i *)(p0 + 2));
-        __m256i q1 = _mm256_loadu_si256((const __m256i *)(p1 + 2));
-        __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w++) {
+        prefetch_blocks(w + 2, sizeof(*w));
+        __m256i s32[4];
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs[j]);
-            __m256 da = _mm256_broadcast_ss(&a->d[j]);
-            acc0[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw0, da), dot_u8(u0, _mm256_sign_epi8(qa, q0)),
-                                      acc0[j]);
-            acc1[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw1, da), dot_u8(u1, _mm256_sign_epi8(qa, q1)),
-                                      acc1[j]);
+        for (int t = 0; t < 4; t++)
+            s32[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            /* maddubs takes one unsigned operand: |w|, and a with w's sign */
+            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
+            __m256i u = _mm256_sign_epi8(q, q);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                __m256i sa = _mm256_sign_epi8(bcast4(a[t * nb + b].qs + 4 * c), q);
+                s32[t] =
+                    _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, sa), ones));
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&a[t * nb + b].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s32[t]), acc[t]);
         }
     }
-    _mm256_storeu_ps(out, hsum8_2x4(acc0, acc1));
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        store_rows(y + t * ldy, acc[t], nr);
 }
 
-/* the tiles of n_rows rows, two at a time, stored as [r0 t0..t3, r1 t0..t3] -> y */
-static inline __attribute__((always_inline)) void
-gemm_rows(void (*tile)(const void *, const void *, const void *, int64_t, float *), const void *w,
-          size_t row_bytes, int64_t n_rows, const void *a, int64_t k, float *y, int64_t ldy, int nt)
-{
-    for (int64_t r = 0; r < n_rows; r += 2) {
-        const char *w0 = (const char *)w + r * row_bytes;
-        int two = r + 1 < n_rows;
-        float out[8];
-        tile(w0, two ? w0 + row_bytes : w0, a, k, out);
-        for (int i = 0; i < nt; i++) {
-            y[i * ldy + r] = out[i];
-            if (two)
-                y[i * ldy + r + 1] = out[4 + i];
-        }
+/* one kernel body per token count, so its token loops unroll */
+#define GEMM_X8(name, kern, wblk, ablk)                                                            \
+    static void name(const struct wblk *w, int64_t n_rows, const struct ablk *a, int64_t k,        \
+                     float *y, int64_t ldy, int nt)                                                \
+    {                                                                                              \
+        int64_t nb = k / QK;                                                                       \
+        for (int64_t r = 0; r < n_rows; r += 8, w += nb) {                                         \
+            int nr = n_rows - r < 8 ? (int)(n_rows - r) : 8;                                       \
+            switch (nt) {                                                                          \
+            case 1:                                                                                \
+                kern(w, a, nb, 1, y + r, ldy, nr);                                                 \
+                break;                                                                             \
+            case 2:                                                                                \
+                kern(w, a, nb, 2, y + r, ldy, nr);                                                 \
+                break;                                                                             \
+            case 3:                                                                                \
+                kern(w, a, nb, 3, y + r, ldy, nr);                                                 \
+                break;                                                                             \
+            default:                                                                               \
+                kern(w, a, nb, 4, y + r, ldy, nr);                                                 \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
     }
-}
 
-static void gemm_q4_1(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_1x4 *a,
-                      int64_t k, float *y, int64_t ldy, int nt)
-{
-    gemm_rows(tile_q4_1, w, row_bytes, n_rows, a, k, y, ldy, nt);
-}
-
-static void gemm_q8_0(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_0x4 *a,
-                      int64_t k, float *y, int64_t ldy, int nt)
-{
-    gemm_rows(tile_q8_0, w, row_bytes, n_rows, a, k, y, ldy, nt);
-}
+GEMM_X8(gemm_q4_1x8, q4_1x8, blk_q4_1x8, blk_q8_1)
+GEMM_X8(gemm_q8_0x8, q8_0x8, blk_q8_0x8, blk_q8_0)
 
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
@@ -715,8 +751,8 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
-    .gemm_q4_1 = gemm_q4_1,
-    .gemm_q8_0 = gemm_q8_0,
+    .gemm_q4_1x8 = gemm_q4_1x8,
+    .gemm_q8_0x8 = gemm_q8_0x8,
     .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

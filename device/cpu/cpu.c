@@ -178,6 +178,7 @@ struct scratch {
 struct cpu {
     struct pool pool;
     const struct cpu_kernels *k;
+    int no_pack;
     struct scratch act;         /* quantized activations of a matmul */
     struct scratch *per_worker; /* one per thread: dequantized rows, attention scores */
 };
@@ -234,6 +235,12 @@ static enum act_fmt act_fmt_of(uint32_t type)
     }
 }
 
+/* the weight types cpu_pack_weight packs: those with 8-row kernels */
+static int packs(uint32_t type)
+{
+    return type == QT_Q4_1 || type == QT_Q8_0;
+}
+
 struct mm_job {
     struct cpu *c;
     const struct dev_weight *w; /* w[0]: the type and columns of all */
@@ -244,10 +251,8 @@ struct mm_job {
     float *ys[DEV_MATMUL_MAX];
     int64_t off[DEV_MATMUL_MAX + 1]; /* where each weight's work items start */
     enum act_fmt fmt;
-    size_t act_row; /* bytes of one quantized activation row */
-    /* the GEMM path: activations in groups of 4 rows, weights in row blocks */
-    size_t grp_bytes;  /* one group: K/32 blocks of blk_q8_?x4 */
-    int64_t row_block; /* rows per work item, even */
+    size_t act_row;    /* bytes of one quantized activation row */
+    int64_t row_block; /* packed weights: rows per work item, a multiple of 8 */
 };
 
 /* activation row t, quantized in the job's format, into the blocks at dst */
@@ -268,40 +273,6 @@ static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
         quant_row(j, t, (char *)j->c->act.p + t * j->act_row);
 }
 
-/*
- * Quantizes activation rows 4g..4g+3 into group g; rows past T are zero.
- * Both group layouts are {d[4], (Q8_1: s[4],) qs[4][32]} per block and both
- * single-row blocks {d, (s,) qs[32]}, so one copy loop serves either.
- */
-static void mm_quant_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
-{
-    struct mm_job *j = arg;
-    int64_t nb = j->w->cols / QK;
-    int q81 = j->fmt == ACT_Q8_1;
-    size_t sb = q81 ? sizeof(struct blk_q8_1) : sizeof(struct blk_q8_0);
-    size_t gb = q81 ? sizeof(struct blk_q8_1x4) : sizeof(struct blk_q8_0x4);
-    char *tmp = j->c->per_worker[worker].p; /* one row of single blocks */
-    for (int64_t g = b; g < e; g++) {
-        char *grp = (char *)j->c->act.p + g * j->grp_bytes;
-        for (int i = 0; i < 4; i++) {
-            int64_t t = 4 * g + i;
-            if (t < j->T)
-                quant_row(j, t, tmp);
-            else
-                memset(tmp, 0, sb * (size_t)nb);
-            for (int64_t k = 0; k < nb; k++) {
-                const char *src = tmp + k * sb;
-                char *dst = grp + k * gb;
-                memcpy(dst + i * sizeof(float), src, sizeof(float)); /* d */
-                if (q81)
-                    memcpy(dst + (4 + i) * sizeof(float), src + sizeof(float),
-                           sizeof(float));                          /* s */
-                memcpy(dst + gb - (4 - i) * QK, src + sb - QK, QK); /* qs */
-            }
-        }
-    }
-}
-
 /* the work items [b, e) of all the weights: split at each weight's start */
 static void mm_split(struct mm_job *j, int64_t b, int64_t e, int worker,
                      void (*one)(struct mm_job *, const struct dev_weight *, float *, int64_t,
@@ -315,33 +286,35 @@ static void mm_split(struct mm_job *j, int64_t b, int64_t e, int worker,
 }
 
 /*
- * Row block by row block; within one, every group of 4 tokens against every
- * pair of rows, so the block's weights stay in cache across the groups and
- * a group's activations across the rows.
+ * Packed weights, row block by row block; within one, every group of 4
+ * tokens against every group of 8 rows, so the block's weights stay in
+ * cache across the token groups and a group's activations across the rows.
  */
-static void mm_grouped_one(struct mm_job *j, const struct dev_weight *w, float *yw, int64_t b,
-                           int64_t e, int worker)
+static void mm_packed_one(struct mm_job *j, const struct dev_weight *w, float *yw, int64_t b,
+                          int64_t e, int worker)
 {
-    int64_t N = w->rows, n_groups = (j->T + 3) / 4;
+    const struct cpu_kernels *k = j->c->k;
+    int64_t N = w->rows, nb = w->cols / QK;
     (void)worker;
     for (int64_t rb = b; rb < e; rb++) {
-        int64_t r0 = rb * j->row_block, r1 = r0 + j->row_block < N ? r0 + j->row_block : N;
-        for (int64_t g = 0; g < n_groups; g++) {
-            const void *ag = (const char *)j->c->act.p + g * j->grp_bytes;
-            int nt = j->T - 4 * g < 4 ? (int)(j->T - 4 * g) : 4;
-            const char *wr = (const char *)w->data + r0 * w->row_bytes;
-            float *y = yw + 4 * g * N + r0;
+        int64_t r0 = rb * j->row_block, nr = N - r0 < j->row_block ? N - r0 : j->row_block;
+        for (int t0 = 0; t0 < j->T; t0 += 4) {
+            int nt = j->T - t0 < 4 ? j->T - t0 : 4;
+            const char *a = (const char *)j->c->act.p + t0 * j->act_row;
+            float *y = yw + t0 * N + r0;
             if (j->fmt == ACT_Q8_0)
-                j->c->k->gemm_q8_0(wr, w->row_bytes, r1 - r0, ag, w->cols, y, N, nt);
+                k->gemm_q8_0x8((const struct blk_q8_0x8 *)w->data + r0 / 8 * nb, nr,
+                               (const void *)a, w->cols, y, N, nt);
             else
-                j->c->k->gemm_q4_1(wr, w->row_bytes, r1 - r0, ag, w->cols, y, N, nt);
+                k->gemm_q4_1x8((const struct blk_q4_1x8 *)w->data + r0 / 8 * nb, nr,
+                               (const void *)a, w->cols, y, N, nt);
         }
     }
 }
 
-static void mm_grouped_cb(void *arg, int64_t b, int64_t e, int worker)
+static void mm_packed_cb(void *arg, int64_t b, int64_t e, int worker)
 {
-    mm_split(arg, b, e, worker, mm_grouped_one);
+    mm_split(arg, b, e, worker, mm_packed_one);
 }
 
 static void mm_rows_one(struct mm_job *j, const struct dev_weight *w, float *y, int64_t b,
@@ -400,12 +373,13 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
         return -EINVAL;
     const struct dev_weight *w = ws[0];
     const struct qt_info *qi = qt_info(w->type);
-    if (!qi || !qi->can_dequant || T < 0 || w->cols % qi->blck_size)
+    if (!qi || !qi->can_dequant || T < 0 || w->cols % qi->blck_size ||
+        (w->packed && !packs(w->type)))
         return -EINVAL;
     struct mm_job j = {.c = c, .w = w, .x = x, .T = T, .n_w = n, .fmt = act_fmt_of(w->type)};
     int64_t rows = 0;
     for (int i = 0; i < n; i++) {
-        if (ws[i]->type != w->type || ws[i]->cols != w->cols)
+        if (ws[i]->type != w->type || ws[i]->cols != w->cols || ws[i]->packed != w->packed)
             return -EINVAL;
         j.ws[i] = ws[i];
         j.ys[i] = ys[i];
@@ -419,35 +393,58 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
             return -EINVAL;
         j.act_row = (size_t)(w->cols / QK) *
                     (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0) : sizeof(struct blk_q8_1));
-        int grouped = T >= 2 && (w->type == QT_Q4_1   ? c->k->gemm_q4_1 != NULL
-                                 : w->type == QT_Q8_0 ? c->k->gemm_q8_0 != NULL
-                                                      : 0);
-        if (grouped) {
-            j.grp_bytes = (size_t)(w->cols / QK) * (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0x4)
-                                                                      : sizeof(struct blk_q8_1x4));
-            int64_t n_groups = (T + 3) / 4;
-            if (!scratch_get(&c->act, j.grp_bytes * (size_t)n_groups) ||
-                worker_scratch(c, j.act_row))
-                return -ENOMEM;
-            pool_run(&c->pool, n_groups, 1, mm_quant_grouped_cb, &j);
-            /* blocks of at most 64 rows, at least two per thread */
-            int64_t rb = (rows + c->pool.n * 2 - 1) / (c->pool.n * 2);
-            rb = rb > 64 ? 64 : rb < 2 ? 2 : rb;
-            j.row_block = rb + (rb & 1);
-            for (int i = 0; i < n; i++) /* work items: each weight's row blocks */
-                j.off[i + 1] = j.off[i] + (ws[i]->rows + j.row_block - 1) / j.row_block;
-            pool_run(&c->pool, j.off[n], 1, mm_grouped_cb, &j);
-            return 0;
-        }
         if (!scratch_get(&c->act, j.act_row * (size_t)(T ? T : 1)))
             return -ENOMEM;
         pool_run(&c->pool, T, 1, mm_quant_cb, &j);
+        if (w->packed) {
+            /* blocks of at most 64 rows, at least two per thread */
+            int64_t rb = (rows + c->pool.n * 2 - 1) / (c->pool.n * 2);
+            rb = rb > 64 ? 64 : rb;
+            j.row_block = (rb + 7) / 8 * 8;
+            for (int i = 0; i < n; i++) /* work items: each weight's row blocks */
+                j.off[i + 1] = j.off[i] + (ws[i]->rows + j.row_block - 1) / j.row_block;
+            pool_run(&c->pool, j.off[n], 1, mm_packed_cb, &j);
+            return 0;
+        }
     }
     for (int i = 0; i < n; i++) /* work items: rows */
         j.off[i + 1] = j.off[i] + ws[i]->rows;
     /* chunks of rows; small enough to balance, large enough to amortize */
     int64_t chunk = rows / (c->pool.n * 2);
     pool_run(&c->pool, rows, chunk < 4 ? 4 : chunk, mm_rows_cb, &j);
+    return 0;
+}
+
+/*
+ * Rearranges a Q4_1 or Q8_0 weight into groups of 8 rows (kernels.h); other
+ * weights stay as they are.  The f16 scales (Q4_1: d, m) lead each source
+ * block, then its quant bytes, which move in 4-byte pieces.
+ */
+static int cpu_pack_weight(void *ctx, struct dev_weight *w)
+{
+    struct cpu *c = ctx;
+    if (c->no_pack || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
+        return 0;
+    int n_scales = w->type == QT_Q4_1 ? 2 : 1;
+    size_t src_blk = w->type == QT_Q4_1 ? 20 : 34, quant_bytes = src_blk - 2 * n_scales;
+    size_t dst_blk = w->type == QT_Q4_1 ? sizeof(struct blk_q4_1x8) : sizeof(struct blk_q8_0x8);
+    int64_t nb = w->cols / QK, n_groups = (w->rows + 7) / 8;
+    uint8_t *dst = calloc((size_t)(n_groups * nb), dst_blk);
+    if (!dst)
+        return -ENOMEM;
+    for (int64_t r = 0; r < w->rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *src = (const uint8_t *)w->data + r * w->row_bytes + b * src_blk;
+            uint8_t *blk = dst + ((r / 8) * nb + b) * dst_blk;
+            int ri = (int)(r % 8);
+            for (int s = 0; s < n_scales; s++) /* d[8], then m[8] */
+                memcpy(blk + (s * 8 + ri) * 2, src + 2 * s, 2);
+            uint8_t *qs = blk + n_scales * 16;
+            for (size_t c = 0; c < quant_bytes / 4; c++) /* qs[c][ri] */
+                memcpy(qs + (c * 8 + (size_t)ri) * 4, src + 2 * n_scales + c * 4, 4);
+        }
+    w->data = dst;
+    w->packed = 1;
     return 0;
 }
 
@@ -462,6 +459,8 @@ static int cpu_embed(void *ctx, const struct dev_weight *table, const int32_t *i
                      float *out)
 {
     (void)ctx;
+    if (table->packed)
+        return -EINVAL;
     for (int t = 0; t < T; t++) {
         if (ids[t] < 0 || ids[t] >= table->rows)
             return -EINVAL;
@@ -761,6 +760,7 @@ static const struct dev_ops dev_cpu_ops = {
     .download = cpu_copy,
     .matmul = cpu_matmul,
     .matmul_n = cpu_matmul_n,
+    .pack_weight = cpu_pack_weight,
     .embed = cpu_embed,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
@@ -793,6 +793,7 @@ int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out)
     if (n < 1)
         n = 1;
     c->k = &cpu_kernels_scalar;
+    c->no_pack = cfg && cfg->no_pack;
 #ifdef CINFER_HAVE_AVX2
     if (!(cfg && cfg->force_scalar) && dev_cpu_has_avx2())
         c->k = &cpu_kernels_avx2;

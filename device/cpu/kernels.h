@@ -14,6 +14,8 @@
  * one polynomial.  So the scalar and AVX2 paths give identical bits, and
  * they follow llama.cpp's AVX2 code closely enough to reproduce its greedy
  * tokens.  Only dot_f32 (float and K-quant weights) differs in order.
+ * Packed Q4_1 and Q8_0 weights (the model's) take the integer-sum-per-block
+ * formula of llama.cpp's reference code instead (see gemm_q4_1x8).
  */
 #ifndef CINFER_DEVICE_CPU_KERNELS_H
 #define CINFER_DEVICE_CPU_KERNELS_H
@@ -39,17 +41,23 @@ struct blk_q8_1 {
     int8_t qs[QK];
 };
 
-/* Block b of a group of 4 activation rows (the GEMM layout): the 4 rows'
- * block b side by side; rows past the end of the batch are zero. */
-struct blk_q8_0x4 {
-    float d[4];
-    int8_t qs[4][QK];
+/*
+ * Packed weights (cpu_pack_weight): rows in groups of 8, and for each group
+ * its blocks in order, block b holding block b of the 8 rows - their f16
+ * scales side by side, then their quant bytes in 4-byte pieces: piece c of
+ * row r at qs[c][r].  A Q4_1 row block's 16 bytes are 4 pieces (byte j holds
+ * values j and j + 16 in its low and high nibble), a Q8_0's 32 are 8.  One
+ * 32-byte load then holds 4 quants of each of the 8 rows, to be multiplied
+ * by the same 4 activation bytes broadcast.  Rows past the end are zero.
+ */
+struct blk_q4_1x8 {
+    uint16_t d[8], m[8];
+    uint8_t qs[4][8][4];
 };
 
-struct blk_q8_1x4 {
-    float d[4];
-    float s[4];
-    int8_t qs[4][QK];
+struct blk_q8_0x8 {
+    uint16_t d[8];
+    int8_t qs[8][8][4];
 };
 
 /* Activation formats a weight type is dotted with. */
@@ -68,16 +76,18 @@ struct cpu_kernels {
     float (*dot_q5_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
     float (*dot_f32)(const float *a, const float *b, int64_t k);
     /*
-     * Optional (NULL: the single dots): n_rows weight rows (row_bytes apart)
-     * against one group of 4 activation rows, two rows at a time; y[i * ldy + r]
-     * = row r . token i for the first nt tokens, bit-identical to the single
-     * dot.  The group layout keeps each block's 4 scales side by side so the
-     * scale work is one vector op.
+     * Packed weights: n_rows rows from packed group w on (w: k/32 blocks per
+     * group of 8 rows) against nt (1 to 4) activation rows a (k/32 blocks
+     * each); y[i * ldy + r] = row r . row i of a.  Each (row, token) is
+     *   sum over blocks b, in order, of  fma(d_w * d_a, (float)isum_b, acc)
+     *   (Q4_1: then fma(m_w, s_a, acc))
+     * with isum_b the block's exact integer dot, as llama.cpp's reference
+     * (non-SIMD) code computes it; so the result does not depend on nt.
      */
-    void (*gemm_q4_1)(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_1x4 *a,
-                      int64_t k, float *y, int64_t ldy, int nt);
-    void (*gemm_q8_0)(const void *w, size_t row_bytes, int64_t n_rows, const struct blk_q8_0x4 *a,
-                      int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q4_1x8)(const struct blk_q4_1x8 *w, int64_t n_rows, const struct blk_q8_1 *a,
+                        int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q8_0x8)(const struct blk_q8_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt);
     /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
      * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used

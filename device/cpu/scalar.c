@@ -175,6 +175,54 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
 
 /* ---- float kernels ---------------------------------------------------------------- */
 
+/*
+ * Packed weights (kernels.h): per (row, token) and block, the exact integer
+ * dot, then fmaf(d_w * d_a, isum, acc) (and for Q4_1 fmaf(m_w, s_a, acc)).
+ */
+static void gemm_q4_1x8(const struct blk_q4_1x8 *w, int64_t n_rows, const struct blk_q8_1 *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    int64_t nb = k / QK;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8, w += nb)
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < 8 && r0 + r < n_rows; r++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const struct blk_q8_1 *ab = &a[t * nb + b];
+                    int isum = 0;
+                    for (int c = 0; c < 4; c++)
+                        for (int i = 0; i < 4; i++) {
+                            int q = w[b].qs[c][r][i];
+                            isum +=
+                                (q & 0x0f) * ab->qs[4 * c + i] + (q >> 4) * ab->qs[16 + 4 * c + i];
+                        }
+                    acc = fmaf(half(w[b].d[r]) * ab->d, (float)isum, acc);
+                    acc = fmaf(half(w[b].m[r]), ab->s, acc);
+                }
+                y[t * ldy + r0 + r] = acc;
+            }
+}
+
+static void gemm_q8_0x8(const struct blk_q8_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    int64_t nb = k / QK;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8, w += nb)
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < 8 && r0 + r < n_rows; r++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const struct blk_q8_0 *ab = &a[t * nb + b];
+                    int isum = 0;
+                    for (int c = 0; c < 8; c++)
+                        for (int i = 0; i < 4; i++)
+                            isum += w[b].qs[c][r][i] * ab->qs[4 * c + i];
+                    acc = fmaf(half(w[b].d[r]) * ab->d, (float)isum, acc);
+                }
+                y[t * ldy + r0 + r] = acc;
+            }
+}
+
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
     double s = 0.0;
@@ -310,6 +358,8 @@ const struct cpu_kernels cpu_kernels_scalar = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
+    .gemm_q4_1x8 = gemm_q4_1x8,
+    .gemm_q8_0x8 = gemm_q8_0x8,
     .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

@@ -171,7 +171,7 @@ static void tweight_init(struct tweight *tw, uint32_t type, int64_t rows, int64_
     for (int64_t row = 0; row < rows; row++)
         ck_assert_int_eq(
             qt_dequant(type, tw->data + (size_t)row * rb, tw->deq + row * cols, (uint64_t)cols), 0);
-    tw->w = (struct dev_weight){type, cols, rows, rb, tw->data};
+    tw->w = (struct dev_weight){type, cols, rows, rb, tw->data, 0};
 }
 
 static void tweight_free(struct tweight *tw)
@@ -247,6 +247,48 @@ static int backends_list(struct backends *b, struct dev **out)
     out[0] = &b->scalar;
     out[1] = &b->avx2;
     return b->has_avx2 ? 2 : 1;
+}
+
+/*
+ * The weights the matmul tests run: every type as the GGUF stores it, then
+ * the types the CPU backend packs (Q4_1, Q8_0: the model's), packed by the
+ * backend under test, which takes its own kernels.
+ */
+#define N_VARIANTS (N_TYPES + 2)
+
+static uint32_t variant_type(size_t vi)
+{
+    return vi < N_TYPES ? all_types[vi] : vi == N_TYPES ? QT_Q4_1 : QT_Q8_0;
+}
+
+static int variant_packed(size_t vi)
+{
+    return vi >= N_TYPES;
+}
+
+static const char *variant_name(size_t vi)
+{
+    static char names[N_VARIANTS][32];
+    snprintf(names[vi], sizeof(names[vi]), "%s%s", type_name(variant_type(vi)),
+             variant_packed(vi) ? " packed" : "");
+    return names[vi];
+}
+
+/* tw's weight as device d runs it: packed by d when asked; free with weight_release */
+static struct dev_weight weight_on(struct dev *d, const struct tweight *tw, int packed)
+{
+    struct dev_weight w = tw->w;
+    if (packed) {
+        ck_assert_int_eq(dev_pack_weight(d, &w), 0);
+        ck_assert_msg(w.packed && w.data != tw->w.data, "%s was not packed", type_name(w.type));
+    }
+    return w;
+}
+
+static void weight_release(struct dev *d, struct dev_weight *w)
+{
+    if (w->packed)
+        dev_free(d, (void *)w->data);
 }
 
 /* ---- references --------------------------------------------------------------- */
@@ -351,18 +393,20 @@ START_TEST(matmul_scalar_and_avx2_agree)
     }
     float *x = make_acts(COLS, 11);
     float *ys = malloc(sizeof(float) * TMAX * ROWS), *ya = malloc(sizeof(float) * TMAX * ROWS);
-    for (size_t ti = 0; ti < N_TYPES; ti++) {
-        uint32_t type = all_types[ti];
+    for (size_t vi = 0; vi < N_VARIANTS; vi++) {
+        uint32_t type = variant_type(vi);
         struct tweight tw;
-        tweight_init(&tw, type, ROWS, COLS, 100 + ti);
+        tweight_init(&tw, type, ROWS, COLS, 100 + vi);
+        struct dev_weight ws = weight_on(&b.scalar, &tw, variant_packed(vi));
+        struct dev_weight wa = weight_on(&b.avx2, &tw, variant_packed(vi));
         for (size_t bi = 0; bi < 3; bi++) {
             int T = batch_sizes[bi];
-            ck_assert_int_eq(dev_matmul(&b.scalar, &tw.w, x, T, ys), 0);
-            ck_assert_int_eq(dev_matmul(&b.avx2, &tw.w, x, T, ya), 0);
+            ck_assert_int_eq(dev_matmul(&b.scalar, &ws, x, T, ys), 0);
+            ck_assert_int_eq(dev_matmul(&b.avx2, &wa, x, T, ya), 0);
             if (is_q8_type(type)) {
-                /* integer dots in the same 8 lanes, summed in the same order */
+                /* integer dots in the same lanes, summed in the same order */
                 ck_assert_msg(memcmp(ys, ya, sizeof(float) * (size_t)(T * ROWS)) == 0,
-                              "%s T=%d: scalar and AVX2 results differ", type_name(type), T);
+                              "%s T=%d: scalar and AVX2 results differ", variant_name(vi), T);
                 continue;
             }
             /* f32 dots: the scalar path sums in double, AVX2 in f32 lanes */
@@ -372,10 +416,12 @@ START_TEST(matmul_scalar_and_avx2_agree)
                     ref_dot(tw.deq + r * COLS, x + t * COLS, COLS, &mag);
                     float s = ys[t * ROWS + r], a = ya[t * ROWS + r];
                     ck_assert_msg(fabs((double)s - a) <= dot_tol(mag),
-                                  "%s T=%d [%d,%d]: scalar %.9g avx2 %.9g", type_name(type), T, t,
+                                  "%s T=%d [%d,%d]: scalar %.9g avx2 %.9g", variant_name(vi), T, t,
                                   r, s, a);
                 }
         }
+        weight_release(&b.scalar, &ws);
+        weight_release(&b.avx2, &wa);
         tweight_free(&tw);
     }
     free(x), free(ys), free(ya);
@@ -393,13 +439,15 @@ START_TEST(matmul_matches_dequantized_reference)
     int nd = backends_list(&b, devs);
     float *x = make_acts(COLS, 12);
     float *y = malloc(sizeof(float) * TMAX * ROWS);
-    for (size_t ti = 0; ti < N_TYPES; ti++) {
-        uint32_t type = all_types[ti];
+    for (size_t vi = 0; vi < N_VARIANTS; vi++) {
+        uint32_t type = variant_type(vi);
         struct tweight tw;
-        tweight_init(&tw, type, ROWS, COLS, 200 + ti);
+        tweight_init(&tw, type, ROWS, COLS, 200 + vi);
         for (int di = 0; di < nd; di++) {
             const char *kn = dev_cpu_kernels_name(devs[di]);
-            ck_assert_int_eq(dev_matmul(devs[di], &tw.w, x, TMAX, y), 0);
+            struct dev_weight w = weight_on(devs[di], &tw, variant_packed(vi));
+            ck_assert_int_eq(dev_matmul(devs[di], &w, x, TMAX, y), 0);
+            weight_release(devs[di], &w);
             for (int t = 0; t < TMAX; t++)
                 for (int r = 0; r < ROWS; r++) {
                     const float *xr = x + t * COLS;
@@ -407,7 +455,7 @@ START_TEST(matmul_matches_dequantized_reference)
                     double got = y[t * ROWS + r];
                     double tol = is_q8_type(type) ? q8_bound(&tw, r, xr, mag) : dot_tol(mag);
                     ck_assert_msg(fabs(got - ref) <= tol, "%s %s [%d,%d]: %.9g, exact %.9g, tol %g",
-                                  kn, type_name(type), t, r, got, ref, tol);
+                                  kn, variant_name(vi), t, r, got, ref, tol);
                     if (!is_q8_type(type))
                         continue;
                     /*
@@ -418,7 +466,7 @@ START_TEST(matmul_matches_dequantized_reference)
                     double mmag, model = q8_model_dot(&tw, r, xr, &mmag);
                     ck_assert_msg(fabs(got - model) <= 3e-6 * mmag + 1e-6,
                                   "%s %s [%d,%d]: %.9g, with q8 activations %.9g", kn,
-                                  type_name(type), t, r, got, model);
+                                  variant_name(vi), t, r, got, model);
                 }
         }
         tweight_free(&tw);
@@ -438,18 +486,19 @@ START_TEST(matmul_rows_do_not_depend_on_batch)
     int nd = backends_list(&b, devs);
     float *x = make_acts(COLS, 13);
     float *y9 = malloc(sizeof(float) * TMAX * ROWS), y1[ROWS];
-    for (size_t ti = 0; ti < N_TYPES; ti++) {
-        uint32_t type = all_types[ti];
+    for (size_t vi = 0; vi < N_VARIANTS; vi++) {
         struct tweight tw;
-        tweight_init(&tw, type, ROWS, COLS, 300 + ti);
+        tweight_init(&tw, variant_type(vi), ROWS, COLS, 300 + vi);
         for (int di = 0; di < nd; di++) {
-            ck_assert_int_eq(dev_matmul(devs[di], &tw.w, x, TMAX, y9), 0);
+            struct dev_weight w = weight_on(devs[di], &tw, variant_packed(vi));
+            ck_assert_int_eq(dev_matmul(devs[di], &w, x, TMAX, y9), 0);
             for (int t = 0; t < TMAX; t++) {
-                ck_assert_int_eq(dev_matmul(devs[di], &tw.w, x + t * COLS, 1, y1), 0);
+                ck_assert_int_eq(dev_matmul(devs[di], &w, x + t * COLS, 1, y1), 0);
                 ck_assert_msg(memcmp(y1, y9 + t * ROWS, sizeof(y1)) == 0,
                               "%s %s: row %d of a batch of %d differs from the row alone",
-                              dev_cpu_kernels_name(devs[di]), type_name(type), t, TMAX);
+                              dev_cpu_kernels_name(devs[di]), variant_name(vi), t, TMAX);
             }
+            weight_release(devs[di], &w);
         }
         tweight_free(&tw);
     }
@@ -461,9 +510,10 @@ END_TEST
 /*
  * Several weights against one input in one call (the model's q, k, v and
  * gate, up): each output equals its own matmul, bit for bit, for a decode
- * row (T = 1) and a batch (the GEMM path), weights of different row counts
- * (row blocks and chunks that straddle two weights), and a mix of types
- * (dev_matmul_n then falls back to one matmul each).
+ * row (T = 1) and a batch, weights of different row counts (row blocks and
+ * chunks that straddle two weights, packed groups of 8 cut short), and a mix
+ * of types or of packed and not (dev_matmul_n then falls back to one matmul
+ * each).
  */
 START_TEST(matmul_n_equals_separate_matmuls)
 {
@@ -473,16 +523,22 @@ START_TEST(matmul_n_equals_separate_matmuls)
     int nd = backends_list(&b, devs);
     float *x = make_acts(COLS, 14);
     static const int64_t rows[3] = {ROWS, 20, 33};
-    for (size_t ti = 0; ti < N_TYPES; ti++) {
+    for (size_t vi = 0; vi < N_VARIANTS; vi++) {
         struct tweight tw[3];
-        for (int i = 0; i < 3; i++) /* the last weight: another type when mixed */
-            tweight_init(&tw[i], i == 2 && ti % 2 ? all_types[(ti + 1) % N_TYPES] : all_types[ti],
-                         rows[i], COLS, 400 + ti * 3 + (size_t)i);
-        const struct dev_weight *ws[3] = {&tw[0].w, &tw[1].w, &tw[2].w};
+        /* the last weight: another type when mixed (every other variant) */
+        int mixed = vi % 2;
+        for (int i = 0; i < 3; i++)
+            tweight_init(&tw[i],
+                         i == 2 && mixed ? variant_type((vi + 1) % N_TYPES) : variant_type(vi),
+                         rows[i], COLS, 400 + vi * 3 + (size_t)i);
         float *ys[3], *ref = malloc(sizeof(float) * TMAX * ROWS);
         for (int i = 0; i < 3; i++)
             ys[i] = malloc(sizeof(float) * TMAX * ROWS);
-        for (int di = 0; di < nd; di++)
+        for (int di = 0; di < nd; di++) {
+            struct dev_weight w[3];
+            for (int i = 0; i < 3; i++) /* a packed variant's odd one out stays as stored */
+                w[i] = weight_on(devs[di], &tw[i], variant_packed(vi) && !(i == 2 && mixed));
+            const struct dev_weight *ws[3] = {&w[0], &w[1], &w[2]};
             for (size_t bi = 0; bi < 3; bi++) {
                 int T = batch_sizes[bi];
                 ck_assert_int_eq(dev_matmul_n(devs[di], ws, 3, x, T, ys), 0);
@@ -490,9 +546,12 @@ START_TEST(matmul_n_equals_separate_matmuls)
                     ck_assert_int_eq(dev_matmul(devs[di], ws[i], x, T, ref), 0);
                     ck_assert_msg(memcmp(ref, ys[i], sizeof(float) * (size_t)(T * rows[i])) == 0,
                                   "%s %s T=%d: weight %d of 3 differs from its own matmul",
-                                  dev_cpu_kernels_name(devs[di]), type_name(tw[i].w.type), T, i);
+                                  dev_cpu_kernels_name(devs[di]), variant_name(vi), T, i);
                 }
             }
+            for (int i = 0; i < 3; i++)
+                weight_release(devs[di], &w[i]);
+        }
         for (int i = 0; i < 3; i++) {
             free(ys[i]);
             tweight_free(&tw[i]);
@@ -522,7 +581,7 @@ START_TEST(matmul_refuses_unsupported_weights)
         {99, 256},      /* unknown id */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        struct dev_weight w = {bad[i].type, bad[i].cols, 2, 64, tw.data};
+        struct dev_weight w = {bad[i].type, bad[i].cols, 2, 64, tw.data, 0};
         for (int k = 0; k < 8; k++)
             y[k] = -7.0f;
         ck_assert_int_eq(dev_matmul(&b.scalar, &w, x, 1, y), -EINVAL);
@@ -550,16 +609,20 @@ START_TEST(results_do_not_depend_on_thread_count)
         }
     float *x = make_acts(COLS, 14);
     float *y1 = malloc(sizeof(float) * TMAX * ROWS), *yn = malloc(sizeof(float) * TMAX * ROWS);
-    for (size_t ti = 0; ti < N_TYPES; ti++) {
+    for (size_t vi = 0; vi < N_VARIANTS; vi++) {
         struct tweight tw;
-        tweight_init(&tw, all_types[ti], ROWS, COLS, 500 + ti);
+        tweight_init(&tw, variant_type(vi), ROWS, COLS, 500 + vi);
         for (int k = 0; k < nk; k++) {
-            ck_assert_int_eq(dev_matmul(&d[k][0], &tw.w, x, TMAX, y1), 0);
+            struct dev_weight w1 = weight_on(&d[k][0], &tw, variant_packed(vi));
+            ck_assert_int_eq(dev_matmul(&d[k][0], &w1, x, TMAX, y1), 0);
+            weight_release(&d[k][0], &w1);
             for (int n = 1; n < 3; n++) {
-                ck_assert_int_eq(dev_matmul(&d[k][n], &tw.w, x, TMAX, yn), 0);
+                struct dev_weight wn = weight_on(&d[k][n], &tw, variant_packed(vi));
+                ck_assert_int_eq(dev_matmul(&d[k][n], &wn, x, TMAX, yn), 0);
+                weight_release(&d[k][n], &wn);
                 ck_assert_msg(memcmp(y1, yn, sizeof(float) * TMAX * ROWS) == 0,
                               "%s %s: %d threads differ from 1", dev_cpu_kernels_name(&d[k][n]),
-                              type_name(all_types[ti]), n + 1);
+                              variant_name(vi), n + 1);
             }
         }
         tweight_free(&tw);
@@ -1119,8 +1182,8 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
         struct dev_kv kv[2];
         struct dev_tokpos tp[N];
         for (int d = 0; d < 2; d++) {
-            kv[d] = (struct dev_kv){.type = QT_F16, .block_size = BS, .n_kv_heads = 1,
-                                    .head_dim = hd};
+            kv[d] =
+                (struct dev_kv){.type = QT_F16, .block_size = BS, .n_kv_heads = 1, .head_dim = hd};
             kv[d].k = dev_alloc(devs[d], bytes);
             kv[d].v = dev_alloc(devs[d], bytes);
             ck_assert(kv[d].k && kv[d].v);
@@ -1140,10 +1203,10 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
             for (int d = 0; d < 2; d++)
                 ck_assert_int_eq(dev_attention(devs[d], &kv[d], tp, T, q, QH, 0.125f, out[d]), 0);
             for (int i = 0; i < T * QH * hd; i++)
-                ck_assert_msg(memcmp(&out[0][i], &out[1][i], 4) == 0,
-                              "head_dim %d, %d query heads, %d %s, output %d: scalar %.9g avx2 %.9g",
-                              hd, QH, T, chunk ? "in a chunk" : "lone tokens", i, out[0][i],
-                              out[1][i]);
+                ck_assert_msg(
+                    memcmp(&out[0][i], &out[1][i], 4) == 0,
+                    "head_dim %d, %d query heads, %d %s, output %d: scalar %.9g avx2 %.9g", hd, QH,
+                    T, chunk ? "in a chunk" : "lone tokens", i, out[0][i], out[1][i]);
         }
         for (int d = 0; d < 2; d++) {
             dev_free(devs[d], kv[d].k);

@@ -1,8 +1,17 @@
 /*
- * tests/unit/check_model.c - the model on the default SmolLM2: greedy text
- * equal to llama.cpp's (tests/fixtures/greedy_smollm2.json, made by
+ * tests/unit/check_model.c - the model on the default SmolLM2 against
+ * llama.cpp (tests/fixtures/greedy_smollm2.json, made by
  * tests/fixtures/make_greedy_fixture.py with llama-cpp-python 0.3.16), batch
  * invariance bit for bit, and clear refusals of models we cannot run.
+ *
+ * Two comparisons with llama.cpp.  With the weights as the GGUF stores them
+ * (no_pack), every kernel follows llama.cpp's AVX2 arithmetic, so the greedy
+ * text and its logits match to 1e-3: this pins the whole model down.  With
+ * packed weights (what cinfer runs), the matmuls round differently (kernels.h)
+ * and that moves the 8-bit activation roundings, hence the logits, by about
+ * as much as llama.cpp's own distance from an all-f32 run (0.20 vs 0.22 RMS
+ * when measured): there the logits must stay close and the greedy choice may
+ * differ only where llama.cpp's top two were close.
  */
 #include <cJSON.h>
 #include <check.h>
@@ -24,25 +33,47 @@
 
 static struct gguf_file *g_file;
 static struct tok *g_tok;
-static struct model *g_model;
-static struct dev g_dev;
+static struct model *g_model;          /* packed weights, as cinfer runs */
+static struct model *g_model_unpacked; /* the GGUF's layout */
+static struct dev g_dev, g_dev_unpacked;
 
 static void setup(void)
 {
     char err[512];
     ck_assert_msg(gguf_open(test_model_path(), &g_file, err, sizeof(err)) == 0, "%s", err);
     ck_assert_msg(eng_tokenizer_load(g_file, NULL, &g_tok, err, sizeof(err)) == 0, "%s", err);
-    struct dev_cpu_config cfg = {.threads = 2};
+    struct dev_cpu_config cfg = {.threads = 2}, cfg_u = {.threads = 2, .no_pack = 1};
     ck_assert_int_eq(dev_cpu_create(&cfg, &g_dev), 0);
+    ck_assert_int_eq(dev_cpu_create(&cfg_u, &g_dev_unpacked), 0);
     ck_assert_msg(model_load(g_file, &g_dev, &g_model, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(model_load(g_file, &g_dev_unpacked, &g_model_unpacked, err, sizeof(err)) == 0,
+                  "%s", err);
+    /* the default model is Q4_1 with a Q8_0 output: both pack */
+    ck_assert(g_model->layers[0].wq.packed && g_model->output.packed);
+    ck_assert(!g_model_unpacked->layers[0].wq.packed && !g_model_unpacked->output.packed);
 }
 
 static void teardown(void)
 {
     model_free(g_model);
+    model_free(g_model_unpacked);
     dev_destroy(&g_dev);
+    dev_destroy(&g_dev_unpacked);
     tok_destroy(g_tok);
     gguf_close(g_file);
+}
+
+static cJSON *load_fixture(void)
+{
+    FILE *f = fopen(FIXTURE, "rb");
+    ck_assert_ptr_nonnull(f);
+    static char buf[1 << 20];
+    size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    cJSON *fx = cJSON_Parse(buf);
+    ck_assert_ptr_nonnull(fx);
+    return fx;
 }
 
 static int argmax(const float *x, int n)
@@ -63,19 +94,13 @@ struct seq {
 
 START_TEST(greedy_matches_llamacpp)
 {
-    FILE *f = fopen(FIXTURE, "rb");
-    ck_assert_ptr_nonnull(f);
-    static char buf[1 << 20];
-    size_t len = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[len] = '\0';
-    cJSON *fx = cJSON_Parse(buf);
-    ck_assert_ptr_nonnull(fx);
+    struct model *model = g_model_unpacked;
+    cJSON *fx = load_fixture();
     struct kv_pool *pool = NULL;
     struct model_kv kv;
     ck_assert_int_eq(kv_pool_create(64, 16, &pool), 0);
-    ck_assert_int_eq(model_kv_init(g_model, &kv, 64, 16, QT_F16), 0);
-    float *logits = malloc(sizeof(float) * g_model->hp.n_vocab);
+    ck_assert_int_eq(model_kv_init(model, &kv, 64, 16, QT_F16), 0);
+    float *logits = malloc(sizeof(float) * model->hp.n_vocab);
     int prompts = 0, near_ties = 0;
     const cJSON *p;
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(fx, "prompts"))
@@ -96,7 +121,7 @@ START_TEST(greedy_matches_llamacpp)
             tp[i] = (struct dev_tokpos){s.kv.blocks, i, 0};
         want[s.n - 1] = 1;
         struct model_batch b = {s.n, s.tokens, tp, want, NULL};
-        ck_assert_int_eq(model_forward(g_model, &kv, &b, logits), 0);
+        ck_assert_int_eq(model_forward(model, &kv, &b, logits), 0);
         int step = 0;
         const cJSON *st;
         cJSON_ArrayForEach(st, cJSON_GetObjectItem(p, "steps"))
@@ -104,7 +129,7 @@ START_TEST(greedy_matches_llamacpp)
             int want_id = (int)cJSON_GetObjectItem(st, "id")->valuedouble;
             double ref = cJSON_GetObjectItem(st, "logit")->valuedouble;
             double margin = ref - cJSON_GetObjectItem(st, "second_logit")->valuedouble;
-            int got = argmax(logits, g_model->hp.n_vocab);
+            int got = argmax(logits, model->hp.n_vocab);
             if (got != want_id) {
                 /* allowed only at a near-tie of the reference (none in this fixture) */
                 ck_assert_msg(margin < 0.01, "prompt %d step %d: %d instead of %d (margin %.4f)",
@@ -120,7 +145,7 @@ START_TEST(greedy_matches_llamacpp)
             uint8_t w1 = 1;
             struct model_batch b1 = {1, &s.tokens[s.n], &tp1, &w1, NULL};
             s.n++;
-            ck_assert_int_eq(model_forward(g_model, &kv, &b1, logits), 0);
+            ck_assert_int_eq(model_forward(model, &kv, &b1, logits), 0);
             step++;
         }
         ck_assert_int_eq(step + near_ties, 32);
@@ -129,6 +154,78 @@ START_TEST(greedy_matches_llamacpp)
     }
     ck_assert_int_eq(prompts, 8);
     ck_assert_int_eq(near_ties, 0);
+    free(logits);
+    model_kv_free(model, &kv);
+    kv_pool_destroy(pool);
+    cJSON_Delete(fx);
+}
+END_TEST
+
+/*
+ * The packed model (cinfer's default) fed llama.cpp's greedy tokens step by
+ * step (teacher forcing, so every step of every prompt is compared): the
+ * logit of llama.cpp's token within 1 of llama.cpp's (0.68 at most when
+ * measured), their RMS difference under 0.4 (0.20 measured), and the same
+ * argmax wherever llama.cpp's margin to its second choice is at least 0.5
+ * (218 of the 256 steps; the 4 that differ had margins under 0.16).
+ */
+START_TEST(packed_model_tracks_llamacpp)
+{
+    cJSON *fx = load_fixture();
+    struct kv_pool *pool = NULL;
+    struct model_kv kv;
+    ck_assert_int_eq(kv_pool_create(64, 16, &pool), 0);
+    ck_assert_int_eq(model_kv_init(g_model, &kv, 64, 16, QT_F16), 0);
+    float *logits = malloc(sizeof(float) * g_model->hp.n_vocab);
+    int steps = 0, decisive = 0;
+    double sq = 0.0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(fx, "prompts"))
+    {
+        struct seq s = {0};
+        kv_seq_init(&s.kv);
+        const cJSON *id;
+        cJSON_ArrayForEach(id, cJSON_GetObjectItem(p, "prompt_ids")) s.tokens[s.n++] =
+            (int32_t)id->valuedouble;
+        struct dev_tokpos tp[256];
+        uint8_t want[256] = {0};
+        ck_assert_int_eq(kv_alloc_slots(pool, &s.kv, s.n), 0);
+        for (int i = 0; i < s.n; i++)
+            tp[i] = (struct dev_tokpos){s.kv.blocks, i, 0};
+        want[s.n - 1] = 1;
+        struct model_batch b = {s.n, s.tokens, tp, want, NULL};
+        ck_assert_int_eq(model_forward(g_model, &kv, &b, logits), 0);
+        const cJSON *st;
+        cJSON_ArrayForEach(st, cJSON_GetObjectItem(p, "steps"))
+        {
+            int ref_id = (int)cJSON_GetObjectItem(st, "id")->valuedouble;
+            double ref = cJSON_GetObjectItem(st, "logit")->valuedouble;
+            double margin = ref - cJSON_GetObjectItem(st, "second_logit")->valuedouble;
+            double diff = logits[ref_id] - ref;
+            ck_assert_msg(fabs(diff) < 1.0, "step %d: logit %.4f, llama.cpp's %.4f", steps,
+                          logits[ref_id], ref);
+            sq += diff * diff;
+            if (margin >= 0.5) {
+                int got = argmax(logits, g_model->hp.n_vocab);
+                ck_assert_msg(got == ref_id, "step %d: %d instead of %d (margin %.3f)", steps, got,
+                              ref_id, margin);
+                decisive++;
+            }
+            ck_assert_int_eq(kv_alloc_slots(pool, &s.kv, 1), 0);
+            s.tokens[s.n] = ref_id;
+            struct dev_tokpos tp1 = {s.kv.blocks, s.n, 0};
+            uint8_t w1 = 1;
+            struct model_batch b1 = {1, &s.tokens[s.n], &tp1, &w1, NULL};
+            s.n++;
+            ck_assert_int_eq(model_forward(g_model, &kv, &b1, logits), 0);
+            steps++;
+        }
+        kv_free_seq(pool, &s.kv);
+    }
+    ck_assert_int_eq(steps, 8 * 32);
+    ck_assert_int_ge(decisive, 200);
+    double rms = sqrt(sq / steps);
+    ck_assert_msg(rms < 0.4, "RMS logit difference %.4f", rms);
     free(logits);
     model_kv_free(g_model, &kv);
     kv_pool_destroy(pool);
@@ -300,6 +397,7 @@ Suite *model_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, greedy_matches_llamacpp);
+    tcase_add_test(tc, packed_model_tracks_llamacpp);
     tcase_add_test(tc, batch_invariance);
     tcase_add_test(tc, unsupported_models_are_refused_by_name);
     tcase_add_test(tc, bad_batches_are_refused);
