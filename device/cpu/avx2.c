@@ -28,6 +28,12 @@ static inline float half(uint16_t h)
     return _cvtsh_ss(h);
 }
 
+/* x rounded to the nearest f16 (ties to even), as qt_f32_to_f16 does */
+static inline float f16_round(float x)
+{
+    return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
+}
+
 static inline uint16_t rd16(const uint8_t *p)
 {
     uint16_t v;
@@ -75,7 +81,8 @@ static inline __m256i fifth_bits(const uint8_t *p)
     return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-static float quant_block(const float *x, int8_t *q)
+/* quantizes 32 values into q; returns the scale, and the sum of q in *sum if asked */
+static inline float quant_block(const float *x, int8_t *q, int *sum)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 v[4], mx = _mm256_setzero_ps();
@@ -93,6 +100,14 @@ static float quant_block(const float *x, int8_t *q)
     for (int i = 0; i < 4; i++)
         i32[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], id),
                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (sum) {
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]),
+                                     _mm256_add_epi32(i32[2], i32[3]));
+        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+        *sum = _mm_cvtsi128_si32(h);
+    }
     __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
     __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
     __m256i p8 = _mm256_packs_epi16(p16a, p16b);
@@ -105,18 +120,16 @@ static float quant_block(const float *x, int8_t *q)
 static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
 {
     for (int64_t b = 0; b < k / QK; b++)
-        y[b].d = qt_f16_to_f32(qt_f32_to_f16(quant_block(x + b * QK, y[b].qs)));
+        y[b].d = f16_round(quant_block(x + b * QK, y[b].qs, NULL));
 }
 
 static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
 {
     for (int64_t b = 0; b < k / QK; b++) {
-        float d = quant_block(x + b * QK, y[b].qs);
-        int sum = 0;
-        for (int j = 0; j < QK; j++)
-            sum += y[b].qs[j];
-        y[b].d = qt_f16_to_f32(qt_f32_to_f16(d));
-        y[b].s = qt_f16_to_f32(qt_f32_to_f16(d * (float)sum));
+        int sum;
+        float d = quant_block(x + b * QK, y[b].qs, &sum);
+        y[b].d = f16_round(d);
+        y[b].s = f16_round(d * (float)sum);
     }
 }
 

@@ -499,9 +499,15 @@ static void rmsnorm_cb(void *arg, int64_t b, int64_t e, int worker)
     for (int64_t t = b; t < e; t++) {
         const float *xr = j->x + (size_t)t * n;
         float *o = j->out + (size_t)t * n;
-        double sum = 0.0;
-        for (int i = 0; i < n; i++)
-            sum += (double)(xr[i] * xr[i]);
+        /* four running sums (in double, as llama.cpp's one) break the add chain */
+        double s4[4] = {0.0, 0.0, 0.0, 0.0};
+        int i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int l = 0; l < 4; l++)
+                s4[l] += (double)(xr[i + l] * xr[i + l]);
+        for (; i < n; i++)
+            s4[0] += (double)(xr[i] * xr[i]);
+        double sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
         float scale = 1.0f / sqrtf((float)(sum / n) + j->eps);
         for (int i = 0; i < n; i++)
             o[i] = j->w ? (xr[i] * scale) * j->w[i] : xr[i] * scale;
