@@ -179,48 +179,59 @@ static float dot_q8_0(const void *w, const struct blk_q8_0 *a, int64_t k)
  * Packed weights (kernels.h): per (row, token) and block, the exact integer
  * dot, then fmaf(d_w * d_a, isum, acc) (and for Q4_1 fmaf(m_w, s_a, acc)).
  */
-static void gemm_q4_1x8(const struct blk_q4_1x8 *w, int64_t n_rows, const struct blk_q8_1 *a,
-                        int64_t k, float *y, int64_t ldy, int nt)
+static float block_q4_1x8(const void *wb, int r, const void *ab, float acc)
+{
+    const struct blk_q4_1x8 *w = wb;
+    const struct blk_q8_1 *a = ab;
+    int isum = 0;
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 4; i++) {
+            int q = w->qs[c][r][i];
+            isum += (q & 0x0f) * a->qs[4 * c + i] + (q >> 4) * a->qs[16 + 4 * c + i];
+        }
+    acc = fmaf(half(w->d[r]) * a->d, (float)isum, acc);
+    return fmaf(half(w->m[r]), a->s, acc);
+}
+
+static float block_q8_0x8(const void *wb, int r, const void *ab, float acc)
+{
+    const struct blk_q8_0x8 *w = wb;
+    const struct blk_q8_0 *a = ab;
+    int isum = 0;
+    for (int c = 0; c < 8; c++)
+        for (int i = 0; i < 4; i++)
+            isum += w->qs[c][r][i] * a->qs[4 * c + i];
+    return fmaf(half(w->d[r]) * a->d, (float)isum, acc);
+}
+
+/* the packed GEMM over blocks of wsz (weights) and asz (activations) bytes */
+static void gemm_x8(const char *w, size_t wsz, int64_t n_rows, const char *a, size_t asz, int64_t k,
+                    float *y, int64_t ldy, int nt,
+                    float (*block)(const void *, int, const void *, float))
 {
     int64_t nb = k / QK;
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 8, w += nb)
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8, w += nb * wsz)
         for (int t = 0; t < nt; t++)
             for (int r = 0; r < 8 && r0 + r < n_rows; r++) {
                 float acc = 0.0f;
-                for (int64_t b = 0; b < nb; b++) {
-                    const struct blk_q8_1 *ab = &a[t * nb + b];
-                    int isum = 0;
-                    for (int c = 0; c < 4; c++)
-                        for (int i = 0; i < 4; i++) {
-                            int q = w[b].qs[c][r][i];
-                            isum +=
-                                (q & 0x0f) * ab->qs[4 * c + i] + (q >> 4) * ab->qs[16 + 4 * c + i];
-                        }
-                    acc = fmaf(half(w[b].d[r]) * ab->d, (float)isum, acc);
-                    acc = fmaf(half(w[b].m[r]), ab->s, acc);
-                }
+                for (int64_t b = 0; b < nb; b++)
+                    acc = block(w + b * wsz, r, a + (t * nb + b) * asz, acc);
                 y[t * ldy + r0 + r] = acc;
             }
+}
+
+static void gemm_q4_1x8(const struct blk_q4_1x8 *w, int64_t n_rows, const struct blk_q8_1 *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    gemm_x8((const char *)w, sizeof(*w), n_rows, (const char *)a, sizeof(*a), k, y, ldy, nt,
+            block_q4_1x8);
 }
 
 static void gemm_q8_0x8(const struct blk_q8_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
                         int64_t k, float *y, int64_t ldy, int nt)
 {
-    int64_t nb = k / QK;
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 8, w += nb)
-        for (int t = 0; t < nt; t++)
-            for (int r = 0; r < 8 && r0 + r < n_rows; r++) {
-                float acc = 0.0f;
-                for (int64_t b = 0; b < nb; b++) {
-                    const struct blk_q8_0 *ab = &a[t * nb + b];
-                    int isum = 0;
-                    for (int c = 0; c < 8; c++)
-                        for (int i = 0; i < 4; i++)
-                            isum += w[b].qs[c][r][i] * ab->qs[4 * c + i];
-                    acc = fmaf(half(w[b].d[r]) * ab->d, (float)isum, acc);
-                }
-                y[t * ldy + r0 + r] = acc;
-            }
+    gemm_x8((const char *)w, sizeof(*w), n_rows, (const char *)a, sizeof(*a), k, y, ldy, nt,
+            block_q8_0x8);
 }
 
 static float dot_f32(const float *a, const float *b, int64_t k)

@@ -92,6 +92,33 @@ struct seq {
     int n;
 };
 
+/* the whole of s's tokens in one batch, as the reference ran; logits of the last */
+static void prefill(struct model *m, struct model_kv *kv, struct kv_pool *pool, struct seq *s,
+                    float *logits)
+{
+    struct dev_tokpos tp[256];
+    uint8_t want[256] = {0};
+    ck_assert_int_eq(kv_alloc_slots(pool, &s->kv, s->n), 0);
+    for (int i = 0; i < s->n; i++)
+        tp[i] = (struct dev_tokpos){s->kv.blocks, i, 0};
+    want[s->n - 1] = 1;
+    struct model_batch b = {s->n, s->tokens, tp, want, NULL};
+    ck_assert_int_eq(model_forward(m, kv, &b, logits), 0);
+}
+
+/* appends `token` to s and runs it alone (a decode step); logits of it */
+static void decode(struct model *m, struct model_kv *kv, struct kv_pool *pool, struct seq *s,
+                   int32_t token, float *logits)
+{
+    ck_assert_int_eq(kv_alloc_slots(pool, &s->kv, 1), 0);
+    s->tokens[s->n] = token;
+    struct dev_tokpos tp1 = {s->kv.blocks, s->n, 0};
+    uint8_t w1 = 1;
+    struct model_batch b1 = {1, &s->tokens[s->n], &tp1, &w1, NULL};
+    s->n++;
+    ck_assert_int_eq(model_forward(m, kv, &b1, logits), 0);
+}
+
 START_TEST(greedy_matches_llamacpp)
 {
     struct model *model = g_model_unpacked;
@@ -114,14 +141,7 @@ START_TEST(greedy_matches_llamacpp)
         for (int i = 0; i < s.n; i++)
             ck_assert_int_eq(s.tokens[i], (int)cJSON_GetArrayItem(pid, i)->valuedouble);
         /* prefill in one batch, then one token per step, as the reference ran */
-        struct dev_tokpos tp[256];
-        uint8_t want[256] = {0};
-        ck_assert_int_eq(kv_alloc_slots(pool, &s.kv, s.n), 0);
-        for (int i = 0; i < s.n; i++)
-            tp[i] = (struct dev_tokpos){s.kv.blocks, i, 0};
-        want[s.n - 1] = 1;
-        struct model_batch b = {s.n, s.tokens, tp, want, NULL};
-        ck_assert_int_eq(model_forward(model, &kv, &b, logits), 0);
+        prefill(model, &kv, pool, &s, logits);
         int step = 0;
         const cJSON *st;
         cJSON_ArrayForEach(st, cJSON_GetObjectItem(p, "steps"))
@@ -139,13 +159,7 @@ START_TEST(greedy_matches_llamacpp)
             }
             ck_assert_msg(fabs(logits[got] - ref) < 1e-3, "prompt %d step %d: logit %.5f vs %.5f",
                           prompts, step, logits[got], ref);
-            ck_assert_int_eq(kv_alloc_slots(pool, &s.kv, 1), 0);
-            s.tokens[s.n] = got;
-            struct dev_tokpos tp1 = {s.kv.blocks, s.n, 0};
-            uint8_t w1 = 1;
-            struct model_batch b1 = {1, &s.tokens[s.n], &tp1, &w1, NULL};
-            s.n++;
-            ck_assert_int_eq(model_forward(model, &kv, &b1, logits), 0);
+            decode(model, &kv, pool, &s, got, logits);
             step++;
         }
         ck_assert_int_eq(step + near_ties, 32);
@@ -187,14 +201,7 @@ START_TEST(packed_model_tracks_llamacpp)
         const cJSON *id;
         cJSON_ArrayForEach(id, cJSON_GetObjectItem(p, "prompt_ids")) s.tokens[s.n++] =
             (int32_t)id->valuedouble;
-        struct dev_tokpos tp[256];
-        uint8_t want[256] = {0};
-        ck_assert_int_eq(kv_alloc_slots(pool, &s.kv, s.n), 0);
-        for (int i = 0; i < s.n; i++)
-            tp[i] = (struct dev_tokpos){s.kv.blocks, i, 0};
-        want[s.n - 1] = 1;
-        struct model_batch b = {s.n, s.tokens, tp, want, NULL};
-        ck_assert_int_eq(model_forward(g_model, &kv, &b, logits), 0);
+        prefill(g_model, &kv, pool, &s, logits);
         const cJSON *st;
         cJSON_ArrayForEach(st, cJSON_GetObjectItem(p, "steps"))
         {
@@ -211,13 +218,7 @@ START_TEST(packed_model_tracks_llamacpp)
                               ref_id, margin);
                 decisive++;
             }
-            ck_assert_int_eq(kv_alloc_slots(pool, &s.kv, 1), 0);
-            s.tokens[s.n] = ref_id;
-            struct dev_tokpos tp1 = {s.kv.blocks, s.n, 0};
-            uint8_t w1 = 1;
-            struct model_batch b1 = {1, &s.tokens[s.n], &tp1, &w1, NULL};
-            s.n++;
-            ck_assert_int_eq(model_forward(g_model, &kv, &b1, logits), 0);
+            decode(g_model, &kv, pool, &s, ref_id, logits);
             steps++;
         }
         kv_free_seq(pool, &s.kv);
