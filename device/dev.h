@@ -78,6 +78,12 @@ struct dev_ops {
      * every T.  Returns 0 or -ENOMEM.
      */
     int (*pack_weight)(void *ctx, struct dev_weight *w);
+    /*
+     * Optional: a hint that w is read soon (the model gives the matmul that
+     * follows attention).  The backend may fetch it into cache alongside its
+     * next op; results do not change.
+     */
+    void (*prefetch)(void *ctx, const struct dev_weight *w);
     /* out[T x cols] = rows ids[t] of table, dequantized */
     int (*embed)(void *ctx, const struct dev_weight *table, const int32_t *ids, int T, float *out);
     /* out[t] = x[t] / rms(x[t]) * w (w may be NULL) */
@@ -178,6 +184,12 @@ static inline int dev_matmul_n(struct dev *d, const struct dev_weight *const *w,
 static inline int dev_pack_weight(struct dev *d, struct dev_weight *w)
 {
     return d->ops->pack_weight ? d->ops->pack_weight(d->ctx, w) : 0;
+}
+
+static inline void dev_prefetch(struct dev *d, const struct dev_weight *w)
+{
+    if (d->ops->prefetch)
+        d->ops->prefetch(d->ctx, w);
 }
 
 static inline int dev_embed(struct dev *d, const struct dev_weight *table, const int32_t *ids,

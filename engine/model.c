@@ -433,6 +433,7 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         rc = rc ? rc : dev_rope(d, m->k, pos, n, hp->n_head_kv, hd, &hp->rope);
         // store k, v in the cache, then attend over each token's sequence
         rc = rc ? rc : dev_kv_store(d, &kv->layers[l], tp, n, m->k, m->v);
+        dev_prefetch(d, &ly->wo); /* read next; idle threads may fetch it meanwhile */
         rc = rc ? rc : dev_attention(d, &kv->layers[l], tp, n, m->q, hp->n_head, kq_scale, m->att);
         // output projection and residual
         rc = rc ? rc : dev_matmul(d, &ly->wo, m->att, n, m->xb2);

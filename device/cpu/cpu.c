@@ -10,6 +10,7 @@
 #include <errno.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#include <immintrin.h>
 #endif
 #include <math.h>
 #include <pthread.h>
@@ -179,6 +180,9 @@ struct cpu {
     struct pool pool;
     const struct cpu_kernels *k;
     int no_pack;
+    /* dev_prefetch's weight, fetched by threads the next attention leaves idle */
+    const void *pf_data;
+    size_t pf_bytes;
     struct scratch act;         /* quantized activations of a matmul */
     struct scratch *per_worker; /* one per thread: dequantized rows, attention scores */
 };
@@ -594,7 +598,13 @@ struct attn_job {
     int gsz; /* query heads per work item, sharing their KV head */
     float scale;
     float *out;
+    int64_t n_items; /* (token, head group) items; then the prefetch items */
+    const char *pf;  /* the prefetch hint's bytes, PF_ITEM per item */
+    size_t pf_bytes;
 };
+
+/* bytes of the hinted weight one prefetch work item asks for */
+#define PF_ITEM 16384
 
 /*
  * One (token, gsz query heads of one KV head): softmax(q . k_p * scale) over
@@ -605,9 +615,28 @@ struct attn_job {
  * chunk, the vector-dot order for a lone token (see kernels.h).  Each head's
  * result is the same whatever gsz is.
  */
+/* prefetch items [b, e) of an attention job: the lines of PF_ITEM bytes each */
+static void attn_prefetch(const struct attn_job *j, int64_t b, int64_t e)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    for (int64_t i = b; i < e; i++) {
+        size_t lo = (size_t)i * PF_ITEM,
+               hi = lo + PF_ITEM < j->pf_bytes ? lo + PF_ITEM : j->pf_bytes;
+        for (size_t o = lo; o < hi; o += 64)
+            _mm_prefetch(j->pf + o, _MM_HINT_T1);
+    }
+#else
+    (void)j, (void)b, (void)e;
+#endif
+}
+
 static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
 {
     struct attn_job *j = arg;
+    if (e > j->n_items) {
+        attn_prefetch(j, (b > j->n_items ? b : j->n_items) - j->n_items, e - j->n_items);
+        e = j->n_items;
+    }
     const struct dev_kv *kv = j->kv;
     const struct cpu_kernels *k = j->c->k;
     int hd = kv->head_dim, bs = kv->block_size, g = j->gsz;
@@ -673,6 +702,13 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
     }
 }
 
+static void cpu_prefetch(void *ctx, const struct dev_weight *w)
+{
+    struct cpu *c = ctx;
+    c->pf_data = w->data;
+    c->pf_bytes = (size_t)w->rows * w->row_bytes; /* a packed weight has as many */
+}
+
 static int cpu_attention(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
                          const float *q, int n_heads, float scale, float *out)
 {
@@ -691,8 +727,28 @@ static int cpu_attention(void *ctx, const struct dev_kv *kv, const struct dev_to
     size_t per_head = (size_t)max_pos + 1 + 33 * (size_t)kv->head_dim;
     if (worker_scratch(c, per_head * (size_t)gsz * sizeof(float)))
         return -ENOMEM;
-    struct attn_job j = {c, kv, tp, q, n_heads, gsz, scale, out};
-    pool_run(&c->pool, (int64_t)T * (n_heads / gsz), 1, attn_cb, &j);
+    struct attn_job j = {.c = c,
+                         .kv = kv,
+                         .tp = tp,
+                         .q = q,
+                         .n_heads = n_heads,
+                         .gsz = gsz,
+                         .scale = scale,
+                         .out = out,
+                         .n_items = (int64_t)T * (n_heads / gsz)};
+    /*
+     * With few items (a decode step of one sequence: one per KV head) some
+     * thread runs out of work early: it asks for the hinted weight meanwhile,
+     * so the next matmul finds it in cache (tg @ d256 +4.5% here).
+     */
+    int64_t n_pf = 0;
+    if (c->pf_data && j.n_items < 4 * c->pool.n) {
+        j.pf = c->pf_data;
+        j.pf_bytes = c->pf_bytes;
+        n_pf = (int64_t)((j.pf_bytes + PF_ITEM - 1) / PF_ITEM);
+    }
+    c->pf_data = NULL;
+    pool_run(&c->pool, j.n_items + n_pf, 1, attn_cb, &j);
     return 0;
 }
 
@@ -767,6 +823,7 @@ static const struct dev_ops dev_cpu_ops = {
     .matmul = cpu_matmul,
     .matmul_n = cpu_matmul_n,
     .pack_weight = cpu_pack_weight,
+    .prefetch = cpu_prefetch,
     .embed = cpu_embed,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

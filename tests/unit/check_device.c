@@ -1233,6 +1233,8 @@ START_TEST(attention_does_not_depend_on_thread_count)
     struct dev_tokpos tp[SEQ];
     for (int c = 0; c < N_QUERY_SETS; c++)
         o1[c] = malloc(osz);
+    struct tweight tw; /* a weight to hint at: 67 rows of Q4_1, 24 KB */
+    tweight_init(&tw, QT_Q4_1, ROWS, COLS, 1201);
     for (int n = 1; n <= 3; n++) {
         struct dev d;
         struct dev_cpu_config cfg = {.threads = n};
@@ -1246,12 +1248,18 @@ START_TEST(attention_does_not_depend_on_thread_count)
             if (n > 1)
                 ck_assert_msg(memcmp(o1[c], on, sizeof(float) * T * Q_ROW) == 0,
                               "%s: %d threads differ from 1", query_set_name[c], n);
+            /* idle threads fetching a hinted weight change nothing */
+            dev_prefetch(&d, &tw.w);
+            ck_assert_int_eq(dev_attention(&d, &kv, tp, T, q, Q_HEADS, 0.125f, on), 0);
+            ck_assert_msg(memcmp(o1[c], on, sizeof(float) * T * Q_ROW) == 0,
+                          "%s: %d threads with a prefetch hint differ", query_set_name[c], n);
         }
         kv_cache_destroy(&d, &kv);
         dev_destroy(&d);
     }
     for (int c = 0; c < N_QUERY_SETS; c++)
         free(o1[c]);
+    tweight_free(&tw);
     free(k), free(v), free(q), free(on);
 }
 END_TEST
