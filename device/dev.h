@@ -114,7 +114,12 @@ struct dev {
 struct dev_cpu_config {
     int threads;      /* worker threads; <= 0: the number of cores */
     int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
-    int no_pack;      /* 1: pack_weight leaves every weight as the GGUF has it */
+    /*
+     * 1: follow llama.cpp's AVX2 arithmetic step for step, for checking
+     * against it (slower): pack_weight leaves every weight as the GGUF has
+     * it, and a lone token's attention sums in llama.cpp's vector-dot order.
+     */
+    int exact_llamacpp;
 };
 
 /*

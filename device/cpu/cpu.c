@@ -179,7 +179,7 @@ struct scratch {
 struct cpu {
     struct pool pool;
     const struct cpu_kernels *k;
-    int no_pack;
+    int exact; /* dev_cpu_config.exact_llamacpp */
     /* dev_prefetch's weight, fetched by threads the next attention leaves idle */
     const void *pf_data;
     size_t pf_bytes;
@@ -427,7 +427,7 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
 static int cpu_pack_weight(void *ctx, struct dev_weight *w)
 {
     struct cpu *c = ctx;
-    if (c->no_pack || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
+    if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
         return 0;
     int n_scales = w->type == QT_Q4_1 ? 2 : 1;
     size_t src_blk = w->type == QT_Q4_1 ? 20 : 34, quant_bytes = src_blk - 2 * n_scales;
@@ -606,15 +606,6 @@ struct attn_job {
 /* bytes of the hinted weight one prefetch work item asks for */
 #define PF_ITEM 16384
 
-/*
- * One (token, gsz query heads of one KV head): softmax(q . k_p * scale) over
- * the sequence's positions 0..pos, then the sum of p_p v_p, reading K and V
- * block by block.  The arithmetic follows llama.cpp's: q and the
- * probabilities are rounded to f16 for the f16 cache, and the dot products
- * keep its summation order - the GEMM order for a sequence's multi-token
- * chunk, the vector-dot order for a lone token (see kernels.h).  Each head's
- * result is the same whatever gsz is.
- */
 /* prefetch items [b, e) of an attention job: the lines of PF_ITEM bytes each */
 static void attn_prefetch(const struct attn_job *j, int64_t b, int64_t e)
 {
@@ -630,6 +621,16 @@ static void attn_prefetch(const struct attn_job *j, int64_t b, int64_t e)
 #endif
 }
 
+/*
+ * One (token, gsz query heads of one KV head): softmax(q . k_p * scale) over
+ * the sequence's positions 0..pos, then the sum of p_p v_p, reading K and V
+ * block by block.  The arithmetic follows llama.cpp's: q and the
+ * probabilities are rounded to f16 for the f16 cache, and the dot products
+ * keep its GEMM summation order (8 lanes) - and with exact_llamacpp, its
+ * vector-dot order (32 lanes) for a lone token, as its decode has (see
+ * kernels.h).  Each head's result is the same whatever gsz is.  Items past
+ * n_items are prefetch items (cpu_prefetch).
+ */
 static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
 {
     struct attn_job *j = arg;
@@ -647,7 +648,8 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
         int t = (int)(it / items), h0 = (int)(it % items) * g, kh = h0 / group;
         const struct dev_tokpos *tp = &j->tp[t];
         int n = tp->pos + 1;
-        int lanes = tp->chunk ? 8 : 32;
+        /* 32 lanes only to match llama.cpp's lone-token order (slower) */
+        int lanes = tp->chunk || !j->c->exact ? 8 : 32;
         /* per head: n scores, hd of the query as the dots see it, 32 x hd lanes */
         size_t per_head = (size_t)n + 33 * (size_t)hd;
         float *sc = j->c->per_worker[worker].p, *qh = sc + n, *acc = qh + hd;
@@ -856,7 +858,7 @@ int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out)
     if (n < 1)
         n = 1;
     c->k = &cpu_kernels_scalar;
-    c->no_pack = cfg && cfg->no_pack;
+    c->exact = cfg && cfg->exact_llamacpp;
 #ifdef CINFER_HAVE_AVX2
     if (!(cfg && cfg->force_scalar) && dev_cpu_has_avx2())
         c->k = &cpu_kernels_avx2;

@@ -91,8 +91,9 @@ struct cpu_kernels {
     /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):
      * with 8 lanes, element i goes to lane i % 8 (llama.cpp's GEMM path, used
-     * for a sequence's multi-token chunk); with 32, to lane i % 32, four
-     * accumulators of 8 (its vector-dot path, used for a lone token).  The
+     * for every token); with 32, to lane i % 32, four accumulators of 8 (its
+     * vector-dot path, which its decode takes: used for a lone token under
+     * exact_llamacpp, to reproduce it).  The
      * cache is paged: position p of the sequence is in row
      * blocks[p / bs] * bs + p % bs of k or v (rows of `row` values apart;
      * k and v already point at the head's d values in row 0).

@@ -211,19 +211,25 @@ struct backends {
     int has_avx2;
 };
 
-static void backends_create(struct backends *b, int threads)
+/* exact: dev_cpu_config.exact_llamacpp for both */
+static void backends_create_mode(struct backends *b, int threads, int exact)
 {
     memset(b, 0, sizeof(*b));
-    struct dev_cpu_config sc = {.threads = threads, .force_scalar = 1};
+    struct dev_cpu_config sc = {.threads = threads, .force_scalar = 1, .exact_llamacpp = exact};
     ck_assert_int_eq(dev_cpu_create(&sc, &b->scalar), 0);
     ck_assert_str_eq(dev_cpu_kernels_name(&b->scalar), "scalar");
     b->has_avx2 = dev_cpu_has_avx2();
     if (b->has_avx2) {
-        struct dev_cpu_config ac = {.threads = threads};
+        struct dev_cpu_config ac = {.threads = threads, .exact_llamacpp = exact};
         ck_assert_int_eq(dev_cpu_create(&ac, &b->avx2), 0);
         /* otherwise the comparisons below would compare scalar with scalar */
         ck_assert_str_eq(dev_cpu_kernels_name(&b->avx2), "avx2");
     }
+}
+
+static void backends_create(struct backends *b, int threads)
+{
+    backends_create_mode(b, threads, 0);
 }
 
 static void backends_destroy(struct backends *b)
@@ -1020,8 +1026,9 @@ static double attn_ref(const float *q, const float *k, const float *v, int pos, 
 
 START_TEST(attention_over_scattered_blocks_matches_reference)
 {
+    /* _i: exact_llamacpp, where a lone token takes the 32-lane order */
     struct backends b;
-    backends_create(&b, 2);
+    backends_create_mode(&b, 2, _i);
     if (!b.has_avx2)
         note_no_avx2("attention_over_scattered_blocks_matches_reference");
     struct dev *devs[2];
@@ -1153,8 +1160,9 @@ END_TEST
  */
 START_TEST(attention_head_sizes_scalar_and_avx2_agree)
 {
+    /* _i: exact_llamacpp, where a lone token takes the 32-lane order */
     struct backends b;
-    backends_create(&b, 2);
+    backends_create_mode(&b, 2, _i);
     if (!b.has_avx2) {
         note_no_avx2("attention_head_sizes_scalar_and_avx2_agree");
         backends_destroy(&b);
@@ -1237,7 +1245,7 @@ START_TEST(attention_does_not_depend_on_thread_count)
     tweight_init(&tw, QT_Q4_1, ROWS, COLS, 1201);
     for (int n = 1; n <= 3; n++) {
         struct dev d;
-        struct dev_cpu_config cfg = {.threads = n};
+        struct dev_cpu_config cfg = {.threads = n, .exact_llamacpp = _i};
         ck_assert_int_eq(dev_cpu_create(&cfg, &d), 0);
         struct dev_kv kv = kv_cache_create(&d, QT_F16);
         kv_fill(&d, &kv, k, v);
@@ -1281,9 +1289,12 @@ Suite *device_suite(void)
     tcase_add_test(tc, silu_mul_matches_reference);
     tcase_add_test(tc, add_and_add_bias_are_elementwise);
     tcase_add_test(tc, device_memory_round_trips);
-    tcase_add_test(tc, attention_over_scattered_blocks_matches_reference);
-    tcase_add_test(tc, attention_head_sizes_scalar_and_avx2_agree);
-    tcase_add_test(tc, attention_does_not_depend_on_thread_count);
+    tcase_add_loop_test(tc, attention_over_scattered_blocks_matches_reference, 0,
+                        2); /* both attention orders */
+    tcase_add_loop_test(tc, attention_head_sizes_scalar_and_avx2_agree, 0,
+                        2); /* both attention orders */
+    tcase_add_loop_test(tc, attention_does_not_depend_on_thread_count, 0,
+                        2); /* both attention orders */
     suite_add_tcase(s, tc);
     return s;
 }
