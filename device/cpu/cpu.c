@@ -430,7 +430,7 @@ static int cpu_pack_weight(void *ctx, struct dev_weight *w)
     if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
         return 0;
     int n_scales = w->type == QT_Q4_1 ? 2 : 1;
-    size_t src_blk = w->type == QT_Q4_1 ? 20 : 34, quant_bytes = src_blk - 2 * n_scales;
+    size_t src_blk = qt_info(w->type)->type_size, quant_bytes = src_blk - 2 * n_scales;
     size_t dst_blk = w->type == QT_Q4_1 ? sizeof(struct blk_q4_1x8) : sizeof(struct blk_q8_0x8);
     int64_t nb = w->cols / QK, n_groups = (w->rows + 7) / 8;
     uint8_t *dst = calloc((size_t)(n_groups * nb), dst_blk);
