@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/serve.sh [-m MODEL] [-t THREADS] [-c "1 4 16 64"] [-r REQUESTS_PER_LEVEL]
-#                [-i INPUT_TOKENS] [-o OUTPUT_TOKENS] [--json FILE] [--logs DIR]
-#                [LLAMA_BIN_DIR]
+#                [-i INPUT_TOKENS] [-o OUTPUT_TOKENS] [--rounds N] [--json FILE]
+#                [--logs DIR] [LLAMA_BIN_DIR]
 #
 # Serving benchmark: starts `bin/cinfer serve` on a free port and, at each
 # concurrency level C, sends streaming POST /v1/completions requests from C
@@ -13,6 +13,14 @@
 # llama-server; nothing of it is kept in this repo) the same load then runs
 # against `llama-server -np C -c C*2048`, restarted for each level C, and a
 # second table and the ratios cinfer vs llama.cpp are printed.
+#
+# --rounds N (N >= 2, with LLAMA_BIN_DIR) interleaves the two servers instead:
+# both stay up (llama-server restarted per level as above), and at each level
+# they take turns, N rounds of REQUESTS_PER_LEVEL requests each (new prompts
+# every round; odd rounds cinfer first, even rounds llama.cpp first).  A
+# machine whose speed drifts over minutes then slows both alike, which two
+# back-to-back runs do not; the report pools each server's rounds and also
+# prints every round's own ratio.
 #
 # Requests per level default to max(8, min(2*C, max(C, 32))): two waves of
 # requests up to C = 16 (8, 8, 32 at 1, 4, 16), one wave from C = 32 up (64 at 64),
@@ -31,14 +39,16 @@ output=128
 json=
 logs=
 llama=
+rounds=1
 usage() {
     echo "usage: $0 [-m MODEL] [-t THREADS] [-c \"1 4 16 64\"] [-r REQUESTS_PER_LEVEL]" >&2
-    echo "          [-i INPUT_TOKENS] [-o OUTPUT_TOKENS] [--json FILE] [--logs DIR] [LLAMA_BIN_DIR]" >&2
+    echo "          [-i INPUT_TOKENS] [-o OUTPUT_TOKENS] [--rounds N] [--json FILE] [--logs DIR]" >&2
+    echo "          [LLAMA_BIN_DIR]" >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
     case $1 in
-    -m | -t | -c | -r | -i | -o | --json | --logs)
+    -m | -t | -c | -r | -i | -o | --rounds | --json | --logs)
         [ $# -ge 2 ] || usage
         case $1 in
         -m) model=$2 ;;
@@ -47,6 +57,7 @@ while [ $# -gt 0 ]; do
         -r) reqs=$2 ;;
         -i) input=$2 ;;
         -o) output=$2 ;;
+        --rounds) rounds=$2 ;;
         --json) json=$2 ;;
         --logs) logs=$2 ;;
         esac
@@ -66,80 +77,117 @@ if [ -n "$llama" ] && [ ! -x "$llama/llama-server" ]; then
     echo "$0: $llama/llama-server not found or not executable" >&2
     exit 2
 fi
+case $rounds in
+'' | *[!0-9]* | 0) echo "$0: --rounds must be a positive integer" >&2; exit 2 ;;
+esac
+if [ "$rounds" -gt 1 ] && [ -z "$llama" ]; then
+    echo "$0: --rounds $rounds interleaves cinfer with llama-server: give LLAMA_BIN_DIR" >&2
+    exit 2
+fi
 case $json in "" | /*) ;; *) json=$(pwd)/$json ;; esac
 if [ -n "$logs" ]; then mkdir -p "$logs"; fi
 
 tmp=$(mktemp -d)
-pid=
+# the two servers: cinfer (c_*) and llama-server (l_*), each with pid, port, log
+# shellcheck disable=SC2034 # read through eval
+c_pid='' l_pid='' c_log='' l_log='' c_port='' l_port=''
+# stop c|l: stops that server (if up) and keeps its log in --logs DIR
 stop() {
-    if [ -n "$pid" ]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        pid=
-        if [ -n "$logs" ]; then cp "$log" "$logs/"; fi
+    eval "p=\$${1}_pid lg=\$${1}_log"
+    if [ -n "$p" ]; then
+        kill -TERM "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+        eval "${1}_pid="
+        if [ -n "$logs" ]; then cp "$lg" "$logs/"; fi
     fi
 }
-trap 'stop; rm -rf "$tmp"' EXIT
+trap 'stop c; stop l; rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
-# start NAME LOG CMD...: start a server in the background, wait for /health.
+# start c|l NAME LOG CMD...: starts a server on a free port, waits for /health.
+# The command line ends with the port.
 start() {
-    name=$1 log=$2
-    shift 2
-    "$@" >"$log" 2>&1 &
-    pid=$!
-    if ! python3 "$gen" wait "http://127.0.0.1:$port" --pid "$pid" --timeout 300; then
+    which=$1 name=$2 lg=$3
+    shift 3
+    p=$(python3 "$gen" port)
+    "$@" "$p" >"$lg" 2>&1 &
+    eval "${which}_pid=\$! ${which}_port=$p ${which}_log=\$lg"
+    if ! python3 "$gen" wait "http://127.0.0.1:$p" --pid "$!" --timeout 300; then
         echo "$0: $name did not come up; last lines of its log:" >&2
-        tail -n 20 "$log" >&2
+        tail -n 20 "$lg" >&2
         exit 1
     fi
 }
 
-# load LABEL LOG LEVELS OUT: run the load generator against the server on $port.
+# load c|l LABEL LEVELS OUT [ROUND]: runs the load generator against that server.
 # Failed requests (exit status 3) are reported in the table; the server's log
 # tail is shown so that a server-side cause is visible.
 load() {
     rc=0
-    python3 "$gen" run "http://127.0.0.1:$port" --label "$1" -c "$3" -r "$reqs" \
-        -i "$input" -o "$output" --out "$4" || rc=$?
+    eval "p=\$${1}_port lg=\$${1}_log"
+    shift
+    python3 "$gen" run "http://127.0.0.1:$p" --label "$1" -c "$2" -r "$reqs" \
+        -i "$input" -o "$output" --round "${4:-0}" --out "$3" || rc=$?
     case $rc in
     0) ;;
     3)
-        echo "$0: $1: some requests failed; last lines of the server log ($2):" >&2
-        tail -n 20 "$2" >&2
+        echo "$0: $1: some requests failed; last lines of the server log ($lg):" >&2
+        tail -n 20 "$lg" >&2
         ;;
     *)
         echo "$0: $1: the load generator failed; last lines of the server log:" >&2
-        tail -n 20 "$2" >&2
+        tail -n 20 "$lg" >&2
         exit 1
         ;;
     esac
 }
 
+# start_llama C: llama-server with C slots of 2048 tokens
+start_llama() {
+    echo "llama.cpp: llama-server -np $1 -c $(($1 * 2048))" >&2
+    start l llama-server "$tmp/llama-$1.log" env LD_LIBRARY_PATH="$llama${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        "$llama/llama-server" -m "$model" -t "$threads" -np "$1" -c $(($1 * 2048)) --host 127.0.0.1 --port
+}
+
 t0=$(date +%s)
 echo "cinfer: $model, $threads threads, levels: $levels" >&2
-port=$(python3 "$gen" port)
-start cinfer "$tmp/cinfer.log" "$here/bin/cinfer" serve -m "$model" --port "$port" --threads "$threads"
-load cinfer "$tmp/cinfer.log" "$levels" "$tmp/cinfer.jsonl"
-stop
-t1=$(date +%s)
-echo "cinfer: $((t1 - t0)) s" >&2
-files=$tmp/cinfer.jsonl
-
-if [ -n "$llama" ]; then
+start c cinfer "$tmp/cinfer.log" "$here/bin/cinfer" serve -m "$model" --threads "$threads" --port
+files="$tmp/cinfer.jsonl"
+[ -z "$llama" ] || files="$files $tmp/llama.jsonl"
+if [ "$rounds" -gt 1 ]; then
+    echo "interleaved: $rounds rounds per level" >&2
     for c in $levels; do
-        port=$(python3 "$gen" port)
-        echo "llama.cpp: llama-server -np $c -c $((c * 2048))" >&2
-        start llama-server "$tmp/llama-$c.log" env LD_LIBRARY_PATH="$llama${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-            "$llama/llama-server" -m "$model" --port "$port" -t "$threads" -np "$c" -c $((c * 2048)) --host 127.0.0.1
-        load llama.cpp "$tmp/llama-$c.log" "$c" "$tmp/llama.jsonl"
-        stop
+        start_llama "$c"
+        k=1
+        while [ "$k" -le "$rounds" ]; do
+            if [ $((k % 2)) -eq 1 ]; then
+                load c cinfer "$c" "$tmp/cinfer.jsonl" "$k"
+                load l llama.cpp "$c" "$tmp/llama.jsonl" "$k"
+            else
+                load l llama.cpp "$c" "$tmp/llama.jsonl" "$k"
+                load c cinfer "$c" "$tmp/cinfer.jsonl" "$k"
+            fi
+            k=$((k + 1))
+        done
+        stop l
     done
-    t2=$(date +%s)
-    echo "llama.cpp: $((t2 - t1)) s" >&2
-    files="$files $tmp/llama.jsonl"
+    stop c
+    echo "both: $(($(date +%s) - t0)) s" >&2
+else
+    load c cinfer "$levels" "$tmp/cinfer.jsonl"
+    stop c
+    t1=$(date +%s)
+    echo "cinfer: $((t1 - t0)) s" >&2
+    if [ -n "$llama" ]; then
+        for c in $levels; do
+            start_llama "$c"
+            load l llama.cpp "$c" "$tmp/llama.jsonl"
+            stop l
+        done
+        echo "llama.cpp: $(($(date +%s) - t1)) s" >&2
+    fi
 fi
 
-echo "## Serving benchmark: $(basename "$model"), $threads threads, ~$input prompt tokens, $output output tokens"
+echo "## Serving benchmark: $(basename "$model"), $threads threads, ~$input prompt tokens, $output output tokens${llama:+, $rounds round(s)}"
 # shellcheck disable=SC2086
 python3 "$gen" report $files ${json:+--json "$json"}

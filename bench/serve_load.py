@@ -6,13 +6,15 @@ Python 3 standard library only.  Subcommands:
   serve_load.py port                      print a free TCP port on 127.0.0.1
   serve_load.py wait URL [--timeout S] [--pid PID]
                                           wait until GET URL/health answers 200
-  serve_load.py run URL --label NAME -c "1 4" [-r N] [-i 128] [-o 128] --out FILE
+  serve_load.py run URL --label NAME -c "1 4" [-r N] [-i 128] [-o 128] [--round K] --out FILE
                                           run the load at each concurrency level and
                                           append one JSON line per level to FILE;
                                           exit status 3 if any request failed
   serve_load.py report FILE... [--json OUT]
                                           print the tables (and the ratios when two
-                                          servers were measured) from run's output
+                                          servers were measured) from run's output;
+                                          lines of one server and level from several
+                                          rounds are pooled into one row
 
 Each level sends N streaming POST /v1/completions requests from C client
 threads (one http.client connection per request); a thread takes the next
@@ -124,7 +126,8 @@ def words(rng, n):
 
 
 def prompt_head(level, i):
-    # A unique number first, so no two prompts share a prefix (no prefix caching).
+    # A unique number first, so no two prompts share a prefix (no prefix caching);
+    # rounds after the first number their requests on (run --round).
     return "%d%05d. " % (level, i)
 
 
@@ -247,7 +250,7 @@ def pct(xs, p):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def summarize(label, conc, results, wall, prompts):
+def summarize(label, conc, results, wall, words_per_prompt):
     ok = [r for r in results if r["ok"]]
     ttft = [r["ttft"] for r in ok]
     tpot = [r["tpot"] for r in ok if r["tpot"] is not None]
@@ -273,14 +276,14 @@ def summarize(label, conc, results, wall, prompts):
         "tpot_ms": {"p50": ms(pct(tpot, 50)), "p90": ms(pct(tpot, 90)),
                     "mean": ms(sum(tpot) / len(tpot)) if tpot else None},
         "itl_ms": {"p50": ms(pct(itl, 50)), "p90": ms(pct(itl, 90)), "p99": ms(pct(itl, 99))},
-        "prompt_words": prompts.words_per_prompt,
+        "prompt_words": words_per_prompt,
         "raw": [{k: v for k, v in r.items()} for r in results],
     }
 
 
 # ---------------------------------------------------------------- run
 
-def run_level(url, model, prompts, conc, nreq, max_tokens, timeout):
+def run_level(url, model, prompts, conc, nreq, first, max_tokens, timeout):
     results = [None] * nreq
     lock = threading.Lock()
     nxt = [0]
@@ -293,7 +296,7 @@ def run_level(url, model, prompts, conc, nreq, max_tokens, timeout):
                 if i >= nreq:
                     return
                 nxt[0] += 1
-            results[i] = one_request(url, model, prompts.get(conc, i), max_tokens, timeout)
+            results[i] = one_request(url, model, prompts.get(conc, first + i), max_tokens, timeout)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(conc, nreq))]
     for t in threads:
@@ -340,8 +343,10 @@ def cmd_run(a):
                 print("serve_load: %d requests at concurrency %d: only %d in flight" % (n, c, n), file=sys.stderr)
             print("serve_load: %s: concurrency %d, %d requests, %d output tokens each ..."
                   % (a.label, c, n, a.output_tokens), file=sys.stderr, flush=True)
-            results, wall = run_level(a.url, model, prompts, c, n, a.output_tokens, a.timeout)
-            s = summarize(a.label, c, results, wall, prompts)
+            results, wall = run_level(a.url, model, prompts, c, n, a.round * n, a.output_tokens,
+                                      a.timeout)
+            s = summarize(a.label, c, results, wall, prompts.words_per_prompt)
+            s["round"] = a.round
             s["model"] = model
             s["input_tokens_target"] = a.input_tokens
             s["max_tokens"] = a.output_tokens
@@ -387,8 +392,30 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+def pool(lines):
+    """One row from a server's lines of one level: its rounds' requests pooled.
+
+    Output tok/s and req/s are over the rounds' summed wall time; the
+    percentiles are over every request.  "round_tok_s" keeps each round's own.
+    """
+    lines = sorted(lines, key=lambda s: s.get("round", 0))
+    if len(lines) == 1:
+        s = dict(lines[0])
+    else:
+        first = lines[0]
+        raw = [r for s in lines for r in s["raw"]]
+        s = summarize(first["server"], first["concurrency"], raw, sum(s["wall_s"] for s in lines),
+                      first.get("prompt_words"))
+        for k in ("model", "input_tokens_target", "max_tokens"):
+            s[k] = first.get(k)
+        s["client_cpu_s"] = sum(x.get("client_cpu_s", 0) for x in lines)
+    s["rounds"] = [x.get("round", 0) for x in lines]
+    s["round_tok_s"] = [x["output_tok_s"] for x in lines]
+    return s
+
+
 def cmd_report(a):
-    by = {}
+    lines = {}
     order = []
     for fn in a.files:
         for line in open(fn):
@@ -396,12 +423,12 @@ def cmd_report(a):
             if not line:
                 continue
             s = json.loads(line)
-            if s["server"] not in by:
-                by[s["server"]] = []
+            if s["server"] not in lines:
+                lines[s["server"]] = {}
                 order.append(s["server"])
-            by[s["server"]].append(s)
+            lines[s["server"]].setdefault(s["concurrency"], []).append(s)
+    by = {name: [pool(lines[name][c]) for c in sorted(lines[name])] for name in order}
     for name in order:
-        by[name].sort(key=lambda s: s["concurrency"])
         print(table(by[name], name))
     ratios = []
     if len(order) >= 2:
@@ -410,8 +437,9 @@ def cmd_report(a):
         print("")
         print("### %s vs %s (> 1: %s is better)" % (x, y, x))
         print("")
-        print("| conc | out tok/s %s/%s | TTFT p50 %s/%s | TPOT p50 %s/%s |" % (x, y, y, x, y, x))
-        print("| ---: | ---: | ---: | ---: |")
+        print("| conc | out tok/s %s/%s | TTFT p50 %s/%s | TPOT p50 %s/%s | rounds |"
+              % (x, y, y, x, y, x))
+        print("| ---: | ---: | ---: | ---: | --- |")
         for s in by[x]:
             t = ym.get(s["concurrency"])
             if t is None:
@@ -420,9 +448,17 @@ def cmd_report(a):
                  "output_tok_s": ratio(s["output_tok_s"], t["output_tok_s"]),
                  "ttft_p50": ratio(t["ttft_ms"]["p50"], s["ttft_ms"]["p50"]),
                  "tpot_p50": ratio(t["tpot_ms"]["p50"], s["tpot_ms"]["p50"])}
+            # each round's out tok/s ratio, pairing the two servers' rounds by number
+            tr = dict(zip(t["rounds"], t["round_tok_s"]))
+            r["round_output_tok_s"] = [ratio(v, tr.get(k)) for k, v in zip(s["rounds"], s["round_tok_s"])]
             ratios.append(r)
-            print("| %d | %s | %s | %s |" % (r["concurrency"], fmt(r["output_tok_s"], 2),
-                                             fmt(r["ttft_p50"], 2), fmt(r["tpot_p50"], 2)))
+            each = " ".join(fmt(v, 2) for v in r["round_output_tok_s"]) if len(s["rounds"]) > 1 else "-"
+            print("| %d | %s | %s | %s | %s |" % (r["concurrency"], fmt(r["output_tok_s"], 2),
+                                                  fmt(r["ttft_p50"], 2), fmt(r["tpot_p50"], 2), each))
+        if any(len(s["rounds"]) > 1 for s in by[x]):
+            print("")
+            print("rounds: each round's own out tok/s ratio; the servers took turns within a level"
+                  " (rounds alternate which goes first).")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"servers": {k: by[k] for k in order},
@@ -448,6 +484,9 @@ def main():
     r.add_argument("-i", "--input-tokens", type=int, default=128)
     r.add_argument("-o", "--output-tokens", type=int, default=128)
     r.add_argument("--seed", type=int, default=1234)
+    r.add_argument("--round", type=int, default=0,
+                   help="K > 0: requests are numbered from K*N on (new prompts), and the level's"
+                        " line is one round of an interleaved comparison")
     r.add_argument("--timeout", type=float, default=180.0,
                    help="socket timeout, s: a request fails after this long without a byte")
     r.add_argument("--out", required=True, help="append one JSON line per level here")
