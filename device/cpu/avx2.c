@@ -438,22 +438,47 @@ static inline float sum32_4(const __m256 *a)
     return _mm_cvtss_f32(_mm_hadd_ps(t, t));
 }
 
+/* asks for the d f16 values at p */
+static inline void prefetch_row(const uint16_t *p, int d)
+{
+    for (int o = 0; o < 2 * d; o += 64)
+        __builtin_prefetch((const char *)p + o, 0, 3);
+}
+
+/* K rows are asked for this many positions ahead of their use */
+#define PF_K_AHEAD 16
+
 /*
  * The 8-lane order: R rows of K at a time against NQ queries, one
  * accumulator per (query, row), summed as hsum8 does.  Rows past n repeat
  * the last row and are not stored.  R * NQ <= 12 keeps them in registers.
+ * The rows of K PF_K_AHEAD positions on, and of V (if given) at the same
+ * positions, are asked for meanwhile: a sequence's rows are scattered over
+ * its blocks, and the V pass reads them in strides that the hardware does
+ * not prefetch.
  */
 static inline __attribute__((always_inline)) void scores8(const int R, const int NQ, const float *q,
                                                           size_t q_stride, const uint16_t *k,
-                                                          const int32_t *blocks, int bs, size_t row,
-                                                          int n, int d, float scale, float *out,
+                                                          const uint16_t *v, const int32_t *blocks,
+                                                          int bs, size_t row, int n, int d,
+                                                          float scale, float *out,
                                                           size_t out_stride)
 {
     struct paged wk = {k, blocks, bs, 0, 0, 1, row}, *w = &wk; /* local: kept in registers */
+    struct paged pk = {k, blocks, bs, 0, 0, 1, row}, pv = {v, blocks, bs, 0, 0, 1, row};
     const __m256 vs = _mm256_set1_ps(scale);
+    for (int p = 0; p < PF_K_AHEAD && p < n; p++)
+        prefetch_row(paged_next(&pk), d);
     for (int p0 = 0; p0 < n; p0 += R) {
         const uint16_t *kr[8];
         __m256 acc[3][8];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            if (p0 + PF_K_AHEAD + r < n)
+                prefetch_row(paged_next(&pk), d);
+            if (v && p0 + r < n)
+                prefetch_row(paged_next(&pv), d);
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++)
             kr[r] = p0 + r < n ? paged_next(w) : kr[r - 1];
@@ -544,16 +569,16 @@ scores32(const int R, const int NQ, const float *q, size_t q_stride, const uint1
 }
 
 static void scores_f16(const float *q, size_t q_stride, int nq, const uint16_t *k,
-                       const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes,
-                       float scale, float *out, size_t out_stride)
+                       const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d,
+                       int n_lanes, float scale, float *out, size_t out_stride)
 {
     if (n_lanes == 8) {
         if (nq == 1)
-            scores8(8, 1, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+            scores8(8, 1, q, q_stride, k, v, blocks, bs, row, n, d, scale, out, out_stride);
         else if (nq == 2)
-            scores8(4, 2, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+            scores8(4, 2, q, q_stride, k, v, blocks, bs, row, n, d, scale, out, out_stride);
         else
-            scores8(4, 3, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);
+            scores8(4, 3, q, q_stride, k, v, blocks, bs, row, n, d, scale, out, out_stride);
     } else {
         if (nq == 1)
             scores32(2, 1, q, q_stride, k, blocks, bs, row, n, d, scale, out, out_stride);

@@ -661,8 +661,9 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
                 k->scale_round_f16(qh + i * per_head, 1.0f, hd);
         }
         if (f16)
-            k->scores_f16(qh, per_head, g, (const uint16_t *)kv->k + kh * hd, blocks, bs, row, n,
-                          hd, lanes, j->scale, sc, per_head);
+            k->scores_f16(qh, per_head, g, (const uint16_t *)kv->k + kh * hd,
+                          (const uint16_t *)kv->v + kh * hd, blocks, bs, row, n, hd, lanes,
+                          j->scale, sc, per_head);
         for (int i = 0; i < g; i++) {
             float *s = sc + i * per_head, mx = -INFINITY;
             for (int p = 0; !f16 && p < n; p++) {

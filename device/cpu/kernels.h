@@ -104,11 +104,13 @@ struct cpu_kernels {
      * same whatever nq is.
      *
      * scores_f16: out[p] = (q . k_p) * scale for p < n, q being f32 values
-     * already rounded to f16 and d % 8 == 0.
+     * already rounded to f16 and d % 8 == 0.  v (or NULL) is the V pass's
+     * cache, paged as k: a kernel may ask for its rows while it reads K's, so
+     * that the V pass finds them in cache; results do not change.
      */
     void (*scores_f16)(const float *q, size_t q_stride, int nq, const uint16_t *k,
-                       const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes,
-                       float scale, float *out, size_t out_stride);
+                       const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d,
+                       int n_lanes, float scale, float *out, size_t out_stride);
     /*
      * The V pass over positions p < n: acc (n_lanes rows of d floats) is set
      * so that row p % n_lanes is the fused multiply-add of p[p] * v_p over its

@@ -249,9 +249,10 @@ static const uint16_t *paged_row(const uint16_t *base, const int32_t *blocks, in
 }
 
 static void scores_f16(const float *q, size_t q_stride, int nq, const uint16_t *k,
-                       const int32_t *blocks, int bs, size_t row, int n, int d, int n_lanes,
-                       float scale, float *out, size_t out_stride)
+                       const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d,
+                       int n_lanes, float scale, float *out, size_t out_stride)
 {
+    (void)v; /* a prefetch hint only */
     for (int h = 0; h < nq; h++)
         for (int p = 0; p < n; p++) {
             const uint16_t *kr = paged_row(k, blocks, bs, row, p);
