@@ -26,7 +26,7 @@
 # requests up to C = 16 (8, 8, 32 at 1, 4, 16), one wave from C = 32 up (64 at 64),
 # which keeps a full default run with llama-server near 10 minutes on 2 cores.
 # --json FILE writes every per-request measurement; --logs DIR keeps the
-# servers' logs.  A request that gets no byte for 180 s counts as failed.
+# servers' logs.  A request that gets no byte for 600 s counts as failed.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 gen=$here/bench/serve_load.py

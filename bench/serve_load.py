@@ -487,7 +487,7 @@ def main():
     r.add_argument("--round", type=int, default=0,
                    help="K > 0: requests are numbered from K*N on (new prompts), and the level's"
                         " line is one round of an interleaved comparison")
-    r.add_argument("--timeout", type=float, default=180.0,
+    r.add_argument("--timeout", type=float, default=600.0,
                    help="socket timeout, s: a request fails after this long without a byte")
     r.add_argument("--out", required=True, help="append one JSON line per level here")
     p = sub.add_parser("report")
