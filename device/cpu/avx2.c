@@ -243,12 +243,12 @@ static inline __m256 hsum8_2x4(const __m256 *x, const __m256 *y)
 #define PF_X8_Q8_0 4
 
 /*
- * Asks for the next packed blocks of a group ahead of their use.  This calls
+ * Asks for the bytes [p, p + bytes) ahead of their use.  This calls
  * __builtin_prefetch, not _mm_prefetch: with the latter GCC 12 emitted no
  * prefetch instruction at all in the x8 kernels (`objdump -d` of avx2.o
  * showed none), silently, from their first commit until 2026-11-30.
  */
-static inline void prefetch_blocks(const void *p, size_t bytes)
+static inline void prefetch_bytes(const void *p, size_t bytes)
 {
     for (size_t i = 0; i < bytes; i += 64)
         __builtin_prefetch((const char *)p + i, 0, 3);
@@ -295,7 +295,7 @@ static inline __attribute__((always_inline)) void q4_1x8(const struct blk_q4_1x8
     for (int t = 0; t < 4; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w++) {
-        prefetch_blocks(w + PF_X8_Q4_1, sizeof(*w));
+        prefetch_bytes(w + PF_X8_Q4_1, sizeof(*w));
         __m256i s16[4];
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++)
@@ -340,7 +340,7 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
     for (int t = 0; t < 4; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w++) {
-        prefetch_blocks(w + PF_X8_Q8_0, sizeof(*w));
+        prefetch_bytes(w + PF_X8_Q8_0, sizeof(*w));
         __m256i s32[4];
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++)
@@ -451,13 +451,6 @@ static inline float sum32_4(const __m256 *a)
     return _mm_cvtss_f32(_mm_hadd_ps(t, t));
 }
 
-/* asks for the d f16 values at p */
-static inline void prefetch_row(const uint16_t *p, int d)
-{
-    for (int o = 0; o < 2 * d; o += 64)
-        __builtin_prefetch((const char *)p + o, 0, 3);
-}
-
 /* K rows are asked for this many positions ahead of their use */
 #define PF_K_AHEAD 16
 
@@ -481,16 +474,16 @@ static inline __attribute__((always_inline)) void scores8(const int R, const int
     struct paged pk = {k, blocks, bs, 0, 0, 1, row}, pv = {v, blocks, bs, 0, 0, 1, row};
     const __m256 vs = _mm256_set1_ps(scale);
     for (int p = 0; p < PF_K_AHEAD && p < n; p++)
-        prefetch_row(paged_next(&pk), d);
+        prefetch_bytes(paged_next(&pk), 2 * (size_t)d);
     for (int p0 = 0; p0 < n; p0 += R) {
         const uint16_t *kr[8];
         __m256 acc[3][8];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             if (p0 + PF_K_AHEAD + r < n)
-                prefetch_row(paged_next(&pk), d);
+                prefetch_bytes(paged_next(&pk), 2 * (size_t)d);
             if (v && p0 + r < n)
-                prefetch_row(paged_next(&pv), d);
+                prefetch_bytes(paged_next(&pv), 2 * (size_t)d);
         }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++)
