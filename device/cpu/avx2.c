@@ -101,8 +101,8 @@ static inline float quant_block(const float *x, int8_t *q, int *sum)
         i32[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], id),
                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     if (sum) {
-        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]),
-                                     _mm256_add_epi32(i32[2], i32[3]));
+        __m256i s =
+            _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
         __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
         h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -463,12 +463,10 @@ static inline float sum32_4(const __m256 *a)
  * its blocks, and the V pass reads them in strides that the hardware does
  * not prefetch.
  */
-static inline __attribute__((always_inline)) void scores8(const int R, const int NQ, const float *q,
-                                                          size_t q_stride, const uint16_t *k,
-                                                          const uint16_t *v, const int32_t *blocks,
-                                                          int bs, size_t row, int n, int d,
-                                                          float scale, float *out,
-                                                          size_t out_stride)
+static inline __attribute__((always_inline)) void
+scores8(const int R, const int NQ, const float *q, size_t q_stride, const uint16_t *k,
+        const uint16_t *v, const int32_t *blocks, int bs, size_t row, int n, int d, float scale,
+        float *out, size_t out_stride)
 {
     struct paged wk = {k, blocks, bs, 0, 0, 1, row}, *w = &wk; /* local: kept in registers */
     struct paged pk = {k, blocks, bs, 0, 0, 1, row}, pv = {v, blocks, bs, 0, 0, 1, row};
