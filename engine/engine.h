@@ -30,24 +30,24 @@ int eng_tokenizer_load(const struct gguf_file *g, const char *spm_model, struct 
 /* ---- the serving engine (engine/loop.c, engine/sched.c, engine/request.c) ---- */
 
 struct eng_config {
-    int threads;          /* CPU worker threads; 0: the number of cores */
-    int ctx;              /* tokens per sequence at most; 0: the model's trained context */
-    int kv_block;         /* tokens per KV block; 0: 16 */
+    int threads;           /* CPU worker threads; 0: the number of cores */
+    int ctx;               /* tokens per sequence at most; 0: the model's trained context */
+    int kv_block;          /* tokens per KV block; 0: 16 */
     int64_t kv_memory_mib; /* KV pool size; 0: 4 full contexts, capped by free RAM */
-    uint32_t kv_type;     /* QT_F16 (default when 0) or QT_F32 */
-    int max_seqs;         /* sequences in one forward pass; 0: 64 */
-    int max_batch_tokens; /* tokens in one forward pass; 0: 512 */
-    int max_queue;        /* requests waiting at most; 0: 256 */
-    int64_t max_queue_tokens; /* prompt tokens waiting at most; 0: 64 full contexts */
-    int no_prefix_cache;  /* 1: do not reuse cached prompt blocks */
-    double request_timeout; /* seconds from submit to the end; 0: none */
+    uint32_t kv_type;      /* QT_F16 (default when 0) or QT_F32 */
+    int max_seqs;          /* sequences in one forward pass; 0: 64 */
+    int max_batch_tokens;  /* tokens in one forward pass; 0: 512 */
     /*
-     * Called on the engine thread when SIGTERM or SIGINT arrives (count: 1
-     * for the first, 2 for the next...); the engine starts draining on the
-     * first (eng_drain).  NULL: the engine does not catch signals.
+     * A forward pass's time at most, in ms, as the engine estimates it from
+     * the passes it has timed: prefill chunks are sized to fit what the
+     * running sequences' decode tokens leave (at least one KV block a step).
+     * 0: the default (100); < 0: no time bound, only max_batch_tokens.
      */
-    void (*on_signal)(int signum, int count, void *arg);
-    void *signal_arg;
+    int max_step_ms;
+    int max_queue;            /* requests waiting at most; 0: 256 */
+    int64_t max_queue_tokens; /* prompt tokens waiting at most; 0: 64 full contexts */
+    int no_prefix_cache;      /* 1: do not reuse cached prompt blocks */
+    double request_timeout;   /* seconds from submit to the end; 0: none */
 };
 
 struct engine;
@@ -60,8 +60,8 @@ struct eng_info {
     int32_t kv_blocks; /* usable blocks in the pool */
     const char *arch;  /* "llama", "qwen2", "qwen3" */
     const char *kernels;
-    enum tok_chat chat;  /* the model's chat format (chatml when unknown) */
-    int chat_known;      /* 0: the template was not recognised */
+    enum tok_chat chat; /* the model's chat format (chatml when unknown) */
+    int chat_known;     /* 0: the template was not recognised */
 };
 
 /*
@@ -109,6 +109,14 @@ struct eng_notify {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t count; /* bumped on every event */
+    /*
+     * Also called on every event, on the engine's thread with mu held (NULL:
+     * none; set before the first submit).  It must not block nor call back
+     * into the engine: an event loop's "wake up" (a resume, a write to a
+     * pipe) is what it is for.
+     */
+    void (*wake_cb)(void *arg);
+    void *wake_arg;
 };
 void eng_notify_init(struct eng_notify *n);
 void eng_notify_destroy(struct eng_notify *n);
@@ -118,9 +126,9 @@ int eng_notify_wait(struct eng_notify *n, uint64_t *seen, int timeout_ms);
 /* One request's generation settings; eng_submit copies everything. */
 struct eng_params {
     struct smp_params sp;
-    int max_tokens;            /* >= 1; cut to what the context leaves */
-    int ignore_eos;            /* keep going past end-of-generation tokens */
-    const char *const *stop;   /* n_stop NUL-terminated stop strings (non-empty) */
+    int max_tokens;          /* >= 1; cut to what the context leaves */
+    int ignore_eos;          /* keep going past end-of-generation tokens */
+    const char *const *stop; /* n_stop NUL-terminated stop strings (non-empty) */
     int n_stop;
     int logprobs;              /* 1: report each token's logprob and sp.n_logprobs alternatives */
     struct eng_notify *notify; /* also signalled on each event, or NULL */
@@ -172,6 +180,22 @@ void eng_event_clear(struct eng_event *ev);
  */
 int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const struct eng_params *p,
                struct eng_req **out, char *err, size_t errlen);
+
+/* One sequence of eng_submit_n. */
+struct eng_sub {
+    const int32_t *prompt;
+    int n_prompt;
+    const struct eng_params *p;
+};
+/*
+ * Queues n sequences (a request's prompts x choices) as one decision: all of
+ * them, or none.  out has room for n handles, filled on success.  Returns
+ * what eng_submit does, and -ERANGE when the n sequences together exceed
+ * what the queue can ever hold (--max-queue, --max-queue-tokens), so that
+ * retrying could not help (unlike -EBUSY).
+ */
+int eng_submit_n(struct engine *e, int n, const struct eng_sub *subs, struct eng_req **out,
+                 char *err, size_t errlen);
 /*
  * Takes the next event: waits up to timeout_ms (0: do not wait, < 0: for
  * ever).  Returns 0 with *ev filled, -EAGAIN when nothing came in time, or

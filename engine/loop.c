@@ -7,7 +7,6 @@
  * that the loop runs one scheduler step per turn and sleeps otherwise.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +21,7 @@
 #define DEFAULT_BLOCK 16
 #define DEFAULT_MAX_SEQS 64
 #define DEFAULT_BATCH_TOKENS 512
+#define DEFAULT_STEP_MS 100
 #define DEFAULT_CONTEXTS 4 /* the default pool holds this many full contexts */
 #define DEFAULT_MAX_QUEUE 256
 #define DEFAULT_QUEUE_CONTEXTS 64 /* default --max-queue-tokens: this many full contexts */
@@ -33,10 +33,6 @@ static void close_handles(struct engine *e)
     uv_close((uv_handle_t *)&e->idle, NULL);
     uv_close((uv_handle_t *)&e->wake, NULL);
     uv_close((uv_handle_t *)&e->timer, NULL);
-    if (e->cfg.on_signal) {
-        uv_close((uv_handle_t *)&e->sig_term, NULL);
-        uv_close((uv_handle_t *)&e->sig_int, NULL);
-    }
 }
 
 static void idle_cb(uv_idle_t *h)
@@ -75,15 +71,6 @@ static void wake_cb(uv_async_t *h)
 static void timer_cb(uv_timer_t *h)
 {
     sched_tick(h->data);
-}
-
-static void signal_cb(uv_signal_t *h, int signum)
-{
-    struct engine *e = h->data;
-    e->n_signals++;
-    if (e->n_signals == 1)
-        eng_drain(e);
-    e->cfg.on_signal(signum, e->n_signals, e->cfg.signal_arg);
 }
 
 void eng_drain(struct engine *e)
@@ -171,6 +158,7 @@ void eng_destroy(struct engine *e)
     free(e->b_tp);
     free(e->b_want);
     free(e->b_rows);
+    free(e->b_pre);
     free(e->logits);
     kv_pool_destroy(e->pool);
     if (e->kv.layers)
@@ -226,6 +214,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->cfg.max_seqs = DEFAULT_MAX_SEQS;
     if (!e->cfg.max_batch_tokens)
         e->cfg.max_batch_tokens = DEFAULT_BATCH_TOKENS;
+    if (!e->cfg.max_step_ms)
+        e->cfg.max_step_ms = DEFAULT_STEP_MS;
     if (!e->cfg.max_queue)
         e->cfg.max_queue = DEFAULT_MAX_QUEUE;
     int rc = 0;
@@ -244,16 +234,21 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
             errmsg(err, errlen, rc, "cannot start the CPU worker threads");
     }
     rc = rc ? rc : model_load(e->g, &e->dev, &e->m, err, errlen);
+    if (!rc)
+        sched_cost_init(e);
     if (!rc) {
         const struct model_hparams *hp = &e->m->hp;
         e->info.n_vocab = hp->n_vocab;
         e->info.n_ctx = e->cfg.ctx ? e->cfg.ctx : hp->n_ctx_train;
         e->info.kv_block = e->cfg.kv_block;
-        e->info.arch = hp->arch == MODEL_QWEN2 ? "qwen2" : hp->arch == MODEL_QWEN3 ? "qwen3" : "llama";
+        e->info.arch = hp->arch == MODEL_QWEN2   ? "qwen2"
+                       : hp->arch == MODEL_QWEN3 ? "qwen3"
+                                                 : "llama";
         e->info.kernels = dev_cpu_kernels_name(&e->dev);
         if (e->info.n_ctx < 2 || e->info.n_ctx > hp->n_ctx_train)
-            rc = errmsg(err, errlen, -EINVAL, "--ctx %d is out of range (2 to %d, the model's context)",
-                        e->info.n_ctx, hp->n_ctx_train);
+            rc = errmsg(err, errlen, -EINVAL,
+                        "--ctx %d is out of range (2 to %d, the model's context)", e->info.n_ctx,
+                        hp->n_ctx_train);
         if (!e->cfg.max_queue_tokens)
             e->cfg.max_queue_tokens = (int64_t)DEFAULT_QUEUE_CONTEXTS * e->info.n_ctx;
         if ((size_t)hp->n_vocab != tok_n_vocab(e->tok))
@@ -270,7 +265,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     if (!rc) {
         e->info.kv_blocks = (int32_t)nb;
         rc = kv_pool_create((int32_t)nb + 1, e->info.kv_block, &e->pool);
-        rc = rc ? rc : model_kv_init(e->m, &e->kv, (int32_t)nb + 1, e->info.kv_block, e->cfg.kv_type);
+        rc = rc ? rc
+                : model_kv_init(e->m, &e->kv, (int32_t)nb + 1, e->info.kv_block, e->cfg.kv_type);
         if (!rc && !e->cfg.no_prefix_cache)
             rc = kv_prefix_cache_enable(e->pool);
         if (rc)
@@ -284,8 +280,10 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->b_tp = calloc(bt, sizeof(*e->b_tp));
         e->b_want = calloc(bt, 1);
         e->b_rows = calloc(ms, sizeof(*e->b_rows));
+        e->b_pre = calloc(ms, sizeof(*e->b_pre));
         e->logits = calloc(ms * (size_t)e->info.n_vocab, sizeof(float));
-        if (!e->active || !e->b_tokens || !e->b_order || !e->b_tp || !e->b_want || !e->b_rows || !e->logits)
+        if (!e->active || !e->b_tokens || !e->b_order || !e->b_tp || !e->b_want || !e->b_rows ||
+            !e->b_pre || !e->logits)
             rc = errmsg(err, errlen, -ENOMEM, "out of memory for the batch buffers");
     }
     if (!rc) {
@@ -296,13 +294,6 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
             uv_timer_init(&e->loop, &e->timer);
             e->wake.data = e->idle.data = e->timer.data = e;
             uv_timer_start(&e->timer, timer_cb, TICK_MS, TICK_MS);
-            if (e->cfg.on_signal) {
-                uv_signal_init(&e->loop, &e->sig_term);
-                uv_signal_init(&e->loop, &e->sig_int);
-                e->sig_term.data = e->sig_int.data = e;
-                uv_signal_start(&e->sig_term, signal_cb, SIGTERM);
-                uv_signal_start(&e->sig_int, signal_cb, SIGINT);
-            }
             e->loop_ready = 1;
         }
         if (u || (u = pthread_create(&e->thread, NULL, engine_main, e)) != 0)
@@ -318,9 +309,13 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     return 0;
 }
 
-int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const struct eng_params *p,
-               struct eng_req **out, char *err, size_t errlen)
+/* Checks one sequence and builds its request (not yet queued); 0 or an error with err set. */
+static int req_build(struct engine *e, const struct eng_sub *sub, struct eng_req **out, char *err,
+                     size_t errlen)
 {
+    const int32_t *prompt = sub->prompt;
+    int n_prompt = sub->n_prompt;
+    const struct eng_params *p = sub->p;
     *out = NULL;
     if (n_prompt < 1)
         return errmsg(err, errlen, -EINVAL, "the prompt is empty");
@@ -380,27 +375,68 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
     r->logprobs = p->logprobs;
     r->notify = p->notify;
     r->t_submit = util_now_s();
+    *out = r;
+    return 0;
+}
+
+/* Frees requests that were built but never queued. */
+static void req_drop_built(struct eng_req **r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        atomic_store(&r[i]->refs, 1);
+        req_unref(r[i]);
+        r[i] = NULL;
+    }
+}
+
+int eng_submit_n(struct engine *e, int n, const struct eng_sub *subs, struct eng_req **out,
+                 char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = NULL;
+    if (n < 1)
+        return errmsg(err, errlen, -EINVAL, "nothing to submit");
+    int64_t tokens = 0;
+    for (int i = 0; i < n; i++) {
+        int rc = req_build(e, &subs[i], &out[i], err, errlen);
+        if (rc) {
+            req_drop_built(out, i);
+            return rc;
+        }
+        tokens += subs[i].n_prompt;
+    }
+    /* a request larger than the queue itself could never be admitted: not worth a retry */
+    if (n > e->cfg.max_queue || tokens > e->cfg.max_queue_tokens) {
+        req_drop_built(out, n);
+        return errmsg(err, errlen, -ERANGE,
+                      "the request asks for %d sequences with %lld prompt tokens in all; at most "
+                      "%d sequences (--max-queue) and %lld prompt tokens (--max-queue-tokens) "
+                      "can ever wait",
+                      n, (long long)tokens, e->cfg.max_queue, (long long)e->cfg.max_queue_tokens);
+    }
 
     pthread_mutex_lock(&e->mu);
     int stopping = e->stopping || e->draining;
-    int busy = !stopping && (atomic_load(&e->n_queued) + 1 > e->cfg.max_queue ||
-                             atomic_load(&e->queued_tokens) + n_prompt > e->cfg.max_queue_tokens);
+    int busy = !stopping && (atomic_load(&e->n_queued) + n > e->cfg.max_queue ||
+                             atomic_load(&e->queued_tokens) + tokens > e->cfg.max_queue_tokens);
     if (!stopping && !busy) {
-        r->in_queue = 1;
-        atomic_fetch_add(&e->n_queued, 1);
-        atomic_fetch_add(&e->queued_tokens, n_prompt);
-        atomic_fetch_add(&e->n_live, 1);
-        if (e->in_tail)
-            e->in_tail->next = r;
-        else
-            e->in_head = r;
-        e->in_tail = r;
+        for (int i = 0; i < n; i++) {
+            struct eng_req *r = out[i];
+            r->in_queue = 1;
+            if (e->in_tail)
+                e->in_tail->next = r;
+            else
+                e->in_head = r;
+            e->in_tail = r;
+        }
+        atomic_fetch_add(&e->n_queued, n);
+        atomic_fetch_add(&e->queued_tokens, tokens);
+        atomic_fetch_add(&e->n_live, n);
         uv_async_send(&e->wake); /* under mu: the handle closes once stopping is seen */
     }
     pthread_mutex_unlock(&e->mu);
     if (stopping || busy) {
-        atomic_store(&r->refs, 1);
-        req_unref(r);
+        req_drop_built(out, n);
         if (busy)
             return errmsg(err, errlen, -EBUSY,
                           "the server is busy: %d requests (%lld prompt tokens) are waiting; "
@@ -409,6 +445,12 @@ int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const stru
                           e->cfg.max_queue, (long long)e->cfg.max_queue_tokens);
         return errmsg(err, errlen, -ESHUTDOWN, "the server is shutting down");
     }
-    *out = r;
     return 0;
+}
+
+int eng_submit(struct engine *e, const int32_t *prompt, int n_prompt, const struct eng_params *p,
+               struct eng_req **out, char *err, size_t errlen)
+{
+    struct eng_sub sub = {.prompt = prompt, .n_prompt = n_prompt, .p = p};
+    return eng_submit_n(e, 1, &sub, out, err, errlen);
 }

@@ -54,6 +54,8 @@ void eng_notify_init(struct eng_notify *n)
     pthread_mutex_init(&n->mu, NULL);
     cond_init_monotonic(&n->cv);
     n->count = 0;
+    n->wake_cb = NULL;
+    n->wake_arg = NULL;
 }
 
 void eng_notify_destroy(struct eng_notify *n)
@@ -126,6 +128,8 @@ static void wake_reader(struct eng_req *r)
         pthread_mutex_lock(&r->notify->mu);
         r->notify->count++;
         pthread_cond_broadcast(&r->notify->cv);
+        if (r->notify->wake_cb)
+            r->notify->wake_cb(r->notify->wake_arg);
         pthread_mutex_unlock(&r->notify->mu);
     }
 }

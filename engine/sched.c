@@ -270,15 +270,17 @@ static void admit(struct engine *e, double now)
         int sibling_prefilling = 0;
         for (int i = 0; r->notify && !e->cfg.no_prefix_cache && i < e->n_active; i++) {
             const struct eng_req *a = e->active[i];
-            sibling_prefilling |= a && a->notify == r->notify && a->n_prompt == r->n_prompt &&
-                                  a->n_computed < a->n_prompt &&
-                                  !memcmp(a->tokens, r->tokens, sizeof(int32_t) * (size_t)r->n_prompt);
+            sibling_prefilling |=
+                a && a->notify == r->notify && a->n_prompt == r->n_prompt &&
+                a->n_computed < a->n_prompt &&
+                !memcmp(a->tokens, r->tokens, sizeof(int32_t) * (size_t)r->n_prompt);
         }
         if (sibling_prefilling)
             break;
         /* reuse cached blocks; at least the last token is computed for its logits */
-        int32_t matched =
-            e->cfg.no_prefix_cache ? 0 : kv_match_prefix(e->pool, &r->seq, r->tokens, r->n_tokens - 1);
+        int32_t matched = e->cfg.no_prefix_cache
+                              ? 0
+                              : kv_match_prefix(e->pool, &r->seq, r->tokens, r->n_tokens - 1);
         int32_t need = sched_blocks_for(e, r->n_tokens) - r->seq.n_blocks;
         if (need > kv_pool_n_free(e->pool)) {
             kv_free_seq(e->pool, &r->seq);
@@ -347,12 +349,75 @@ void sched_tick(struct engine *e)
     sched_update_stats(e);
 }
 
+/* ---- the cost of a forward pass ---------------------------------------------- */
+
+void sched_cost_init(struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    double d = hp->n_embd, q = (double)hp->n_head * hp->head_dim,
+           kv = (double)hp->n_head_kv * hp->head_dim;
+    /* multiply-adds of one token: q, k, v, o, gate, up, down in every layer */
+    double dense = hp->n_layer * (d * q + 2 * d * kv + q * d + 3 * d * hp->n_ff);
+    e->cost_attn = hp->n_layer * 2.0 * q / dense; /* q.k and p.v over one position */
+    e->cost_row = d * hp->n_vocab / dense;        /* the output layer, for a logits row */
+}
+
+/* Units of n tokens of one sequence at positions from..from+n-1, with `rows` logits rows. */
+static double chunk_units(const struct engine *e, int from, int n, int rows)
+{
+    return n + e->cost_attn * ((double)n * from + (double)n * (n - 1) / 2) + rows * e->cost_row;
+}
+
+/* Takes in one timed pass: the fit forgets old passes at 5% a pass. */
+static void cost_observe(struct engine *e, double units, double seconds)
+{
+    const double keep = 0.95;
+    e->fit_w = keep * e->fit_w + 1;
+    e->fit_x = keep * e->fit_x + units;
+    e->fit_y = keep * e->fit_y + seconds;
+    e->fit_xx = keep * e->fit_xx + units * units;
+    e->fit_xy = keep * e->fit_xy + units * seconds;
+    double den = e->fit_w * e->fit_xx - e->fit_x * e->fit_x;
+    double b =
+        den > 1e-9 * e->fit_xx * e->fit_w ? (e->fit_w * e->fit_xy - e->fit_x * e->fit_y) / den : 0;
+    double a = b > 0 ? (e->fit_y - b * e->fit_x) / e->fit_w : 0;
+    if (b <= 0 || a < 0) { /* too few kinds of pass for a line: through the origin */
+        a = 0;
+        b = e->fit_y / e->fit_x;
+    }
+    e->fit_a = a;
+    e->fit_b = b;
+}
+
+/* The units a pass may have to stay within --max-step-ms; < 0: no bound. */
+static double unit_budget(const struct engine *e)
+{
+    if (e->cfg.max_step_ms < 0 || e->fit_b <= 0)
+        return -1;
+    double left = e->cfg.max_step_ms / 1000.0 - e->fit_a;
+    return left > 0 ? left / e->fit_b : 0;
+}
+
+/*
+ * The prefilling sequences in the order they get this step's prefill
+ * budget: shortest remaining prompt first, aged by the time waited (a
+ * sequence gains as many tokens of priority as the engine prefills in the
+ * time it has waited), so short prompts overtake a long one but never
+ * starve it.
+ */
+static double prefill_key(const struct engine *e, const struct eng_req *r, double now)
+{
+    double per_s = e->fit_b > 0 ? 1.0 / e->fit_b : 1000.0;
+    return (double)(r->n_tokens - r->n_computed) - per_s * (now - r->t_submit);
+}
+
 int sched_step(struct engine *e)
 {
     double now = util_now_s();
     end_where(e, is_cancelled, 0, ENG_FINISH_CANCELLED, NULL);
     admit(e, now);
     int T = 0, rows = 0, budget = e->cfg.max_batch_tokens;
+    double units = 0, ubudget = unit_budget(e);
     for (int i = 0; i < e->n_active; i++)
         e->active[i]->step_n = 0;
     /* every decoding sequence's next token first; preempt the newest when short */
@@ -363,16 +428,47 @@ int sched_step(struct engine *e)
         /* the newest is never before i, so it has nothing in the batch yet */
         while (e->active[i] && add_tokens(e, r, 1, &T, &rows))
             preempt(e, newest_active(e));
+        if (e->active[i])
+            units += chunk_units(e, r->n_computed, 1, 1);
     }
-    /* then prefill chunks in admission order, while the budget lasts */
-    for (int i = 0; i < e->n_active && T < budget; i++) {
+    /* then prefill chunks, by prefill_key, while the token and time budgets last */
+    int n_pre = 0;
+    for (int i = 0; i < e->n_active; i++) {
         struct eng_req *r = e->active[i];
-        if (!r || r->n_tokens - r->n_computed <= 1 || r->step_n)
-            continue;
-        int n = r->n_tokens - r->n_computed;
-        if (n > budget - T)
-            n = budget - T;
-        add_tokens(e, r, n, &T, &rows); /* short: it waits for blocks to free up */
+        if (r && r->n_tokens - r->n_computed > 1)
+            e->b_pre[n_pre++] = r;
+    }
+    struct eng_req **pre = e->b_pre;
+    for (int i = 1; i < n_pre; i++) { /* insertion sort: a handful of prefills */
+        struct eng_req *r = pre[i];
+        double k = prefill_key(e, r, now);
+        int j = i;
+        for (; j > 0 && prefill_key(e, pre[j - 1], now) > k; j--)
+            pre[j] = pre[j - 1];
+        pre[j] = r;
+    }
+    int first = 1;
+    for (int i = 0; i < n_pre && T < budget; i++) {
+        struct eng_req *r = pre[i];
+        int left = r->n_tokens - r->n_computed, n = left < budget - T ? left : budget - T;
+        if (ubudget >= 0) {
+            /* the most tokens that fit the time left; the first chunk at least a block */
+            int lo = 0, hi = n;
+            while (lo < hi) {
+                int mid = (lo + hi + 1) / 2;
+                if (units + chunk_units(e, r->n_computed, mid, mid == left) <= ubudget)
+                    lo = mid;
+                else
+                    hi = mid - 1;
+            }
+            int least = first ? (e->info.kv_block < n ? e->info.kv_block : n) : 0;
+            n = lo > least ? lo : least;
+        }
+        if (n <= 0)
+            break;
+        first = 0;
+        if (add_tokens(e, r, n, &T, &rows) == 0) /* short: it waits for blocks to free up */
+            units += chunk_units(e, r->n_computed, n, n == left);
     }
     if (T == 0 && e->n_active > 0) {
         /* prefills hold the pool and none can go on: the newest gives way */
@@ -383,7 +479,10 @@ int sched_step(struct engine *e)
     }
     if (T > 0) {
         struct model_batch b = {T, e->b_tokens, e->b_tp, e->b_want, e->b_order};
+        double t0 = util_now_s();
         int rc = model_forward(e->m, &e->kv, &b, e->logits);
+        if (!rc)
+            cost_observe(e, units, util_now_s() - t0);
         if (rc) {
             char msg[96];
             snprintf(msg, sizeof(msg), "the forward pass failed: %s", strerror(-rc));

@@ -41,9 +41,9 @@ struct eng_req {
     int n_computed; /* tokens whose K/V is stored */
     int n_gen;      /* generated tokens reported */
     struct kv_seq seq;
-    int n_cached;     /* prompt tokens found in the prefix cache at first admission */
-    int admitted;     /* has been admitted once (sampler ready) */
-    int in_queue;     /* counted in engine.n_queued (waiting, not running) */
+    int n_cached;         /* prompt tokens found in the prefix cache at first admission */
+    int admitted;         /* has been admitted once (sampler ready) */
+    int in_queue;         /* counted in engine.n_queued (waiting, not running) */
     struct smp_params sp; /* sp.bias points into bias */
     struct smp_bias *bias;
     struct smp smp;
@@ -73,16 +73,14 @@ struct engine {
     uv_async_t wake;
     uv_idle_t idle;
     uv_timer_t timer;
-    uv_signal_t sig_term, sig_int;
-    int n_signals;
     int loop_ready;
 
     pthread_mutex_t mu; /* guards incoming, stopping and draining */
     struct eng_req *in_head, *in_tail;
     int stopping, draining;
-    atomic_int n_queued;          /* submitted, not running */
-    atomic_llong queued_tokens;   /* their prompt tokens */
-    atomic_int n_live;            /* submitted, not ended */
+    atomic_int n_queued;        /* submitted, not running */
+    atomic_llong queued_tokens; /* their prompt tokens */
+    atomic_int n_live;          /* submitted, not ended */
 
     /* engine thread only */
     struct eng_req *wait_head, *wait_tail;
@@ -93,7 +91,17 @@ struct engine {
     struct dev_tokpos *b_tp;
     uint8_t *b_want;
     struct eng_req **b_rows; /* the request of each logits row */
+    struct eng_req **b_pre;  /* the prefilling sequences, in the order they are served */
     float *logits;
+
+    /*
+     * A forward pass's cost: 1 unit per token, plus attn units per position
+     * it attends over and row units per logits row (from the model's
+     * shapes); seconds = fit_a + fit_b * units, fitted over recent passes.
+     */
+    double cost_attn, cost_row;
+    double fit_w, fit_x, fit_y, fit_xx, fit_xy; /* decayed sums of (units, seconds) */
+    double fit_a, fit_b;                        /* fit_b 0: nothing timed yet */
 
     atomic_int st_running, st_waiting, st_kv_used;
     atomic_ullong st_preemptions, st_prefix_queries, st_prefix_hits;
@@ -108,6 +116,8 @@ void sched_abort_all(struct engine *e, enum eng_finish finish, const char *msg);
 void sched_tick(struct engine *e);
 /* Gauges from the engine thread's state. */
 void sched_update_stats(struct engine *e);
+/* Sets the cost model's per-token coefficients from the model's shapes. */
+void sched_cost_init(struct engine *e);
 /* Blocks a request of n tokens needs. */
 int32_t sched_blocks_for(const struct engine *e, int64_t n);
 

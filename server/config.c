@@ -45,9 +45,21 @@ static const struct setting k_settings[] = {
     {"kv_type", K_STR, S(kv_type), 0, 0, "f16", "TYPE", "KV cache storage: f16 or f32", "f16|f32"},
     {"max_body", K_INT, S(max_body), 1024, (int64_t)1 << 32, "8388608", "BYTES",
      "largest request body (413 past it)", NULL},
+    {"max_body_total", K_INT, S(max_body_total), 1024, (int64_t)1 << 40, "67108864", "BYTES",
+     "request body bytes held at once, all connections together (503 past it)", NULL},
+    {"max_connections", K_INT, S(max_connections), 1, 1 << 20, "10000", "N",
+     "open connections at most (new ones are refused past it)", NULL},
+    {"max_connections_per_ip", K_INT, S(max_connections_per_ip), 0, 1 << 20, "0", "N",
+     "open connections from one client address (0: no limit)", NULL},
+    {"idle_timeout", K_INT, S(idle_timeout), 1, 1 << 20, "15", "SECONDS",
+     "close a connection idle this long with no request in flight", NULL},
+    {"http_threads", K_INT, S(http_threads), 1, 256, "4", "N",
+     "threads serving connections (an epoll loop each)", NULL},
     {"max_seqs", K_INT, S(max_seqs), 1, 4096, "64", "N", "sequences in one forward pass", NULL},
     {"max_batch_tokens", K_INT, S(max_batch_tokens), 1, 1 << 20, "512", "N",
      "tokens in one forward pass", NULL},
+    {"max_step_ms", K_INT, S(max_step_ms), 0, 1 << 20, "100", "MS",
+     "a forward pass's estimated time at most: prefill chunks shrink to fit (0: no bound)", NULL},
     {"max_queue", K_INT, S(max_queue), 1, 1 << 20, "256", "N",
      "requests waiting at most (429 past it)", NULL},
     {"max_queue_tokens", K_INT, S(max_queue_tokens), 0, (int64_t)1 << 40, "0", "N",
@@ -97,8 +109,8 @@ static void print_help(void)
         if (s->kind == K_BOOL)
             snprintf(left, sizeof(left), "    --[no-]%s", f);
         else
-            snprintf(left, sizeof(left), "%s--%s %s", strcmp(s->name, "model") ? "    " : "-m, ",
-                     f, s->arg);
+            snprintf(left, sizeof(left), "%s--%s %s", strcmp(s->name, "model") ? "    " : "-m, ", f,
+                     s->arg);
         int show = *s->def && strcmp(s->def, "0"); /* "0: ..." helps say what 0 means */
         printf("  %-28s %s%s%s%s\n", left, s->help, show ? " (default " : "", show ? s->def : "",
                show ? ")" : "");
@@ -215,7 +227,9 @@ static int load_file(struct srv_config *cfg, const char *path)
             rc = set_value(cfg, s, cJSON_IsTrue(it) ? "true" : "false", where);
         } else {
             fprintf(stderr, "cinfer serve: %s must be a %s\n", where,
-                    s->kind == K_INT ? "number" : s->kind == K_BOOL ? "boolean" : "string");
+                    s->kind == K_INT    ? "number"
+                    : s->kind == K_BOOL ? "boolean"
+                                        : "string");
             rc = -1;
         }
     }
@@ -230,7 +244,8 @@ cJSON *srv_config_json(const struct srv_config *cfg)
         const struct setting *s = &k_settings[i];
         const char *base = (const char *)cfg;
         if (s->kind == K_INT)
-            cJSON_AddNumberToObject(o, s->name, (double)*(const int64_t *)(const void *)(base + s->off));
+            cJSON_AddNumberToObject(o, s->name,
+                                    (double)*(const int64_t *)(const void *)(base + s->off));
         else if (s->kind == K_BOOL)
             cJSON_AddBoolToObject(o, s->name, *(const int64_t *)(const void *)(base + s->off) != 0);
         else if (!strcmp(s->name, "api_key") && **(char *const *)(const void *)(base + s->off))
@@ -314,7 +329,8 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
             for (size_t k = 0; k < N_SETTINGS && !s && !eq; k++) { /* --no-prefix-cache */
                 char f[64];
                 flag_name(&k_settings[k], f, sizeof(f));
-                if (k_settings[k].kind == K_BOOL && !strncmp(a + 2, "no-", 3) && !strcmp(a + 5, f)) {
+                if (k_settings[k].kind == K_BOOL && !strncmp(a + 2, "no-", 3) &&
+                    !strcmp(a + 5, f)) {
                     s = &k_settings[k];
                     val = "false";
                 }
@@ -344,6 +360,7 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
             return CLI_EXIT_BADINPUT;
     }
     if (!*cfg->model && !*print_config)
-        return cli_usage("serve", "-m MODEL is required (or CINFER_MODEL, or \"model\" in --config)");
+        return cli_usage("serve",
+                         "-m MODEL is required (or CINFER_MODEL, or \"model\" in --config)");
     return 0;
 }

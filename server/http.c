@@ -1,14 +1,28 @@
 /*
- * server/http.c - the HTTP front end on libmicrohttpd: routes, the API key,
- * the body limit, the access log, and the content-reader callback that
- * feeds every completion response (streamed or not) from its job.
+ * server/http.c - the HTTP front end on libmicrohttpd: routes, strict
+ * request checks, the API key, the body limits, the access log, and the
+ * content-reader callback that feeds every completion response from its job.
  *
- * Threads: one per connection (MHD_USE_THREAD_PER_CONNECTION).  A
- * completion's reader callback waits on the job's channel in slices of
- * 100 ms; between slices it looks at the socket, and a client that has gone
- * has its request cancelled at once, queued or running.
+ * Threads: a small pool of libmicrohttpd threads, each an epoll loop over
+ * many connections (--http-threads); no callback ever blocks one.  A
+ * connection waiting for its request's output is suspended and resumed
+ * from the engine's thread when the job has an event (srv_wake).  While
+ * suspended, libmicrohttpd does not look at the socket, so a watcher thread
+ * polls the suspended sockets every 100 ms: an error or a hang-up cancels
+ * the request; a half-close (the client shut its sending side) is not a
+ * disconnect, but is probed once - an SSE comment on a stream, an interim
+ * "102 Processing" for HTTP/1.1 otherwise - so that a client that really
+ * closed answers with a reset, which is.
+ *
+ * Checked before a body is read (and answered then, closing the
+ * connection): the route and method, the header syntax (names are tokens,
+ * values hold no control bytes), Host (exactly one in HTTP/1.1),
+ * Content-Length (one value, not with Transfer-Encoding), the transfer
+ * coding (chunked only: 501 otherwise), the API key, and the body's size
+ * against --max-body and --max-body-total.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -18,41 +32,71 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server/srv.h"
 #include "util/clock.h"
 
-#define POLL_SLICE_MS 100
+#define WATCH_MS 100
 #define DISCARD_MAX (64u << 20) /* bytes of an oversized body read and dropped before answering */
+#define FD_RESERVE 64           /* descriptors kept for the model, logs and the engine */
+
+struct conn;
 
 struct srv {
     struct MHD_Daemon *d;
     char *api_key; /* NULL: no key */
     size_t max_body;
+    size_t max_body_total;
+    atomic_llong body_bytes; /* bytes of request bodies held now, over all connections */
     unsigned port;
     atomic_int inflight;
     _Atomic(struct engine *) e;
     struct srv_model model;
+    atomic_ullong next_id;
+    /* suspended connections: mu guards the list and every conn's suspended flag */
+    pthread_mutex_t mu;
+    struct conn *susp;
+    int n_susp;
+    pthread_t watcher;
+    int watcher_started;
+    atomic_int stopping;
 };
 
 struct conn {
     struct srv *s;
+    struct MHD_Connection *mc;
     double t0;
     char method[12];
     char *path;
+    char request_id[72];
     const char *route; /* the metrics label */
+    int route_id, route_idx;
+    int http11;
+    int checked; /* the headers passed the checks */
     struct tok_buf body;
+    size_t held; /* bytes counted in s->body_bytes */
     size_t discarded;
-    int too_big;
+    int too_big;    /* the body passed --max-body: read, dropped, then 413 */
+    int overloaded; /* --max-body-total was reached: read, dropped, then 503 */
     unsigned status;
     struct srv_job *job;
+    struct srv_wake wake;
     struct tok_buf out;
     size_t out_pos;
     int finished;
     int retry_after; /* seconds for a Retry-After header, 0: none */
     MHD_socket fd;
+    /* suspension (s->mu) */
+    atomic_uint wakes; /* bumped on every job event */
+    int suspended;
+    int probed;       /* a half-close was probed */
+    atomic_int probe; /* the stream owes an SSE comment (the probe) */
+    atomic_int gone;  /* the client went: the job is cancelled */
+    struct conn *snext, *sprev;
 };
 
 static int g_log_json;
@@ -99,6 +143,7 @@ static void access_log(const struct conn *c, double dur, int prompt, int complet
         gmtime_r(&t, &tm);
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         cJSON_AddStringToObject(o, "time", when);
+        cJSON_AddStringToObject(o, "request_id", c->request_id);
         cJSON_AddStringToObject(o, "method", c->method);
         char *path = srv_utf8_dup(c->path ? c->path : "", c->path ? strlen(c->path) : 0);
         cJSON_AddStringToObject(o, "path", path ? path : "");
@@ -113,13 +158,36 @@ static void access_log(const struct conn *c, double dur, int prompt, int complet
             fprintf(stderr, "%s\n", s);
         free(s);
     } else {
-        fprintf(stderr, "%s %.200s %u prompt=%d completion=%d %.1fms\n", c->method,
-                c->path ? c->path : "", c->status, prompt, completion, dur * 1e3);
+        fprintf(stderr, "%s %.200s %u prompt=%d completion=%d %.1fms id=%s\n", c->method,
+                c->path ? c->path : "", c->status, prompt, completion, dur * 1e3, c->request_id);
     }
     pthread_mutex_unlock(&g_log_mu);
 }
 
 /* ---- responses ------------------------------------------------------------- */
+
+static const char *allow_for(const struct conn *c)
+{
+    return !strcmp(c->route, "/v1/models") || !strncmp(c->route, "/v1/models/", 11) ||
+                   !strncmp(c->route, "/health", 7) || !strcmp(c->route, "/metrics") ||
+                   !strcmp(c->route, "/version")
+               ? "GET"
+               : "POST";
+}
+
+static void add_common_headers(struct MHD_Response *r, const struct conn *c, unsigned status)
+{
+    MHD_add_response_header(r, "X-Request-Id", c->request_id);
+    if (status == 405)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow_for(c));
+    if (status == 401)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (c->retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", c->retry_after);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
+}
 
 static enum MHD_Result reply(struct MHD_Connection *mc, struct conn *c, unsigned status,
                              const char *type, const char *body, size_t len)
@@ -129,21 +197,7 @@ static enum MHD_Result reply(struct MHD_Connection *mc, struct conn *c, unsigned
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    if (status == 405)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                !strcmp(c->route, "/v1/models") ||
-                                        !strncmp(c->route, "/v1/models/", 11) ||
-                                        !strncmp(c->route, "/health", 7) ||
-                                        !strcmp(c->route, "/metrics") || !strcmp(c->route, "/version")
-                                    ? "GET"
-                                    : "POST");
-    if (status == 401)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (c->retry_after > 0) {
-        char ra[16];
-        snprintf(ra, sizeof(ra), "%d", c->retry_after);
-        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
-    }
+    add_common_headers(r, c, status);
     c->status = status;
     enum MHD_Result ok = MHD_queue_response(mc, status, r);
     MHD_destroy_response(r);
@@ -182,34 +236,156 @@ static enum MHD_Result fail(struct MHD_Connection *mc, struct conn *c, unsigned 
     return reply_error(mc, c, &err);
 }
 
-/* ---- completions: a stream's reader callback, or the whole result ---------------- */
+/* ---- request bodies: held bytes, counted against --max-body-total ------------------ */
 
-/* Whether the client closed its end (EOF or error on the socket). */
-static int client_gone(const struct conn *c)
+/* Counts n more bytes as held by c; 0, or -1 when that would pass the global cap. */
+static int body_hold(struct conn *c, size_t n)
 {
-    if (c->fd == MHD_INVALID_SOCKET)
-        return 0;
-    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
-    if (poll(&p, 1, 0) <= 0)
-        return 0;
-    if (p.revents & (POLLERR | POLLHUP | POLLRDHUP | POLLNVAL))
-        return 1;
-    char b;
-    ssize_t k = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-/* One wait on the job for output into c->out: srv_job_pump's result, or
- * -EPIPE when nothing came and the client has gone (the job is cancelled). */
-static int pump(struct conn *c)
-{
-    int r = srv_job_pump(c->job, &c->out, POLL_SLICE_MS);
-    if (r == SRV_JOB_WAIT && client_gone(c)) {
-        srv_job_cancel(c->job);
-        return -EPIPE;
+    long long now = atomic_fetch_add(&c->s->body_bytes, (long long)n) + (long long)n;
+    if ((size_t)now > c->s->max_body_total) {
+        atomic_fetch_sub(&c->s->body_bytes, (long long)n);
+        return -1;
     }
-    return r;
+    c->held += n;
+    return 0;
 }
+
+static void body_release(struct conn *c)
+{
+    free(c->body.p);
+    c->body = (struct tok_buf){0};
+    if (c->held)
+        atomic_fetch_sub(&c->s->body_bytes, (long long)c->held);
+    c->held = 0;
+}
+
+/* ---- suspension: a connection waits for its job without a thread ------------------ */
+
+static void susp_unlink(struct srv *s, struct conn *c)
+{
+    if (c->sprev)
+        c->sprev->snext = c->snext;
+    else
+        s->susp = c->snext;
+    if (c->snext)
+        c->snext->sprev = c->sprev;
+    c->snext = c->sprev = NULL;
+    c->suspended = 0;
+    s->n_susp--;
+}
+
+/*
+ * Suspends c unless its job had an event since `seen` (the wake count read
+ * before the job was last pumped).  Called from an MHD callback.  1 when
+ * suspended (return to MHD now), 0 to pump again.
+ */
+static int conn_suspend(struct conn *c, unsigned seen)
+{
+    struct srv *s = c->s;
+    pthread_mutex_lock(&s->mu);
+    int go = atomic_load(&c->wakes) == seen && !atomic_load(&c->gone) && !atomic_load(&c->probe) &&
+             !atomic_load(&s->stopping);
+    if (go) {
+        MHD_suspend_connection(c->mc);
+        c->suspended = 1;
+        c->sprev = NULL;
+        c->snext = s->susp;
+        if (s->susp)
+            s->susp->sprev = c;
+        s->susp = c;
+        s->n_susp++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return go;
+}
+
+/* The job's wake-up, on the engine's thread: resume the connection if it sleeps. */
+static void conn_wake_cb(void *arg)
+{
+    struct conn *c = arg;
+    atomic_fetch_add(&c->wakes, 1);
+    struct srv *s = c->s;
+    pthread_mutex_lock(&s->mu);
+    if (c->suspended) {
+        susp_unlink(s, c);
+        MHD_resume_connection(c->mc);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/*
+ * Every WATCH_MS: the sockets of suspended connections.  An error or
+ * hang-up (the client is gone) cancels the job and resumes the connection
+ * so libmicrohttpd closes it; a half-close is probed once (see the top).
+ */
+static void *watcher_main(void *arg)
+{
+    struct srv *s = arg;
+    struct pollfd *pf = NULL;
+    struct conn **pc = NULL, **wake = NULL;
+    int cap = 0;
+    while (!atomic_load(&s->stopping)) {
+        usleep(WATCH_MS * 1000);
+        pthread_mutex_lock(&s->mu);
+        if (s->n_susp > cap) {
+            int nc = s->n_susp * 2;
+            struct pollfd *a = realloc(pf, sizeof(*a) * (size_t)nc);
+            pf = a ? a : pf;
+            struct conn **b = a ? realloc(pc, sizeof(*b) * (size_t)nc) : NULL;
+            pc = b ? b : pc;
+            struct conn **w = b ? realloc(wake, sizeof(*w) * (size_t)nc) : NULL;
+            wake = w ? w : wake;
+            if (w)
+                cap = nc;
+        }
+        int n = 0, nw = 0;
+        for (struct conn *c = s->susp; c && n < cap; c = c->snext) {
+            pf[n] = (struct pollfd){.fd = c->fd, .events = POLLRDHUP};
+            pc[n++] = c;
+        }
+        if (n > 0 && poll(pf, (nfds_t)n, 0) > 0) {
+            for (int i = 0; i < n; i++) {
+                struct conn *c = pc[i];
+                short ev = pf[i].revents;
+                if (!ev)
+                    continue;
+                if (!(ev & (POLLERR | POLLHUP | POLLNVAL)) && (ev & POLLRDHUP) && !c->probed) {
+                    c->probed = 1;
+                    if (srv_job_stream(c->job)) {
+                        atomic_store(&c->probe, 1); /* the reader writes the comment */
+                    } else if (c->http11) {
+                        static const char k102[] = "HTTP/1.1 102 Processing\r\n\r\n";
+                        ssize_t k =
+                            send(c->fd, k102, sizeof(k102) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+                        if (k == (ssize_t)sizeof(k102) - 1)
+                            continue;
+                        atomic_store(&c->gone, 1);
+                    } else {
+                        continue; /* HTTP/1.0: nothing may be sent before the answer */
+                    }
+                } else if (ev & (POLLERR | POLLHUP | POLLNVAL)) {
+                    atomic_store(&c->gone, 1);
+                } else {
+                    continue;
+                }
+                susp_unlink(s, c); /* nobody else resumes it now; it cannot end while suspended */
+                wake[nw++] = c;
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+        for (int i = 0; i < nw; i++) {
+            if (atomic_load(&wake[i]->gone))
+                srv_job_cancel(wake[i]->job);
+            MHD_resume_connection(wake[i]->mc);
+        }
+    }
+    free(pf);
+    free(pc);
+    free(wake);
+    return NULL;
+}
+
+/* ---- completions: a stream's reader callback, or the whole result ---------------- */
 
 static ssize_t job_reader_cb(void *cls, uint64_t pos, char *buf, size_t max)
 {
@@ -226,11 +402,39 @@ static ssize_t job_reader_cb(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (c->finished)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        int r = pump(c);
+        if (atomic_load(&c->gone) || atomic_load(&c->s->stopping))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (atomic_exchange(&c->probe, 0)) { /* an SSE comment: clients skip it */
+            if (srv_buf_printf(&c->out, ": ping\n\n"))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            continue;
+        }
+        unsigned seen = atomic_load(&c->wakes);
+        int r = srv_job_pump(c->job, &c->out, 0);
         if (r < 0)
             return MHD_CONTENT_READER_END_WITH_ERROR;
         if (r == SRV_JOB_DONE)
             c->finished = 1;
+        else if (r == SRV_JOB_WAIT && conn_suspend(c, seen))
+            return 0;
+    }
+}
+
+/* A non-streamed completion: answers once the job is done, suspending meanwhile. */
+static enum MHD_Result plain_step(struct MHD_Connection *mc, struct conn *c)
+{
+    for (;;) {
+        if (atomic_load(&c->gone) || atomic_load(&c->s->stopping))
+            return MHD_NO;
+        unsigned seen = atomic_load(&c->wakes);
+        int r = srv_job_pump(c->job, &c->out, 0);
+        if (r == SRV_JOB_DONE)
+            return reply(mc, c, (unsigned)srv_job_status(c->job), "application/json", c->out.p,
+                         c->out.n);
+        if (r < 0)
+            return fail(mc, c, 500, NULL, NULL, "out of memory");
+        if (r == SRV_JOB_WAIT && conn_suspend(c, seen))
+            return MHD_YES;
     }
 }
 
@@ -239,32 +443,21 @@ static enum MHD_Result do_completion(struct MHD_Connection *mc, struct conn *c, 
 {
     struct srv_request req;
     struct srv_error err;
-    if (srv_parse_request(kind, c->body.p ? c->body.p : "", c->body.n, e, &c->s->model, &req,
-                          &err)) {
+    int bad =
+        srv_parse_request(kind, c->body.p ? c->body.p : "", c->body.n, e, &c->s->model, &req, &err);
+    body_release(c); /* parsed: the body's bytes are free for other uploads */
+    if (bad) {
         srv_request_free(&req);
         return reply_error(mc, c, &err);
     }
-    if (srv_job_start(e, &c->s->model, &req, &c->job, &err))
+    c->wake = (struct srv_wake){conn_wake_cb, c};
+    if (srv_job_start(e, &c->s->model, &req, &c->wake, &c->job, &err))
         return reply_error(mc, c, &err);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     c->fd = ci ? ci->connect_fd : MHD_INVALID_SOCKET;
-    if (!srv_job_stream(c->job)) {
-        /*
-         * Not streamed: wait here (this connection's own thread) for the whole
-         * result, so a failure gets its own status rather than a 200 sent
-         * ahead of it; a client that leaves meanwhile cancels the request.
-         */
-        int rc;
-        while ((rc = pump(c)) != SRV_JOB_DONE) {
-            if (rc == -EPIPE)
-                return MHD_NO;
-            if (rc < 0)
-                return fail(mc, c, 500, NULL, NULL, "out of memory");
-        }
-        return reply(mc, c, (unsigned)srv_job_status(c->job), "application/json", c->out.p,
-                     c->out.n);
-    }
+    if (!srv_job_stream(c->job))
+        return plain_step(mc, c); /* its status is known only at the end */
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, job_reader_cb, c, NULL);
     if (!r)
@@ -272,6 +465,7 @@ static enum MHD_Result do_completion(struct MHD_Connection *mc, struct conn *c, 
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_common_headers(r, c, 200);
     c->status = 200;
     enum MHD_Result ok = MHD_queue_response(mc, 200, r);
     MHD_destroy_response(r);
@@ -386,8 +580,19 @@ static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, 
 
 /* ---- routing ---------------------------------------------------------------------- */
 
-enum route_id { R_NONE, R_HEALTH, R_READY, R_METRICS, R_VERSION, R_MODELS, R_MODEL, R_CHAT, R_COMPL,
-                R_TOKENIZE, R_DETOKENIZE };
+enum route_id {
+    R_NONE,
+    R_HEALTH,
+    R_READY,
+    R_METRICS,
+    R_VERSION,
+    R_MODELS,
+    R_MODEL,
+    R_CHAT,
+    R_COMPL,
+    R_TOKENIZE,
+    R_DETOKENIZE
+};
 
 static const struct {
     const char *path;
@@ -395,11 +600,11 @@ static const struct {
     int post;
     int open; /* no API key needed */
 } k_routes[] = {
-    {"/health", R_HEALTH, 0, 1},          {"/health/ready", R_READY, 0, 1},
-    {"/metrics", R_METRICS, 0, 1},
-    {"/version", R_VERSION, 0, 0},        {"/v1/models", R_MODELS, 0, 0},
-    {"/v1/chat/completions", R_CHAT, 1, 0}, {"/v1/completions", R_COMPL, 1, 0},
-    {"/tokenize", R_TOKENIZE, 1, 0},      {"/detokenize", R_DETOKENIZE, 1, 0},
+    {"/health", R_HEALTH, 0, 1},         {"/health/ready", R_READY, 0, 1},
+    {"/metrics", R_METRICS, 0, 1},       {"/version", R_VERSION, 0, 0},
+    {"/v1/models", R_MODELS, 0, 0},      {"/v1/chat/completions", R_CHAT, 1, 0},
+    {"/v1/completions", R_COMPL, 1, 0},  {"/tokenize", R_TOKENIZE, 1, 0},
+    {"/detokenize", R_DETOKENIZE, 1, 0},
 };
 
 static int find_route(const char *url, int *idx)
@@ -415,36 +620,176 @@ static int find_route(const char *url, int *idx)
     return R_NONE;
 }
 
+static int is_space(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+/* 'Authorization: Bearer KEY': the scheme in any case, whitespace around the key ignored. */
 static int key_ok(const struct srv *s, struct MHD_Connection *mc)
 {
     if (!s->api_key)
         return 1;
     const char *h = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncmp(h, "Bearer ", 7))
+    if (!h)
+        return 0;
+    while (is_space(*h))
+        h++;
+    if (strncasecmp(h, "Bearer", 6) || !is_space(h[6]))
         return 0;
     h += 7;
+    while (is_space(*h))
+        h++;
     size_t a = strlen(h), b = strlen(s->api_key);
+    while (a && is_space(h[a - 1]))
+        a--;
     unsigned diff = a != b;
     for (size_t i = 0; i < a; i++) /* time independent of where they differ */
         diff |= (unsigned)(h[i] ^ s->api_key[i % (b ? b : 1)]);
     return diff == 0;
 }
 
-static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const char *url, int post)
+/* What the header checks found (one pass over every header). */
+struct hdr_scan {
+    int n_host, n_cl, n_te;
+    int cl_differ;
+    char cl[32];
+    int te_chunked;     /* every Transfer-Encoding value is exactly "chunked" */
+    char bad_name[48];  /* a header name that is not a token */
+    char bad_value[48]; /* the name of a header whose value holds a control byte */
+};
+
+static int is_tchar(unsigned char ch)
+{
+    return isalnum(ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+static void copy_name(char *out, size_t cap, const char *key, size_t n)
+{
+    size_t k = n < cap - 1 ? n : cap - 1;
+    for (size_t i = 0; i < k; i++)
+        out[i] = isprint((unsigned char)key[i]) ? key[i] : '?';
+    out[k] = '\0';
+}
+
+static enum MHD_Result scan_header_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      size_t key_size, const char *value, size_t value_size)
+{
+    struct hdr_scan *h = cls;
+    (void)kind;
+    int name_ok = key_size > 0;
+    for (size_t i = 0; i < key_size && name_ok; i++)
+        name_ok = is_tchar((unsigned char)key[i]);
+    if (!name_ok && !h->bad_name[0])
+        copy_name(h->bad_name, sizeof(h->bad_name), key, key_size ? key_size : 0);
+    if (!name_ok && !h->bad_name[0])
+        snprintf(h->bad_name, sizeof(h->bad_name), "(empty)");
+    for (size_t i = 0; value && i < value_size; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            if (!h->bad_value[0])
+                copy_name(h->bad_value, sizeof(h->bad_value), key, key_size);
+            break;
+        }
+    }
+    if (!value)
+        return MHD_YES;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) {
+        h->n_host++;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        if (h->n_cl++ && strcmp(h->cl, value))
+            h->cl_differ = 1;
+        snprintf(h->cl, sizeof(h->cl), "%s", value);
+        if (strchr(value, ',')) /* "5, 6" in one header */
+            h->cl_differ = 1;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        size_t a = 0, b = value_size;
+        while (a < b && is_space(value[a]))
+            a++;
+        while (b > a && is_space(value[b - 1]))
+            b--;
+        int chunked = b - a == 7 && !strncasecmp(value + a, "chunked", 7);
+        h->te_chunked = h->n_te++ ? 0 : chunked;
+    }
+    return MHD_YES;
+}
+
+/*
+ * The checks every request passes before anything else is done with it:
+ * route, method, header syntax, framing, the API key.  MHD_YES with
+ * c->checked set when it passed; otherwise the answer is queued.
+ */
+static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, const char *url)
 {
     struct srv *s = c->s;
+    struct hdr_scan h = {0};
+    MHD_get_connection_values_n(mc, MHD_HEADER_KIND, scan_header_cb, &h);
+    char msg[160];
+    if (h.bad_name[0]) {
+        snprintf(msg, sizeof(msg), "malformed header name '%s'", h.bad_name);
+        return fail(mc, c, 400, NULL, "bad_request", msg);
+    }
+    if (h.bad_value[0]) {
+        snprintf(msg, sizeof(msg), "the value of header '%s' holds a control byte", h.bad_value);
+        return fail(mc, c, 400, NULL, "bad_request", msg);
+    }
+    if (c->http11 ? h.n_host != 1 : h.n_host > 1)
+        return fail(mc, c, 400, NULL, "bad_request",
+                    h.n_host ? "more than one Host header" : "HTTP/1.1 requires a Host header");
+    if (h.n_te && h.n_cl)
+        return fail(mc, c, 400, NULL, "bad_request",
+                    "Content-Length together with Transfer-Encoding");
+    if (h.cl_differ)
+        return fail(mc, c, 400, NULL, "bad_request", "conflicting Content-Length values");
+    if (h.n_te && !h.te_chunked)
+        return fail(mc, c, 501, NULL, "not_implemented",
+                    "the only transfer coding accepted is chunked");
     int idx;
     int id = find_route(url, &idx);
+    c->route_id = id;
+    c->route_idx = idx;
     int route_post = id == R_MODEL ? 0 : idx >= 0 ? k_routes[idx].post : 0;
     c->route = id == R_NONE ? "other" : id == R_MODEL ? "/v1/models/{id}" : k_routes[idx].path;
     if (id == R_NONE)
         return fail(mc, c, 404, NULL, NULL, "no such route");
     int is_get = !strcmp(c->method, "GET") || !strcmp(c->method, "HEAD");
+    int post = !strcmp(c->method, "POST");
     if ((route_post && !post) || (!route_post && !is_get))
         return fail(mc, c, 405, NULL, NULL, route_post ? "use POST" : "use GET");
     if (!(idx >= 0 && k_routes[idx].open) && !key_ok(s, mc))
         return fail(mc, c, 401, NULL, "invalid_api_key",
                     "a valid API key is required (Authorization: Bearer KEY)");
+    if (post && h.n_cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(h.cl, &end, 10);
+        if (errno || end == h.cl || *end)
+            return fail(mc, c, 400, NULL, "bad_request", "Content-Length is not a number");
+        if (n > s->max_body + (size_t)DISCARD_MAX) {
+            c->too_big = 1; /* too large even to read and drop: answer and close */
+            snprintf(msg, sizeof(msg), "the body is larger than %zu bytes (--max-body)",
+                     s->max_body);
+            return fail(mc, c, 413, NULL, "request_too_large", msg);
+        }
+        if (n <= s->max_body && body_hold(c, (size_t)n)) {
+            c->retry_after = 1;
+            struct srv_error err;
+            srv_fail(&err, 503, NULL, "service_unavailable",
+                     "the server holds too many request bodies now (--max-body-total %zu bytes)",
+                     s->max_body_total);
+            err.retry_after = 1;
+            return reply_error(mc, c, &err);
+        }
+    }
+    c->checked = 1;
+    return MHD_YES;
+}
+
+/* Answers a request that passed check_request and whose body (if any) is in. */
+static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const char *url)
+{
+    struct srv *s = c->s;
+    int id = c->route_id;
     struct engine *e = atomic_load(&s->e);
     switch (id) {
     case R_HEALTH:
@@ -455,7 +800,10 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
         struct eng_stats st = {0};
         if (e)
             eng_get_stats(e, &st);
-        const char *why = !e ? "loading" : st.draining ? "draining" : eng_queue_full(e) ? "busy" : NULL;
+        const char *why = !e                  ? "loading"
+                          : st.draining       ? "draining"
+                          : eng_queue_full(e) ? "busy"
+                                              : NULL;
         if (why) {
             char body[48];
             int n = snprintf(body, sizeof(body), "{\"status\":\"%s\"}", why);
@@ -492,6 +840,14 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
         snprintf(msg, sizeof(msg), "the body is larger than %zu bytes (--max-body)", s->max_body);
         return fail(mc, c, 413, NULL, "request_too_large", msg);
     }
+    if (c->overloaded) {
+        struct srv_error err;
+        srv_fail(&err, 503, NULL, "service_unavailable",
+                 "the server holds too many request bodies now (--max-body-total %zu bytes)",
+                 s->max_body_total);
+        err.retry_after = 1;
+        return reply_error(mc, c, &err);
+    }
     switch (id) {
     case R_CHAT:
         return do_completion(mc, c, e, SRV_CHAT);
@@ -504,57 +860,77 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     }
 }
 
+/* The client's X-Request-Id when it is a plain token of up to 64 bytes, else a new one. */
+static void set_request_id(struct srv *s, struct MHD_Connection *mc, struct conn *c)
+{
+    const char *v = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "X-Request-Id");
+    size_t n = v ? strlen(v) : 0;
+    int ok = n > 0 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isalnum((unsigned char)v[i]) || strchr("-_.:/+=", v[i]);
+    if (ok) {
+        memcpy(c->request_id, v, n + 1);
+        return;
+    }
+    unsigned long long k = atomic_fetch_add(&s->next_id, 1);
+    snprintf(c->request_id, sizeof(c->request_id), "req-%08x%08llx",
+             (unsigned)(s->model.created * 2654435761u), k);
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc, const char *url,
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls)
 {
     struct srv *s = cls;
-    (void)version;
     struct conn *c = *con_cls;
     if (!c) {
         c = calloc(1, sizeof(*c));
         if (!c)
             return MHD_NO;
         c->s = s;
+        c->mc = mc;
         c->t0 = util_now_s();
         c->fd = MHD_INVALID_SOCKET;
         c->route = "other";
+        c->http11 = version && !strcmp(version, MHD_HTTP_VERSION_1_1);
+        atomic_init(&c->wakes, 0);
         snprintf(c->method, sizeof(c->method), "%s", method);
         c->path = strdup(url);
+        set_request_id(s, mc, c);
         *con_cls = c;
         atomic_fetch_add(&s->inflight, 1);
-        int post = !strcmp(method, "POST");
-        if (!post) /* nothing to read: answer now */
-            return handle(mc, c, url, 0);
-        const char *cl =
-            MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > s->max_body + (size_t)DISCARD_MAX) {
-            c->too_big = 1; /* too large even to read and drop: answer and close */
-            return handle(mc, c, url, 1);
-        }
-        return MHD_YES;
+        /* headers only: check them now, so a bad or unauthenticated request sends no body */
+        return check_request(mc, c, url);
     }
-    if (*upload_size) {
-        if (!c->too_big && c->body.n + *upload_size > c->s->max_body) {
-            c->too_big = 1;
-            free(c->body.p);
-            c->body = (struct tok_buf){0};
-        }
-        if (c->too_big) {
-            c->discarded += *upload_size;
-            if (c->discarded > DISCARD_MAX && !c->status) {
-                *upload_size = 0;
-                return handle(mc, c, url, 1);
-            }
-        } else if (tok_buf_append(&c->body, upload, *upload_size)) {
-            return MHD_NO;
-        }
+    if (c->status) { /* answered already (an error before the body): drop what comes */
         *upload_size = 0;
         return MHD_YES;
     }
-    if (c->status) /* already answered */
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (!c->too_big && !c->overloaded && c->body.n + n > c->s->max_body) {
+            c->too_big = 1;
+            body_release(c);
+        }
+        /* a chunked body has no length up front: count it as it comes */
+        if (!c->too_big && !c->overloaded && c->body.n + n > c->held &&
+            body_hold(c, c->body.n + n - c->held)) {
+            c->overloaded = 1;
+            body_release(c);
+        }
+        if (c->too_big || c->overloaded) {
+            c->discarded += n;
+            if (c->discarded > DISCARD_MAX)
+                return handle(mc, c, url);
+        } else if (tok_buf_append(&c->body, upload, n)) {
+            return MHD_NO;
+        }
         return MHD_YES;
-    return handle(mc, c, url, 1);
+    }
+    if (c->job) /* resumed: a non-streamed completion waiting for its result */
+        return plain_step(mc, c);
+    return handle(mc, c, url);
 }
 
 static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
@@ -572,13 +948,13 @@ static void completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
             srv_job_cancel(c->job);
         srv_job_usage(c->job, &prompt, &completion);
-        srv_job_free(c->job);
+        srv_job_free(c->job); /* the engine calls conn_wake_cb no more */
     }
     if (!c->status)
         c->status = 499; /* the client went before an answer, as nginx logs it */
     srv_metrics_http(c->route, c->status);
     access_log(c, util_now_s() - c->t0, prompt, completion);
-    free(c->body.p);
+    body_release(c);
     free(c->out.p);
     free(c->path);
     free(c);
@@ -595,6 +971,29 @@ static void mhd_log_cb(void *cls, const char *fmt, va_list ap)
     srv_log("http: %s", msg);
 }
 
+/* Raises the open-file limit toward what max_conn needs; returns the connections it allows. */
+static unsigned fit_fd_limit(unsigned max_conn)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return max_conn;
+    rlim_t want = (rlim_t)max_conn + FD_RESERVE;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        unsigned fit =
+            rl.rlim_cur > FD_RESERVE * 2 ? (unsigned)(rl.rlim_cur - FD_RESERVE) : FD_RESERVE;
+        srv_log("warning: --max-connections %u is more than the open-file limit (%llu) allows; "
+                "using %u",
+                max_conn, (unsigned long long)rl.rlim_cur, fit);
+        return fit;
+    }
+    return max_conn;
+}
+
 int srv_start(const struct srv_config *cfg, const struct srv_model *model, struct srv **out,
               char *err, size_t errlen)
 {
@@ -604,15 +1003,19 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
         return snprintf(err, errlen, "out of memory"), -ENOMEM;
     g_log_json = !strcmp(cfg->log_format, "json");
     s->max_body = (size_t)cfg->max_body;
+    s->max_body_total = (size_t)cfg->max_body_total;
     s->model = *model;
     atomic_init(&s->e, NULL);
+    atomic_init(&s->body_bytes, 0);
+    atomic_init(&s->stopping, 0);
+    pthread_mutex_init(&s->mu, NULL);
     union {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } addr;
     memset(&addr, 0, sizeof(addr));
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+                     MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME;
     if (inet_pton(AF_INET, cfg->host, &addr.v4.sin_addr) == 1) {
         addr.v4.sin_family = AF_INET;
         addr.v4.sin_port = htons((uint16_t)cfg->port);
@@ -621,24 +1024,38 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
         addr.v6.sin6_port = htons((uint16_t)cfg->port);
         flags |= MHD_USE_IPv6;
     } else {
+        pthread_mutex_destroy(&s->mu);
         free(s);
         snprintf(err, errlen, "--host '%s' is not an IPv4 or IPv6 address", cfg->host);
         return -EINVAL;
     }
-    s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, access_cb, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log_cb, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                            MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_END);
+    unsigned max_conn = fit_fd_limit((unsigned)cfg->max_connections);
+    s->d = MHD_start_daemon(
+        flags, (uint16_t)cfg->port, NULL, NULL, access_cb, s, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log_cb, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT, max_conn,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout, MHD_OPTION_STRICT_FOR_CLIENT,
+        (int)1, MHD_OPTION_END);
     if (!s->d) {
+        pthread_mutex_destroy(&s->mu);
         free(s);
-        snprintf(err, errlen, "cannot listen on %s port %lld (in use, or no permission)",
-                 cfg->host, (long long)cfg->port);
+        snprintf(err, errlen, "cannot listen on %s port %lld (in use, or no permission)", cfg->host,
+                 (long long)cfg->port);
         return -EADDRINUSE;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : (unsigned)cfg->port;
+    if (pthread_create(&s->watcher, NULL, watcher_main, s) == 0)
+        s->watcher_started = 1;
     *out = s;
+    if (!s->watcher_started) {
+        srv_stop(s);
+        *out = NULL;
+        snprintf(err, errlen, "cannot start the connection watcher thread");
+        return -EAGAIN;
+    }
     return 0;
 }
 
@@ -674,8 +1091,20 @@ void srv_stop(struct srv *s)
 {
     if (!s)
         return;
+    atomic_store(&s->stopping, 1);
+    if (s->watcher_started)
+        pthread_join(s->watcher, NULL);
+    /* libmicrohttpd must not be stopped with connections suspended */
+    pthread_mutex_lock(&s->mu);
+    while (s->susp) {
+        struct conn *c = s->susp;
+        susp_unlink(s, c);
+        MHD_resume_connection(c->mc);
+    }
+    pthread_mutex_unlock(&s->mu);
     if (s->d)
         MHD_stop_daemon(s->d);
+    pthread_mutex_destroy(&s->mu);
     free(s->api_key);
     free(s);
 }

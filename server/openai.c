@@ -59,9 +59,10 @@ int srv_fail(struct srv_error *err, unsigned status, const char *param, const ch
 {
     err->status = status;
     err->retry_after = 0;
-    err->type = status == 401   ? "authentication_error"
-                : status == 404 ? (code && !strcmp(code, "model_not_found") ? "invalid_request_error"
-                                                                            : "not_found_error")
+    err->type = status == 401 ? "authentication_error"
+                : status == 404
+                    ? (code && !strcmp(code, "model_not_found") ? "invalid_request_error"
+                                                                : "not_found_error")
                 : status == 429 ? "rate_limit_error"
                 : status >= 500 ? "server_error"
                                 : "invalid_request_error";
@@ -168,8 +169,8 @@ static int get_number(const cJSON *o, const char *key, double lo, double hi, int
 
 static int is_int(const cJSON *v, double lo, double hi)
 {
-    return cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
-           v->valuedouble >= lo && v->valuedouble <= hi;
+    return cJSON_IsNumber(v) && isfinite(v->valuedouble) &&
+           v->valuedouble == floor(v->valuedouble) && v->valuedouble >= lo && v->valuedouble <= hi;
 }
 
 static int get_int(const cJSON *o, const char *key, double lo, double hi, int64_t *out,
@@ -287,8 +288,7 @@ static int parse_prompt(const cJSON *root, struct engine *e, struct srv_request 
         else if (cJSON_IsArray(v) && cJSON_IsArray(p->child) && v->child && all_ints(v))
             rc = ids_prompt(v, n_vocab, "prompt", r, err);
         else
-            rc = srv_fail(err, 400, "prompt", NULL,
-                          "prompt[%d] must be a %s like prompt[0]", i,
+            rc = srv_fail(err, 400, "prompt", NULL, "prompt[%d] must be a %s like prompt[0]", i,
                           cJSON_IsString(p->child) ? "string" : "non-empty array of token ids");
         if (rc)
             return rc;
@@ -458,8 +458,7 @@ static uint64_t random_seed(void)
 }
 
 int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
-                      const struct srv_model *model, struct srv_request *r,
-                      struct srv_error *err)
+                      const struct srv_model *model, struct srv_request *r, struct srv_error *err)
 {
     memset(r, 0, sizeof(*r));
     r->kind = kind;
@@ -484,8 +483,8 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         }
     }
     if (!rc && !(r->model = strdup(m && cJSON_IsString(m) ? m->valuestring
-                                   : model->alias          ? model->alias
-                                                           : model->id)))
+                                   : model->alias         ? model->alias
+                                                          : model->id)))
         rc = srv_fail(err, 500, NULL, NULL, "out of memory");
     /* sampling */
     smp_params_default(&r->p.sp);
@@ -578,11 +577,11 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
                           "resulted in %d tokens.",
                           info.n_ctx, what, np);
         else if (r->max_tokens_given && np + max_tokens > info.n_ctx)
-            rc = srv_fail(err, 400, "max_tokens", "context_length_exceeded",
-                          "This model's maximum context length is %d tokens. However, you "
-                          "requested %lld tokens (%d in the %s, %lld in the completion).",
-                          info.n_ctx, (long long)(np + max_tokens), np, what,
-                          (long long)max_tokens);
+            rc =
+                srv_fail(err, 400, "max_tokens", "context_length_exceeded",
+                         "This model's maximum context length is %d tokens. However, you "
+                         "requested %lld tokens (%d in the %s, %lld in the completion).",
+                         info.n_ctx, (long long)(np + max_tokens), np, what, (long long)max_tokens);
     }
     /* the default length: OpenAI's 16 for completions, the context for chat */
     r->p.max_tokens = (int)(r->max_tokens_given ? max_tokens : kind == SRV_CHAT ? info.n_ctx : 16);
@@ -664,6 +663,8 @@ void srv_job_free(struct srv_job *j)
     if (!j)
         return;
     for (int i = 0; i < j->n_choices; i++) {
+        if (j->c[i].h && !j->c[i].ended) /* its end was never read: the client left */
+            srv_metrics_finished("abort");
         eng_req_release(j->c[i].h);
         free(j->c[i].text.p);
         cJSON_Delete(j->c[i].lp);
@@ -676,7 +677,7 @@ void srv_job_free(struct srv_job *j)
 }
 
 int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_request *req,
-                  struct srv_job **out, struct srv_error *err)
+                  const struct srv_wake *wake, struct srv_job **out, struct srv_error *err)
 {
     *out = NULL;
     struct srv_job *j = calloc(1, sizeof(*j));
@@ -696,38 +697,56 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
     j->n_choices = n;
     j->created = (long)time(NULL);
     uint64_t rnd = random_seed();
-    snprintf(j->id, sizeof(j->id), "%s-%016llx%08x",
-             j->req.kind == SRV_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)rnd,
-             (unsigned)(rnd >> 17));
+    snprintf(j->id, sizeof(j->id), "%s-%016llx%08x", j->req.kind == SRV_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)rnd, (unsigned)(rnd >> 17));
     struct eng_info info;
     eng_get_info(e, &info);
     snprintf(j->fingerprint, sizeof(j->fingerprint), "cinfer-%s-%s", CINFER_VERSION, info.kernels);
     eng_notify_init(&j->notify);
     for (int i = 0; i < j->req.n_prompts; i++)
         j->prompt_tokens += j->req.n_prompt[i];
-    struct eng_params p = j->req.p;
-    p.notify = &j->notify;
-    uint64_t seed = p.sp.seed;
+    if (wake) {
+        j->notify.wake_cb = wake->cb;
+        j->notify.wake_arg = wake->arg;
+    }
+    struct eng_params *p = calloc((size_t)n, sizeof(*p));
+    struct eng_sub *subs = calloc((size_t)n, sizeof(*subs));
+    struct eng_req **h = calloc((size_t)n, sizeof(*h));
+    if (!p || !subs || !h) {
+        free(p), free(subs), free(h);
+        srv_job_free(j);
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    }
     for (int i = 0; i < n; i++) {
-        char msg[256];
         c[i].prompt = i / j->req.n;
-        p.sp.seed = seed + (uint64_t)(i % j->req.n);
-        int rc = eng_submit(e, j->req.prompts[c[i].prompt], j->req.n_prompt[c[i].prompt], &p,
-                            &c[i].h, msg, sizeof(msg));
-        if (rc) {
-            const char *what = j->req.kind == SRV_CHAT ? "messages" : "prompt";
-            srv_job_free(j);
-            if (rc == -E2BIG)
-                return srv_fail(err, 400, what, "context_length_exceeded", "%s", msg);
-            if (rc == -ESHUTDOWN)
-                return srv_fail(err, 503, NULL, "service_unavailable", "%s", msg);
-            if (rc == -EBUSY) {
-                srv_fail(err, 429, NULL, "rate_limit_exceeded", "%s", msg);
-                err->retry_after = 1;
-                return -1;
-            }
-            return srv_fail(err, rc == -ENOMEM ? 500 : 400, NULL, NULL, "%s", msg);
+        p[i] = j->req.p;
+        p[i].notify = &j->notify;
+        p[i].sp.seed = j->req.p.sp.seed + (uint64_t)(i % j->req.n);
+        subs[i] =
+            (struct eng_sub){j->req.prompts[c[i].prompt], j->req.n_prompt[c[i].prompt], &p[i]};
+    }
+    /* the whole fan-out (prompts x n) is admitted or refused at once */
+    char msg[320];
+    int rc = eng_submit_n(e, n, subs, h, msg, sizeof(msg));
+    for (int i = 0; !rc && i < n; i++)
+        c[i].h = h[i];
+    free(p), free(subs), free(h);
+    if (rc) {
+        const char *what = j->req.kind == SRV_CHAT ? "messages" : "prompt";
+        const char *fan = j->req.n > 1 ? "n" : what; /* the field that made it too large */
+        srv_job_free(j);
+        if (rc == -E2BIG)
+            return srv_fail(err, 400, what, "context_length_exceeded", "%s", msg);
+        if (rc == -ERANGE)
+            return srv_fail(err, 400, fan, "request_too_large", "%s", msg);
+        if (rc == -ESHUTDOWN)
+            return srv_fail(err, 503, NULL, "service_unavailable", "%s", msg);
+        if (rc == -EBUSY) {
+            srv_fail(err, 429, NULL, "rate_limit_exceeded", "%s", msg);
+            err->retry_after = 1;
+            return -1;
         }
+        return srv_fail(err, rc == -ENOMEM ? 500 : 400, NULL, NULL, "%s", msg);
     }
     *out = j;
     return 0;
@@ -762,7 +781,8 @@ static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_e
         cJSON *o = token_entry(t, ev->token, ev->logprob, 1);
         cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
         for (int i = 0; ev->top && i < ev->top->n_top && i < j->req.top_logprobs; i++)
-            cJSON_AddItemToArray(top, token_entry(t, ev->top->top[i].token, ev->top->top[i].logprob, 1));
+            cJSON_AddItemToArray(top,
+                                 token_entry(t, ev->top->top[i].token, ev->top->top[i].logprob, 1));
         cJSON_AddItemToArray(c->lp, o);
         return;
     }

@@ -1,13 +1,17 @@
 /*
  * server/serve.c - `cinfer serve`: settings, listening at once (so /health
  * answers 503 while the model loads), loading the engine, then serving.
- * SIGTERM or SIGINT (caught by the engine loop) starts a drain: new work gets
- * 503 and /health/ready says 503, requests in flight finish (up to
- * --shutdown-timeout seconds; the rest are ended), then the process exits 0.
- * A second signal exits at once, with status 1.
+ * Signals are taken by one thread of their own (sigwait), so none waits for
+ * a forward pass to end.  SIGTERM or SIGINT starts a drain at once: new
+ * work gets 503 and /health/ready says 503, requests in flight finish (up
+ * to --shutdown-timeout seconds; the rest are ended), then the process exits
+ * 0.  A second one exits at once, with status 1.  SIGUSR1 logs one status
+ * line; SIGHUP, SIGUSR2 and SIGALRM are logged and ignored (nothing to
+ * reload); SIGPIPE is ignored (a closed socket is an error return).
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -23,21 +27,98 @@
 static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
 static int g_signum;
+static _Atomic(struct engine *) g_engine;
+static _Atomic(struct srv *) g_srv;
 
-/* On the engine thread: the first signal wakes main to drain; another ends it now. */
-static void on_signal(int signum, int count, void *arg)
+static const char *sig_name(int signum)
+{
+    switch (signum) {
+    case SIGTERM:
+        return "SIGTERM";
+    case SIGINT:
+        return "SIGINT";
+    case SIGHUP:
+        return "SIGHUP";
+    case SIGUSR1:
+        return "SIGUSR1";
+    case SIGUSR2:
+        return "SIGUSR2";
+    default:
+        return "SIGALRM";
+    }
+}
+
+static void signal_set(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGUSR1);
+    sigaddset(set, SIGUSR2);
+    sigaddset(set, SIGALRM);
+}
+
+/* The signal thread: every signal above arrives here, never in another thread. */
+static void *signal_main(void *arg)
 {
     (void)arg;
-    if (count > 1) {
-        static const char msg[] = "cinfer: second signal: exiting now\n";
-        ssize_t k = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-        (void)k;
-        _exit(1);
+    sigset_t set;
+    signal_set(&set);
+    int stops = 0;
+    for (;;) {
+        int signum;
+        if (sigwait(&set, &signum))
+            continue;
+        if (signum == SIGTERM || signum == SIGINT) {
+            if (++stops > 1) {
+                static const char msg[] = "cinfer: second signal: exiting now\n";
+                ssize_t k = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+                (void)k;
+                _exit(1);
+            }
+            struct engine *e = atomic_load(&g_engine);
+            if (e)
+                eng_drain(e); /* at once: /health/ready says 503 from now on */
+            pthread_mutex_lock(&g_sig_mu);
+            g_signum = signum;
+            pthread_cond_signal(&g_sig_cv);
+            pthread_mutex_unlock(&g_sig_mu);
+        } else if (signum == SIGUSR1) {
+            struct engine *e = atomic_load(&g_engine);
+            struct srv *s = atomic_load(&g_srv);
+            struct eng_stats st = {0};
+            if (e)
+                eng_get_stats(e, &st);
+            srv_log("SIGUSR1: %s; %d running, %d waiting, KV cache %d of %d blocks, "
+                    "%d HTTP requests open",
+                    !e            ? "loading"
+                    : st.draining ? "draining"
+                                  : "serving",
+                    st.running, st.waiting, st.kv_used, st.kv_total, s ? srv_inflight(s) : 0);
+        } else {
+            srv_log("%s: ignored (cinfer has nothing to reload; SIGTERM drains)", sig_name(signum));
+        }
     }
-    pthread_mutex_lock(&g_sig_mu);
-    g_signum = signum;
-    pthread_cond_signal(&g_sig_cv);
-    pthread_mutex_unlock(&g_sig_mu);
+    return NULL;
+}
+
+/*
+ * Blocks the signals in this thread (and so in every thread started after)
+ * and starts the thread that takes them.  0, or -1 when it cannot start.
+ */
+static int signals_start(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t set;
+    signal_set(&set);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL))
+        return -1;
+    pthread_t t;
+    if (pthread_create(&t, NULL, signal_main, NULL))
+        return -1;
+    pthread_detach(t);
+    return 0;
 }
 
 /* The API key from --api-key-file (first line), or NULL with a message. */
@@ -100,7 +181,12 @@ int cli_serve(int argc, char **argv)
     if (!key && *cfg.api_key)
         key = strdup(cfg.api_key);
 
-    signal(SIGPIPE, SIG_IGN);
+    if (signals_start()) {
+        fprintf(stderr, "cinfer serve: cannot start the signal thread\n");
+        free(key);
+        srv_config_free(&cfg);
+        return EXIT_FAILURE;
+    }
 
     srv_metrics_init();
     char *id = model_id(cfg.model);
@@ -117,6 +203,7 @@ int cli_serve(int argc, char **argv)
         srv_config_free(&cfg);
         return CLI_EXIT_BADINPUT;
     }
+    atomic_store(&g_srv, s);
     int keyed = key != NULL;
     free(key);
     srv_log("listening on http://%s%s%s:%u%s", strchr(cfg.host, ':') ? "[" : "", cfg.host,
@@ -129,11 +216,11 @@ int cli_serve(int argc, char **argv)
         .kv_type = strcmp(cfg.kv_type, "f32") ? QT_F16 : QT_F32,
         .max_seqs = (int)cfg.max_seqs,
         .max_batch_tokens = (int)cfg.max_batch_tokens,
+        .max_step_ms = cfg.max_step_ms ? (int)cfg.max_step_ms : -1,
         .max_queue = (int)cfg.max_queue,
         .max_queue_tokens = cfg.max_queue_tokens,
         .no_prefix_cache = !cfg.prefix_cache,
         .request_timeout = (double)cfg.request_timeout,
-        .on_signal = on_signal,
     };
     struct engine *e = NULL;
     if ((rc = eng_create(cfg.model, &ec, &e, err, sizeof(err)))) {
@@ -148,6 +235,11 @@ int cli_serve(int argc, char **argv)
     if (!info.chat_known)
         srv_log("warning: the model's chat template is not one cinfer knows; using chatml");
     srv_set_engine(s, e);
+    atomic_store(&g_engine, e);
+    pthread_mutex_lock(&g_sig_mu);
+    if (g_signum) /* it came while the model loaded */
+        eng_drain(e);
+    pthread_mutex_unlock(&g_sig_mu);
     srv_log("ready in %.2f s: model %s (%s), context %d, KV cache %d blocks of %d tokens, "
             "kernels %s, chat format %s",
             util_now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
@@ -168,6 +260,8 @@ int cli_serve(int argc, char **argv)
         srv_log("shutdown timeout: ending the requests still open");
     srv_quiesce(s);
     eng_stop(e); /* what is left ends; its connections finish */
+    atomic_store(&g_srv, NULL);
+    atomic_store(&g_engine, NULL);
     srv_stop(s);
     eng_destroy(e);
     free(id);

@@ -29,8 +29,14 @@ struct srv_config {
     int64_t kv_block;
     char *kv_type;
     int64_t max_body;
+    int64_t max_body_total;
+    int64_t max_connections;
+    int64_t max_connections_per_ip;
+    int64_t idle_timeout;
+    int64_t http_threads;
     int64_t max_seqs;
     int64_t max_batch_tokens;
+    int64_t max_step_ms;
     int64_t max_queue;
     int64_t max_queue_tokens;
     int64_t prefix_cache; /* bool */
@@ -86,7 +92,7 @@ enum srv_kind { SRV_CHAT, SRV_COMPLETION };
 struct srv_request {
     enum srv_kind kind;
     int stream, include_usage, echo;
-    int n;            /* choices per prompt */
+    int n; /* choices per prompt */
     int n_prompts;
     int32_t **prompts; /* token ids of each prompt */
     int *n_prompt;
@@ -121,9 +127,18 @@ void srv_request_free(struct srv_request *req);
  */
 struct srv_job;
 enum { SRV_JOB_WAIT = 0, SRV_JOB_MORE = 1, SRV_JOB_DONE = 2 };
-/* Submits each choice; takes req over (also on failure).  0, or -1 with err set. */
+/* Called on the engine's thread whenever one of the job's choices has an event (see eng_notify). */
+struct srv_wake {
+    void (*cb)(void *arg);
+    void *arg;
+};
+/*
+ * Submits every choice as one admission decision (all or none); takes req
+ * over (also on failure).  wake may be NULL.  0, or -1 with err set: 400
+ * when the fan-out could never be queued, 429 when it could be later.
+ */
 int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_request *req,
-                  struct srv_job **out, struct srv_error *err);
+                  const struct srv_wake *wake, struct srv_job **out, struct srv_error *err);
 /*
  * Appends whatever is ready to out: SSE events, or the whole JSON response
  * once every choice has ended.  Waits up to timeout_ms when nothing is.

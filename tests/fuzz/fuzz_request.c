@@ -1,0 +1,73 @@
+/*
+ * tests/fuzz/fuzz_request.c - libFuzzer target: any bytes as the body of a
+ * chat or a completions request (the first byte picks which), through
+ * srv_parse_request against the default model's engine (CINFER_MODEL).
+ * Whatever it parses must be a request the engine would take: every prompt
+ * non-empty with ids in the vocabulary, n and the sampling settings in
+ * range; whatever it refuses must be a 4xx or 5xx OpenAI error with a
+ * message.  Traps on any violation.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/srv.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static struct engine *g_e;
+static struct eng_info g_info;
+static const struct srv_model g_model = {.id = "fuzz-model", .alias = "fuzz-alias", .created = 1};
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc, (void)argv;
+    const char *path = getenv("CINFER_MODEL");
+    char err[512];
+    struct eng_config cfg = {.threads = 1, .kv_memory_mib = 16, .ctx = 512};
+    if (!path || eng_create(path, &cfg, &g_e, err, sizeof(err)) != 0) {
+        fprintf(stderr, "fuzz_request: set CINFER_MODEL to a GGUF model (%s)\n",
+                path ? err : "unset");
+        exit(1); /* a fuzzer harness, not library code */
+    }
+    eng_get_info(g_e, &g_info);
+    return 0;
+}
+
+static void check_request(const struct srv_request *r)
+{
+    if (r->n < 1 || r->n > 16 || r->n_prompts < 1 || !r->prompts || !r->n_prompt)
+        __builtin_trap();
+    for (int i = 0; i < r->n_prompts; i++) {
+        if (r->n_prompt[i] < 1 || !r->prompts[i])
+            __builtin_trap();
+        for (int k = 0; k < r->n_prompt[i]; k++)
+            if (r->prompts[i][k] < 0 || r->prompts[i][k] >= g_info.n_vocab)
+                __builtin_trap();
+    }
+    if (r->p.max_tokens < 1 || r->top_logprobs < 0 || r->top_logprobs > 20)
+        __builtin_trap();
+    if (smp_params_check(&r->p.sp, g_info.n_vocab) != 0)
+        __builtin_trap();
+    for (int i = 0; i < r->p.n_stop; i++)
+        if (!r->stop[i] || !r->stop[i][0])
+            __builtin_trap();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size == 0)
+        return 0;
+    enum srv_kind kind = data[0] & 1 ? SRV_CHAT : SRV_COMPLETION;
+    struct srv_request req;
+    struct srv_error err;
+    memset(&err, 0, sizeof(err));
+    if (srv_parse_request(kind, (const char *)data + 1, size - 1, g_e, &g_model, &req, &err) == 0) {
+        check_request(&req);
+    } else if (err.status < 400 || err.status > 599 || !err.message[0] || !err.type) {
+        __builtin_trap();
+    }
+    srv_request_free(&req);
+    return 0;
+}
