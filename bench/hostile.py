@@ -14,6 +14,8 @@ Prints one line per case (a JSON object with --json):
   fairness   a 3072-token prompt arriving beside a running stream, --threads 1:
              the stream's longest gap between tokens, a newcomer's TTFT, the long
              prompt's own time
+  ids        one 8 MiB body of token ids: peak RSS growth (VmHWM)
+  logprobs   non-streamed chat, n=16 x 512 tokens, top_logprobs 20: peak RSS growth
   lone       a 3072-token prompt alone, 3 times: seconds each (not in the default run)
 Run it for two binaries (before/after) in the same session to compare."""
 
@@ -81,12 +83,54 @@ class Server:
         os.unlink(self.log.name)
 
 
-def rss_mib(pid):
+def rss_mib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def case_ids(a):
+    """One 8 MiB body of token ids (refused: longer than the context): peak RSS growth."""
+    srv = Server(a.bin, a.model, [])
+    try:
+        chat(srv)
+        before = rss_mib(srv.proc.pid, "VmHWM")
+        body = b'{"prompt": [' + b",".join([b"1"] * (((8 << 20) - 64) // 2)) + b'], "max_tokens": 1}'
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+        c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        st = c.getresponse().status
+        c.close()
+        return {"case": "ids", "body_mib": round(len(body) / 2**20, 1), "status": st,
+                "peak_growth_mib": round(rss_mib(srv.proc.pid, "VmHWM") - before, 1)}
+    finally:
+        srv.stop()
+
+
+def _logprobs_growth(a, logprobs):
+    srv = Server(a.bin, a.model, [])
+    try:
+        chat(srv)
+        before = rss_mib(srv.proc.pid, "VmHWM")
+        body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "n": 16, "max_tokens": 512,
+                "ignore_eos": True, "temperature": 0.8, "seed": 1}
+        if logprobs:
+            body.update(logprobs=True, top_logprobs=20)
+        st, data = srv.request("POST", "/v1/chat/completions", body, timeout=900)
+        return st, len(data), rss_mib(srv.proc.pid, "VmHWM") - before
+    finally:
+        srv.stop()
+
+
+def case_logprobs(a):
+    """A non-streamed chat request, n=16 x 512 tokens: peak RSS growth without and with
+    top_logprobs 20 (each on a fresh server: the KV cache's pages are touched alike)."""
+    st0, n0, g0 = _logprobs_growth(a, False)
+    st1, n1, g1 = _logprobs_growth(a, True)
+    return {"case": "logprobs", "status": [st0, st1], "response_mib": round(n1 / 2**20, 1),
+            "peak_growth_without_mib": round(g0, 1), "peak_growth_with_mib": round(g1, 1),
+            "logprobs_cost_mib": round(g1 - g0, 1)}
 
 
 def chat(srv, max_tokens=4, timeout=30):
@@ -285,7 +329,8 @@ def case_lone(a):
 
 
 CASES = {"idle": case_idle, "fanout": case_fanout, "unauth": case_unauth, "sigterm": case_sigterm,
-         "sighup": case_sighup, "fairness": case_fairness, "lone": case_lone}
+         "sighup": case_sighup, "fairness": case_fairness, "ids": case_ids, "logprobs": case_logprobs,
+         "lone": case_lone}
 
 
 def main():

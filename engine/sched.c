@@ -61,6 +61,19 @@ static void queue_count(struct engine *e, struct eng_req *r, int in)
     atomic_fetch_add(&e->queued_tokens, in ? r->n_prompt : -r->n_prompt);
 }
 
+/* Gauges from the engine thread's state, leaving `gone` out (NULL: none). */
+static void stats_refresh(struct engine *e, const struct eng_req *gone)
+{
+    int waiting = 0, running = 0;
+    for (struct eng_req *r = e->wait_head; r; r = r->next)
+        waiting += r != gone;
+    for (int i = 0; i < e->n_active; i++)
+        running += e->active[i] && e->active[i] != gone;
+    atomic_store(&e->st_running, running);
+    atomic_store(&e->st_waiting, waiting);
+    atomic_store(&e->st_kv_used, e->info.kv_blocks - kv_pool_n_free(e->pool));
+}
+
 /* Ends r: queues END, frees its engine state and drops the engine's reference. */
 static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const char *text,
                    size_t n)
@@ -77,6 +90,7 @@ static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const
     ev.t_scheduled = r->t_scheduled;
     ev.t_first_token = r->t_first;
     req_release_engine_state(e, r);
+    stats_refresh(e, r); /* the gauges leave r out before its client can see its end */
     req_push(r, &ev);
     req_unref(r);
 }
@@ -241,6 +255,7 @@ static void preempt(struct engine *e, int i)
     kv_free_seq(e->pool, &r->seq); /* its full blocks stay in the prefix cache */
     r->n_computed = 0;
     r->step_n = 0;
+    r->last_chunk = 0;
     r->next = e->wait_head;
     e->wait_head = r;
     if (!e->wait_tail)
@@ -330,12 +345,7 @@ static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *r
 
 void sched_update_stats(struct engine *e)
 {
-    int waiting = 0;
-    for (struct eng_req *r = e->wait_head; r; r = r->next)
-        waiting++;
-    atomic_store(&e->st_running, e->n_active);
-    atomic_store(&e->st_waiting, waiting);
-    atomic_store(&e->st_kv_used, e->info.kv_blocks - kv_pool_n_free(e->pool));
+    stats_refresh(e, NULL);
 }
 
 void sched_tick(struct engine *e)
@@ -451,6 +461,14 @@ int sched_step(struct engine *e)
     for (int i = 0; i < n_pre && T < budget; i++) {
         struct eng_req *r = pre[i];
         int left = r->n_tokens - r->n_computed, n = left < budget - T ? left : budget - T;
+        /*
+         * With a time bound, a sequence's chunks at most double from one step
+         * to the next (from a block): a cost estimate gone wrong, or none yet,
+         * cannot make one pass take many times the bound.
+         */
+        int grow = 2 * r->last_chunk > e->info.kv_block ? 2 * r->last_chunk : e->info.kv_block;
+        if (e->cfg.max_step_ms >= 0 && n > grow)
+            n = grow;
         if (ubudget >= 0) {
             /* the most tokens that fit the time left; the first chunk at least a block */
             int lo = 0, hi = n;
@@ -467,8 +485,10 @@ int sched_step(struct engine *e)
         if (n <= 0)
             break;
         first = 0;
-        if (add_tokens(e, r, n, &T, &rows) == 0) /* short: it waits for blocks to free up */
+        if (add_tokens(e, r, n, &T, &rows) == 0) { /* short: it waits for blocks to free up */
             units += chunk_units(e, r->n_computed, n, n == left);
+            r->last_chunk = n;
+        }
     }
     if (T == 0 && e->n_active > 0) {
         /* prefills hold the pool and none can go on: the newest gives way */

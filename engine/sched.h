@@ -48,7 +48,8 @@ struct eng_req {
     struct smp_bias *bias;
     struct smp smp;
     int smp_ready;
-    int step_n; /* tokens it has in the forward pass being built */
+    int step_n;     /* tokens it has in the forward pass being built */
+    int last_chunk; /* tokens of its last prefill chunk (0: none yet) */
     int max_tokens, ignore_eos, logprobs;
     char **stop;
     int n_stop;

@@ -546,16 +546,21 @@ static enum MHD_Result do_tokenize(struct MHD_Connection *mc, struct conn *c, st
 static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, struct engine *e)
 {
     struct srv_error err;
-    cJSON *o = parse_body(c, &err);
+    struct srv_ids runs;
+    cJSON *o = srv_parse_json_ids(c->body.p ? c->body.p : "", c->body.n, &runs, &err);
     if (!o)
         return reply_error(mc, c, &err);
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "tokens");
     const struct tok *t = eng_tok(e);
-    int nv = (int)tok_n_vocab(t), rc = cJSON_IsArray(ids) ? 0 : -EINVAL;
+    const int32_t *rv = NULL;
+    int rn = 0, is_run = srv_ids_get(&runs, ids, &rv, &rn);
+    int nv = (int)tok_n_vocab(t), rc = cJSON_IsArray(ids) || is_run ? 0 : -EINVAL;
     struct tok_detok d;
     struct tok_buf text = {0};
     tok_detok_init(&d, t, TOK_DETOK_SPECIAL);
-    for (const cJSON *v = ids ? ids->child : NULL; !rc && v; v = v->next) {
+    for (int i = 0; !rc && i < rn; i++)
+        rc = rv[i] >= 0 && rv[i] < nv ? tok_detok_feed(&d, rv[i], &text) : -EINVAL;
+    for (const cJSON *v = ids && !is_run ? ids->child : NULL; !rc && v; v = v->next) {
         if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < nv) ||
             v->valuedouble != (double)(int)v->valuedouble)
             rc = -EINVAL;
@@ -564,6 +569,7 @@ static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, 
     }
     rc = rc ? rc : tok_detok_flush(&d, &text);
     cJSON_Delete(o);
+    srv_ids_free(&runs);
     if (rc) {
         free(text.p);
         char msg[96];
@@ -657,7 +663,38 @@ struct hdr_scan {
     int te_chunked;     /* every Transfer-Encoding value is exactly "chunked" */
     char bad_name[48];  /* a header name that is not a token */
     char bad_value[48]; /* the name of a header whose value holds a control byte */
+    /* where each name starts and each value ends, for nul_in_values() */
+    const char **keys, **ends;
+    size_t n, cap;
+    int oom;
 };
+
+/*
+ * Whether a header value held a NUL byte.  libmicrohttpd hands values over
+ * as C strings, cut at a NUL; what followed it is still in its read buffer,
+ * where 0.9.75 has turned each line's CR LF (or bare LF) into NULs.  So the
+ * byte after a value's terminating NUL is another NUL (the LF), or the
+ * first byte of the next header's name (a bare LF) - anything else is the
+ * rest of a value cut short.  Checked against the one version whose buffer
+ * this describes (Debian 12's); with another the check is skipped.
+ */
+static int nul_in_values(const struct hdr_scan *h)
+{
+    static int layout_known = -1;
+    if (layout_known < 0)
+        layout_known = !strcmp(MHD_get_version(), "0.9.75");
+    for (size_t i = 0; layout_known && i < h->n; i++) {
+        const char *e = h->ends[i];
+        if (e[0] != '\0' || e[1] == '\0')
+            continue;
+        int next_name = 0;
+        for (size_t k = 0; k < h->n && !next_name; k++)
+            next_name = h->keys[k] == e + 1;
+        if (!next_name)
+            return 1;
+    }
+    return 0;
+}
 
 static int is_tchar(unsigned char ch)
 {
@@ -694,6 +731,22 @@ static enum MHD_Result scan_header_cb(void *cls, enum MHD_ValueKind kind, const 
     }
     if (!value)
         return MHD_YES;
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 32;
+        const char **a = realloc(h->keys, sizeof(*a) * cap);
+        if (a)
+            h->keys = a;
+        const char **b = a ? realloc(h->ends, sizeof(*b) * cap) : NULL;
+        if (b)
+            h->ends = b;
+        if (!b) {
+            h->oom = 1;
+            return MHD_NO;
+        }
+        h->cap = cap;
+    }
+    h->keys[h->n] = key;
+    h->ends[h->n++] = value + value_size;
     if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) {
         h->n_host++;
     } else if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
@@ -724,7 +777,14 @@ static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, 
     struct srv *s = c->s;
     struct hdr_scan h = {0};
     MHD_get_connection_values_n(mc, MHD_HEADER_KIND, scan_header_cb, &h);
+    int nul = !h.oom && nul_in_values(&h);
+    free(h.keys);
+    free(h.ends);
     char msg[160];
+    if (h.oom)
+        return fail(mc, c, 500, NULL, NULL, "out of memory");
+    if (nul)
+        return fail(mc, c, 400, NULL, "bad_request", "a header value holds a NUL byte");
     if (h.bad_name[0]) {
         snprintf(msg, sizeof(msg), "malformed header name '%s'", h.bad_name);
         return fail(mc, c, 400, NULL, "bad_request", msg);

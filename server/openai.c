@@ -124,10 +124,9 @@ static int body_ok(const char *p, size_t n, struct srv_error *err)
     return 0;
 }
 
-cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err)
+/* The checks every body passes, then cJSON; text, not a JSON object, or trailing text is a 400. */
+static cJSON *parse_checked(const char *body, size_t len, struct srv_error *err)
 {
-    if (body_ok(body, len, err))
-        return NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!root) {
@@ -146,6 +145,183 @@ cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err)
         srv_fail(err, 400, NULL, NULL, "the body must be a JSON object");
         return NULL;
     }
+    return root;
+}
+
+cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err)
+{
+    if (body_ok(body, len, err))
+        return NULL;
+    return parse_checked(body, len, err);
+}
+
+/* ---- token-id arrays without a cJSON node per id ------------------------------ */
+
+/*
+ * A run of IDS_MIN or more plain integers ("[1, 2, 3, ...]") is read from
+ * the text straight into int32s and replaced, in a copy of the body, by
+ * {"\x01":K}: an object no client can send (body_ok refuses raw control
+ * bytes), so cJSON never builds a 64-byte node per id.  An 8 MiB body of
+ * ids then costs the body, its copy and 4 bytes an id.
+ */
+#define IDS_MIN 32
+#define IDS_KEY "\x01"
+
+/* Whether a JSON integer starts at p: -?(0|[1-9][0-9]*); its end in *q and value in *v. */
+static int scan_int(const char *p, const char *end, const char **q, int64_t *v)
+{
+    int neg = p < end && *p == '-';
+    p += neg;
+    if (p >= end || *p < '0' || *p > '9' ||
+        (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
+        return 0;
+    int64_t x = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        x = x * 10 + (*p - '0');
+        if (x > (int64_t)1 << 32)
+            return 0; /* past int32 either way: cJSON's path reports it */
+    }
+    if (p < end && (*p == '.' || *p == 'e' || *p == 'E'))
+        return 0;
+    *q = p;
+    *v = neg ? -x : x;
+    return 1;
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* The number of integers in the array at p ('['), with *after its end; 0 when it is not one. */
+static size_t int_array_len(const char *p, const char *end, const char **after)
+{
+    size_t n = 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return 0;
+    for (;;) {
+        int64_t v;
+        if (!scan_int(p, end, &p, &v) || v < INT32_MIN || v > INT32_MAX)
+            return 0;
+        n++;
+        p = skip_ws(p, end);
+        if (p < end && *p == ']') {
+            *after = p + 1;
+            return n;
+        }
+        if (p >= end || *p != ',')
+            return 0;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+void srv_ids_free(struct srv_ids *ids)
+{
+    free(ids->v);
+    free(ids->start);
+    free(ids->len);
+    memset(ids, 0, sizeof(*ids));
+}
+
+int srv_ids_get(const struct srv_ids *ids, const cJSON *v, const int32_t **out, int *n)
+{
+    const cJSON *k = cJSON_IsObject(v) ? v->child : NULL;
+    if (!k || k->next || strcmp(k->string, IDS_KEY) || !cJSON_IsNumber(k) || k->valuedouble < 0 ||
+        k->valuedouble >= ids->n_runs)
+        return 0;
+    int i = (int)k->valuedouble;
+    *out = ids->v + ids->start[i];
+    *n = (int)ids->len[i];
+    return 1;
+}
+
+/* Appends one run (the integers of the array at p, known to be n of them). */
+static int ids_take(struct srv_ids *ids, const char *p, const char *end, size_t n)
+{
+    if (ids->n_runs == ids->cap_runs) {
+        int cap = ids->cap_runs ? 2 * ids->cap_runs : 8;
+        size_t *a = realloc(ids->start, sizeof(*a) * (size_t)cap);
+        if (a)
+            ids->start = a;
+        size_t *b = a ? realloc(ids->len, sizeof(*b) * (size_t)cap) : NULL;
+        if (!b)
+            return -ENOMEM;
+        ids->len = b;
+        ids->cap_runs = cap;
+    }
+    if (ids->n + n > ids->cap) {
+        size_t cap = ids->cap ? ids->cap : 1024;
+        while (cap < ids->n + n)
+            cap *= 2;
+        int32_t *v = realloc(ids->v, sizeof(*v) * cap);
+        if (!v)
+            return -ENOMEM;
+        ids->v = v;
+        ids->cap = cap;
+    }
+    ids->start[ids->n_runs] = ids->n;
+    ids->len[ids->n_runs++] = n;
+    p++;
+    for (size_t i = 0; i < n; i++) { /* int_array_len has checked the syntax */
+        int64_t v = 0;
+        scan_int(skip_ws(p, end), end, &p, &v);
+        ids->v[ids->n++] = (int32_t)v;
+        p = skip_ws(p, end) + 1; /* past the ',' or the ']' */
+    }
+    return 0;
+}
+
+cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, struct srv_error *err)
+{
+    memset(ids, 0, sizeof(*ids));
+    if (body_ok(body, len, err))
+        return NULL;
+    const char *end = body + len;
+    char *copy = NULL;
+    int in_str = 0;
+    for (const char *p = body; p < end; p++) {
+        if (in_str) {
+            if (*p == '\\')
+                p++;
+            else if (*p == '"')
+                in_str = 0;
+            continue;
+        }
+        if (*p == '"') {
+            in_str = 1;
+            continue;
+        }
+        const char *after;
+        size_t n = *p == '[' ? int_array_len(p, end, &after) : 0;
+        if (n < IDS_MIN)
+            continue;
+        if (!copy && !(copy = malloc(len))) {
+            srv_ids_free(ids);
+            srv_fail(err, 500, NULL, NULL, "out of memory");
+            return NULL;
+        }
+        if (ids_take(ids, p, end, n)) {
+            free(copy);
+            srv_ids_free(ids);
+            srv_fail(err, 500, NULL, NULL, "out of memory");
+            return NULL;
+        }
+        /* fits: an array of IDS_MIN integers is at least 2 * IDS_MIN + 1 bytes */
+        size_t at = (size_t)(p - body), span = (size_t)(after - p);
+        if (ids->n_runs == 1)
+            memcpy(copy, body, len);
+        int k = snprintf(copy + at, span, "{\"" IDS_KEY "\":%d", ids->n_runs - 1);
+        memset(copy + at + k, ' ', span - (size_t)k);
+        copy[at + span - 1] = '}';
+        p = after - 1;
+    }
+    cJSON *root = parse_checked(copy ? copy : body, len, err);
+    free(copy);
+    if (!root)
+        srv_ids_free(ids);
     return root;
 }
 
@@ -252,6 +428,22 @@ static int ids_prompt(const cJSON *arr, int n_vocab, const char *param, struct s
     return add_prompt(r, ids, n, err);
 }
 
+/* A prompt of token ids read by srv_parse_json_ids. */
+static int run_prompt(const int32_t *v, int n, int n_vocab, const char *param,
+                      struct srv_request *r, struct srv_error *err)
+{
+    for (int i = 0; i < n; i++)
+        if (v[i] < 0 || v[i] >= n_vocab)
+            return srv_fail(err, 400, param, NULL,
+                            "%s[%d] is not a token id (an integer from 0 to %d)", param, i,
+                            n_vocab - 1);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    if (!ids)
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    memcpy(ids, v, sizeof(int32_t) * (size_t)n);
+    return add_prompt(r, ids, n, err);
+}
+
 static int all_ints(const cJSON *arr)
 {
     for (const cJSON *v = arr->child; v; v = v->next)
@@ -260,17 +452,21 @@ static int all_ints(const cJSON *arr)
     return 1;
 }
 
-static int parse_prompt(const cJSON *root, struct engine *e, struct srv_request *r,
-                        struct srv_error *err)
+static int parse_prompt(const cJSON *root, const struct srv_ids *runs, struct engine *e,
+                        struct srv_request *r, struct srv_error *err)
 {
     const struct tok *t = eng_tok(e);
     unsigned flags = TOK_PARSE_SPECIAL | (tok_add_bos(t) ? TOK_ADD_BOS : 0);
     int n_vocab = (int)tok_n_vocab(t);
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    const int32_t *rv;
+    int rn;
     if (!p || cJSON_IsNull(p))
         return srv_fail(err, 400, "prompt", NULL, "prompt is required");
     if (cJSON_IsString(p))
         return encode(t, p->valuestring, strlen(p->valuestring), flags, r, err);
+    if (srv_ids_get(runs, p, &rv, &rn))
+        return run_prompt(rv, rn, n_vocab, "prompt", r, err);
     if (!cJSON_IsArray(p) || !p->child)
         return srv_fail(err, 400, "prompt", NULL,
                         "prompt must be a string, an array of strings, an array of token ids "
@@ -280,12 +476,14 @@ static int parse_prompt(const cJSON *root, struct engine *e, struct srv_request 
             return srv_fail(err, 400, "prompt", NULL, "prompt mixes token ids with other values");
         return ids_prompt(p, n_vocab, "prompt", r, err);
     }
-    int i = 0;
+    int i = 0, first_ids = cJSON_IsArray(p->child) || srv_ids_get(runs, p->child, &rv, &rn);
     for (const cJSON *v = p->child; v; v = v->next, i++) {
         int rc;
         if (cJSON_IsString(v) && cJSON_IsString(p->child))
             rc = encode(t, v->valuestring, strlen(v->valuestring), flags, r, err);
-        else if (cJSON_IsArray(v) && cJSON_IsArray(p->child) && v->child && all_ints(v))
+        else if (first_ids && srv_ids_get(runs, v, &rv, &rn))
+            rc = run_prompt(rv, rn, n_vocab, "prompt", r, err);
+        else if (cJSON_IsArray(v) && first_ids && v->child && all_ints(v))
             rc = ids_prompt(v, n_vocab, "prompt", r, err);
         else
             rc = srv_fail(err, 400, "prompt", NULL, "prompt[%d] must be a %s like prompt[0]", i,
@@ -462,7 +660,8 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
 {
     memset(r, 0, sizeof(*r));
     r->kind = kind;
-    cJSON *root = srv_parse_json(body, len, err);
+    struct srv_ids runs;
+    cJSON *root = srv_parse_json_ids(body, len, &runs, err);
     if (!root)
         return -1;
     int rc = 0;
@@ -565,7 +764,8 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     rc = rc ? rc : parse_bias(root, info.n_vocab, r, err);
     /* the prompts */
     if (!rc)
-        rc = kind == SRV_CHAT ? parse_messages(root, e, r, err) : parse_prompt(root, e, r, err);
+        rc = kind == SRV_CHAT ? parse_messages(root, e, r, err)
+                              : parse_prompt(root, &runs, e, r, err);
     for (int i = 0; !rc && i < r->n_prompts; i++) {
         int np = r->n_prompt[i];
         const char *what = kind == SRV_CHAT ? "messages" : "prompt";
@@ -586,6 +786,7 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     /* the default length: OpenAI's 16 for completions, the context for chat */
     r->p.max_tokens = (int)(r->max_tokens_given ? max_tokens : kind == SRV_CHAT ? info.n_ctx : 16);
     cJSON_Delete(root);
+    srv_ids_free(&runs);
     return rc;
 }
 
@@ -610,6 +811,14 @@ struct choice {
     int prompt; /* index into req.prompts */
     struct tok_buf text;
     cJSON *lp; /* chat: the content array; completions: the logprobs object */
+    /*
+     * Not streamed: the logprobs so far as JSON text, the array elements
+     * without their brackets - chat: content; completions: tokens,
+     * token_logprobs, top_logprobs, text_offset - so that a long answer
+     * holds ~100 bytes an alternative, not a tree of cJSON nodes.
+     */
+    struct tok_buf lpt[4];
+    int n_lp;
     int ended;
     enum eng_finish finish;
     int completion_tokens;
@@ -668,6 +877,8 @@ void srv_job_free(struct srv_job *j)
         eng_req_release(j->c[i].h);
         free(j->c[i].text.p);
         cJSON_Delete(j->c[i].lp);
+        for (int k = 0; k < 4; k++)
+            free(j->c[i].lpt[k].p);
         free(j->c[i].error);
     }
     free(j->c);
@@ -812,6 +1023,40 @@ static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_e
                          cJSON_CreateNumber((double)text_offset));
 }
 
+/* Moves c->lp (one token's logprobs) into c->lpt as text; 0 or -ENOMEM. */
+static int lp_to_text(struct srv_job *j, struct choice *c)
+{
+    int chat = j->req.kind == SRV_CHAT, rc = 0;
+    const cJSON *parts[4] = {0};
+    if (chat) {
+        parts[0] = c->lp->child;
+    } else {
+        static const char *const keys[4] = {"tokens", "token_logprobs", "top_logprobs",
+                                            "text_offset"};
+        for (int k = 0; k < 4; k++)
+            parts[k] = cJSON_GetObjectItem(c->lp, keys[k])->child;
+    }
+    for (int k = 0; k < (chat ? 1 : 4) && !rc; k++) {
+        char *s = parts[k] ? cJSON_PrintUnformatted(parts[k]) : NULL;
+        rc = !s ? -ENOMEM : c->n_lp ? tok_buf_append(&c->lpt[k], ",", 1) : 0;
+        rc = rc ? rc : tok_buf_append(&c->lpt[k], s, strlen(s));
+        free(s);
+    }
+    cJSON_Delete(c->lp);
+    c->lp = NULL;
+    c->n_lp++;
+    return rc;
+}
+
+/*
+ * A stand-in string for a logprobs array in the final JSON (the job's
+ * nonce makes it one no generated text can spell), replaced by the text.
+ */
+static void lp_mark(const struct srv_job *j, int i, int k, char *out, size_t cap)
+{
+    snprintf(out, cap, "\x01%s.%d.%d", j->id, i, k);
+}
+
 static cJSON *usage_json(const struct srv_job *j)
 {
     cJSON *u = cJSON_CreateObject();
@@ -923,13 +1168,15 @@ static int final_json(struct srv_job *j, struct tok_buf *out)
             cJSON_AddStringToObject(x, "text", clean ? clean : "");
         }
         free(clean);
-        if (c->lp && chat) {
+        if (c->n_lp) {
+            static const char *const keys[4] = {"tokens", "token_logprobs", "top_logprobs",
+                                                "text_offset"};
             cJSON *l = cJSON_AddObjectToObject(x, "logprobs");
-            cJSON_AddItemToObject(l, "content", c->lp);
-            c->lp = NULL;
-        } else if (c->lp) {
-            cJSON_AddItemToObject(x, "logprobs", c->lp);
-            c->lp = NULL;
+            for (int k = 0; k < (chat ? 1 : 4); k++) {
+                char mark[96];
+                lp_mark(j, i, k, mark, sizeof(mark));
+                cJSON_AddStringToObject(l, chat ? "content" : keys[k], mark);
+            }
         } else if (j->req.p.logprobs) {
             cJSON *l = cJSON_AddObjectToObject(x, "logprobs");
             if (chat)
@@ -942,7 +1189,28 @@ static int final_json(struct srv_job *j, struct tok_buf *out)
     cJSON_AddItemToObject(o, "usage", usage_json(j));
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
-    int rc = s ? tok_buf_append(out, s, strlen(s)) : -ENOMEM;
+    if (!s)
+        return -ENOMEM;
+    /* each "\u0001<id>.<i>.<k>" stand-in becomes [its text] */
+    int rc = 0;
+    const char *p = s;
+    for (const char *q; !rc && (q = strstr(p, "\"\\u0001")) != NULL;) {
+        int i = -1, k = -1, used = 0;
+        size_t idn = strlen(j->id);
+        if (!strncmp(q + 7, j->id, idn) && sscanf(q + 7 + idn, ".%d.%d\"%n", &i, &k, &used) == 2 &&
+            used > 0 && i >= 0 && i < j->n_choices && k >= 0 && k < 4) {
+            const struct tok_buf *b = &j->c[i].lpt[k];
+            rc = tok_buf_append(out, p, (size_t)(q - p));
+            rc = rc ? rc : tok_buf_append(out, "[", 1);
+            rc = rc || !b->n ? rc : tok_buf_append(out, b->p, b->n);
+            rc = rc ? rc : tok_buf_append(out, "]", 1);
+            p = q + 7 + idn + (size_t)used;
+        } else {
+            rc = tok_buf_append(out, p, (size_t)(q - p) + 1);
+            p = q + 1;
+        }
+    }
+    rc = rc ? rc : tok_buf_append(out, p, strlen(p));
     free(s);
     return rc;
 }
@@ -973,6 +1241,8 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok
         size_t offset = c->text.n;
         if (j->req.p.logprobs)
             add_logprobs(j, c, ev, offset);
+        if (c->lp && !j->req.stream && (rc = lp_to_text(j, c)))
+            return rc;
         if (j->req.stream) {
             if (ev->n_text || c->lp) {
                 cJSON *lp = NULL;

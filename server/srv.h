@@ -115,6 +115,21 @@ struct srv_model {
  * through or cut a string at), one JSON object and nothing after it.
  */
 cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err);
+/*
+ * Token-id arrays read without a cJSON node per id: srv_parse_json, except
+ * that every array of 32 or more plain integers is read into ids and stands
+ * in the tree as an object srv_ids_get recognises (clients cannot forge it).
+ */
+struct srv_ids {
+    int32_t *v; /* every run's values */
+    size_t n, cap;
+    size_t *start, *len; /* run i: v[start[i]] .. v[start[i] + len[i]) */
+    int n_runs, cap_runs;
+};
+cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, struct srv_error *err);
+/* 1 with the ids when v stands for a run of ids, else 0. */
+int srv_ids_get(const struct srv_ids *ids, const cJSON *v, const int32_t **out, int *n);
+void srv_ids_free(struct srv_ids *ids);
 /* Parses and checks a chat or completion body; 0, or -1 with err set. */
 int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
                       const struct srv_model *model, struct srv_request *req,

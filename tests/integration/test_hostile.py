@@ -178,7 +178,9 @@ def test_per_address_limit():
     with serving(["--api-key", API_KEY, "--max-connections-per-ip", "20"], "per_ip") as srv:
         socks = [connect(srv) for _ in range(20)]
         try:
-            time.sleep(0.3)
+            for s in socks:  # each is accepted and served (kept alive)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert statuses(s.recv(4096)) == [200]
             extra = connect(srv)
             extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             try:
@@ -306,6 +308,30 @@ def test_unauthenticated_uploads_are_refused_before_the_body():
         assert chat_ok(srv)[0] == 200
 
 
+def test_long_token_id_arrays(server):
+    """Arrays of token ids are read without a JSON node per id (32 or more of
+    them): the same answer as the text they spell and as the same ids written
+    as 12.0-style numbers (the general path); a bad id is named by its index."""
+    status, body = server.json("POST", "/tokenize", {"content": " ".join(f"word{i}" for i in range(30))})
+    ids = body["tokens"]
+    assert len(ids) >= 40
+    want = post(server, comp_body(ids, 6))
+    assert want[0] == 200, want[2][:300]
+    text = json.loads(want[2])["choices"][0]["text"]
+    floats = ("[" + ",".join(f"{i}.0" for i in ids) + "]").encode()
+    got = server.request("POST", "/v1/completions",
+                         b'{"prompt": ' + floats + b', "max_tokens": 6, "temperature": 0}')
+    assert got[0] == 200 and json.loads(got[2])["choices"][0]["text"] == text, got[2][:300]
+    both = post(server, comp_body([ids, ids], 6))
+    assert both[0] == 200 and [c["text"] for c in json.loads(both[2])["choices"]] == [text, text]
+    status, _, data = post(server, comp_body(ids + [10**7], 2))
+    assert status == 400 and f"prompt[{len(ids)}]" in error_obj(data)["message"], data[:300]
+    status, body = server.json("POST", "/detokenize", {"tokens": ids})
+    assert status == 200 and body["content"].strip().startswith("word0 word1"), body
+    status, _ = server.json("POST", "/detokenize", {"tokens": ids + [-1]})
+    assert status == 400
+
+
 def test_bodies_held_at_once_are_capped():
     """--max-body-total: while one upload holds most of it, the next gets 503
     with Retry-After; once that one is done, uploads are taken again."""
@@ -327,8 +353,12 @@ def test_bodies_held_at_once_are_capped():
 # 4. fair steps: a long prompt does not stall the others
 # --------------------------------------------------------------------------
 
-GAP_BOUND_S = 1.5   # a running stream's longest gap while a long prompt prefills
-TTFT_BOUND_S = 2.0  # a short newcomer's first token while it does
+# A running stream's longest gap while a long prompt prefills, and a short
+# newcomer's first token meanwhile, at most: these seconds, or this many times
+# the stream's median gap before the long prompt came (a sanitizer build or a
+# loaded machine is slower at everything), whichever is larger.
+GAP_BOUND_S, GAP_BOUND_X = 1.5, 15
+TTFT_BOUND_S, TTFT_BOUND_X = 2.0, 20
 
 
 def _timed_stream(srv, body, marks):
@@ -356,7 +386,10 @@ def test_long_prompt_does_not_stall_streams_or_newcomers():
         t_run = threading.Thread(target=_timed_stream,
                                  args=(srv, comp_body("Count slowly:", 160, ignore_eos=True), running))
         t_run.start()
-        wait_for(lambda: len(running) >= 3, 30, "the running stream's first tokens")
+        wait_for(lambda: len(running) >= 12, 30, "the running stream's first tokens")
+        before = [b - a for a, b in zip(running, running[1:])]
+        base = sorted(before)[len(before) // 2]
+        n_before = len(running)
         box = {}
         t_long = threading.Thread(target=lambda: box.update(r=post(srv, comp_body(text, 2), timeout=300)))
         t_long.start()
@@ -369,10 +402,13 @@ def test_long_prompt_does_not_stall_streams_or_newcomers():
         t_long.join(300)
         t_run.join(300)
         assert box["r"][0] == 200, box["r"][2][:300]
-        gaps = [b - a for a, b in zip(running, running[1:])]
+        gaps = [b - a for a, b in zip(running[n_before - 1:], running[n_before:])]
         assert len(running) == 160
-        assert max(gaps) < GAP_BOUND_S, f"the running stream waited {max(gaps):.2f} s for a token"
-        assert ttft < TTFT_BOUND_S, f"the newcomer's first token took {ttft:.2f} s"
+        gap_bound = max(GAP_BOUND_S, GAP_BOUND_X * base)
+        ttft_bound = max(TTFT_BOUND_S, TTFT_BOUND_X * base)
+        assert max(gaps) < gap_bound, \
+            f"the running stream waited {max(gaps):.2f} s for a token (bound {gap_bound:.2f} s)"
+        assert ttft < ttft_bound, f"the newcomer's first token took {ttft:.2f} s (bound {ttft_bound:.2f} s)"
 
 
 # --------------------------------------------------------------------------
@@ -469,7 +505,19 @@ SMUGGLING = [
     ("two Hosts", b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + HIDDEN, 400),
     ("a control byte in a value", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n" + HIDDEN, 400),
     ("a malformed header name", b"GET /health HTTP/1.1\r\nHost: x\r\nX(A): b\r\n\r\n" + HIDDEN, 400),
+    ("a NUL in Authorization",
+     b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\x00junk\r\n\r\n" + HIDDEN, 400),
+    ("a NUL in a value, bare LF lines",
+     b"GET /health HTTP/1.1\nHost: x\nX-A: a\x00b\n\n" + HIDDEN, 400),
 ]
+
+
+def test_lenient_but_harmless_shapes_still_served(server):
+    """Bare LF line ends and a folded header value are still taken (as before)."""
+    got = raw(server, b"GET /health HTTP/1.1\nHost: x\nX-A: a\nConnection: close\n\n")
+    assert statuses(got) == [200], got[:200]
+    got = raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\nConnection: close\r\n\r\n")
+    assert statuses(got) == [200], got[:200]
 
 
 @pytest.mark.parametrize("what,data,want", SMUGGLING, ids=[s[0] for s in SMUGGLING])
