@@ -255,7 +255,6 @@ static void preempt(struct engine *e, int i)
     kv_free_seq(e->pool, &r->seq); /* its full blocks stay in the prefix cache */
     r->n_computed = 0;
     r->step_n = 0;
-    r->last_chunk = 0;
     r->next = e->wait_head;
     e->wait_head = r;
     if (!e->wait_tail)
@@ -461,14 +460,6 @@ int sched_step(struct engine *e)
     for (int i = 0; i < n_pre && T < budget; i++) {
         struct eng_req *r = pre[i];
         int left = r->n_tokens - r->n_computed, n = left < budget - T ? left : budget - T;
-        /*
-         * With a time bound, a sequence's chunks at most double from one step
-         * to the next (from a block): a cost estimate gone wrong, or none yet,
-         * cannot make one pass take many times the bound.
-         */
-        int grow = 2 * r->last_chunk > e->info.kv_block ? 2 * r->last_chunk : e->info.kv_block;
-        if (e->cfg.max_step_ms >= 0 && n > grow)
-            n = grow;
         if (ubudget >= 0) {
             /* the most tokens that fit the time left; the first chunk at least a block */
             int lo = 0, hi = n;
@@ -482,12 +473,22 @@ int sched_step(struct engine *e)
             int least = first ? (e->info.kv_block < n ? e->info.kv_block : n) : 0;
             n = lo > least ? lo : least;
         }
+        /*
+         * And, with a time bound, never twice the units of the largest pass
+         * timed within it so far (a fresh engine: 4 blocks' worth): an estimate
+         * gone wrong cannot make one pass take many times the bound.
+         */
+        if (e->cfg.max_step_ms >= 0) {
+            double trust = 2 * (e->ok_units > 0 ? e->ok_units : 4.0 * e->info.kv_block);
+            while (n > (first ? e->info.kv_block : 0) &&
+                   units + chunk_units(e, r->n_computed, n, n == left) > trust)
+                n = n > 2 * e->info.kv_block ? n - n / 4 : n - 1;
+        }
         if (n <= 0)
             break;
         first = 0;
         if (add_tokens(e, r, n, &T, &rows) == 0) { /* short: it waits for blocks to free up */
             units += chunk_units(e, r->n_computed, n, n == left);
-            r->last_chunk = n;
         }
     }
     if (T == 0 && e->n_active > 0) {
@@ -501,8 +502,12 @@ int sched_step(struct engine *e)
         struct model_batch b = {T, e->b_tokens, e->b_tp, e->b_want, e->b_order};
         double t0 = util_now_s();
         int rc = model_forward(e->m, &e->kv, &b, e->logits);
+        double took = util_now_s() - t0;
         if (!rc)
-            cost_observe(e, units, util_now_s() - t0);
+            cost_observe(e, units, took);
+        if (!rc && e->cfg.max_step_ms >= 0 && took <= e->cfg.max_step_ms / 1000.0 &&
+            units > e->ok_units)
+            e->ok_units = units;
         if (rc) {
             char msg[96];
             snprintf(msg, sizeof(msg), "the forward pass failed: %s", strerror(-rc));

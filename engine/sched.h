@@ -48,8 +48,7 @@ struct eng_req {
     struct smp_bias *bias;
     struct smp smp;
     int smp_ready;
-    int step_n;     /* tokens it has in the forward pass being built */
-    int last_chunk; /* tokens of its last prefill chunk (0: none yet) */
+    int step_n; /* tokens it has in the forward pass being built */
     int max_tokens, ignore_eos, logprobs;
     char **stop;
     int n_stop;
@@ -103,6 +102,7 @@ struct engine {
     double cost_attn, cost_row;
     double fit_w, fit_x, fit_y, fit_xx, fit_xy; /* decayed sums of (units, seconds) */
     double fit_a, fit_b;                        /* fit_b 0: nothing timed yet */
+    double ok_units; /* the most units of a pass that took at most max_step_ms */
 
     atomic_int st_running, st_waiting, st_kv_used;
     atomic_ullong st_preemptions, st_prefix_queries, st_prefix_hits;

@@ -47,7 +47,7 @@ static const struct setting k_settings[] = {
      "largest request body (413 past it)", NULL},
     {"max_body_total", K_INT, S(max_body_total), 1024, (int64_t)1 << 40, "67108864", "BYTES",
      "request body bytes held at once, all connections together (503 past it)", NULL},
-    {"max_connections", K_INT, S(max_connections), 1, 1 << 20, "10000", "N",
+    {"max_connections", K_INT, S(max_connections), 1, 1 << 20, "20000", "N",
      "open connections at most (new ones are refused past it)", NULL},
     {"max_connections_per_ip", K_INT, S(max_connections_per_ip), 0, 1 << 20, "0", "N",
      "open connections from one client address (0: no limit)", NULL},

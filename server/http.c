@@ -53,6 +53,7 @@ struct srv {
     size_t max_body_total;
     atomic_llong body_bytes; /* bytes of request bodies held now, over all connections */
     unsigned port;
+    unsigned max_conn; /* the connection limit in effect */
     atomic_int inflight;
     _Atomic(struct engine *) e;
     struct srv_model model;
@@ -1090,6 +1091,7 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
         return -EINVAL;
     }
     unsigned max_conn = fit_fd_limit((unsigned)cfg->max_connections);
+    s->max_conn = max_conn;
     s->d = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, access_cb, s, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log_cb, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
@@ -1139,6 +1141,11 @@ int srv_inflight(struct srv *s)
 unsigned srv_port(const struct srv *s)
 {
     return s->port;
+}
+
+unsigned srv_max_connections(const struct srv *s)
+{
+    return s->max_conn;
 }
 
 void srv_quiesce(struct srv *s)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -155,17 +156,19 @@ cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err)
     return parse_checked(body, len, err);
 }
 
+static uint64_t random_seed(void);
+
 /* ---- token-id arrays without a cJSON node per id ------------------------------ */
 
 /*
  * A run of IDS_MIN or more plain integers ("[1, 2, 3, ...]") is read from
  * the text straight into int32s and replaced, in a copy of the body, by
- * {"\x01":K}: an object no client can send (body_ok refuses raw control
- * bytes), so cJSON never builds a 64-byte node per id.  An 8 MiB body of
+ * {"KEY":K}, KEY a random 64-bit nonce of this parse (so a client cannot
+ * forge one, not even with \u escapes), and cJSON never builds a 64-byte
+ * node per id.  An 8 MiB body of
  * ids then costs the body, its copy and 4 bytes an id.
  */
 #define IDS_MIN 32
-#define IDS_KEY "\x01"
 
 /* Whether a JSON integer starts at p: -?(0|[1-9][0-9]*); its end in *q and value in *v. */
 static int scan_int(const char *p, const char *end, const char **q, int64_t *v)
@@ -229,8 +232,8 @@ void srv_ids_free(struct srv_ids *ids)
 int srv_ids_get(const struct srv_ids *ids, const cJSON *v, const int32_t **out, int *n)
 {
     const cJSON *k = cJSON_IsObject(v) ? v->child : NULL;
-    if (!k || k->next || strcmp(k->string, IDS_KEY) || !cJSON_IsNumber(k) || k->valuedouble < 0 ||
-        k->valuedouble >= ids->n_runs)
+    if (!k || k->next || !ids->key[0] || strcmp(k->string, ids->key) || !cJSON_IsNumber(k) ||
+        k->valuedouble < 0 || k->valuedouble >= ids->n_runs)
         return 0;
     int i = (int)k->valuedouble;
     *out = ids->v + ids->start[i];
@@ -309,11 +312,18 @@ cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, str
             srv_fail(err, 500, NULL, NULL, "out of memory");
             return NULL;
         }
-        /* fits: an array of IDS_MIN integers is at least 2 * IDS_MIN + 1 bytes */
+        /* fits: an array of IDS_MIN integers is at least 2 * IDS_MIN + 1 bytes, more than
+         * {"ids-<16 hex>":K} */
         size_t at = (size_t)(p - body), span = (size_t)(after - p);
         if (ids->n_runs == 1)
             memcpy(copy, body, len);
-        int k = snprintf(copy + at, span, "{\"" IDS_KEY "\":%d", ids->n_runs - 1);
+        if (!ids->key[0]) {
+            uint64_t nonce = 0;
+            if (getrandom(&nonce, sizeof(nonce), GRND_NONBLOCK) != (ssize_t)sizeof(nonce))
+                nonce = random_seed();
+            snprintf(ids->key, sizeof(ids->key), "ids-%016llx", (unsigned long long)nonce);
+        }
+        int k = snprintf(copy + at, span, "{\"%s\":%d", ids->key, ids->n_runs - 1);
         memset(copy + at + k, ' ', span - (size_t)k);
         copy[at + span - 1] = '}';
         p = after - 1;

@@ -206,8 +206,10 @@ int cli_serve(int argc, char **argv)
     atomic_store(&g_srv, s);
     int keyed = key != NULL;
     free(key);
-    srv_log("listening on http://%s%s%s:%u%s", strchr(cfg.host, ':') ? "[" : "", cfg.host,
-            strchr(cfg.host, ':') ? "]" : "", srv_port(s), keyed ? " (API key required)" : "");
+    srv_log("listening on http://%s%s%s:%u%s, %u connections at most on %lld threads",
+            strchr(cfg.host, ':') ? "[" : "", cfg.host, strchr(cfg.host, ':') ? "]" : "",
+            srv_port(s), keyed ? " (API key required)" : "", srv_max_connections(s),
+            (long long)cfg.http_threads);
     struct eng_config ec = {
         .threads = (int)cfg.threads,
         .ctx = (int)cfg.ctx,

@@ -118,13 +118,15 @@ cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err);
 /*
  * Token-id arrays read without a cJSON node per id: srv_parse_json, except
  * that every array of 32 or more plain integers is read into ids and stands
- * in the tree as an object srv_ids_get recognises (clients cannot forge it).
+ * in the tree as an object srv_ids_get recognises (its key is a random
+ * nonce of this parse: clients cannot forge it).
  */
 struct srv_ids {
     int32_t *v; /* every run's values */
     size_t n, cap;
     size_t *start, *len; /* run i: v[start[i]] .. v[start[i] + len[i]) */
     int n_runs, cap_runs;
+    char key[24]; /* the stand-in object's key: this parse's nonce */
 };
 cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, struct srv_error *err);
 /* 1 with the ids when v stands for a run of ids, else 0. */
@@ -180,6 +182,8 @@ int srv_set_api_key(struct srv *s, const char *key);
 /* Hands the loaded engine to the server; from now on requests are served. */
 void srv_set_engine(struct srv *s, struct engine *e);
 unsigned srv_port(const struct srv *s);
+/* The connection limit in effect (--max-connections, or less when the open-file limit says so). */
+unsigned srv_max_connections(const struct srv *s);
 /* Stops accepting connections (those open go on). */
 void srv_quiesce(struct srv *s);
 /* HTTP requests being answered now. */
