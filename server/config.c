@@ -61,7 +61,7 @@ static const struct setting k_settings[] = {
     {"max_step_ms", K_INT, S(max_step_ms), 0, 1 << 20, "100", "MS",
      "a forward pass's estimated time at most: prefill chunks shrink to fit (0: no bound)", NULL},
     {"max_queue", K_INT, S(max_queue), 1, 1 << 20, "256", "N",
-     "requests waiting at most (429 past it)", NULL},
+     "sequences waiting at most, each choice of each prompt one (429 past it)", NULL},
     {"max_queue_tokens", K_INT, S(max_queue_tokens), 0, (int64_t)1 << 40, "0", "N",
      "prompt tokens waiting at most (0: 64 full contexts)", NULL},
     {"prefix_cache", K_BOOL, S(prefix_cache), 0, 1, "true", "",

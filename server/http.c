@@ -768,6 +768,21 @@ static enum MHD_Result scan_header_cb(void *cls, enum MHD_ValueKind kind, const 
     return MHD_YES;
 }
 
+/* The answer for a body past --max-body (413) or past --max-body-total now (503). */
+static enum MHD_Result fail_body(struct MHD_Connection *mc, struct conn *c)
+{
+    struct srv_error err;
+    if (c->too_big)
+        srv_fail(&err, 413, NULL, "request_too_large",
+                 "the body is larger than %zu bytes (--max-body)", c->s->max_body);
+    else
+        srv_fail(&err, 503, NULL, "service_unavailable",
+                 "the server holds too many request bodies now (--max-body-total %zu bytes)",
+                 c->s->max_body_total);
+    err.retry_after = c->too_big ? 0 : 1;
+    return reply_error(mc, c, &err);
+}
+
 /*
  * The checks every request passes before anything else is done with it:
  * route, method, header syntax, framing, the API key.  MHD_YES with
@@ -828,18 +843,11 @@ static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, 
             return fail(mc, c, 400, NULL, "bad_request", "Content-Length is not a number");
         if (n > s->max_body + (size_t)DISCARD_MAX) {
             c->too_big = 1; /* too large even to read and drop: answer and close */
-            snprintf(msg, sizeof(msg), "the body is larger than %zu bytes (--max-body)",
-                     s->max_body);
-            return fail(mc, c, 413, NULL, "request_too_large", msg);
+            return fail_body(mc, c);
         }
         if (n <= s->max_body && body_hold(c, (size_t)n)) {
-            c->retry_after = 1;
-            struct srv_error err;
-            srv_fail(&err, 503, NULL, "service_unavailable",
-                     "the server holds too many request bodies now (--max-body-total %zu bytes)",
-                     s->max_body_total);
-            err.retry_after = 1;
-            return reply_error(mc, c, &err);
+            c->overloaded = 1;
+            return fail_body(mc, c);
         }
     }
     c->checked = 1;
@@ -896,19 +904,8 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     }
     if (!e)
         return fail(mc, c, 503, NULL, NULL, "the model is still loading");
-    if (c->too_big) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "the body is larger than %zu bytes (--max-body)", s->max_body);
-        return fail(mc, c, 413, NULL, "request_too_large", msg);
-    }
-    if (c->overloaded) {
-        struct srv_error err;
-        srv_fail(&err, 503, NULL, "service_unavailable",
-                 "the server holds too many request bodies now (--max-body-total %zu bytes)",
-                 s->max_body_total);
-        err.retry_after = 1;
-        return reply_error(mc, c, &err);
-    }
+    if (c->too_big || c->overloaded)
+        return fail_body(mc, c);
     switch (id) {
     case R_CHAT:
         return do_completion(mc, c, e, SRV_CHAT);
