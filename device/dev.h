@@ -57,6 +57,8 @@ struct dev_rope {
 struct dev_ops {
     const char *name;
     void (*destroy)(void *ctx);
+    /* the kernels this instance runs (a static string) */
+    const char *(*kernels)(void *ctx);
     /* device memory: NULL when out of memory; upload/download copy n bytes */
     void *(*alloc)(void *ctx, size_t n);
     void (*free)(void *ctx, void *p);
@@ -111,8 +113,10 @@ struct dev {
     void *ctx;
 };
 
-struct dev_cpu_config {
-    int threads;      /* worker threads; <= 0: the number of cores */
+/* How to make a backend (dev_create); zero means the default everywhere. */
+struct dev_config {
+    int threads; /* CPU worker threads; <= 0: the number of cores */
+    /* CPU only, for tests and reference checks; other backends ignore them */
     int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
     /*
      * 1: follow llama.cpp's AVX2 arithmetic step for step, for checking
@@ -123,16 +127,29 @@ struct dev_cpu_config {
 };
 
 /*
- * Creates the CPU backend.  Returns 0, or -ENOMEM / -errno from thread
- * creation.  Free with dev_destroy.
+ * Makes the backend `name`: "cpu", "ppu" or "auto" (the PPU when one is
+ * built in and present, else the CPU).  Returns 0, or -EINVAL for an
+ * unknown name and -ENODEV for a backend this build or machine lacks, each
+ * with a one-line message in err (may be NULL); -ENOMEM or -errno when it
+ * cannot start.  Free with dev_destroy.
  */
-int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out);
+int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
+               size_t errlen);
 
-/* 1 when the AVX2+FMA kernels are compiled in and this CPU has them. */
-int dev_cpu_has_avx2(void);
+/* "cpu" or "ppu": the backend d is. */
+static inline const char *dev_backend_name(const struct dev *d)
+{
+    return d->ops->name;
+}
 
-/* "avx2" or "scalar": the kernels a CPU backend runs. */
-const char *dev_cpu_kernels_name(const struct dev *d);
+/* The kernels the backend runs: "avx2" or "scalar" on the CPU. */
+static inline const char *dev_kernels_name(const struct dev *d)
+{
+    return d->ops->kernels(d->ctx);
+}
+
+/* 1 when backend `name` can run `kernels` on this machine ("cpu", "avx2"). */
+int dev_has_kernels(const char *name, const char *kernels);
 
 static inline void dev_destroy(struct dev *d)
 {

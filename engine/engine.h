@@ -30,6 +30,7 @@ int eng_tokenizer_load(const struct gguf_file *g, const char *spm_model, struct 
 /* ---- the serving engine (engine/loop.c, engine/sched.c, engine/request.c) ---- */
 
 struct eng_config {
+    const char *device;    /* backend: "cpu", "ppu" or "auto" (NULL: auto); see dev_create */
     int threads;           /* CPU worker threads; 0: the number of cores */
     int ctx;               /* tokens per sequence at most; 0: the model's trained context */
     int kv_block;          /* tokens per KV block; 0: 16 */
@@ -57,11 +58,12 @@ struct eng_req;
 struct eng_info {
     int n_ctx, n_vocab;
     int kv_block;
-    int32_t kv_blocks; /* usable blocks in the pool */
-    const char *arch;  /* "llama", "qwen2", "qwen3" */
-    const char *kernels;
-    enum tok_chat chat; /* the model's chat format (chatml when unknown) */
-    int chat_known;     /* 0: the template was not recognised */
+    int32_t kv_blocks;   /* usable blocks in the pool */
+    const char *arch;    /* "llama", "qwen2", "qwen3" */
+    const char *backend; /* "cpu" or "ppu" */
+    const char *kernels; /* the backend's kernels: "avx2", "scalar" */
+    enum tok_chat chat;  /* the model's chat format (chatml when unknown) */
+    int chat_known;      /* 0: the template was not recognised */
 };
 
 /*

@@ -226,13 +226,14 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         rc = errmsg(err, errlen, -EINVAL, "a KV or batch setting is out of range");
     if (!rc && e->cfg.max_seqs > e->cfg.max_batch_tokens)
         e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
+    if (!rc) { /* the backend first: a device the build lacks is said before any loading */
+        struct dev_config dc = {.threads = e->cfg.threads};
+        rc = dev_create(e->cfg.device, &dc, &e->dev, err, errlen);
+        if (rc == -ENODEV)
+            rc = -EINVAL; /* a setting this build or machine cannot honour */
+    }
     rc = rc ? rc : gguf_open(path, &e->g, err, errlen);
     rc = rc ? rc : eng_tokenizer_load(e->g, NULL, &e->tok, err, errlen);
-    if (!rc) {
-        struct dev_cpu_config dc = {.threads = e->cfg.threads};
-        if ((rc = dev_cpu_create(&dc, &e->dev)))
-            errmsg(err, errlen, rc, "cannot start the CPU worker threads");
-    }
     rc = rc ? rc : model_load(e->g, &e->dev, &e->m, err, errlen);
     if (!rc)
         sched_cost_init(e);
@@ -244,7 +245,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->info.arch = hp->arch == MODEL_QWEN2   ? "qwen2"
                        : hp->arch == MODEL_QWEN3 ? "qwen3"
                                                  : "llama";
-        e->info.kernels = dev_cpu_kernels_name(&e->dev);
+        e->info.kernels = dev_kernels_name(&e->dev);
+        e->info.backend = dev_backend_name(&e->dev);
         if (e->info.n_ctx < 2 || e->info.n_ctx > hp->n_ctx_train)
             rc = errmsg(err, errlen, -EINVAL,
                         "--ctx %d is out of range (2 to %d, the model's context)", e->info.n_ctx,

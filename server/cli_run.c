@@ -40,19 +40,21 @@ static void unload(struct loaded *l)
 }
 
 /* Opens the model; prints the error and returns the exit status on failure. */
-static int load(const char *cmd, const char *path, int threads, struct loaded *l)
+static int load(const char *cmd, const char *path, const char *device, int threads,
+                struct loaded *l)
 {
     char err[512];
     memset(l, 0, sizeof(*l));
-    int rc = gguf_open(path, &l->g, err, sizeof(err));
+    /* the backend first: a device the build or machine lacks is said before any loading */
+    struct dev_config cfg = {.threads = threads};
+    int rc = dev_create(device, &cfg, &l->dev, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "cinfer %s: %s\n", cmd, err);
+        return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
+    }
+    rc = gguf_open(path, &l->g, err, sizeof(err));
     if (!rc)
         rc = eng_tokenizer_load(l->g, NULL, &l->tok, err, sizeof(err));
-    if (!rc) {
-        struct dev_cpu_config cfg = {.threads = threads};
-        rc = dev_cpu_create(&cfg, &l->dev);
-        if (rc)
-            snprintf(err, sizeof(err), "cannot start %d worker threads", threads);
-    }
     if (!rc)
         rc = model_load(l->g, &l->dev, &l->m, err, sizeof(err));
     if (rc) {
@@ -61,6 +63,13 @@ static int load(const char *cmd, const char *path, int threads, struct loaded *l
         return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
     return 0;
+}
+
+/* --device's default: CINFER_DEVICE, else auto. */
+static const char *default_device(void)
+{
+    const char *d = getenv("CINFER_DEVICE");
+    return d && *d ? d : "auto";
 }
 
 /* Parses a number in [lo, hi]; returns 0 or -1. */
@@ -98,11 +107,12 @@ static const char *const k_run_help =
     "      --ignore-eos        keep going past end-of-text tokens\n"
     "  -t, --threads N         worker threads (default: the number of cores)\n"
     "      --kv-type TYPE      f16 (default) or f32\n"
+    "      --device NAME       backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
     "  -h, --help              this help\n"
     "      --version           the version\n";
 
 struct run_opts {
-    const char *model, *prompt, *chat_name, *system;
+    const char *model, *prompt, *chat_name, *system, *device;
     int n_predict, chat, threads, ignore_eos;
     uint32_t kv_type;
     struct smp_params sp;
@@ -123,6 +133,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
         O_SEED,
         O_EOS,
         O_KV,
+        O_DEV,
         O_VERSION
     };
     static const struct option opts[] = {
@@ -141,6 +152,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
         {"ignore-eos", no_argument, 0, O_EOS},
         {"threads", required_argument, 0, 't'},
         {"kv-type", required_argument, 0, O_KV},
+        {"device", required_argument, 0, O_DEV},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -148,6 +160,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
     memset(o, 0, sizeof(*o));
     o->n_predict = 256;
     o->kv_type = QT_F16;
+    o->device = default_device();
     smp_params_default(&o->sp);
     o->sp.temperature = 0.8f;
     o->sp.top_k = 40;
@@ -224,6 +237,9 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
                 return cli_usage("run", "--kv-type is f16 or f32");
             o->kv_type = strcmp(optarg, "f16") ? QT_F32 : QT_F16;
             break;
+        case O_DEV:
+            o->device = optarg;
+            break;
         case 'h':
             fputs(k_run_help, stdout);
             return -1;
@@ -298,7 +314,7 @@ int cli_run(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     struct loaded l;
     double t0 = util_now_s();
-    if ((rc = load("run", o.model, o.threads, &l)))
+    if ((rc = load("run", o.model, o.device, o.threads, &l)))
         return rc;
     int32_t *ids = NULL;
     int n_prompt = 0;
@@ -389,7 +405,7 @@ int cli_run(int argc, char **argv)
             "cinfer run: load %.2f s; prompt %d tokens in %.3f s (%.1f tok/s); "
             "generated %d tokens in %.3f s (%.1f tok/s); kernels %s, seed %llu\n",
             t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1 + 1e-12), n_gen, t3 - t2,
-            n_gen / (t3 - t2 + 1e-12), dev_cpu_kernels_name(&l.dev), (unsigned long long)o.sp.seed);
+            n_gen / (t3 - t2 + 1e-12), dev_kernels_name(&l.dev), (unsigned long long)o.sp.seed);
     smp_free(&smp);
 done:
     kv_free_seq(pool, &seq);
@@ -422,6 +438,7 @@ static const char *const k_bench_help =
     "  -d N               tokens already in the cache (default 0)\n"
     "      --batch B      sequences decoded together in tg (default 1)\n"
     "  -t, --threads N    worker threads (default: the number of cores)\n"
+    "      --device NAME  backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
     "      --json         one JSON object per line per test\n"
     "  -h, --help         this help\n"
     "      --version      the version\n";
@@ -517,17 +534,14 @@ static void bench_report(const char *name, const double *tps, int r, int threads
 
 int cli_bench(int argc, char **argv)
 {
-    enum { O_BATCH = 256, O_JSON, O_VERSION };
+    enum { O_BATCH = 256, O_JSON, O_DEV, O_VERSION };
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},
-        {"batch", required_argument, 0, O_BATCH},
-        {"threads", required_argument, 0, 't'},
-        {"json", no_argument, 0, O_JSON},
-        {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, O_VERSION},
-        {0, 0, 0, 0},
+        {"model", required_argument, 0, 'm'},    {"batch", required_argument, 0, O_BATCH},
+        {"device", required_argument, 0, O_DEV}, {"threads", required_argument, 0, 't'},
+        {"json", no_argument, 0, O_JSON},        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, O_VERSION},  {0, 0, 0, 0},
     };
-    const char *model = NULL;
+    const char *model = NULL, *device = default_device();
     int pp = 512, tg = 128, reps = 5, batch = 1, threads = 0, json = 0, depth = 0, c;
     double v;
     opterr = 0;
@@ -566,6 +580,9 @@ int cli_bench(int argc, char **argv)
         case O_JSON:
             json = 1;
             break;
+        case O_DEV:
+            device = optarg;
+            break;
         case 'h':
             fputs(k_bench_help, stdout);
             return 0;
@@ -581,7 +598,7 @@ int cli_bench(int argc, char **argv)
     if (!model)
         return cli_usage("bench", "-m MODEL is required");
     struct bench_ctx b = {0};
-    int rc = load("bench", model, threads, &b.l);
+    int rc = load("bench", model, device, threads, &b.l);
     if (rc)
         return rc;
     if (threads <= 0)
@@ -637,7 +654,7 @@ int cli_bench(int argc, char **argv)
     if (rc)
         fprintf(stderr, "cinfer bench: a forward pass failed\n");
     if (!json)
-        fprintf(stderr, "cinfer bench: kernels %s\n", dev_cpu_kernels_name(&b.l.dev));
+        fprintf(stderr, "cinfer bench: kernels %s\n", dev_kernels_name(&b.l.dev));
 done:
     free(tps);
     free(b.logits);

@@ -37,6 +37,8 @@ static const struct setting k_settings[] = {
     {"api_key", K_STR, S(api_key), 0, 0, "", "KEY", "require 'Authorization: Bearer KEY'", NULL},
     {"api_key_file", K_STR, S(api_key_file), 0, 0, "", "FILE", "read the API key from FILE", NULL},
     {"model_alias", K_STR, S(model_alias), 0, 0, "", "NAME", "another name clients may use", NULL},
+    {"device", K_STR, S(device), 0, 0, "auto", "NAME",
+     "backend: auto (a PPU when built in and present, else the CPU), cpu or ppu", "auto|cpu|ppu"},
     {"threads", K_INT, S(threads), 0, 1024, "0", "N", "CPU threads (0: the number of cores)", NULL},
     {"ctx", K_INT, S(ctx), 0, 1 << 24, "0", "N", "context per sequence (0: the model's)", NULL},
     {"kv_memory", K_INT, S(kv_memory), 0, 1 << 24, "0", "MIB",

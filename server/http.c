@@ -487,6 +487,8 @@ static cJSON *model_json(const struct srv *s, const char *id)
         struct eng_info info;
         eng_get_info(e, &info);
         cJSON_AddNumberToObject(m, "max_model_len", info.n_ctx);
+        cJSON_AddStringToObject(m, "device", info.backend);
+        cJSON_AddStringToObject(m, "kernels", info.kernels);
     }
     return m;
 }
@@ -893,6 +895,12 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     case R_VERSION: {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "version", CINFER_VERSION);
+        if (e) {
+            struct eng_info info;
+            eng_get_info(e, &info);
+            cJSON_AddStringToObject(o, "device", info.backend);
+            cJSON_AddStringToObject(o, "kernels", info.kernels);
+        }
         return reply_json(mc, c, 200, o);
     }
     case R_MODELS:
@@ -1044,9 +1052,10 @@ static unsigned fit_fd_limit(unsigned max_conn)
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
         unsigned fit =
             rl.rlim_cur > FD_RESERVE * 2 ? (unsigned)(rl.rlim_cur - FD_RESERVE) : FD_RESERVE;
-        srv_log("warning: --max-connections %u is more than the open-file limit (%llu) allows; "
-                "using %u",
-                max_conn, (unsigned long long)rl.rlim_cur, fit);
+        if (fit < max_conn / 2) /* the listening line says the limit in any case */
+            srv_log("warning: the open-file limit (%llu) allows %u connections, not the %u of "
+                    "--max-connections (raise it with ulimit -n)",
+                    (unsigned long long)rl.rlim_cur, fit, max_conn);
         return fit;
     }
     return max_conn;

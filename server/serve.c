@@ -211,6 +211,7 @@ int cli_serve(int argc, char **argv)
             srv_port(s), keyed ? " (API key required)" : "", srv_max_connections(s),
             (long long)cfg.http_threads);
     struct eng_config ec = {
+        .device = cfg.device,
         .threads = (int)cfg.threads,
         .ctx = (int)cfg.ctx,
         .kv_block = (int)cfg.kv_block,
@@ -243,9 +244,9 @@ int cli_serve(int argc, char **argv)
         eng_drain(e);
     pthread_mutex_unlock(&g_sig_mu);
     srv_log("ready in %.2f s: model %s (%s), context %d, KV cache %d blocks of %d tokens, "
-            "kernels %s, chat format %s",
+            "device %s (kernels %s), chat format %s",
             util_now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
-            info.kernels, tok_chat_name(info.chat));
+            info.backend, info.kernels, tok_chat_name(info.chat));
 
     pthread_mutex_lock(&g_sig_mu);
     while (!g_signum)

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "device/cpu/cpu.h"
 #include "device/cpu/kernels.h"
 #include "device/dev.h"
 #include "util/quant.h"
@@ -179,7 +180,7 @@ struct scratch {
 struct cpu {
     struct pool pool;
     const struct cpu_kernels *k;
-    int exact; /* dev_cpu_config.exact_llamacpp */
+    int exact; /* dev_config.exact_llamacpp */
     /* dev_prefetch's weight, fetched by threads the next attention leaves idle */
     const void *pf_data;
     size_t pf_bytes;
@@ -816,9 +817,15 @@ static int cpu_copy(void *ctx, void *dst, const void *src, size_t n)
     return 0;
 }
 
+static const char *cpu_kernels_op(void *ctx)
+{
+    return ((const struct cpu *)ctx)->k->name;
+}
+
 static const struct dev_ops dev_cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
+    .kernels = cpu_kernels_op,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,
@@ -850,7 +857,7 @@ int dev_cpu_has_avx2(void)
 #endif
 }
 
-int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out)
+int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
 {
     struct cpu *c = calloc(1, sizeof(*c));
     if (!c)
@@ -874,9 +881,4 @@ int dev_cpu_create(const struct dev_cpu_config *cfg, struct dev *out)
     out->ops = &dev_cpu_ops;
     out->ctx = c;
     return 0;
-}
-
-const char *dev_cpu_kernels_name(const struct dev *d)
-{
-    return ((const struct cpu *)d->ctx)->k->name;
 }

@@ -83,3 +83,26 @@ def test_alias_key_file_ready_line_and_json_log(tmp_path):
     assert seconds < 30  # the figure itself is reported in the README, not asserted
     access = [l for l in lines if l.get("path") == "/v1/completions"]
     assert access and access[0]["status"] == 200 and access[0]["completion_tokens"] >= 1
+
+
+def test_device_choice(server):
+    """--device: an unknown name exits 2 naming the choices; ppu (not built in
+    here) exits 2 saying why, before the model is read; run and bench take it
+    too (and CINFER_DEVICE); /version and /v1/models say what runs."""
+    r = serve("-m", str(CINFER_MODEL), "--device", "nosuch")
+    assert r.returncode == 2 and "auto|cpu|ppu" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = serve("-m", str(CINFER_MODEL), "--device", "ppu", "--port", "0")
+    assert r.returncode == 2 and "no PPU backend" in r.stderr, r.stderr
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CINFER_")}
+    for cmd in (["run", "-m", str(CINFER_MODEL), "-p", "Hi", "--device", "ppu"],
+                ["bench", "-m", str(CINFER_MODEL), "-p", "8", "-n", "0", "-r", "1", "--device", "gpu"]):
+        r = subprocess.run([str(CINFER_BIN), *cmd], env=e, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (cmd, r.stderr)
+        assert "ppu" in r.stderr and "cpu" in r.stderr, r.stderr
+    r = subprocess.run([str(CINFER_BIN), "run", "-m", str(CINFER_MODEL), "-p", "Hi", "-n", "2", "--temp", "0"],
+                       env=dict(e, CINFER_DEVICE="ppu"), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no PPU backend" in r.stderr, r.stderr
+    status, body = server.json("GET", "/version")
+    assert status == 200 and body["device"] == "cpu" and body["kernels"] in ("avx2", "scalar"), body
+    status, body = server.json("GET", "/v1/models")
+    assert body["data"][0]["device"] == "cpu", body

@@ -211,19 +211,19 @@ struct backends {
     int has_avx2;
 };
 
-/* exact: dev_cpu_config.exact_llamacpp for both */
+/* exact: dev_config.exact_llamacpp for both */
 static void backends_create_mode(struct backends *b, int threads, int exact)
 {
     memset(b, 0, sizeof(*b));
-    struct dev_cpu_config sc = {.threads = threads, .force_scalar = 1, .exact_llamacpp = exact};
-    ck_assert_int_eq(dev_cpu_create(&sc, &b->scalar), 0);
-    ck_assert_str_eq(dev_cpu_kernels_name(&b->scalar), "scalar");
-    b->has_avx2 = dev_cpu_has_avx2();
+    struct dev_config sc = {.threads = threads, .force_scalar = 1, .exact_llamacpp = exact};
+    ck_assert_int_eq(dev_create("cpu", &sc, &b->scalar, NULL, 0), 0);
+    ck_assert_str_eq(dev_kernels_name(&b->scalar), "scalar");
+    b->has_avx2 = dev_has_kernels("cpu", "avx2");
     if (b->has_avx2) {
-        struct dev_cpu_config ac = {.threads = threads, .exact_llamacpp = exact};
-        ck_assert_int_eq(dev_cpu_create(&ac, &b->avx2), 0);
+        struct dev_config ac = {.threads = threads, .exact_llamacpp = exact};
+        ck_assert_int_eq(dev_create("cpu", &ac, &b->avx2, NULL, 0), 0);
         /* otherwise the comparisons below would compare scalar with scalar */
-        ck_assert_str_eq(dev_cpu_kernels_name(&b->avx2), "avx2");
+        ck_assert_str_eq(dev_kernels_name(&b->avx2), "avx2");
     }
 }
 
@@ -450,7 +450,7 @@ START_TEST(matmul_matches_dequantized_reference)
         struct tweight tw;
         tweight_init(&tw, type, ROWS, COLS, 200 + vi);
         for (int di = 0; di < nd; di++) {
-            const char *kn = dev_cpu_kernels_name(devs[di]);
+            const char *kn = dev_kernels_name(devs[di]);
             struct dev_weight w = weight_on(devs[di], &tw, variant_packed(vi));
             ck_assert_int_eq(dev_matmul(devs[di], &w, x, TMAX, y), 0);
             weight_release(devs[di], &w);
@@ -502,7 +502,7 @@ START_TEST(matmul_rows_do_not_depend_on_batch)
                 ck_assert_int_eq(dev_matmul(devs[di], &w, x + t * COLS, 1, y1), 0);
                 ck_assert_msg(memcmp(y1, y9 + t * ROWS, sizeof(y1)) == 0,
                               "%s %s: row %d of a batch of %d differs from the row alone",
-                              dev_cpu_kernels_name(devs[di]), variant_name(vi), t, TMAX);
+                              dev_kernels_name(devs[di]), variant_name(vi), t, TMAX);
             }
             weight_release(devs[di], &w);
         }
@@ -552,7 +552,7 @@ START_TEST(matmul_n_equals_separate_matmuls)
                     ck_assert_int_eq(dev_matmul(devs[di], ws[i], x, T, ref), 0);
                     ck_assert_msg(memcmp(ref, ys[i], sizeof(float) * (size_t)(T * rows[i])) == 0,
                                   "%s %s T=%d: weight %d of 3 differs from its own matmul",
-                                  dev_cpu_kernels_name(devs[di]), variant_name(vi), T, i);
+                                  dev_kernels_name(devs[di]), variant_name(vi), T, i);
                 }
             }
             for (int i = 0; i < 3; i++)
@@ -605,13 +605,13 @@ START_TEST(results_do_not_depend_on_thread_count)
 {
     /* threads 1, 2, 3 for each kernel set; 67 rows split in chunks of 4 */
     struct dev d[2][3];
-    int nk = dev_cpu_has_avx2() ? 2 : 1;
+    int nk = dev_has_kernels("cpu", "avx2") ? 2 : 1;
     if (nk == 1)
         note_no_avx2("results_do_not_depend_on_thread_count");
     for (int k = 0; k < nk; k++)
         for (int n = 0; n < 3; n++) {
-            struct dev_cpu_config cfg = {.threads = n + 1, .force_scalar = k == 0};
-            ck_assert_int_eq(dev_cpu_create(&cfg, &d[k][n]), 0);
+            struct dev_config cfg = {.threads = n + 1, .force_scalar = k == 0};
+            ck_assert_int_eq(dev_create("cpu", &cfg, &d[k][n], NULL, 0), 0);
         }
     float *x = make_acts(COLS, 14);
     float *y1 = malloc(sizeof(float) * TMAX * ROWS), *yn = malloc(sizeof(float) * TMAX * ROWS);
@@ -627,7 +627,7 @@ START_TEST(results_do_not_depend_on_thread_count)
                 ck_assert_int_eq(dev_matmul(&d[k][n], &wn, x, TMAX, yn), 0);
                 weight_release(&d[k][n], &wn);
                 ck_assert_msg(memcmp(y1, yn, sizeof(float) * TMAX * ROWS) == 0,
-                              "%s %s: %d threads differ from 1", dev_cpu_kernels_name(&d[k][n]),
+                              "%s %s: %d threads differ from 1", dev_kernels_name(&d[k][n]),
                               variant_name(vi), n + 1);
             }
         }
@@ -661,7 +661,7 @@ START_TEST(embed_returns_dequantized_rows)
                 ck_assert_msg(
                     memcmp(out + t * COLS, tw.deq + ids[t] * COLS, sizeof(float) * COLS) == 0,
                     "%s %s: embedding of id %d is not its dequantized row",
-                    dev_cpu_kernels_name(devs[di]), type_name(type), ids[t]);
+                    dev_kernels_name(devs[di]), type_name(type), ids[t]);
             const int32_t past_end[] = {5, ROWS}, negative[] = {-1};
             ck_assert_int_eq(dev_embed(devs[di], &tw.w, past_end, 2, out), -EINVAL);
             ck_assert_int_eq(dev_embed(devs[di], &tw.w, negative, 1, out), -EINVAL);
@@ -1112,7 +1112,7 @@ START_TEST(attention_over_scattered_blocks_matches_reference)
                                 ck_assert_msg(fabs(o[i] - ref[i]) <= tol,
                                               "%s %s %s pos %d head %d dim %d: %.9g vs %.9g "
                                               "(tol %g, ref rounded to f16: %d)",
-                                              dev_cpu_kernels_name(devs[di]), f16 ? "f16" : "f32",
+                                              dev_kernels_name(devs[di]), f16 ? "f16" : "f32",
                                               query_set_name[c], tp[t].pos, h, i, o[i], ref[i], tol,
                                               rr);
                         }
@@ -1245,8 +1245,8 @@ START_TEST(attention_does_not_depend_on_thread_count)
     tweight_init(&tw, QT_Q4_1, ROWS, COLS, 1201);
     for (int n = 1; n <= 3; n++) {
         struct dev d;
-        struct dev_cpu_config cfg = {.threads = n, .exact_llamacpp = _i};
-        ck_assert_int_eq(dev_cpu_create(&cfg, &d), 0);
+        struct dev_config cfg = {.threads = n, .exact_llamacpp = _i};
+        ck_assert_int_eq(dev_create("cpu", &cfg, &d, NULL, 0), 0);
         struct dev_kv kv = kv_cache_create(&d, QT_F16);
         kv_fill(&d, &kv, k, v);
         for (int c = 0; c < N_QUERY_SETS; c++) {

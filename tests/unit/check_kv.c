@@ -126,8 +126,8 @@ START_TEST(scattered_2000_tokens_attend_like_contiguous)
 {
     enum { N = 2000, BS = 16, KVH = 2, HD = 64, NH = 6, NB = N / BS + 1 };
     struct dev d;
-    struct dev_cpu_config cfg = {.threads = 2};
-    ck_assert_int_eq(dev_cpu_create(&cfg, &d), 0);
+    struct dev_config cfg = {.threads = 2};
+    ck_assert_int_eq(dev_create("cpu", &cfg, &d, NULL, 0), 0);
     /* the pool is fragmented: two sequences grow in turns, so blocks interleave */
     struct kv_pool *p = NULL;
     ck_assert_int_eq(kv_pool_create(320, BS, &p), 0);

@@ -43,9 +43,9 @@ static void setup(void)
     char err[512];
     ck_assert_msg(gguf_open(test_model_path(), &g_file, err, sizeof(err)) == 0, "%s", err);
     ck_assert_msg(eng_tokenizer_load(g_file, NULL, &g_tok, err, sizeof(err)) == 0, "%s", err);
-    struct dev_cpu_config cfg = {.threads = 2}, cfg_u = {.threads = 2, .exact_llamacpp = 1};
-    ck_assert_int_eq(dev_cpu_create(&cfg, &g_dev), 0);
-    ck_assert_int_eq(dev_cpu_create(&cfg_u, &g_dev_unpacked), 0);
+    struct dev_config cfg = {.threads = 2}, cfg_u = {.threads = 2, .exact_llamacpp = 1};
+    ck_assert_int_eq(dev_create("cpu", &cfg, &g_dev, NULL, 0), 0);
+    ck_assert_int_eq(dev_create("cpu", &cfg_u, &g_dev_unpacked, NULL, 0), 0);
     ck_assert_msg(model_load(g_file, &g_dev, &g_model, err, sizeof(err)) == 0, "%s", err);
     ck_assert_msg(model_load(g_file, &g_dev_unpacked, &g_model_unpacked, err, sizeof(err)) == 0,
                   "%s", err);

@@ -1,0 +1,16 @@
+/*
+ * device/cpu/cpu.h - the CPU backend's own entry points, for device/dev.c
+ * (the factory) alone: everything else makes a backend with dev_create().
+ */
+#ifndef CINFER_DEVICE_CPU_CPU_H
+#define CINFER_DEVICE_CPU_CPU_H
+
+#include "device/dev.h"
+
+/* Creates the CPU backend; 0, or -ENOMEM / -errno from thread creation. */
+int dev_cpu_create(const struct dev_config *cfg, struct dev *out);
+
+/* 1 when the AVX2+FMA kernels are compiled in and this CPU has them. */
+int dev_cpu_has_avx2(void);
+
+#endif
