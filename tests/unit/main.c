@@ -30,6 +30,7 @@ int main(void)
     srunner_add_suite(sr, sampler_suite());
     srunner_add_suite(sr, chat_suite());
     srunner_add_suite(sr, server_suite());
+    srunner_add_suite(sr, openai_suite());
     srunner_add_suite(sr, device_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
