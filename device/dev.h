@@ -105,6 +105,9 @@ struct dev_ops {
     int (*add_bias)(void *ctx, float *x, const float *b, int T, int n);
     /* x += y, elementwise over n */
     int (*add)(void *ctx, float *x, const float *y, size_t n);
+    /* out[i] = x[rows[i]] for n rows of `cols` floats (rows: host indices, as a step's other
+     * host-side arguments until the batch descriptor arrives) */
+    int (*gather_rows)(void *ctx, const float *x, int cols, const int32_t *rows, int n, float *out);
 };
 
 /* A backend instance. */
@@ -258,6 +261,12 @@ static inline int dev_add_bias(struct dev *d, float *x, const float *b, int T, i
 static inline int dev_add(struct dev *d, float *x, const float *y, size_t n)
 {
     return d->ops->add(d->ctx, x, y, n);
+}
+
+static inline int dev_gather_rows(struct dev *d, const float *x, int cols, const int32_t *rows,
+                                  int n, float *out)
+{
+    return d->ops->gather_rows(d->ctx, x, cols, rows, n, out);
 }
 
 #endif

@@ -276,7 +276,23 @@ static void free_acts(struct model *m)
         dev_free(m->dev, *bufs[i]);
         *bufs[i] = NULL;
     }
+    free(m->h_pos);
+    free(m->h_rows);
+    free(m->h_tp);
+    m->h_pos = m->h_rows = NULL;
+    m->h_tp = NULL;
     m->cap_tokens = 0;
+}
+
+/* The device buffer for n logits rows; 0 or -ENOMEM. */
+static int grow_logits(struct model *m, int n)
+{
+    if (n <= m->cap_logits)
+        return 0;
+    dev_free(m->dev, m->logits_dev);
+    m->logits_dev = dev_alloc(m->dev, (size_t)n * (size_t)m->hp.n_vocab * sizeof(float));
+    m->cap_logits = m->logits_dev ? n : 0;
+    return m->logits_dev ? 0 : -ENOMEM;
 }
 
 void model_free(struct model *m)
@@ -284,6 +300,7 @@ void model_free(struct model *m)
     if (!m)
         return;
     free_acts(m);
+    dev_free(m->dev, m->logits_dev);
     for (int l = 0; m->layers && l < m->hp.n_layer; l++) {
         struct dev_weight *ws[7];
         for (int i = 0, n = layer_weights(&m->layers[l], ws); i < n; i++)
@@ -316,8 +333,11 @@ static int grow_acts(struct model *m, int n)
     m->hb = dev_alloc(m->dev, nn * (size_t)hp->n_ff * sizeof(float));
     m->hb2 = dev_alloc(m->dev, nn * (size_t)hp->n_ff * sizeof(float));
     m->out_rows = dev_alloc(m->dev, nn * e * sizeof(float));
+    m->h_pos = malloc(nn * sizeof(*m->h_pos));
+    m->h_rows = malloc(nn * sizeof(*m->h_rows));
+    m->h_tp = malloc(nn * sizeof(*m->h_tp));
     if (!m->x || !m->xb || !m->xb2 || !m->q || !m->k || !m->v || !m->att || !m->hb || !m->hb2 ||
-        !m->out_rows) {
+        !m->out_rows || !m->h_pos || !m->h_rows || !m->h_tp) {
         free_acts(m);
         return -ENOMEM;
     }
@@ -390,13 +410,14 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
     int rc = grow_acts(m, n);
     if (rc)
         return rc;
-    int32_t *pos = malloc((size_t)n * sizeof(*pos));
-    struct dev_tokpos *tp = malloc((size_t)n * sizeof(*tp));
-    if (!pos || !tp) {
-        free(pos);
-        free(tp);
-        return -ENOMEM;
-    }
+    int32_t *pos = m->h_pos, *rows = m->h_rows;
+    struct dev_tokpos *tp = m->h_tp;
+    int n_out = 0;
+    for (int t = 0; t < n; t++)
+        if (b->want_logits[t])
+            rows[n_out++] = t;
+    if ((rc = grow_logits(m, n_out)))
+        return rc;
     /* a token is part of a chunk when its sequence has other tokens in the batch */
     for (int t = 0; t < n; t++) {
         pos[t] = b->tp[t].pos;
@@ -448,17 +469,15 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         rc = rc ? rc : dev_matmul(d, &ly->w_down, m->hb, n, m->xb2);
         rc = rc ? rc : dev_add(d, m->x, m->xb2, (size_t)n * e);
     }
-    // final rmsnorm and logits, only for the rows that want them
-    int n_out = 0;
-    for (int t = 0; t < n && !rc; t++)
-        if (b->want_logits[t])
-            memcpy(m->out_rows + (size_t)n_out++ * e, m->x + (size_t)t * e,
-                   (size_t)e * sizeof(float));
+    // final rmsnorm and logits, only for the rows that want them; one download
     if (!rc && n_out) {
-        rc = dev_rmsnorm(d, m->out_rows, m->output_norm, n_out, e, hp->rms_eps, m->out_rows);
-        rc = rc ? rc : dev_matmul(d, &m->output, m->out_rows, n_out, logits);
+        rc = dev_gather_rows(d, m->x, e, rows, n_out, m->out_rows);
+        rc = rc ? rc
+                : dev_rmsnorm(d, m->out_rows, m->output_norm, n_out, e, hp->rms_eps, m->out_rows);
+        rc = rc ? rc : dev_matmul(d, &m->output, m->out_rows, n_out, m->logits_dev);
+        rc = rc ? rc
+                : dev_download(d, logits, m->logits_dev,
+                               (size_t)n_out * (size_t)hp->n_vocab * sizeof(float));
     }
-    free(pos);
-    free(tp);
     return rc;
 }

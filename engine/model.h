@@ -54,6 +54,10 @@ struct model {
     float *rope_freqs;
     /* activations, grown to the largest batch seen */
     int cap_tokens, cap_logits;
+    float *logits_dev; /* (cap_logits, n_vocab) on the device: the logits rows of a step */
+    /* host-side step arguments, grown with cap_tokens: no allocation per step */
+    int32_t *h_pos, *h_rows;
+    struct dev_tokpos *h_tp;
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *out_rows;
 };
 

@@ -798,6 +798,15 @@ static int cpu_add(void *ctx, float *x, const float *y, size_t n)
     return 0;
 }
 
+static int cpu_gather_rows(void *ctx, const float *x, int cols, const int32_t *rows, int n,
+                           float *out)
+{
+    (void)ctx;
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * cols, x + (size_t)rows[i] * cols, (size_t)cols * sizeof(float));
+    return 0;
+}
+
 static void *cpu_alloc(void *ctx, size_t n)
 {
     (void)ctx;
@@ -842,6 +851,7 @@ static const struct dev_ops dev_cpu_ops = {
     .silu_mul = cpu_silu_mul,
     .add_bias = cpu_add_bias,
     .add = cpu_add,
+    .gather_rows = cpu_gather_rows,
 };
 
 int dev_cpu_has_avx2(void)
