@@ -45,7 +45,7 @@ struct eng_config {
      * 0: the default (100); < 0: no time bound, only max_batch_tokens.
      */
     int max_step_ms;
-    int max_queue;            /* requests waiting at most; 0: 256 */
+    int max_queue;            /* sequences waiting at most (each choice one); 0: 256 */
     int64_t max_queue_tokens; /* prompt tokens waiting at most; 0: 64 full contexts */
     int no_prefix_cache;      /* 1: do not reuse cached prompt blocks */
     double request_timeout;   /* seconds from submit to the end; 0: none */

@@ -456,16 +456,28 @@ int sched_step(struct engine *e)
             pre[j] = pre[j - 1];
         pre[j] = r;
     }
+    /*
+     * With a time bound, a pass's units stay within what the fit says the
+     * bound leaves, and never past twice the largest pass timed within it
+     * so far (a fresh engine: 4 blocks' worth), so that an estimate gone
+     * wrong, or none yet, cannot make one pass take many times the bound.
+     */
+    double limit = -1;
+    if (e->cfg.max_step_ms >= 0) {
+        limit = 2 * (e->ok_units > 0 ? e->ok_units : 4.0 * e->info.kv_block);
+        if (ubudget >= 0 && ubudget < limit)
+            limit = ubudget;
+    }
     int first = 1;
     for (int i = 0; i < n_pre && T < budget; i++) {
         struct eng_req *r = pre[i];
         int left = r->n_tokens - r->n_computed, n = left < budget - T ? left : budget - T;
-        if (ubudget >= 0) {
-            /* the most tokens that fit the time left; the first chunk at least a block */
+        if (limit >= 0) {
+            /* the most tokens that fit; the first chunk at least a block */
             int lo = 0, hi = n;
             while (lo < hi) {
                 int mid = (lo + hi + 1) / 2;
-                if (units + chunk_units(e, r->n_computed, mid, mid == left) <= ubudget)
+                if (units + chunk_units(e, r->n_computed, mid, mid == left) <= limit)
                     lo = mid;
                 else
                     hi = mid - 1;
@@ -473,23 +485,11 @@ int sched_step(struct engine *e)
             int least = first ? (e->info.kv_block < n ? e->info.kv_block : n) : 0;
             n = lo > least ? lo : least;
         }
-        /*
-         * And, with a time bound, never twice the units of the largest pass
-         * timed within it so far (a fresh engine: 4 blocks' worth): an estimate
-         * gone wrong cannot make one pass take many times the bound.
-         */
-        if (e->cfg.max_step_ms >= 0) {
-            double trust = 2 * (e->ok_units > 0 ? e->ok_units : 4.0 * e->info.kv_block);
-            while (n > (first ? e->info.kv_block : 0) &&
-                   units + chunk_units(e, r->n_computed, n, n == left) > trust)
-                n = n > 2 * e->info.kv_block ? n - n / 4 : n - 1;
-        }
         if (n <= 0)
             break;
         first = 0;
-        if (add_tokens(e, r, n, &T, &rows) == 0) { /* short: it waits for blocks to free up */
+        if (add_tokens(e, r, n, &T, &rows) == 0) /* short: it waits for blocks to free up */
             units += chunk_units(e, r->n_computed, n, n == left);
-        }
     }
     if (T == 0 && e->n_active > 0) {
         /* prefills hold the pool and none can go on: the newest gives way */

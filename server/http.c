@@ -54,6 +54,7 @@ struct srv {
     atomic_llong body_bytes; /* bytes of request bodies held now, over all connections */
     unsigned port;
     unsigned max_conn; /* the connection limit in effect */
+    int nul_check;     /* libmicrohttpd's read buffer is laid out as nul_in_values() reads it */
     atomic_int inflight;
     _Atomic(struct engine *) e;
     struct srv_model model;
@@ -75,9 +76,8 @@ struct conn {
     char *path;
     char request_id[72];
     const char *route; /* the metrics label */
-    int route_id, route_idx;
+    int route_id;
     int http11;
-    int checked; /* the headers passed the checks */
     struct tok_buf body;
     size_t held; /* bytes counted in s->body_bytes */
     size_t discarded;
@@ -679,14 +679,11 @@ struct hdr_scan {
  * byte after a value's terminating NUL is another NUL (the LF), or the
  * first byte of the next header's name (a bare LF) - anything else is the
  * rest of a value cut short.  Checked against the one version whose buffer
- * this describes (Debian 12's); with another the check is skipped.
+ * this describes (Debian 12's): srv_start sets srv.nul_check for it alone.
  */
 static int nul_in_values(const struct hdr_scan *h)
 {
-    static int layout_known = -1;
-    if (layout_known < 0)
-        layout_known = !strcmp(MHD_get_version(), "0.9.75");
-    for (size_t i = 0; layout_known && i < h->n; i++) {
+    for (size_t i = 0; i < h->n; i++) {
         const char *e = h->ends[i];
         if (e[0] != '\0' || e[1] == '\0')
             continue;
@@ -720,10 +717,12 @@ static enum MHD_Result scan_header_cb(void *cls, enum MHD_ValueKind kind, const 
     int name_ok = key_size > 0;
     for (size_t i = 0; i < key_size && name_ok; i++)
         name_ok = is_tchar((unsigned char)key[i]);
-    if (!name_ok && !h->bad_name[0])
-        copy_name(h->bad_name, sizeof(h->bad_name), key, key_size ? key_size : 0);
-    if (!name_ok && !h->bad_name[0])
-        snprintf(h->bad_name, sizeof(h->bad_name), "(empty)");
+    if (!name_ok && !h->bad_name[0]) {
+        if (key_size)
+            copy_name(h->bad_name, sizeof(h->bad_name), key, key_size);
+        else
+            snprintf(h->bad_name, sizeof(h->bad_name), "(empty)");
+    }
     for (size_t i = 0; value && i < value_size; i++) {
         unsigned char ch = (unsigned char)value[i];
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
@@ -787,15 +786,15 @@ static enum MHD_Result fail_body(struct MHD_Connection *mc, struct conn *c)
 
 /*
  * The checks every request passes before anything else is done with it:
- * route, method, header syntax, framing, the API key.  MHD_YES with
- * c->checked set when it passed; otherwise the answer is queued.
+ * route, method, header syntax, framing, the API key.  MHD_YES when it
+ * passed; otherwise the answer is queued.
  */
 static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, const char *url)
 {
     struct srv *s = c->s;
     struct hdr_scan h = {0};
     MHD_get_connection_values_n(mc, MHD_HEADER_KIND, scan_header_cb, &h);
-    int nul = !h.oom && nul_in_values(&h);
+    int nul = !h.oom && s->nul_check && nul_in_values(&h);
     free(h.keys);
     free(h.ends);
     char msg[160];
@@ -825,7 +824,6 @@ static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, 
     int idx;
     int id = find_route(url, &idx);
     c->route_id = id;
-    c->route_idx = idx;
     int route_post = id == R_MODEL ? 0 : idx >= 0 ? k_routes[idx].post : 0;
     c->route = id == R_NONE ? "other" : id == R_MODEL ? "/v1/models/{id}" : k_routes[idx].path;
     if (id == R_NONE)
@@ -852,7 +850,6 @@ static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, 
             return fail_body(mc, c);
         }
     }
-    c->checked = 1;
     return MHD_YES;
 }
 
@@ -1071,6 +1068,7 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
     g_log_json = !strcmp(cfg->log_format, "json");
     s->max_body = (size_t)cfg->max_body;
     s->max_body_total = (size_t)cfg->max_body_total;
+    s->nul_check = !strcmp(MHD_get_version(), "0.9.75");
     s->model = *model;
     atomic_init(&s->e, NULL);
     atomic_init(&s->body_bytes, 0);

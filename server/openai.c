@@ -301,10 +301,16 @@ cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, str
         size_t n = *p == '[' ? int_array_len(p, end, &after) : 0;
         if (n < IDS_MIN)
             continue;
-        if (!copy && !(copy = malloc(len))) {
-            srv_ids_free(ids);
-            srv_fail(err, 500, NULL, NULL, "out of memory");
-            return NULL;
+        if (!copy) { /* the first run: the copy to rewrite, and this parse's key */
+            if (!(copy = malloc(len))) {
+                srv_fail(err, 500, NULL, NULL, "out of memory");
+                return NULL;
+            }
+            memcpy(copy, body, len);
+            uint64_t nonce = 0;
+            if (getrandom(&nonce, sizeof(nonce), GRND_NONBLOCK) != (ssize_t)sizeof(nonce))
+                nonce = random_seed();
+            snprintf(ids->key, sizeof(ids->key), "ids-%016llx", (unsigned long long)nonce);
         }
         if (ids_take(ids, p, end, n)) {
             free(copy);
@@ -315,14 +321,6 @@ cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, str
         /* fits: an array of IDS_MIN integers is at least 2 * IDS_MIN + 1 bytes, more than
          * {"ids-<16 hex>":K} */
         size_t at = (size_t)(p - body), span = (size_t)(after - p);
-        if (ids->n_runs == 1)
-            memcpy(copy, body, len);
-        if (!ids->key[0]) {
-            uint64_t nonce = 0;
-            if (getrandom(&nonce, sizeof(nonce), GRND_NONBLOCK) != (ssize_t)sizeof(nonce))
-                nonce = random_seed();
-            snprintf(ids->key, sizeof(ids->key), "ids-%016llx", (unsigned long long)nonce);
-        }
         int k = snprintf(copy + at, span, "{\"%s\":%d", ids->key, ids->n_runs - 1);
         memset(copy + at + k, ' ', span - (size_t)k);
         copy[at + span - 1] = '}';
@@ -816,6 +814,9 @@ void srv_request_free(struct srv_request *r)
 
 /* ---- jobs: engine events -> OpenAI JSON ------------------------------------- */
 
+/* The four arrays of a completions logprobs object, in the order OpenAI prints them. */
+static const char *const k_lp_keys[4] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
+
 struct choice {
     struct eng_req *h;
     int prompt; /* index into req.prompts */
@@ -1009,10 +1010,8 @@ static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_e
     }
     if (!c->lp) {
         c->lp = cJSON_CreateObject();
-        cJSON_AddArrayToObject(c->lp, "tokens");
-        cJSON_AddArrayToObject(c->lp, "token_logprobs");
-        cJSON_AddArrayToObject(c->lp, "top_logprobs");
-        cJSON_AddArrayToObject(c->lp, "text_offset");
+        for (int k = 0; k < 4; k++)
+            cJSON_AddArrayToObject(c->lp, k_lp_keys[k]);
     }
     cJSON *e = token_entry(t, ev->token, ev->logprob, 0);
     cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "tokens"),
@@ -1041,10 +1040,8 @@ static int lp_to_text(struct srv_job *j, struct choice *c)
     if (chat) {
         parts[0] = c->lp->child;
     } else {
-        static const char *const keys[4] = {"tokens", "token_logprobs", "top_logprobs",
-                                            "text_offset"};
         for (int k = 0; k < 4; k++)
-            parts[k] = cJSON_GetObjectItem(c->lp, keys[k])->child;
+            parts[k] = cJSON_GetObjectItem(c->lp, k_lp_keys[k])->child;
     }
     for (int k = 0; k < (chat ? 1 : 4) && !rc; k++) {
         char *s = parts[k] ? cJSON_PrintUnformatted(parts[k]) : NULL;
@@ -1179,13 +1176,11 @@ static int final_json(struct srv_job *j, struct tok_buf *out)
         }
         free(clean);
         if (c->n_lp) {
-            static const char *const keys[4] = {"tokens", "token_logprobs", "top_logprobs",
-                                                "text_offset"};
             cJSON *l = cJSON_AddObjectToObject(x, "logprobs");
             for (int k = 0; k < (chat ? 1 : 4); k++) {
                 char mark[96];
                 lp_mark(j, i, k, mark, sizeof(mark));
-                cJSON_AddStringToObject(l, chat ? "content" : keys[k], mark);
+                cJSON_AddStringToObject(l, chat ? "content" : k_lp_keys[k], mark);
             }
         } else if (j->req.p.logprobs) {
             cJSON *l = cJSON_AddObjectToObject(x, "logprobs");

@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -27,8 +26,9 @@
 static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
 static int g_signum;
-static _Atomic(struct engine *) g_engine;
-static _Atomic(struct srv *) g_srv;
+/* what the signal thread may reach, under g_sig_mu: set once serving, cleared before teardown */
+static struct engine *g_engine;
+static struct srv *g_srv;
 
 static const char *sig_name(int signum)
 {
@@ -77,25 +77,25 @@ static void *signal_main(void *arg)
                 (void)k;
                 _exit(1);
             }
-            struct engine *e = atomic_load(&g_engine);
-            if (e)
-                eng_drain(e); /* at once: /health/ready says 503 from now on */
             pthread_mutex_lock(&g_sig_mu);
+            if (g_engine)
+                eng_drain(g_engine); /* at once: /health/ready says 503 from now on */
             g_signum = signum;
             pthread_cond_signal(&g_sig_cv);
             pthread_mutex_unlock(&g_sig_mu);
         } else if (signum == SIGUSR1) {
-            struct engine *e = atomic_load(&g_engine);
-            struct srv *s = atomic_load(&g_srv);
             struct eng_stats st = {0};
-            if (e)
-                eng_get_stats(e, &st);
+            pthread_mutex_lock(&g_sig_mu);
+            int loading = !g_engine, open = g_srv ? srv_inflight(g_srv) : 0;
+            if (g_engine)
+                eng_get_stats(g_engine, &st);
+            pthread_mutex_unlock(&g_sig_mu);
             srv_log("SIGUSR1: %s; %d running, %d waiting, KV cache %d of %d blocks, "
                     "%d HTTP requests open",
-                    !e            ? "loading"
+                    loading       ? "loading"
                     : st.draining ? "draining"
                                   : "serving",
-                    st.running, st.waiting, st.kv_used, st.kv_total, s ? srv_inflight(s) : 0);
+                    st.running, st.waiting, st.kv_used, st.kv_total, open);
         } else {
             srv_log("%s: ignored (cinfer has nothing to reload; SIGTERM drains)", sig_name(signum));
         }
@@ -203,7 +203,9 @@ int cli_serve(int argc, char **argv)
         srv_config_free(&cfg);
         return CLI_EXIT_BADINPUT;
     }
-    atomic_store(&g_srv, s);
+    pthread_mutex_lock(&g_sig_mu);
+    g_srv = s;
+    pthread_mutex_unlock(&g_sig_mu);
     int keyed = key != NULL;
     free(key);
     srv_log("listening on http://%s%s%s:%u%s, %u connections at most on %lld threads",
@@ -228,6 +230,9 @@ int cli_serve(int argc, char **argv)
     struct engine *e = NULL;
     if ((rc = eng_create(cfg.model, &ec, &e, err, sizeof(err)))) {
         fprintf(stderr, "cinfer serve: %s: %s\n", cfg.model, err);
+        pthread_mutex_lock(&g_sig_mu);
+        g_srv = NULL;
+        pthread_mutex_unlock(&g_sig_mu);
         srv_stop(s);
         free(id);
         srv_config_free(&cfg);
@@ -238,8 +243,8 @@ int cli_serve(int argc, char **argv)
     if (!info.chat_known)
         srv_log("warning: the model's chat template is not one cinfer knows; using chatml");
     srv_set_engine(s, e);
-    atomic_store(&g_engine, e);
     pthread_mutex_lock(&g_sig_mu);
+    g_engine = e;
     if (g_signum) /* it came while the model loaded */
         eng_drain(e);
     pthread_mutex_unlock(&g_sig_mu);
@@ -263,8 +268,10 @@ int cli_serve(int argc, char **argv)
         srv_log("shutdown timeout: ending the requests still open");
     srv_quiesce(s);
     eng_stop(e); /* what is left ends; its connections finish */
-    atomic_store(&g_srv, NULL);
-    atomic_store(&g_engine, NULL);
+    pthread_mutex_lock(&g_sig_mu);
+    g_srv = NULL;
+    g_engine = NULL;
+    pthread_mutex_unlock(&g_sig_mu);
     srv_stop(s);
     eng_destroy(e);
     free(id);
