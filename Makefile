@@ -25,11 +25,11 @@ ALL_CFLAGS   := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SAN) -I. $(PKG_CFLAGS
 ALL_CXXFLAGS := -std=c++17 $(WARN) $(CXXFLAGS) $(SAN) -I. $(PKG_CFLAGS) -MMD -MP
 LDLIBS   := $(PKG_LIBS) -lstdc++ -lm -lpthread
 
-MODULES  := util engine tokenizer kv-cache device device/cpu server
-LIB_C    := $(filter-out server/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
+MODULES  := util engine tokenizer kv-cache device device/cpu server cli
+LIB_C    := $(filter-out cli/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIB_CC   := $(foreach m,$(MODULES),$(wildcard $(m)/*.cc))
 LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CC:%.cc=$(BUILD)/%.o)
-MAIN_OBJ := $(BUILD)/server/main.o
+MAIN_OBJ := $(BUILD)/cli/main.o
 TEST_C   := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
 TEST_BIN := $(BUILD)/tests/check_all

@@ -29,11 +29,14 @@ int eng_tokenizer_load(const struct gguf_file *g, const char *spm_model, struct 
 
 /* ---- the serving engine (engine/loop.c, engine/sched.c, engine/request.c) ---- */
 
+/* Tokens per KV block unless eng_config.kv_block says otherwise. */
+#define ENG_DEFAULT_KV_BLOCK 16
+
 struct eng_config {
     const char *device;    /* backend: "cpu", "ppu" or "auto" (NULL: auto); see dev_create */
     int threads;           /* CPU worker threads; 0: the number of cores */
     int ctx;               /* tokens per sequence at most; 0: the model's trained context */
-    int kv_block;          /* tokens per KV block; 0: 16 */
+    int kv_block;          /* tokens per KV block; 0: ENG_DEFAULT_KV_BLOCK */
     int64_t kv_memory_mib; /* KV pool size; 0: 4 full contexts, capped by free RAM */
     uint32_t kv_type;      /* QT_F16 (default when 0) or QT_F32 */
     int max_seqs;          /* sequences in one forward pass; 0: 64 */
@@ -49,6 +52,12 @@ struct eng_config {
     int64_t max_queue_tokens; /* prompt tokens waiting at most; 0: 64 full contexts */
     int no_prefix_cache;      /* 1: do not reuse cached prompt blocks */
     double request_timeout;   /* seconds from submit to the end; 0: none */
+    /*
+     * Tests only: no engine thread.  The caller drives the engine on its own
+     * thread through engine/sched.h (eng_take_incoming, sched_step,
+     * sched_update or eng_step); eng_destroy ends what is left.
+     */
+    int manual;
 };
 
 struct engine;

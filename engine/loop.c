@@ -18,7 +18,6 @@
 #include "util/errmsg.h"
 #include "util/quant.h"
 
-#define DEFAULT_BLOCK 16
 #define DEFAULT_MAX_SEQS 64
 #define DEFAULT_BATCH_TOKENS 512
 #define DEFAULT_STEP_MS 100
@@ -35,16 +34,30 @@ static void close_handles(struct engine *e)
     uv_close((uv_handle_t *)&e->timer, NULL);
 }
 
+int eng_step(struct engine *e)
+{
+    struct sched_batch b;
+    int more = sched_step(e, &b);
+    if (b.mb.n == 0)
+        return more;
+    double t0 = util_now_s();
+    int rc = model_forward(e->m, &e->kv, &b.mb, e->logits);
+    double took = util_now_s() - t0;
+    for (int j = 0; !rc && j < b.n_rows; j++)
+        if (smp_sample(&b.rows[j]->smp, e->logits + (size_t)j * e->info.n_vocab, &e->b_res[j]))
+            e->b_res[j].token = -1;
+    return sched_update(e, &b, rc, took, e->b_res);
+}
+
 static void idle_cb(uv_idle_t *h)
 {
     struct engine *e = h->data;
-    if (!sched_step(e))
+    if (!eng_step(e))
         uv_idle_stop(h);
 }
 
-static void wake_cb(uv_async_t *h)
+int eng_take_incoming(struct engine *e)
 {
-    struct engine *e = h->data;
     pthread_mutex_lock(&e->mu);
     struct eng_req *in = e->in_head;
     int stopping = e->stopping;
@@ -59,7 +72,13 @@ static void wake_cb(uv_async_t *h)
             in = in->next;
         e->wait_tail = in;
     }
-    if (stopping) {
+    return stopping;
+}
+
+static void wake_cb(uv_async_t *h)
+{
+    struct engine *e = h->data;
+    if (eng_take_incoming(e)) {
         sched_abort_all(e, ENG_FINISH_ERROR, "the server is shutting down");
         uv_idle_stop(&e->idle);
         close_handles(e);
@@ -128,12 +147,15 @@ void eng_get_stats(struct engine *e, struct eng_stats *out)
 
 void eng_stop(struct engine *e)
 {
-    if (!e || !e->thread_started)
+    if (!e)
         return;
     pthread_mutex_lock(&e->mu);
-    e->stopping = 1;
-    uv_async_send(&e->wake);
+    e->stopping = 1; /* later submits fail, with or without a thread */
+    if (e->thread_started)
+        uv_async_send(&e->wake);
     pthread_mutex_unlock(&e->mu);
+    if (!e->thread_started)
+        return;
     pthread_join(e->thread, NULL);
     e->thread_started = 0;
     e->thread_joined = 1;
@@ -146,6 +168,8 @@ void eng_destroy(struct engine *e)
     eng_stop(e);
     if (e->loop_ready) {
         if (!e->thread_joined) { /* handles made but never run */
+            eng_take_incoming(e);
+            sched_abort_all(e, ENG_FINISH_ERROR, "the server is shutting down");
             close_handles(e);
             uv_run(&e->loop, UV_RUN_DEFAULT);
         }
@@ -154,9 +178,13 @@ void eng_destroy(struct engine *e)
     pthread_mutex_destroy(&e->mu);
     free(e->active);
     free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_seq);
     free(e->b_order);
-    free(e->b_tp);
     free(e->b_want);
+    free(e->b_tables);
+    free(e->b_nblocks);
+    free(e->b_res);
     free(e->b_rows);
     free(e->b_pre);
     free(e->logits);
@@ -207,7 +235,7 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     pthread_mutex_init(&e->mu, NULL);
     e->cfg = *cfg;
     if (!e->cfg.kv_block)
-        e->cfg.kv_block = DEFAULT_BLOCK;
+        e->cfg.kv_block = ENG_DEFAULT_KV_BLOCK;
     if (!e->cfg.kv_type)
         e->cfg.kv_type = QT_F16;
     if (!e->cfg.max_seqs)
@@ -278,14 +306,18 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         size_t bt = (size_t)e->cfg.max_batch_tokens, ms = (size_t)e->cfg.max_seqs;
         e->active = calloc(ms, sizeof(*e->active));
         e->b_tokens = calloc(bt, sizeof(*e->b_tokens));
+        e->b_pos = calloc(bt, sizeof(*e->b_pos));
+        e->b_seq = calloc(bt, sizeof(*e->b_seq));
         e->b_order = calloc(bt, 1);
-        e->b_tp = calloc(bt, sizeof(*e->b_tp));
         e->b_want = calloc(bt, 1);
+        e->b_tables = calloc(ms, sizeof(*e->b_tables));
+        e->b_nblocks = calloc(ms, sizeof(*e->b_nblocks));
+        e->b_res = calloc(ms, sizeof(*e->b_res));
         e->b_rows = calloc(ms, sizeof(*e->b_rows));
         e->b_pre = calloc(ms, sizeof(*e->b_pre));
         e->logits = calloc(ms * (size_t)e->info.n_vocab, sizeof(float));
-        if (!e->active || !e->b_tokens || !e->b_order || !e->b_tp || !e->b_want || !e->b_rows ||
-            !e->b_pre || !e->logits)
+        if (!e->active || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_order || !e->b_want ||
+            !e->b_tables || !e->b_nblocks || !e->b_res || !e->b_rows || !e->b_pre || !e->logits)
             rc = errmsg(err, errlen, -ENOMEM, "out of memory for the batch buffers");
     }
     if (!rc) {
@@ -298,7 +330,9 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
             uv_timer_start(&e->timer, timer_cb, TICK_MS, TICK_MS);
             e->loop_ready = 1;
         }
-        if (u || (u = pthread_create(&e->thread, NULL, engine_main, e)) != 0)
+        if (!u && e->cfg.manual)
+            ; /* the caller runs the steps */
+        else if (u || (u = pthread_create(&e->thread, NULL, engine_main, e)) != 0)
             rc = errmsg(err, errlen, -EAGAIN, "cannot start the engine thread");
         else
             e->thread_started = 1;

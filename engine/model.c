@@ -401,10 +401,12 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
     int qd = hp->n_head * hd, kvd = hp->n_head_kv * hd;
     if (n <= 0)
         return 0;
+    int bs = kv->layers[0].block_size;
     for (int t = 0; t < n; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= hp->n_vocab)
             return -EINVAL;
-        if (b->tp[t].pos < 0)
+        if (b->pos[t] < 0 || b->seq[t] < 0 || b->seq[t] >= b->n_seq ||
+            b->pos[t] / bs >= b->n_blocks[b->seq[t]])
             return -EINVAL;
     }
     int rc = grow_acts(m, n);
@@ -420,11 +422,11 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         return rc;
     /* a token is part of a chunk when its sequence has other tokens in the batch */
     for (int t = 0; t < n; t++) {
-        pos[t] = b->tp[t].pos;
-        tp[t] = b->tp[t];
+        pos[t] = b->pos[t];
+        tp[t] = (struct dev_tokpos){b->tables[b->seq[t]], b->pos[t], 0};
         tp[t].chunk = b->gemm_order ? b->gemm_order[t] != 0 : 0;
         for (int u = 0; !b->gemm_order && u < n && !tp[t].chunk; u++)
-            tp[t].chunk = u != t && b->tp[u].blocks == b->tp[t].blocks;
+            tp[t].chunk = u != t && b->seq[u] == b->seq[t];
     }
     const float kq_scale = 1.0f / sqrtf((float)hd);
 

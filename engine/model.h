@@ -69,12 +69,13 @@ struct model_kv {
     size_t bytes;
 };
 
-/* One forward pass: n tokens, each with its sequence's block table and position. */
+/* One forward pass: n tokens of n_seq sequences, each token with its position. */
 struct model_batch {
     int n;
-    const int32_t *tokens;       /* n */
-    const struct dev_tokpos *tp; /* n: block table and position of each token */
-    const uint8_t *want_logits;  /* n: 1 for the rows whose logits are returned */
+    const int32_t *tokens;      /* n */
+    const int32_t *pos;         /* n: position in its sequence; attends to 0..pos */
+    const int32_t *seq;         /* n: its sequence, 0 .. n_seq-1 */
+    const uint8_t *want_logits; /* n: 1 for the rows whose logits are returned */
     /*
      * n: the attention order of each token - 1: the GEMM order llama.cpp
      * uses for a multi-token chunk, 0: its vector order for a lone token.
@@ -83,6 +84,9 @@ struct model_batch {
      * or generated) gets the same K/V bits however it splits the work.
      */
     const uint8_t *gemm_order;
+    int n_seq;
+    const int32_t *const *tables; /* n_seq block tables (kv-cache block ids) */
+    const int32_t *n_blocks;      /* n_seq: each table's length */
 };
 
 /*

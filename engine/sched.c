@@ -1,13 +1,15 @@
 /*
- * engine/sched.c - the scheduler: one call of sched_step() is one forward
- * pass over every active request.
+ * engine/sched.c - the scheduler: sched_step() builds one forward pass over
+ * the active requests (it never calls the model); the engine loop runs the
+ * model and samples; sched_update() takes the sampled tokens back.
  *
  * Each step: drop cancelled requests; admit waiting ones in arrival order
  * while the sequence cap and the KV pool allow; put every decoding
- * sequence's next token in the batch, then prefill chunks of the others in
- * admission order until the token budget is spent (chunked prefill, so a long
- * prompt never stalls running streams); run the model; sample a token for
- * each sequence whose last row was computed and report it.
+ * sequence's next token in the batch, then prefill chunks of the others
+ * (shortest remaining first, aged by waiting time) while the token and time
+ * budgets last (chunked prefill, so a long prompt never stalls running
+ * streams).  After the pass, each sequence whose last row was computed gets
+ * its token appended and reported (engine/output.c).
  *
  * Admission takes a waiting request when the pool can hold the part of its
  * prompt not found in the prefix cache (kv_match_prefix).  Blocks are then
@@ -18,11 +20,6 @@
  * computed in a fixed attention order - prompt tokens in the multi-token
  * order, generated ones in the lone-token order - so recomputation gives
  * the same bits and the client sees the same text, with no gap.
- *
- * Text: a token's bytes go through the incremental detokenizer into the
- * request's pending text; whatever can no longer be the start of a stop
- * string is released in the token's event.  A stop string ends the request
- * and neither it nor anything after it is released.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -38,17 +35,6 @@ int32_t sched_blocks_for(const struct engine *e, int64_t n)
 {
     int64_t bs = e->info.kv_block;
     return (int32_t)((n + bs - 1) / bs);
-}
-
-static char *copy_bytes(const char *p, size_t n)
-{
-    char *s = malloc(n + 1);
-    if (s) {
-        if (n)
-            memcpy(s, p, n);
-        s[n] = '\0';
-    }
-    return s;
 }
 
 /* Counts r in or out of the waiting queue's limits (--max-queue, --max-queue-tokens). */
@@ -81,7 +67,7 @@ static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const
     queue_count(e, r, 0);
     atomic_fetch_sub(&e->n_live, 1);
     struct eng_event ev = {.kind = ENG_EV_END, .finish = f, .t = util_now_s()};
-    ev.text = copy_bytes(text ? text : "", text ? n : 0);
+    ev.text = out_copy(text ? text : "", text ? n : 0);
     ev.n_text = ev.text ? n : 0;
     ev.prompt_tokens = r->n_prompt;
     ev.cached_tokens = r->n_cached;
@@ -93,99 +79,6 @@ static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const
     stats_refresh(e, r); /* the gauges leave r out before its client can see its end */
     req_push(r, &ev);
     req_unref(r);
-}
-
-/*
- * How many bytes at the start of r->pending can be released: all of them
- * when final, else all but the longest tail that may begin a stop string.
- * *hit is set when a stop string occurs; the count is then the text before it.
- */
-static size_t stop_scan(const struct eng_req *r, int final, int *hit)
-{
-    const char *p = r->pending.p;
-    size_t n = r->pending.n, first = SIZE_MAX;
-    *hit = 0;
-    for (int i = 0; i < r->n_stop; i++) {
-        const char *at = n ? memmem(p, n, r->stop[i], strlen(r->stop[i])) : NULL;
-        if (at && (size_t)(at - p) < first)
-            first = (size_t)(at - p);
-    }
-    if (first != SIZE_MAX) {
-        *hit = 1;
-        return first;
-    }
-    if (final)
-        return n;
-    size_t hold = 0;
-    for (int i = 0; i < r->n_stop; i++) {
-        size_t len = strlen(r->stop[i]);
-        for (size_t k = (len - 1 < n ? len - 1 : n); k > hold; k--)
-            if (memcmp(p + n - k, r->stop[i], k) == 0) {
-                hold = k;
-                break;
-            }
-    }
-    return n - hold;
-}
-
-/* Reports a sampled token; returns 1 when r has finished (and is gone). */
-static int on_token(struct engine *e, struct eng_req *r, const struct smp_result *res, double now)
-{
-    int32_t t = res->token;
-    if (!r->t_first)
-        r->t_first = now;
-    if (!r->ignore_eos && tok_is_eog(e->tok, t)) {
-        /* the end-of-generation token itself is neither text nor counted */
-        struct tok_buf *pb = &r->pending;
-        tok_detok_flush(&r->detok, pb);
-        int hit;
-        size_t rel = stop_scan(r, 1, &hit);
-        finish(e, r, ENG_FINISH_STOP, pb->p, rel);
-        return 1;
-    }
-    smp_accept(&r->smp, t);
-    r->n_gen++;
-    r->tokens[r->n_tokens++] = t;
-    int rc = tok_detok_feed(&r->detok, t, &r->pending);
-    int last = r->n_gen >= r->max_tokens;
-    if (!rc && last)
-        rc = tok_detok_flush(&r->detok, &r->pending);
-    if (rc) {
-        finish(e, r, ENG_FINISH_ERROR, "out of memory while detokenizing", 32);
-        return 1;
-    }
-    int hit;
-    size_t rel = stop_scan(r, last, &hit);
-    struct eng_event ev = {.kind = ENG_EV_TOKEN, .t = now, .token = t, .logprob = res->logprob};
-    ev.text = copy_bytes(r->pending.p, rel);
-    ev.n_text = rel;
-    if (r->logprobs) {
-        ev.top = malloc(sizeof(*ev.top));
-        if (ev.top)
-            *ev.top = *res;
-        ev.n_top = res->n_top;
-    }
-    if (!ev.text || (r->logprobs && !ev.top)) {
-        eng_event_clear(&ev);
-        finish(e, r, ENG_FINISH_ERROR, "out of memory for the output", 28);
-        return 1;
-    }
-    if (hit) {
-        r->pending.n = 0;
-    } else if (rel) {
-        memmove(r->pending.p, r->pending.p + rel, r->pending.n - rel);
-        r->pending.n -= rel;
-    }
-    req_push(r, &ev);
-    if (hit) {
-        finish(e, r, ENG_FINISH_STOP, NULL, 0);
-        return 1;
-    }
-    if (last) {
-        finish(e, r, ENG_FINISH_LENGTH, NULL, 0);
-        return 1;
-    }
-    return 0;
 }
 
 static void compact_active(struct engine *e)
@@ -323,15 +216,20 @@ static void admit(struct engine *e, double now)
     }
 }
 
-/* Adds n tokens of r, from r->n_computed on, to the batch; -ENOSPC when the pool is short. */
-static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *rows)
+/* Adds n tokens of r, from r->n_computed on, to the batch as its sequence *n_seq; -ENOSPC
+ * when the pool is short. */
+static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *rows, int *n_seq)
 {
     if (kv_alloc_slots(e->pool, &r->seq, r->n_computed + n - r->seq.n_tokens))
         return -ENOSPC;
+    int s = (*n_seq)++;
+    e->b_tables[s] = r->seq.blocks;
+    e->b_nblocks[s] = r->seq.n_blocks;
     for (int i = 0; i < n; i++) {
         int pos = r->n_computed + i;
         e->b_tokens[*T] = r->tokens[pos];
-        e->b_tp[*T] = (struct dev_tokpos){r->seq.blocks, pos, 0};
+        e->b_pos[*T] = pos;
+        e->b_seq[*T] = s;
         e->b_order[*T] = pos < r->n_prompt && r->n_prompt > 1;
         e->b_want[*T] = pos == r->n_tokens - 1;
         if (e->b_want[*T])
@@ -420,12 +318,13 @@ static double prefill_key(const struct engine *e, const struct eng_req *r, doubl
     return (double)(r->n_tokens - r->n_computed) - per_s * (now - r->t_submit);
 }
 
-int sched_step(struct engine *e)
+int sched_step(struct engine *e, struct sched_batch *out)
 {
+    memset(out, 0, sizeof(*out));
     double now = util_now_s();
     end_where(e, is_cancelled, 0, ENG_FINISH_CANCELLED, NULL);
     admit(e, now);
-    int T = 0, rows = 0, budget = e->cfg.max_batch_tokens;
+    int T = 0, rows = 0, n_seq = 0, budget = e->cfg.max_batch_tokens;
     double units = 0, ubudget = unit_budget(e);
     for (int i = 0; i < e->n_active; i++)
         e->active[i]->step_n = 0;
@@ -435,7 +334,7 @@ int sched_step(struct engine *e)
         if (!r || r->n_tokens - r->n_computed != 1)
             continue;
         /* the newest is never before i, so it has nothing in the batch yet */
-        while (e->active[i] && add_tokens(e, r, 1, &T, &rows))
+        while (e->active[i] && add_tokens(e, r, 1, &T, &rows, &n_seq))
             preempt(e, newest_active(e));
         if (e->active[i])
             units += chunk_units(e, r->n_computed, 1, 1);
@@ -488,7 +387,7 @@ int sched_step(struct engine *e)
         if (n <= 0)
             break;
         first = 0;
-        if (add_tokens(e, r, n, &T, &rows) == 0) /* short: it waits for blocks to free up */
+        if (add_tokens(e, r, n, &T, &rows, &n_seq) == 0) /* short: it waits for blocks to free up */
             units += chunk_units(e, r->n_computed, n, n == left);
     }
     if (T == 0 && e->n_active > 0) {
@@ -498,51 +397,77 @@ int sched_step(struct engine *e)
         sched_update_stats(e);
         return 1;
     }
-    if (T > 0) {
-        struct model_batch b = {T, e->b_tokens, e->b_tp, e->b_want, e->b_order};
-        double t0 = util_now_s();
-        int rc = model_forward(e->m, &e->kv, &b, e->logits);
-        double took = util_now_s() - t0;
-        if (!rc)
-            cost_observe(e, units, took);
-        if (!rc && e->cfg.max_step_ms >= 0 && took <= e->cfg.max_step_ms / 1000.0 &&
-            units > e->ok_units)
-            e->ok_units = units;
-        if (rc) {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "the forward pass failed: %s", strerror(-rc));
-            compact_active(e);
-            for (int i = 0; i < e->n_active; i++)
-                finish(e, e->active[i], ENG_FINISH_ERROR, msg, strlen(msg));
-            e->n_active = 0;
-        } else {
-            for (int i = 0; i < e->n_active; i++) {
-                struct eng_req *r = e->active[i];
-                if (r && r->step_n) {
-                    r->n_computed += r->step_n;
-                    if (!e->cfg.no_prefix_cache)
-                        kv_commit_blocks(e->pool, &r->seq, r->tokens, r->n_computed);
-                }
-            }
-            now = util_now_s();
-            int V = e->info.n_vocab;
-            for (int j = 0; j < rows; j++) {
-                struct eng_req *r = e->b_rows[j];
-                struct smp_result res;
-                int gone;
-                if (smp_sample(&r->smp, e->logits + (size_t)j * V, &res)) {
-                    finish(e, r, ENG_FINISH_ERROR, "sampling failed", 15);
-                    gone = 1;
-                } else {
-                    gone = on_token(e, r, &res, now);
-                }
-                for (int i = 0; gone && i < e->n_active; i++)
-                    if (e->active[i] == r)
-                        e->active[i] = NULL;
+    if (T == 0) {
+        sched_update_stats(e);
+        return 0;
+    }
+    out->mb.n = T;
+    out->mb.tokens = e->b_tokens;
+    out->mb.pos = e->b_pos;
+    out->mb.seq = e->b_seq;
+    out->mb.want_logits = e->b_want;
+    out->mb.gemm_order = e->b_order;
+    out->mb.n_seq = n_seq;
+    out->mb.tables = (const int32_t *const *)e->b_tables;
+    out->mb.n_blocks = e->b_nblocks;
+    out->n_rows = rows;
+    out->rows = e->b_rows;
+    out->units = units;
+    return 1;
+}
+
+int sched_update(struct engine *e, const struct sched_batch *b, int rc, double took,
+                 const struct smp_result *res)
+{
+    if (!rc)
+        cost_observe(e, b->units, took);
+    if (!rc && e->cfg.max_step_ms >= 0 && took <= e->cfg.max_step_ms / 1000.0 &&
+        b->units > e->ok_units)
+        e->ok_units = b->units;
+    if (rc) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the forward pass failed: %s", strerror(-rc));
+        compact_active(e);
+        for (int i = 0; i < e->n_active; i++)
+            finish(e, e->active[i], ENG_FINISH_ERROR, msg, strlen(msg));
+        e->n_active = 0;
+    } else {
+        for (int i = 0; i < e->n_active; i++) {
+            struct eng_req *r = e->active[i];
+            if (r && r->step_n) {
+                r->n_computed += r->step_n;
+                if (!e->cfg.no_prefix_cache)
+                    kv_commit_blocks(e->pool, &r->seq, r->tokens, r->n_computed);
             }
         }
-        compact_active(e);
+        double now = util_now_s();
+        for (int j = 0; j < b->n_rows; j++) {
+            struct eng_req *r = b->rows[j];
+            int32_t t = res[j].token;
+            enum eng_finish f;
+            struct out_end end = {0};
+            if (t < 0) {
+                f = ENG_FINISH_ERROR;
+                end.text = "sampling failed";
+                end.n = strlen(end.text);
+            } else {
+                int eog = !r->ignore_eos && tok_is_eog(e->tok, t);
+                if (!eog) {
+                    smp_accept(&r->smp, t);
+                    r->n_gen++;
+                    r->tokens[r->n_tokens++] = t;
+                }
+                f = out_token(r, &res[j], eog, now, &end);
+            }
+            if (f == ENG_FINISH_NONE)
+                continue;
+            finish(e, r, f, end.text, end.n);
+            for (int i = 0; i < e->n_active; i++)
+                if (e->active[i] == r)
+                    e->active[i] = NULL;
+        }
     }
+    compact_active(e);
     sched_update_stats(e);
-    return e->n_active > 0 || (e->wait_head && T > 0);
+    return e->n_active > 0 || e->wait_head;
 }

@@ -86,11 +86,11 @@ struct engine {
     struct eng_req *wait_head, *wait_tail;
     struct eng_req **active; /* admitted, in admission order */
     int n_active;
-    int32_t *b_tokens;
-    uint8_t *b_order;
-    struct dev_tokpos *b_tp;
-    uint8_t *b_want;
+    int32_t *b_tokens, *b_pos, *b_seq; /* max_batch_tokens */
+    uint8_t *b_order, *b_want;
+    int32_t **b_tables, *b_nblocks; /* max_seqs: the step's block tables */
     struct eng_req **b_rows; /* the request of each logits row */
+    struct smp_result *b_res; /* the token sampled for each */
     struct eng_req **b_pre;  /* the prefilling sequences, in the order they are served */
     float *logits;
 
@@ -108,9 +108,31 @@ struct engine {
     atomic_ullong st_preemptions, st_prefix_queries, st_prefix_hits;
 };
 
-/* One scheduling step: admits, runs one forward pass, samples, reports.
- * Returns 1 when there is more work, 0 when idle. */
-int sched_step(struct engine *e);
+/* One forward pass as the scheduler built it. */
+struct sched_batch {
+    struct model_batch mb;
+    int n_rows;            /* logits rows, in batch order */
+    struct eng_req **rows; /* the request of each */
+    double units;          /* its estimated cost (see engine.cost_*) */
+};
+/*
+ * Admits, preempts and builds the next forward pass into *b; never calls the
+ * model.  Returns 1 when there is more work (b->mb.n may still be 0: a
+ * preemption step), 0 when idle.  *b stays valid until sched_update.
+ */
+int sched_step(struct engine *e, struct sched_batch *b);
+/*
+ * Takes a pass back: rc is model_forward's result, took its seconds, and
+ * res[b->n_rows] the sampled tokens (token < 0: sampling failed).  Appends
+ * the tokens, reports them (output.c), ends finished requests and frees
+ * their blocks.  Returns 1 when there is more work.
+ */
+int sched_update(struct engine *e, const struct sched_batch *b, int rc, double took,
+                 const struct smp_result *res);
+/* The loop's step: sched_step, model_forward, sampling, sched_update.  1: more work. */
+int eng_step(struct engine *e);
+/* Moves submitted requests into the waiting queue; 1 when stopping was asked. */
+int eng_take_incoming(struct engine *e);
 /* Ends every request (queued or active) with `finish`; for shutdown. */
 void sched_abort_all(struct engine *e, enum eng_finish finish, const char *msg);
 /* Ends requests past their deadline and refreshes the gauges (the timer). */
@@ -121,6 +143,22 @@ void sched_update_stats(struct engine *e);
 void sched_cost_init(struct engine *e);
 /* Blocks a request of n tokens needs. */
 int32_t sched_blocks_for(const struct engine *e, int64_t n);
+
+/* engine/output.c */
+/* How a request ended: the text to release with END (or the error message). */
+struct out_end {
+    const char *text;
+    size_t n;
+};
+/*
+ * Reports r's sampled token (already appended unless eog): detokenizes,
+ * scans the stop strings and queues its event.  Returns ENG_FINISH_NONE
+ * while r goes on, else how it ended, with the END event's text in *end.
+ */
+enum eng_finish out_token(struct eng_req *r, const struct smp_result *res, int eog, double now,
+                          struct out_end *end);
+/* A NUL-terminated malloc'd copy of n bytes; NULL when out of memory. */
+char *out_copy(const char *p, size_t n);
 
 /* engine/request.c */
 struct eng_req *req_create(void);

@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/cli.h"
 #include "server/srv.h"
 
 enum kind { K_STR, K_INT, K_BOOL };
@@ -266,13 +265,19 @@ void srv_config_free(struct srv_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
 }
 
+int srv_usage(const char *msg)
+{
+    fprintf(stderr, "cinfer serve: %s (try 'cinfer serve --help')\n", msg);
+    return SRV_EXIT_BADINPUT;
+}
+
 int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_config)
 {
     memset(cfg, 0, sizeof(*cfg));
     *print_config = 0;
     for (size_t i = 0; i < N_SETTINGS; i++)
         if (set_value(cfg, &k_settings[i], k_settings[i].def, k_settings[i].name))
-            return CLI_EXIT_BADINPUT;
+            return SRV_EXIT_BADINPUT;
     /* first pass over the flags: help, version and the config file */
     const char *file = getenv("CINFER_CONFIG");
     for (int i = 1; i < argc; i++) {
@@ -281,25 +286,25 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
             return 1;
         }
         if (!strcmp(argv[i], "--version")) {
-            cli_print_version();
+            printf("cinfer %s\n", CINFER_VERSION);
             return 1;
         }
         if (!strcmp(argv[i], "--config")) {
             if (i + 1 >= argc)
-                return cli_usage("serve", "--config needs a file");
+                return srv_usage("--config needs a file");
             file = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) {
             file = argv[i] + 9;
         }
     }
     if (file && *file && load_file(cfg, file))
-        return CLI_EXIT_BADINPUT;
+        return SRV_EXIT_BADINPUT;
     for (size_t i = 0; i < N_SETTINGS; i++) {
         char env[64];
         env_name(&k_settings[i], env, sizeof(env));
         const char *v = getenv(env);
         if (v && set_value(cfg, &k_settings[i], v, env))
-            return CLI_EXIT_BADINPUT;
+            return SRV_EXIT_BADINPUT;
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -343,13 +348,13 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
         if (!s) {
             char msg[160];
             snprintf(msg, sizeof(msg), "unknown option '%.100s'", a);
-            return cli_usage("serve", msg);
+            return srv_usage(msg);
         }
         if (!val) {
             if (i + 1 >= argc) {
                 char msg[160];
                 snprintf(msg, sizeof(msg), "%.100s needs a value", a);
-                return cli_usage("serve", msg);
+                return srv_usage(msg);
             }
             val = argv[++i];
         }
@@ -359,10 +364,9 @@ int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_co
         if (eq)
             *eq = '\0';
         if (set_value(cfg, s, val, where))
-            return CLI_EXIT_BADINPUT;
+            return SRV_EXIT_BADINPUT;
     }
     if (!*cfg->model && !*print_config)
-        return cli_usage("serve",
-                         "-m MODEL is required (or CINFER_MODEL, or \"model\" in --config)");
+        return srv_usage("-m MODEL is required (or CINFER_MODEL, or \"model\" in --config)");
     return 0;
 }

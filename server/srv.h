@@ -54,6 +54,10 @@ struct srv_config {
  * was given (print the merged settings as JSON and exit).
  */
 int srv_config_load(int argc, char **argv, struct srv_config *cfg, int *print_config);
+/* The exit status for bad input (usage, a bad setting, a model that does not load). */
+#define SRV_EXIT_BADINPUT 2
+/* Prints "cinfer serve: MSG (try 'cinfer serve --help')"; returns SRV_EXIT_BADINPUT. */
+int srv_usage(const char *msg);
 void srv_config_free(struct srv_config *cfg);
 /* The settings as a JSON object (for --print-config); NULL on no memory. */
 cJSON *srv_config_json(const struct srv_config *cfg);

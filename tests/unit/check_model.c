@@ -93,17 +93,47 @@ struct seq {
     int n;
 };
 
+/* the sequences of a batch being built, by block table, and each token's place */
+struct tabs {
+    int n;
+    const int32_t *t[8];
+    int32_t nb[8];
+    int32_t seq[256], pos[256];
+};
+
+/* token i of the batch is at position pos of s */
+static void tabs_put(struct tabs *tb, int i, const struct kv_seq *s, int32_t pos)
+{
+    int k = 0;
+    while (k < tb->n && tb->t[k] != s->blocks)
+        k++;
+    if (k == tb->n) {
+        tb->t[k] = s->blocks;
+        tb->nb[k] = s->n_blocks;
+        tb->n++;
+    }
+    tb->seq[i] = k;
+    tb->pos[i] = pos;
+}
+
+/* the batch of n tokens ids placed in tb */
+static struct model_batch tabs_batch(const struct tabs *tb, int n, const int32_t *ids,
+                                     const uint8_t *want)
+{
+    return (struct model_batch){n, ids, tb->pos, tb->seq, want, NULL, tb->n, tb->t, tb->nb};
+}
+
 /* the whole of s's tokens in one batch, as the reference ran; logits of the last */
 static void prefill(struct model *m, struct model_kv *kv, struct kv_pool *pool, struct seq *s,
                     float *logits)
 {
-    struct dev_tokpos tp[256];
+    struct tabs tb = {0};
     uint8_t want[256] = {0};
     ck_assert_int_eq(kv_alloc_slots(pool, &s->kv, s->n), 0);
     for (int i = 0; i < s->n; i++)
-        tp[i] = (struct dev_tokpos){s->kv.blocks, i, 0};
+        tabs_put(&tb, i, &s->kv, i);
     want[s->n - 1] = 1;
-    struct model_batch b = {s->n, s->tokens, tp, want, NULL};
+    struct model_batch b = tabs_batch(&tb, s->n, s->tokens, want);
     ck_assert_int_eq(model_forward(m, kv, &b, logits), 0);
 }
 
@@ -113,9 +143,10 @@ static void decode(struct model *m, struct model_kv *kv, struct kv_pool *pool, s
 {
     ck_assert_int_eq(kv_alloc_slots(pool, &s->kv, 1), 0);
     s->tokens[s->n] = token;
-    struct dev_tokpos tp1 = {s->kv.blocks, s->n, 0};
+    struct tabs tb = {0};
+    tabs_put(&tb, 0, &s->kv, s->n);
     uint8_t w1 = 1;
-    struct model_batch b1 = {1, &s->tokens[s->n], &tp1, &w1, NULL};
+    struct model_batch b1 = tabs_batch(&tb, 1, &s->tokens[s->n], &w1);
     s->n++;
     ck_assert_int_eq(model_forward(m, kv, &b1, logits), 0);
 }
@@ -265,13 +296,13 @@ static void run_batch(int n_others, int steps, int32_t *out_ids, float *out_logi
     }
     float *logits = malloc(sizeof(float) * V * 8);
     int32_t ids[256];
-    struct dev_tokpos tp[256];
     uint8_t want[256];
     int out = 0;
     /* each step: sequence 0 and the others contribute their next tokens; the
      * others prefill in chunks of 3 so that batches mix prefill and decode */
     for (int step = 0; out < steps; step++) {
         int n = 0, row_of[8], rows = 0;
+        struct tabs tb = {0};
         for (int i = 0; i < n_seq; i++) {
             int start = prefilled[i];
             int count = start < s[i].n ? s[i].n - start : 0;
@@ -284,7 +315,7 @@ static void run_batch(int n_others, int steps, int32_t *out_ids, float *out_logi
             ck_assert_int_eq(kv_alloc_slots(pool, &s[i].kv, count), 0);
             for (int j = 0; j < count; j++) {
                 ids[n] = s[i].tokens[start + j];
-                tp[n] = (struct dev_tokpos){s[i].kv.blocks, start + j, 0};
+                tabs_put(&tb, n, &s[i].kv, start + j);
                 want[n] = j == count - 1 && start + count == s[i].n;
                 n++;
             }
@@ -293,7 +324,7 @@ static void run_batch(int n_others, int steps, int32_t *out_ids, float *out_logi
         }
         for (int i = n_seq; i < 8; i++)
             row_of[i] = -1;
-        struct model_batch b = {n, ids, tp, want, NULL};
+        struct model_batch b = tabs_batch(&tb, n, ids, want);
         ck_assert_int_eq(model_forward(g_model, &kv, &b, logits), 0);
         for (int i = 0; i < n_seq; i++) {
             if (row_of[i] < 0 || s[i].n >= 200)
@@ -378,10 +409,11 @@ START_TEST(bad_batches_are_refused)
     kv_seq_init(&s);
     ck_assert_int_eq(kv_alloc_slots(pool, &s, 1), 0);
     int32_t bad = g_model->hp.n_vocab;
-    struct dev_tokpos tp = {s.blocks, 0, 0};
+    struct tabs tb = {0};
+    tabs_put(&tb, 0, &s, 0);
     uint8_t w = 1;
     float *lg = malloc(sizeof(float) * g_model->hp.n_vocab);
-    struct model_batch b = {1, &bad, &tp, &w, NULL};
+    struct model_batch b = tabs_batch(&tb, 1, &bad, &w);
     ck_assert_int_eq(model_forward(g_model, &kv, &b, lg), -EINVAL);
     bad = -1;
     ck_assert_int_eq(model_forward(g_model, &kv, &b, lg), -EINVAL);

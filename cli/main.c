@@ -1,9 +1,10 @@
 /*
- * server/main.c - the cinfer command line: one binary, several subcommands.
+ * cli/main.c - the cinfer command line: one binary, several subcommands.
  *
  *   cinfer tokenize -m MODEL [--stdin] [--bos] [--special] [--pieces] TEXT
- *   cinfer run | bench           (server/cli_run.c)
- *   cinfer serve                 (server/serve.c, http.c, openai.c)
+ *   cinfer run                   (cli/run.c: through the engine, like a client)
+ *   cinfer bench                 (cli/bench.c: the model alone, one shape at a time)
+ *   cinfer serve                 (cli/serve.c over server/)
  *
  * Exit status: 0 on success, 2 for bad input (usage, a model that does not
  * load, a text that does not encode), 1 for anything else.
@@ -16,7 +17,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
-#include "server/cli.h"
+#include "cli/cli.h"
 
 static const char *const k_main_help =
     "usage: cinfer <command> [options]\n"
@@ -50,6 +51,23 @@ static const char *const k_tokenize_help =
 void cli_print_version(void)
 {
     printf("cinfer %s\n", CINFER_VERSION);
+}
+
+const char *cli_default_device(void)
+{
+    const char *d = getenv("CINFER_DEVICE");
+    return d && *d ? d : "auto";
+}
+
+int cli_parse_num(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
 }
 
 int cli_usage(const char *cmd, const char *msg)

@@ -1,5 +1,5 @@
 /*
- * server/serve.c - `cinfer serve`: settings, listening at once (so /health
+ * cli/serve.c - `cinfer serve`: settings, listening at once (so /health
  * answers 503 while the model loads), loading the engine, then serving.
  * Signals are taken by one thread of their own (sigwait), so none waits for
  * a forward pass to end.  SIGTERM or SIGINT starts a drain at once: new
@@ -18,7 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "server/cli.h"
+#include "cli/cli.h"
 #include "server/srv.h"
 #include "util/clock.h"
 #include "util/quant.h"
