@@ -12,6 +12,7 @@
 #ifndef CINFER_DEVICE_DEV_H
 #define CINFER_DEVICE_DEV_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,18 +33,33 @@ struct dev_weight {
 
 /* KV cache storage of one layer as the attention op reads it. */
 struct dev_kv {
-    void *k, *v;   /* [n_blocks][block_size][n_kv_heads * head_dim] each */
-    uint32_t type; /* QT_F16 or QT_F32 */
+    void *k, *v;      /* [n_blocks][block_size][n_kv_heads * head_dim] each */
+    uint32_t type;    /* QT_F16 or QT_F32 */
+    int32_t n_blocks; /* block ids a table may hold: 0 .. n_blocks-1 */
     int block_size;
     int n_kv_heads;
     int head_dim;
 };
 
-/* Where each token of a batch sits: its sequence's block table and position. */
-struct dev_tokpos {
-    const int32_t *blocks; /* the sequence's block table */
-    int32_t pos;           /* position in the sequence; attends to 0..pos */
-    uint8_t chunk;         /* 1: one of several tokens of its sequence in this batch */
+/*
+ * A forward pass's tokens as the host describes them.  dev_set_batch copies
+ * it into memory the backend owns, in one call, before the pass's first op;
+ * the ops that need token ids, positions or block tables (embed, rope,
+ * kv_store, attention, gather_rows) read that copy until the next
+ * set_batch.  No host pointer in here is kept.
+ */
+struct dev_batch {
+    int n;                        /* tokens */
+    const int32_t *tokens;        /* n token ids; NULL: embed refuses */
+    const int32_t *pos;           /* n positions in their sequences; t attends to 0..pos[t] */
+    const int32_t *seq;           /* n: each token's sequence, 0..n_seq-1; NULL: kv ops refuse */
+    const uint8_t *chunk;         /* n: 1 = one of several tokens of its sequence (GEMM order
+                                   * for attention), 0 = a lone token; NULL: all 0 */
+    int n_seq;
+    const int32_t *const *tables; /* n_seq block tables (block ids) */
+    const int32_t *n_blocks;      /* n_seq: each table's length */
+    int n_out;                    /* rows gather_rows takes */
+    const int32_t *out_rows;      /* n_out token indices (< n), in output order */
 };
 
 struct dev_rope {
@@ -64,6 +80,16 @@ struct dev_ops {
     void (*free)(void *ctx, void *p);
     int (*upload)(void *ctx, void *dst, const void *src, size_t n);
     int (*download)(void *ctx, void *dst, const void *src, size_t n);
+    /*
+     * A model tensor's n bytes, in host memory that outlives its use (the
+     * GGUF's mmap), placed on the device: returns the device address, or
+     * NULL when out of memory.  The CPU backend adopts the host memory as it
+     * is (no copy, no RSS) unless fenced.  Free with weight_free.
+     */
+    const void *(*weight_load)(void *ctx, const void *host, size_t n);
+    void (*weight_free)(void *ctx, const void *p);
+    /* Takes the next pass's batch (see struct dev_batch); 0, -EINVAL or -ENOMEM. */
+    int (*set_batch)(void *ctx, const struct dev_batch *b);
     /* y[T x w->rows] = x[T x w->cols] . w^T */
     int (*matmul)(void *ctx, const struct dev_weight *w, const float *x, int T, float *y);
     /*
@@ -74,10 +100,11 @@ struct dev_ops {
     int (*matmul_n)(void *ctx, const struct dev_weight *const *w, int n, const float *x, int T,
                     float *const *y);
     /*
-     * Optional: lays w out the way this backend's matmul reads fastest, in
-     * new device memory (setting w->packed), or leaves it as it is; the
-     * results of matmul are then the backend's packed path's, the same for
-     * every T.  Returns 0 or -ENOMEM.
+     * Optional, at load: lays w out the way this backend's matmul reads
+     * fastest, from w->data in host memory (the GGUF's) into new device
+     * memory (setting w->packed), or leaves it as it is (then place it with
+     * weight_load); the results of matmul are then the backend's packed
+     * path's, the same for every T.  Returns 0 or -ENOMEM.
      */
     int (*pack_weight)(void *ctx, struct dev_weight *w);
     /*
@@ -86,28 +113,25 @@ struct dev_ops {
      * next op; results do not change.
      */
     void (*prefetch)(void *ctx, const struct dev_weight *w);
-    /* out[T x cols] = rows ids[t] of table, dequantized */
-    int (*embed)(void *ctx, const struct dev_weight *table, const int32_t *ids, int T, float *out);
+    /* out[n x cols] = rows tokens[t] of table, dequantized (the batch's n tokens) */
+    int (*embed)(void *ctx, const struct dev_weight *table, float *out);
     /* out[t] = x[t] / rms(x[t]) * w (w may be NULL) */
     int (*rmsnorm)(void *ctx, const float *x, const float *w, int T, int n, float eps, float *out);
-    /* x[t][h] rotated in place for position pos[t]; x is [T x n_heads*head_dim] */
-    int (*rope)(void *ctx, float *x, const int32_t *pos, int T, int n_heads, int head_dim,
-                const struct dev_rope *r);
-    /* stores k, v [T x n_kv*head_dim] of each token at its position */
-    int (*kv_store)(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
-                    const float *k, const float *v);
-    /* out[T x n_heads*head_dim]: causal softmax(q k^T * scale) v over each token's sequence */
-    int (*attention)(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
-                     const float *q, int n_heads, float scale, float *out);
+    /* x[t][h] rotated in place for the batch's pos[t]; x is [n x n_heads*head_dim] */
+    int (*rope)(void *ctx, float *x, int n_heads, int head_dim, const struct dev_rope *r);
+    /* stores k, v [n x n_kv*head_dim] of each batch token at its position */
+    int (*kv_store)(void *ctx, const struct dev_kv *kv, const float *k, const float *v);
+    /* out[n x n_heads*head_dim]: causal softmax(q k^T * scale) v over each token's sequence */
+    int (*attention)(void *ctx, const struct dev_kv *kv, const float *q, int n_heads, float scale,
+                     float *out);
     /* out[t] = silu(gate[t]) * up[t], for T rows of n */
     int (*silu_mul)(void *ctx, const float *gate, const float *up, int T, int n, float *out);
     /* x[t] += b (b has n elements; T rows) */
     int (*add_bias)(void *ctx, float *x, const float *b, int T, int n);
     /* x += y, elementwise over n */
     int (*add)(void *ctx, float *x, const float *y, size_t n);
-    /* out[i] = x[rows[i]] for n rows of `cols` floats (rows: host indices, as a step's other
-     * host-side arguments until the batch descriptor arrives) */
-    int (*gather_rows)(void *ctx, const float *x, int cols, const int32_t *rows, int n, float *out);
+    /* out[i] = x[out_rows[i]] for the batch's n_out rows of `cols` floats */
+    int (*gather_rows)(void *ctx, const float *x, int cols, float *out);
 };
 
 /* A backend instance. */
@@ -127,6 +151,15 @@ struct dev_config {
      * it, and a lone token's attention sums in llama.cpp's vector-dot order.
      */
     int exact_llamacpp;
+    /*
+     * Tests only: device memory is an arena the host cannot touch outside
+     * the backend's own ops (PROT_NONE between them), weights are copied
+     * into it, and an op given a pointer outside it fails with -EFAULT; so
+     * a host read or write of device memory faults.  fenced_mib: the arena
+     * (0: 1024).  Results are the same bits as unfenced.
+     */
+    int fenced;
+    int fenced_mib;
 };
 
 /*
@@ -181,6 +214,33 @@ static inline int dev_download(struct dev *d, void *dst, const void *src, size_t
     return d->ops->download(d->ctx, dst, src, n);
 }
 
+/* Places w (whose data is the GGUF's host bytes) on the device; 0 or -ENOMEM. */
+static inline int dev_weight_load(struct dev *d, struct dev_weight *w)
+{
+    const void *p = d->ops->weight_load(d->ctx, w->data, (size_t)w->rows * w->row_bytes);
+    if (!p)
+        return -ENOMEM;
+    w->data = p;
+    return 0;
+}
+
+/* Places n f32 values of host memory on the device; NULL when out of memory. */
+static inline const float *dev_vector_load(struct dev *d, const float *host, size_t n)
+{
+    return d->ops->weight_load(d->ctx, host, n * sizeof(float));
+}
+
+static inline void dev_weight_free(struct dev *d, const void *p)
+{
+    if (p)
+        d->ops->weight_free(d->ctx, p);
+}
+
+static inline int dev_set_batch(struct dev *d, const struct dev_batch *b)
+{
+    return d->ops->set_batch(d->ctx, b);
+}
+
 static inline int dev_matmul(struct dev *d, const struct dev_weight *w, const float *x, int T,
                              float *y)
 {
@@ -217,10 +277,9 @@ static inline void dev_prefetch(struct dev *d, const struct dev_weight *w)
         d->ops->prefetch(d->ctx, w);
 }
 
-static inline int dev_embed(struct dev *d, const struct dev_weight *table, const int32_t *ids,
-                            int T, float *out)
+static inline int dev_embed(struct dev *d, const struct dev_weight *table, float *out)
 {
-    return d->ops->embed(d->ctx, table, ids, T, out);
+    return d->ops->embed(d->ctx, table, out);
 }
 
 static inline int dev_rmsnorm(struct dev *d, const float *x, const float *w, int T, int n,
@@ -229,22 +288,22 @@ static inline int dev_rmsnorm(struct dev *d, const float *x, const float *w, int
     return d->ops->rmsnorm(d->ctx, x, w, T, n, eps, out);
 }
 
-static inline int dev_rope(struct dev *d, float *x, const int32_t *pos, int T, int n_heads,
-                           int head_dim, const struct dev_rope *r)
+static inline int dev_rope(struct dev *d, float *x, int n_heads, int head_dim,
+                           const struct dev_rope *r)
 {
-    return d->ops->rope(d->ctx, x, pos, T, n_heads, head_dim, r);
+    return d->ops->rope(d->ctx, x, n_heads, head_dim, r);
 }
 
-static inline int dev_kv_store(struct dev *d, const struct dev_kv *kv, const struct dev_tokpos *tp,
-                               int T, const float *k, const float *v)
+static inline int dev_kv_store(struct dev *d, const struct dev_kv *kv, const float *k,
+                               const float *v)
 {
-    return d->ops->kv_store(d->ctx, kv, tp, T, k, v);
+    return d->ops->kv_store(d->ctx, kv, k, v);
 }
 
-static inline int dev_attention(struct dev *d, const struct dev_kv *kv, const struct dev_tokpos *tp,
-                                int T, const float *q, int n_heads, float scale, float *out)
+static inline int dev_attention(struct dev *d, const struct dev_kv *kv, const float *q,
+                                int n_heads, float scale, float *out)
 {
-    return d->ops->attention(d->ctx, kv, tp, T, q, n_heads, scale, out);
+    return d->ops->attention(d->ctx, kv, q, n_heads, scale, out);
 }
 
 static inline int dev_silu_mul(struct dev *d, const float *gate, const float *up, int T, int n,
@@ -263,10 +322,9 @@ static inline int dev_add(struct dev *d, float *x, const float *y, size_t n)
     return d->ops->add(d->ctx, x, y, n);
 }
 
-static inline int dev_gather_rows(struct dev *d, const float *x, int cols, const int32_t *rows,
-                                  int n, float *out)
+static inline int dev_gather_rows(struct dev *d, const float *x, int cols, float *out)
 {
-    return d->ops->gather_rows(d->ctx, x, cols, rows, n, out);
+    return d->ops->gather_rows(d->ctx, x, cols, out);
 }
 
 #endif

@@ -15,6 +15,7 @@
 
 struct loader {
     const struct gguf_file *g;
+    struct model *m;
     const char *arch;
     char *err;
     size_t errlen;
@@ -81,7 +82,22 @@ static int get_weight(struct loader *L, const char *name, int64_t cols, int64_t 
     return 0;
 }
 
-/* A vector of n elements copied to f32; NULL in *out when absent and optional. */
+/* Notes p (from dev_weight_load / dev_vector_load) for model_free; 0 or -ENOMEM. */
+static int track(struct model *m, const void *p)
+{
+    if (m->n_placed == m->cap_placed) {
+        int cap = m->cap_placed ? 2 * m->cap_placed : 64;
+        const void **q = realloc(m->placed, sizeof(*q) * (size_t)cap);
+        if (!q)
+            return -ENOMEM;
+        m->placed = q;
+        m->cap_placed = cap;
+    }
+    m->placed[m->n_placed++] = p;
+    return 0;
+}
+
+/* A vector of n elements on the device, as f32; NULL in *out when absent and optional. */
 static int get_vector(struct loader *L, const char *name, int64_t n, int optional,
                       const float **out)
 {
@@ -97,12 +113,22 @@ static int get_vector(struct loader *L, const char *name, int64_t n, int optiona
         n % qi->blck_size)
         return errmsg(L->err, L->errlen, -EINVAL, "tensor %s is not a vector of %lld numbers", name,
                       (long long)n);
-    if (L->used + (size_t)n > L->cap)
-        return errmsg(L->err, L->errlen, -EINVAL, "internal: vector space exhausted at %s", name);
-    float *dst = L->owned + L->used;
-    qt_dequant(t->type, t->data, dst, (uint64_t)n);
-    L->used += (size_t)n;
-    *out = dst;
+    const float *host = t->data; /* f32 in the file: placed from the mmap */
+    if (t->type != QT_F32) {
+        if (L->used + (size_t)n > L->cap)
+            return errmsg(L->err, L->errlen, -EINVAL, "internal: vector space exhausted at %s",
+                          name);
+        float *dst = L->owned + L->used;
+        qt_dequant(t->type, t->data, dst, (uint64_t)n);
+        L->used += (size_t)n;
+        host = dst;
+    }
+    const float *dv = dev_vector_load(L->m->dev, host, (size_t)n);
+    if (!dv || track(L->m, dv)) {
+        dev_weight_free(L->m->dev, dv);
+        return errmsg(L->err, L->errlen, -ENOMEM, "out of memory placing %s", name);
+    }
+    *out = dv;
     return 0;
 }
 
@@ -160,13 +186,19 @@ static int layer_weights(struct model_layer *ly, struct dev_weight **ws)
     return (int)(sizeof(all) / sizeof(all[0]));
 }
 
-/* w in the device's layout; the file's copy, if replaced, leaves memory */
-static int pack(const struct gguf_file *g, struct dev *dev, struct dev_weight *w)
+/*
+ * Puts w (its data the GGUF's bytes) on the device: in the backend's packed
+ * layout when it has one for w (the file's pages then leave memory), else
+ * as it is.
+ */
+static int place(const struct gguf_file *g, struct model *m, struct dev_weight *w)
 {
     const void *src = w->data;
-    int rc = dev_pack_weight(dev, w);
+    int rc = dev_pack_weight(m->dev, w);
     if (!rc && w->packed)
         gguf_release(g, src, (size_t)w->rows * w->row_bytes);
+    if (!rc && !w->packed && !(rc = dev_weight_load(m->dev, w)) && (rc = track(m, w->data)))
+        dev_weight_free(m->dev, w->data);
     return rc;
 }
 
@@ -195,7 +227,7 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
         return errmsg(err, errlen, -EINVAL,
                       "architecture '%s' is not supported (supported: llama, qwen2, qwen3)", arch);
     }
-    struct loader L = {.g = g, .arch = arch, .err = err, .errlen = errlen};
+    struct loader L = {.g = g, .m = m, .arch = arch, .err = err, .errlen = errlen};
     int rc = load_hparams(&L, hp);
     const struct gguf_tensor *emb = rc ? NULL : gguf_find_tensor(g, "token_embd.weight");
     if (!rc && !emb)
@@ -240,24 +272,35 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
     }
     if (!rc)
         rc = get_vector(&L, "output_norm.weight", hp->n_embd, 0, &m->output_norm);
+    int tied = !gguf_find_tensor(g, "output.weight");
     if (!rc) {
-        if (gguf_find_tensor(g, "output.weight"))
+        if (!tied)
             rc = get_weight(&L, "output.weight", hp->n_embd, hp->n_vocab, &m->output);
         else
-            m->output = m->tok_embd; /* tied embeddings */
+            m->output = m->tok_embd; /* tied embeddings: packed apart, if the device packs */
     }
     if (!rc) {
         const float *ff;
         rc = get_vector(&L, "rope_freqs.weight", hp->rope.n_rot / 2, 1, &ff);
         hp->rope.freq_factors = ff;
     }
-    /* the matmul weights in the device's own layout (tok_embd is read by row) */
+    /* every weight on the device, the matmuls' in its own layout (tok_embd is read by row) */
     for (int l = 0; l < hp->n_layer && !rc; l++) {
         struct dev_weight *ws[7];
         for (int i = 0, n = layer_weights(&m->layers[l], ws); i < n && !rc; i++)
-            rc = pack(g, dev, ws[i]);
+            rc = place(g, m, ws[i]);
     }
-    rc = rc ? rc : pack(g, dev, &m->output);
+    if (!rc && tied) {
+        rc = dev_pack_weight(dev, &m->output); /* from the file's bytes, as tok_embd has them */
+        m->output_shared = !rc && !m->output.packed;
+    } else if (!rc) {
+        rc = place(g, m, &m->output);
+    }
+    if (!rc && (rc = dev_weight_load(dev, &m->tok_embd)) == 0 &&
+        (rc = track(m, m->tok_embd.data)) != 0)
+        dev_weight_free(dev, m->tok_embd.data);
+    if (!rc && m->output_shared)
+        m->output.data = m->tok_embd.data;
     if (rc == -ENOMEM)
         rc = errmsg(err, errlen, rc, "out of memory preparing the weights");
     if (rc) {
@@ -276,11 +319,10 @@ static void free_acts(struct model *m)
         dev_free(m->dev, *bufs[i]);
         *bufs[i] = NULL;
     }
-    free(m->h_pos);
     free(m->h_rows);
-    free(m->h_tp);
-    m->h_pos = m->h_rows = NULL;
-    m->h_tp = NULL;
+    free(m->h_chunk);
+    m->h_rows = NULL;
+    m->h_chunk = NULL;
     m->cap_tokens = 0;
 }
 
@@ -309,6 +351,9 @@ void model_free(struct model *m)
     }
     if (m->output.packed)
         dev_free(m->dev, (void *)m->output.data);
+    for (int i = 0; i < m->n_placed; i++)
+        dev_weight_free(m->dev, m->placed[i]);
+    free(m->placed);
     free(m->layers);
     free(m->owned);
     free(m);
@@ -333,11 +378,10 @@ static int grow_acts(struct model *m, int n)
     m->hb = dev_alloc(m->dev, nn * (size_t)hp->n_ff * sizeof(float));
     m->hb2 = dev_alloc(m->dev, nn * (size_t)hp->n_ff * sizeof(float));
     m->out_rows = dev_alloc(m->dev, nn * e * sizeof(float));
-    m->h_pos = malloc(nn * sizeof(*m->h_pos));
     m->h_rows = malloc(nn * sizeof(*m->h_rows));
-    m->h_tp = malloc(nn * sizeof(*m->h_tp));
+    m->h_chunk = malloc(nn);
     if (!m->x || !m->xb || !m->xb2 || !m->q || !m->k || !m->v || !m->att || !m->hb || !m->hb2 ||
-        !m->out_rows || !m->h_pos || !m->h_rows || !m->h_tp) {
+        !m->out_rows || !m->h_rows || !m->h_chunk) {
         free_acts(m);
         return -ENOMEM;
     }
@@ -368,6 +412,7 @@ int model_kv_init(const struct model *m, struct model_kv *kv, int32_t n_blocks, 
     for (int l = 0; l < m->hp.n_layer; l++) {
         struct dev_kv *d = &kv->layers[l];
         *d = (struct dev_kv){.type = type,
+                             .n_blocks = n_blocks,
                              .block_size = block_size,
                              .n_kv_heads = m->hp.n_head_kv,
                              .head_dim = m->hp.head_dim};
@@ -412,8 +457,8 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
     int rc = grow_acts(m, n);
     if (rc)
         return rc;
-    int32_t *pos = m->h_pos, *rows = m->h_rows;
-    struct dev_tokpos *tp = m->h_tp;
+    int32_t *rows = m->h_rows;
+    uint8_t *chunk = m->h_chunk;
     int n_out = 0;
     for (int t = 0; t < n; t++)
         if (b->want_logits[t])
@@ -422,16 +467,26 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         return rc;
     /* a token is part of a chunk when its sequence has other tokens in the batch */
     for (int t = 0; t < n; t++) {
-        pos[t] = b->pos[t];
-        tp[t] = (struct dev_tokpos){b->tables[b->seq[t]], b->pos[t], 0};
-        tp[t].chunk = b->gemm_order ? b->gemm_order[t] != 0 : 0;
-        for (int u = 0; !b->gemm_order && u < n && !tp[t].chunk; u++)
-            tp[t].chunk = u != t && b->seq[u] == b->seq[t];
+        chunk[t] = b->gemm_order ? b->gemm_order[t] != 0 : 0;
+        for (int u = 0; !b->gemm_order && u < n && !chunk[t]; u++)
+            chunk[t] = u != t && b->seq[u] == b->seq[t];
     }
     const float kq_scale = 1.0f / sqrtf((float)hd);
+    struct dev_batch db = {.n = n,
+                           .tokens = b->tokens,
+                           .pos = b->pos,
+                           .seq = b->seq,
+                           .chunk = chunk,
+                           .n_seq = b->n_seq,
+                           .tables = b->tables,
+                           .n_blocks = b->n_blocks,
+                           .n_out = n_out,
+                           .out_rows = rows};
+    if ((rc = dev_set_batch(d, &db)))
+        return rc;
 
     // token embeddings
-    rc = dev_embed(d, &m->tok_embd, b->tokens, n, m->x);
+    rc = dev_embed(d, &m->tok_embd, m->x);
     for (int l = 0; l < hp->n_layer && !rc; l++) {
         const struct model_layer *ly = &m->layers[l];
         // attention rmsnorm
@@ -452,12 +507,12 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
                     : dev_rmsnorm(d, m->k, ly->k_norm, n * hp->n_head_kv, hd, hp->rms_eps, m->k);
         }
         // rotary position embeddings
-        rc = rc ? rc : dev_rope(d, m->q, pos, n, hp->n_head, hd, &hp->rope);
-        rc = rc ? rc : dev_rope(d, m->k, pos, n, hp->n_head_kv, hd, &hp->rope);
+        rc = rc ? rc : dev_rope(d, m->q, hp->n_head, hd, &hp->rope);
+        rc = rc ? rc : dev_rope(d, m->k, hp->n_head_kv, hd, &hp->rope);
         // store k, v in the cache, then attend over each token's sequence
-        rc = rc ? rc : dev_kv_store(d, &kv->layers[l], tp, n, m->k, m->v);
+        rc = rc ? rc : dev_kv_store(d, &kv->layers[l], m->k, m->v);
         dev_prefetch(d, &ly->wo); /* read next; idle threads may fetch it meanwhile */
-        rc = rc ? rc : dev_attention(d, &kv->layers[l], tp, n, m->q, hp->n_head, kq_scale, m->att);
+        rc = rc ? rc : dev_attention(d, &kv->layers[l], m->q, hp->n_head, kq_scale, m->att);
         // output projection and residual
         rc = rc ? rc : dev_matmul(d, &ly->wo, m->att, n, m->xb2);
         rc = rc ? rc : dev_add(d, m->x, m->xb2, (size_t)n * e);
@@ -473,7 +528,7 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
     }
     // final rmsnorm and logits, only for the rows that want them; one download
     if (!rc && n_out) {
-        rc = dev_gather_rows(d, m->x, e, rows, n_out, m->out_rows);
+        rc = dev_gather_rows(d, m->x, e, m->out_rows);
         rc = rc ? rc
                 : dev_rmsnorm(d, m->out_rows, m->output_norm, n_out, e, hp->rms_eps, m->out_rows);
         rc = rc ? rc : dev_matmul(d, &m->output, m->out_rows, n_out, m->logits_dev);

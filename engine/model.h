@@ -33,6 +33,7 @@ struct model_hparams {
     struct dev_rope rope;
 };
 
+/* Every tensor is on the device (dev_weight_load, dev_vector_load, or packed). */
 struct model_layer {
     const float *attn_norm;           /* (n_embd) */
     struct dev_weight wq, wk, wv, wo; /* (n_head*head_dim, n_embd) ... (n_embd, n_head*head_dim) */
@@ -50,14 +51,17 @@ struct model {
     struct dev_weight output;   /* (n_vocab, n_embd), tok_embd when tied */
     const float *output_norm;   /* (n_embd) */
     struct model_layer *layers;
-    float *owned; /* f32 copies of the norm vectors and biases */
-    float *rope_freqs;
-    /* activations, grown to the largest batch seen */
+    int output_shared; /* output.data is tok_embd.data (tied, not packed) */
+    float *owned;      /* host f32 copies of vectors the GGUF stores in another type */
+    /* what dev_weight_load / dev_vector_load placed, for dev_weight_free */
+    const void **placed;
+    int n_placed, cap_placed;
+    /* activations on the device, grown to the largest batch seen */
     int cap_tokens, cap_logits;
-    float *logits_dev; /* (cap_logits, n_vocab) on the device: the logits rows of a step */
-    /* host-side step arguments, grown with cap_tokens: no allocation per step */
-    int32_t *h_pos, *h_rows;
-    struct dev_tokpos *h_tp;
+    float *logits_dev; /* (cap_logits, n_vocab): the logits rows of a step */
+    /* the batch descriptor's host arrays, grown with cap_tokens: no allocation per step */
+    int32_t *h_rows;
+    uint8_t *h_chunk;
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *out_rows;
 };
 

@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "device/cpu/cpu.h"
@@ -177,10 +178,49 @@ struct scratch {
     size_t n;
 };
 
+/* A token of the current batch as the kv ops read it. */
+struct cpu_tok {
+    const int32_t *blocks; /* its sequence's block table, in the batch copy */
+    int32_t pos;
+    int32_t seq;
+    uint8_t chunk;
+};
+
+/* The current batch (set_batch), copied into the backend's own memory. */
+struct cpu_batch {
+    int n, n_seq, n_out;
+    int has_tokens, has_seq;
+    int32_t *tokens, *pos, *rows;
+    struct cpu_tok *tp;
+    int32_t *tab;               /* the block tables, back to back */
+    int32_t *tab_len, *tab_max; /* n_seq: each table's length and largest block id */
+    size_t *tab_off;            /* n_seq: where each starts in tab */
+    size_t cap[8];              /* of each array above, in the order grown */
+};
+
+/*
+ * Fenced mode's device memory: one reserved mapping, handed out in blocks
+ * (a table of them, reused first-fit) and PROT_NONE except while an op runs.
+ */
+struct fence_blk {
+    size_t off, n;
+    int used;
+};
+struct fence {
+    char *base;
+    size_t cap, top; /* reserved bytes; the high-water mark of what was handed out */
+    int open;        /* inside an op: [base, top) is readable and writable */
+    struct fence_blk *blk;
+    int n_blk, cap_blk;
+};
+
 struct cpu {
     struct pool pool;
     const struct cpu_kernels *k;
     int exact; /* dev_config.exact_llamacpp */
+    int fenced;
+    struct fence fence;
+    struct cpu_batch b;
     /* dev_prefetch's weight, fetched by threads the next attention leaves idle */
     const void *pf_data;
     size_t pf_bytes;
@@ -209,18 +249,228 @@ static int worker_scratch(struct cpu *c, size_t n)
     return 0;
 }
 
+static void batch_free(struct cpu_batch *b)
+{
+    free(b->tokens);
+    free(b->pos);
+    free(b->rows);
+    free(b->tp);
+    free(b->tab);
+    free(b->tab_len);
+    free(b->tab_max);
+    free(b->tab_off);
+}
+
 static void cpu_destroy(void *ctx)
 {
     struct cpu *c = ctx;
     if (!c)
         return;
     pool_destroy(&c->pool);
+    batch_free(&c->b);
+    if (c->fence.base)
+        munmap(c->fence.base, c->fence.cap);
+    free(c->fence.blk);
     free(c->act.p);
     if (c->per_worker)
         for (int i = 0; i < c->pool.n; i++)
             free(c->per_worker[i].p);
     free(c->per_worker);
     free(c);
+}
+
+/* ---- device memory ------------------------------------------------------------ */
+
+static size_t page_up(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + pg - 1) / pg * pg;
+}
+
+/* Fenced mode: opens (1) or closes (0) the arena to the host. */
+static void fence_set(struct cpu *c, int open)
+{
+    c->fence.open = open;
+    if (c->fenced && c->fence.top)
+        mprotect(c->fence.base, page_up(c->fence.top), open ? PROT_READ | PROT_WRITE : PROT_NONE);
+}
+
+static void *fence_alloc(struct fence *f, size_t n)
+{
+    n = (n + 63) / 64 * 64;
+    if (!n)
+        n = 64;
+    for (int i = 0; i < f->n_blk; i++)
+        if (!f->blk[i].used && f->blk[i].n >= n) {
+            f->blk[i].used = 1;
+            return f->base + f->blk[i].off;
+        }
+    if (n > f->cap - f->top)
+        return NULL;
+    if (f->n_blk == f->cap_blk) {
+        int cap = f->cap_blk ? 2 * f->cap_blk : 256;
+        struct fence_blk *b = realloc(f->blk, sizeof(*b) * (size_t)cap);
+        if (!b)
+            return NULL;
+        f->blk = b;
+        f->cap_blk = cap;
+    }
+    f->blk[f->n_blk++] = (struct fence_blk){f->top, n, 1};
+    f->top += n;
+    if (f->open) /* allocated by an op (pack_weight): usable at once */
+        mprotect(f->base, page_up(f->top), PROT_READ | PROT_WRITE);
+    return f->base + f->top - n;
+}
+
+static void fence_free(struct fence *f, const void *p)
+{
+    for (int i = 0; i < f->n_blk; i++)
+        if (f->base + f->blk[i].off == (const char *)p)
+            f->blk[i].used = 0;
+}
+
+/* 1 when p is device memory (always, unfenced: the host's memory is the device's). */
+static int is_dev(const struct cpu *c, const void *p)
+{
+    if (!c->fenced)
+        return 1;
+    return (const char *)p >= c->fence.base && (const char *)p < c->fence.base + c->fence.top;
+}
+
+static void *cpu_alloc(void *ctx, size_t n)
+{
+    struct cpu *c = ctx;
+    return c->fenced ? fence_alloc(&c->fence, n) : malloc(n ? n : 1);
+}
+
+static void cpu_free(void *ctx, void *p)
+{
+    struct cpu *c = ctx;
+    if (c->fenced)
+        fence_free(&c->fence, p);
+    else
+        free(p);
+}
+
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t n)
+{
+    (void)ctx;
+    memcpy(dst, src, n);
+    return 0;
+}
+
+/* Unfenced, a weight stays where the GGUF's mmap has it; fenced, it is copied in. */
+static const void *cpu_weight_load(void *ctx, const void *host, size_t n)
+{
+    struct cpu *c = ctx;
+    if (!c->fenced)
+        return host;
+    void *p = fence_alloc(&c->fence, n);
+    if (p) {
+        fence_set(c, 1);
+        memcpy(p, host, n);
+        fence_set(c, 0);
+    }
+    return p;
+}
+
+static void cpu_weight_free(void *ctx, const void *p)
+{
+    struct cpu *c = ctx;
+    if (c->fenced)
+        fence_free(&c->fence, p);
+}
+
+/* ---- the batch ------------------------------------------------------------------ */
+
+static int grow(void **p, size_t *cap, size_t n, size_t el)
+{
+    if (n <= *cap)
+        return 0;
+    void *q = realloc(*p, n * el);
+    if (!q)
+        return -ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static int cpu_set_batch(void *ctx, const struct dev_batch *in)
+{
+    struct cpu *c = ctx;
+    struct cpu_batch *b = &c->b;
+    int n = in->n, ns = in->n_seq;
+    if (n < 0 || ns < 0 || in->n_out < 0 || in->n_out > n || (n && !in->pos) ||
+        (ns && (!in->tables || !in->n_blocks)) || (in->n_out && !in->out_rows))
+        return -EINVAL;
+    size_t tab = 0;
+    for (int s = 0; s < ns; s++) {
+        if (in->n_blocks[s] < 0 || (in->n_blocks[s] && !in->tables[s]))
+            return -EINVAL;
+        tab += (size_t)in->n_blocks[s];
+    }
+    size_t nn = (size_t)n, nsq = (size_t)ns, no = (size_t)in->n_out;
+    int rc = grow((void **)&b->tokens, &b->cap[0], nn, sizeof(int32_t));
+    rc = rc ? rc : grow((void **)&b->pos, &b->cap[1], nn, sizeof(int32_t));
+    rc = rc ? rc : grow((void **)&b->tp, &b->cap[2], nn, sizeof(struct cpu_tok));
+    rc = rc ? rc : grow((void **)&b->rows, &b->cap[3], no, sizeof(int32_t));
+    rc = rc ? rc : grow((void **)&b->tab, &b->cap[4], tab, sizeof(int32_t));
+    rc = rc ? rc : grow((void **)&b->tab_len, &b->cap[5], nsq, sizeof(int32_t));
+    rc = rc ? rc : grow((void **)&b->tab_max, &b->cap[6], nsq, sizeof(int32_t));
+    rc = rc ? rc : grow((void **)&b->tab_off, &b->cap[7], nsq, sizeof(size_t));
+    if (rc)
+        return rc;
+    b->n = b->n_seq = b->n_out = 0; /* until it is all checked */
+    size_t off = 0;
+    for (int s = 0; s < ns; s++) {
+        int32_t mx = -1;
+        for (int32_t i = 0; i < in->n_blocks[s]; i++) {
+            int32_t id = in->tables[s][i];
+            if (id < 0)
+                return -EINVAL;
+            mx = id > mx ? id : mx;
+            b->tab[off + (size_t)i] = id;
+        }
+        b->tab_len[s] = in->n_blocks[s];
+        b->tab_max[s] = mx;
+        b->tab_off[s] = off;
+        off += (size_t)in->n_blocks[s];
+    }
+    for (int t = 0; t < n; t++) {
+        int32_t sq = in->seq ? in->seq[t] : -1;
+        if (in->pos[t] < 0 || (in->seq && (sq < 0 || sq >= ns)))
+            return -EINVAL;
+        b->pos[t] = in->pos[t];
+        b->tokens[t] = in->tokens ? in->tokens[t] : -1;
+        b->tp[t] = (struct cpu_tok){sq >= 0 ? b->tab + b->tab_off[sq] : NULL, in->pos[t], sq,
+                                    (uint8_t)(in->chunk ? in->chunk[t] != 0 : 0)};
+    }
+    for (int i = 0; i < in->n_out; i++) {
+        if (in->out_rows[i] < 0 || in->out_rows[i] >= n)
+            return -EINVAL;
+        b->rows[i] = in->out_rows[i];
+    }
+    b->n = n;
+    b->n_seq = ns;
+    b->n_out = in->n_out;
+    b->has_tokens = in->tokens != NULL;
+    b->has_seq = in->seq != NULL;
+    return 0;
+}
+
+/* 0 when every batch token's slot lies in its table and the tables in kv's blocks */
+static int batch_fits(const struct cpu *c, const struct dev_kv *kv)
+{
+    const struct cpu_batch *b = &c->b;
+    if (!b->has_seq || kv->block_size < 1)
+        return -EINVAL;
+    for (int s = 0; s < b->n_seq; s++)
+        if (b->tab_max[s] >= kv->n_blocks)
+            return -EINVAL;
+    for (int t = 0; t < b->n; t++)
+        if (b->tp[t].pos / kv->block_size >= b->tab_len[b->tp[t].seq])
+            return -EINVAL;
+    return 0;
 }
 
 /* ---- matmul ----------------------------------------------------------------- */
@@ -434,9 +684,11 @@ static int cpu_pack_weight(void *ctx, struct dev_weight *w)
     size_t src_blk = qt_info(w->type)->type_size, quant_bytes = src_blk - 2 * n_scales;
     size_t dst_blk = w->type == QT_Q4_1 ? sizeof(struct blk_q4_1x8) : sizeof(struct blk_q8_0x8);
     int64_t nb = w->cols / QK, n_groups = (w->rows + 7) / 8;
-    uint8_t *dst = calloc((size_t)(n_groups * nb), dst_blk);
+    size_t bytes = (size_t)(n_groups * nb) * dst_blk;
+    uint8_t *dst = cpu_alloc(c, bytes);
     if (!dst)
         return -ENOMEM;
+    memset(dst, 0, bytes);
     for (int64_t r = 0; r < w->rows; r++)
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *src = (const uint8_t *)w->data + r * w->row_bytes + b * src_blk;
@@ -460,13 +712,13 @@ static int cpu_matmul(void *ctx, const struct dev_weight *w, const float *x, int
 
 /* ---- elementwise and per-row ops --------------------------------------------- */
 
-static int cpu_embed(void *ctx, const struct dev_weight *table, const int32_t *ids, int T,
-                     float *out)
+static int cpu_embed(void *ctx, const struct dev_weight *table, float *out)
 {
-    (void)ctx;
-    if (table->packed)
+    struct cpu *c = ctx;
+    const int32_t *ids = c->b.tokens;
+    if (table->packed || !c->b.has_tokens)
         return -EINVAL;
-    for (int t = 0; t < T; t++) {
+    for (int t = 0; t < c->b.n; t++) {
         if (ids[t] < 0 || ids[t] >= table->rows)
             return -EINVAL;
         int rc = qt_dequant(table->type, (const char *)table->data + ids[t] * table->row_bytes,
@@ -556,10 +808,11 @@ static void rope_cb(void *arg, int64_t b, int64_t e, int worker)
     }
 }
 
-static int cpu_rope(void *ctx, float *x, const int32_t *pos, int T, int n_heads, int head_dim,
-                    const struct dev_rope *r)
+static int cpu_rope(void *ctx, float *x, int n_heads, int head_dim, const struct dev_rope *r)
 {
     struct cpu *c = ctx;
+    const int32_t *pos = c->b.pos;
+    int T = c->b.n;
     if (r->n_rot > head_dim || r->n_rot % 2)
         return -EINVAL;
     if (worker_scratch(c, (size_t)(r->n_rot > 0 ? r->n_rot : 1) * sizeof(float)))
@@ -570,10 +823,13 @@ static int cpu_rope(void *ctx, float *x, const int32_t *pos, int T, int n_heads,
     return 0;
 }
 
-static int cpu_kv_store(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
-                        const float *k, const float *v)
+static int cpu_kv_store(void *ctx, const struct dev_kv *kv, const float *k, const float *v)
 {
     struct cpu *c = ctx;
+    const struct cpu_tok *tp = c->b.tp;
+    int T = c->b.n;
+    if (batch_fits(c, kv))
+        return -EINVAL;
     size_t row = (size_t)kv->n_kv_heads * kv->head_dim;
     for (int t = 0; t < T; t++) {
         int32_t blk = tp[t].blocks[tp[t].pos / kv->block_size];
@@ -593,7 +849,7 @@ static int cpu_kv_store(void *ctx, const struct dev_kv *kv, const struct dev_tok
 struct attn_job {
     struct cpu *c;
     const struct dev_kv *kv;
-    const struct dev_tokpos *tp;
+    const struct cpu_tok *tp;
     const float *q;
     int n_heads;
     int gsz; /* query heads per work item, sharing their KV head */
@@ -647,7 +903,7 @@ static void attn_cb(void *arg, int64_t b, int64_t e, int worker)
     int f16 = kv->type == QT_F16;
     for (int64_t it = b; it < e; it++) {
         int t = (int)(it / items), h0 = (int)(it % items) * g, kh = h0 / group;
-        const struct dev_tokpos *tp = &j->tp[t];
+        const struct cpu_tok *tp = &j->tp[t];
         int n = tp->pos + 1;
         /* 32 lanes only to match llama.cpp's lone-token order (slower) */
         int lanes = tp->chunk || !j->c->exact ? 8 : 32;
@@ -713,11 +969,13 @@ static void cpu_prefetch(void *ctx, const struct dev_weight *w)
     c->pf_bytes = (size_t)w->rows * w->row_bytes; /* a packed weight has as many */
 }
 
-static int cpu_attention(void *ctx, const struct dev_kv *kv, const struct dev_tokpos *tp, int T,
-                         const float *q, int n_heads, float scale, float *out)
+static int cpu_attention(void *ctx, const struct dev_kv *kv, const float *q, int n_heads,
+                         float scale, float *out)
 {
     struct cpu *c = ctx;
-    if (kv->n_kv_heads <= 0 || n_heads % kv->n_kv_heads || kv->head_dim % 8)
+    const struct cpu_tok *tp = c->b.tp;
+    int T = c->b.n;
+    if (kv->n_kv_heads <= 0 || n_heads % kv->n_kv_heads || kv->head_dim % 8 || batch_fits(c, kv))
         return -EINVAL;
     int32_t max_pos = 0;
     for (int t = 0; t < T; t++)
@@ -798,31 +1056,12 @@ static int cpu_add(void *ctx, float *x, const float *y, size_t n)
     return 0;
 }
 
-static int cpu_gather_rows(void *ctx, const float *x, int cols, const int32_t *rows, int n,
-                           float *out)
+static int cpu_gather_rows(void *ctx, const float *x, int cols, float *out)
 {
-    (void)ctx;
-    for (int i = 0; i < n; i++)
+    struct cpu *c = ctx;
+    const int32_t *rows = c->b.rows;
+    for (int i = 0; i < c->b.n_out; i++)
         memcpy(out + (size_t)i * cols, x + (size_t)rows[i] * cols, (size_t)cols * sizeof(float));
-    return 0;
-}
-
-static void *cpu_alloc(void *ctx, size_t n)
-{
-    (void)ctx;
-    return malloc(n ? n : 1);
-}
-
-static void cpu_free(void *ctx, void *p)
-{
-    (void)ctx;
-    free(p);
-}
-
-static int cpu_copy(void *ctx, void *dst, const void *src, size_t n)
-{
-    (void)ctx;
-    memcpy(dst, src, n);
     return 0;
 }
 
@@ -852,6 +1091,164 @@ static const struct dev_ops dev_cpu_ops = {
     .add_bias = cpu_add_bias,
     .add = cpu_add,
     .gather_rows = cpu_gather_rows,
+    .weight_load = cpu_weight_load,
+    .weight_free = cpu_weight_free,
+    .set_batch = cpu_set_batch,
+};
+
+/*
+ * ---- fenced mode (tests) --------------------------------------------------------
+ * Each op checks that the device pointers it is given are in the arena
+ * (-EFAULT if not: host memory handed to the device), opens the arena for
+ * the op's own work and closes it again, so any host access between ops
+ * faults.
+ */
+
+#define FENCED(call)                                                                               \
+    do {                                                                                           \
+        fence_set(c, 1);                                                                           \
+        int rc_ = (call);                                                                          \
+        fence_set(c, 0);                                                                           \
+        return rc_;                                                                                \
+    } while (0)
+
+static int f_upload(void *ctx, void *dst, const void *src, size_t n)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, dst))
+        return -EFAULT;
+    FENCED(cpu_copy(ctx, dst, src, n));
+}
+
+static int f_download(void *ctx, void *dst, const void *src, size_t n)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, src))
+        return -EFAULT;
+    FENCED(cpu_copy(ctx, dst, src, n));
+}
+
+static int f_matmul_n(void *ctx, const struct dev_weight *const *w, int n, const float *x, int T,
+                      float *const *y)
+{
+    struct cpu *c = ctx;
+    for (int i = 0; i < n; i++)
+        if (!is_dev(c, w[i]->data) || !is_dev(c, y[i]))
+            return -EFAULT;
+    if (!is_dev(c, x))
+        return -EFAULT;
+    FENCED(cpu_matmul_n(ctx, w, n, x, T, y));
+}
+
+static int f_matmul(void *ctx, const struct dev_weight *w, const float *x, int T, float *y)
+{
+    return f_matmul_n(ctx, &w, 1, x, T, &y);
+}
+
+/* reads the GGUF's host bytes and writes the arena */
+static int f_pack_weight(void *ctx, struct dev_weight *w)
+{
+    struct cpu *c = ctx;
+    FENCED(cpu_pack_weight(ctx, w));
+}
+
+static int f_embed(void *ctx, const struct dev_weight *table, float *out)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, table->data) || !is_dev(c, out))
+        return -EFAULT;
+    FENCED(cpu_embed(ctx, table, out));
+}
+
+static int f_rmsnorm(void *ctx, const float *x, const float *w, int T, int n, float eps, float *out)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, x) || (w && !is_dev(c, w)) || !is_dev(c, out))
+        return -EFAULT;
+    FENCED(cpu_rmsnorm(ctx, x, w, T, n, eps, out));
+}
+
+static int f_rope(void *ctx, float *x, int n_heads, int head_dim, const struct dev_rope *r)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, x) || (r->freq_factors && !is_dev(c, r->freq_factors)))
+        return -EFAULT;
+    FENCED(cpu_rope(ctx, x, n_heads, head_dim, r));
+}
+
+static int f_kv_store(void *ctx, const struct dev_kv *kv, const float *k, const float *v)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, kv->k) || !is_dev(c, kv->v) || !is_dev(c, k) || !is_dev(c, v))
+        return -EFAULT;
+    FENCED(cpu_kv_store(ctx, kv, k, v));
+}
+
+static int f_attention(void *ctx, const struct dev_kv *kv, const float *q, int n_heads, float scale,
+                       float *out)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, kv->k) || !is_dev(c, kv->v) || !is_dev(c, q) || !is_dev(c, out))
+        return -EFAULT;
+    FENCED(cpu_attention(ctx, kv, q, n_heads, scale, out));
+}
+
+static int f_silu_mul(void *ctx, const float *gate, const float *up, int T, int n, float *out)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, gate) || !is_dev(c, up) || !is_dev(c, out))
+        return -EFAULT;
+    FENCED(cpu_silu_mul(ctx, gate, up, T, n, out));
+}
+
+static int f_add_bias(void *ctx, float *x, const float *b, int T, int n)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, x) || !is_dev(c, b))
+        return -EFAULT;
+    FENCED(cpu_add_bias(ctx, x, b, T, n));
+}
+
+static int f_add(void *ctx, float *x, const float *y, size_t n)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, x) || !is_dev(c, y))
+        return -EFAULT;
+    FENCED(cpu_add(ctx, x, y, n));
+}
+
+static int f_gather_rows(void *ctx, const float *x, int cols, float *out)
+{
+    struct cpu *c = ctx;
+    if (!is_dev(c, x) || !is_dev(c, out))
+        return -EFAULT;
+    FENCED(cpu_gather_rows(ctx, x, cols, out));
+}
+
+static const struct dev_ops dev_cpu_fenced_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .kernels = cpu_kernels_op,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = f_upload,
+    .download = f_download,
+    .matmul = f_matmul,
+    .matmul_n = f_matmul_n,
+    .pack_weight = f_pack_weight,
+    .prefetch = cpu_prefetch,
+    .embed = f_embed,
+    .rmsnorm = f_rmsnorm,
+    .rope = f_rope,
+    .kv_store = f_kv_store,
+    .attention = f_attention,
+    .silu_mul = f_silu_mul,
+    .add_bias = f_add_bias,
+    .add = f_add,
+    .gather_rows = f_gather_rows,
+    .weight_load = cpu_weight_load,
+    .weight_free = cpu_weight_free,
+    .set_batch = cpu_set_batch,
 };
 
 int dev_cpu_has_avx2(void)
@@ -881,14 +1278,27 @@ int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
     if (!(cfg && cfg->force_scalar) && dev_cpu_has_avx2())
         c->k = &cpu_kernels_avx2;
 #endif
-    c->per_worker = calloc((size_t)n, sizeof(*c->per_worker));
-    int rc = c->per_worker ? pool_init(&c->pool, n) : -ENOMEM;
+    int rc = 0;
+    if (cfg && cfg->fenced) {
+        c->fenced = 1;
+        c->fence.cap = (size_t)(cfg->fenced_mib > 0 ? cfg->fenced_mib : 1024) << 20;
+        c->fence.base = mmap(NULL, c->fence.cap, PROT_NONE,
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (c->fence.base == MAP_FAILED) {
+            c->fence.base = NULL;
+            rc = -ENOMEM;
+        }
+    }
+    c->per_worker = rc ? NULL : calloc((size_t)n, sizeof(*c->per_worker));
+    rc = rc ? rc : c->per_worker ? pool_init(&c->pool, n) : -ENOMEM;
     if (rc) {
         free(c->per_worker);
+        if (c->fence.base)
+            munmap(c->fence.base, c->fence.cap);
         free(c);
         return rc;
     }
-    out->ops = &dev_cpu_ops;
+    out->ops = c->fenced ? &dev_cpu_fenced_ops : &dev_cpu_ops;
     out->ctx = c;
     return 0;
 }

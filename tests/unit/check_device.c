@@ -24,6 +24,7 @@
 
 #include "device/dev.h"
 #include "tests/unit/suites.h"
+#include "tests/unit/tbatch.h"
 #include "util/quant.h"
 
 #define ROWS 67  /* odd: the row chunks of the worker pool do not divide it */
@@ -656,15 +657,22 @@ START_TEST(embed_returns_dequantized_rows)
         struct tweight tw;
         tweight_init(&tw, type, ROWS, COLS, 600 + ti);
         for (int di = 0; di < nd; di++) {
-            ck_assert_int_eq(dev_embed(devs[di], &tw.w, ids, NI, out), 0);
+            ck_assert_int_eq(tbatch_plain(devs[di], ids, NULL, NI), -EINVAL); /* no positions */
+            const int32_t pos[NI] = {0};
+            ck_assert_int_eq(tbatch_plain(devs[di], ids, pos, NI), 0);
+            ck_assert_int_eq(dev_embed(devs[di], &tw.w, out), 0);
             for (int t = 0; t < NI; t++)
                 ck_assert_msg(
                     memcmp(out + t * COLS, tw.deq + ids[t] * COLS, sizeof(float) * COLS) == 0,
                     "%s %s: embedding of id %d is not its dequantized row",
                     dev_kernels_name(devs[di]), type_name(type), ids[t]);
             const int32_t past_end[] = {5, ROWS}, negative[] = {-1};
-            ck_assert_int_eq(dev_embed(devs[di], &tw.w, past_end, 2, out), -EINVAL);
-            ck_assert_int_eq(dev_embed(devs[di], &tw.w, negative, 1, out), -EINVAL);
+            ck_assert_int_eq(tbatch_plain(devs[di], past_end, pos, 2), 0);
+            ck_assert_int_eq(dev_embed(devs[di], &tw.w, out), -EINVAL);
+            ck_assert_int_eq(tbatch_plain(devs[di], negative, pos, 1), 0);
+            ck_assert_int_eq(dev_embed(devs[di], &tw.w, out), -EINVAL);
+            ck_assert_int_eq(tbatch_plain(devs[di], NULL, pos, 1), 0); /* no token ids */
+            ck_assert_int_eq(dev_embed(devs[di], &tw.w, out), -EINVAL);
         }
         tweight_free(&tw);
     }
@@ -717,6 +725,14 @@ START_TEST(rmsnorm_matches_reference)
 }
 END_TEST
 
+/* rope of T rows at positions pos: sets the batch, then rotates */
+static int rope_at(struct dev *d, float *x, const int32_t *pos, int T, int nh, int hd,
+                   const struct dev_rope *r)
+{
+    int rc = tbatch_plain(d, NULL, pos, T);
+    return rc ? rc : dev_rope(d, x, nh, hd, r);
+}
+
 START_TEST(rope_matches_reference)
 {
     enum { T = 6, NH = 3, HD = 64 };
@@ -741,9 +757,9 @@ START_TEST(rope_matches_reference)
         };
         memcpy(xs, x, sizeof(x));
         memcpy(xa, x, sizeof(x));
-        ck_assert_int_eq(dev_rope(&b.scalar, xs, pos, T, NH, HD, &rp), 0);
+        ck_assert_int_eq(rope_at(&b.scalar, xs, pos, T, NH, HD, &rp), 0);
         if (b.has_avx2) {
-            ck_assert_int_eq(dev_rope(&b.avx2, xa, pos, T, NH, HD, &rp), 0);
+            ck_assert_int_eq(rope_at(&b.avx2, xa, pos, T, NH, HD, &rp), 0);
             ck_assert_mem_eq(xs, xa, sizeof(x));
         }
         int half = rp.n_rot / 2;
@@ -777,8 +793,8 @@ START_TEST(rope_matches_reference)
     struct dev_rope odd = {.n_rot = HD - 1, .freq_base = base, .freq_scale = 1.0f};
     struct dev_rope wide = {.n_rot = HD + 2, .freq_base = base, .freq_scale = 1.0f};
     memcpy(xs, x, sizeof(x));
-    ck_assert_int_eq(dev_rope(&b.scalar, xs, pos, T, NH, HD, &odd), -EINVAL);
-    ck_assert_int_eq(dev_rope(&b.scalar, xs, pos, T, NH, HD, &wide), -EINVAL);
+    ck_assert_int_eq(rope_at(&b.scalar, xs, pos, T, NH, HD, &odd), -EINVAL);
+    ck_assert_int_eq(rope_at(&b.scalar, xs, pos, T, NH, HD, &wide), -EINVAL);
     ck_assert_mem_eq(xs, x, sizeof(x));
     backends_destroy(&b);
 }
@@ -914,11 +930,11 @@ enum { N_QUERY_SETS = 4 };
 static const char *const query_set_name[N_QUERY_SETS] = {"lone 99", "chunk 95..99", "prefill 0..99",
                                                          "decode 0..99"};
 
-static int query_set(int c, struct dev_tokpos *tp)
+static int query_set(int c, struct tpos *tp)
 {
     static const int first[] = {99, 95, 0, 0}, count[] = {1, 5, SEQ, SEQ};
     for (int t = 0; t < count[c]; t++)
-        tp[t] = (struct dev_tokpos){seq_blocks, first[c] + t, c == 1 || c == 2};
+        tp[t] = (struct tpos){seq_blocks, first[c] + t, c == 1 || c == 2};
     return count[c];
 }
 
@@ -935,7 +951,8 @@ static struct dev_kv kv_cache_create(struct dev *d, uint32_t type)
 {
     size_t bytes = (size_t)N_BLOCKS * KV_BS * KV_ROW * (type == QT_F16 ? 2 : 4);
     struct dev_kv kv = {
-        .type = type, .block_size = KV_BS, .n_kv_heads = KV_HEADS, .head_dim = HEAD_DIM};
+        .type = type, .n_blocks = N_BLOCKS, .block_size = KV_BS, .n_kv_heads = KV_HEADS,
+        .head_dim = HEAD_DIM};
     uint8_t *fill = malloc(bytes);
     ck_assert_ptr_nonnull(fill);
     memset(fill, 0xff, bytes);
@@ -957,13 +974,13 @@ static void kv_cache_destroy(struct dev *d, struct dev_kv *kv)
 /* stores positions 0..SEQ-1 as a prefill of 64, one of 31, then decode steps */
 static void kv_fill(struct dev *d, const struct dev_kv *kv, const float *k, const float *v)
 {
-    struct dev_tokpos tp[SEQ];
+    struct tpos tp[SEQ];
     for (int p = 0; p < SEQ; p++)
-        tp[p] = (struct dev_tokpos){seq_blocks, p, 1};
+        tp[p] = (struct tpos){seq_blocks, p, 1};
     const int steps[] = {0, 64, 95, 96, 97, 98, 99, SEQ};
     for (size_t s = 0; s + 1 < sizeof steps / sizeof steps[0]; s++) {
         int p0 = steps[s], n = steps[s + 1] - p0;
-        ck_assert_int_eq(dev_kv_store(d, kv, tp + p0, n, k + p0 * KV_ROW, v + p0 * KV_ROW), 0);
+        ck_assert_int_eq(tb_kv_store(d, kv, tp + p0, n, k + p0 * KV_ROW, v + p0 * KV_ROW), 0);
     }
 }
 
@@ -1046,7 +1063,7 @@ START_TEST(attention_over_scattered_blocks_matches_reference)
     }
     for (int i = 0; i < SEQ * Q_ROW; i++)
         q[i] = rng_normal(&r);
-    struct dev_tokpos tp[SEQ];
+    struct tpos tp[SEQ];
     const uint32_t types[] = {QT_F16, QT_F32};
     for (int ti = 0; ti < 2; ti++) {
         int f16 = types[ti] == QT_F16;
@@ -1099,7 +1116,7 @@ START_TEST(attention_over_scattered_blocks_matches_reference)
             for (int di = 0; di < nd; di++) {
                 memset(out[di], 0, sizeof(float) * T * Q_ROW);
                 ck_assert_int_eq(
-                    dev_attention(devs[di], &kv[di], tp, T, q, Q_HEADS, 0.125f, out[di]), 0);
+                    tb_attention(devs[di], &kv[di], tp, T, q, Q_HEADS, 0.125f, out[di]), 0);
                 for (int t = 0; t < T; t++)
                     for (int h = 0; h < Q_HEADS; h++) {
                         const float *o = out[di] + (t * Q_HEADS + h) * HEAD_DIM;
@@ -1135,7 +1152,7 @@ START_TEST(attention_over_scattered_blocks_matches_reference)
         for (int di = 0; di < nd; di++) {
             for (int i = 0; i < Q_ROW; i++)
                 out[di][i] = -3.0f;
-            ck_assert_int_eq(dev_attention(devs[di], &kv[di], tp, 1, q, 5, 0.125f, out[di]),
+            ck_assert_int_eq(tb_attention(devs[di], &kv[di], tp, 1, q, 5, 0.125f, out[di]),
                              -EINVAL);
             for (int i = 0; i < Q_ROW; i++)
                 ck_assert_float_eq(out[di][i], -3.0f);
@@ -1188,16 +1205,17 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
             q[i] = rng_normal(&r);
         struct dev *devs[2] = {&b.scalar, &b.avx2};
         struct dev_kv kv[2];
-        struct dev_tokpos tp[N];
+        struct tpos tp[N];
         for (int d = 0; d < 2; d++) {
             kv[d] =
-                (struct dev_kv){.type = QT_F16, .block_size = BS, .n_kv_heads = 1, .head_dim = hd};
+                (struct dev_kv){.type = QT_F16, .n_blocks = NB, .block_size = BS, .n_kv_heads = 1,
+                                .head_dim = hd};
             kv[d].k = dev_alloc(devs[d], bytes);
             kv[d].v = dev_alloc(devs[d], bytes);
             ck_assert(kv[d].k && kv[d].v);
             for (int p = 0; p < N; p++)
-                tp[p] = (struct dev_tokpos){blocks, p, 1};
-            ck_assert_int_eq(dev_kv_store(devs[d], &kv[d], tp, N, k, v), 0);
+                tp[p] = (struct tpos){blocks, p, 1};
+            ck_assert_int_eq(tb_kv_store(devs[d], &kv[d], tp, N, k, v), 0);
         }
         /*
          * every position as a lone token, a chunk of the last 13, of the
@@ -1207,9 +1225,9 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
         for (int qs = 0; qs < 4; qs++) {
             int T = sets[qs][0], chunk = sets[qs][1];
             for (int t = 0; t < T; t++)
-                tp[t] = (struct dev_tokpos){blocks, chunk || T == 1 ? N - T + t : t, chunk};
+                tp[t] = (struct tpos){blocks, chunk || T == 1 ? N - T + t : t, chunk};
             for (int d = 0; d < 2; d++)
-                ck_assert_int_eq(dev_attention(devs[d], &kv[d], tp, T, q, QH, 0.125f, out[d]), 0);
+                ck_assert_int_eq(tb_attention(devs[d], &kv[d], tp, T, q, QH, 0.125f, out[d]), 0);
             for (int i = 0; i < T * QH * hd; i++)
                 ck_assert_msg(
                     memcmp(&out[0][i], &out[1][i], 4) == 0,
@@ -1238,7 +1256,7 @@ START_TEST(attention_does_not_depend_on_thread_count)
     }
     for (int i = 0; i < SEQ * Q_ROW; i++)
         q[i] = rng_normal(&r);
-    struct dev_tokpos tp[SEQ];
+    struct tpos tp[SEQ];
     for (int c = 0; c < N_QUERY_SETS; c++)
         o1[c] = malloc(osz);
     struct tweight tw; /* a weight to hint at: 67 rows of Q4_1, 24 KB */
@@ -1251,14 +1269,14 @@ START_TEST(attention_does_not_depend_on_thread_count)
         kv_fill(&d, &kv, k, v);
         for (int c = 0; c < N_QUERY_SETS; c++) {
             int T = query_set(c, tp);
-            ck_assert_int_eq(dev_attention(&d, &kv, tp, T, q, Q_HEADS, 0.125f, n == 1 ? o1[c] : on),
+            ck_assert_int_eq(tb_attention(&d, &kv, tp, T, q, Q_HEADS, 0.125f, n == 1 ? o1[c] : on),
                              0);
             if (n > 1)
                 ck_assert_msg(memcmp(o1[c], on, sizeof(float) * T * Q_ROW) == 0,
                               "%s: %d threads differ from 1", query_set_name[c], n);
             /* idle threads fetching a hinted weight change nothing */
             dev_prefetch(&d, &tw.w);
-            ck_assert_int_eq(dev_attention(&d, &kv, tp, T, q, Q_HEADS, 0.125f, on), 0);
+            ck_assert_int_eq(tb_attention(&d, &kv, tp, T, q, Q_HEADS, 0.125f, on), 0);
             ck_assert_msg(memcmp(o1[c], on, sizeof(float) * T * Q_ROW) == 0,
                           "%s: %d threads with a prefetch hint differ", query_set_name[c], n);
         }

@@ -15,6 +15,7 @@
 #include "device/dev.h"
 #include "kv-cache/kv.h"
 #include "tests/unit/suites.h"
+#include "tests/unit/tbatch.h"
 #include "util/quant.h"
 
 START_TEST(pool_hands_out_blocks_once)
@@ -150,28 +151,28 @@ START_TEST(scattered_2000_tokens_attend_like_contiguous)
     uint16_t *k1 = calloc(cells * row, 2), *v1 = calloc(cells * row, 2);
     uint16_t *k2 = calloc(cells * row, 2), *v2 = calloc(cells * row, 2);
     float *k = malloc(sizeof(float) * N * row), *v = malloc(sizeof(float) * N * row);
-    struct dev_tokpos *tp1 = calloc(N, sizeof(*tp1)), *tp2 = calloc(N, sizeof(*tp2));
+    struct tpos *tp1 = calloc(N, sizeof(*tp1)), *tp2 = calloc(N, sizeof(*tp2));
     for (size_t i = 0; i < N * row; i++) {
         k[i] = frand();
         v[i] = frand();
     }
-    struct dev_kv paged = {k1, v1, QT_F16, BS, KVH, HD}, flat = {k2, v2, QT_F16, BS, KVH, HD};
+    struct dev_kv paged = {k1, v1, QT_F16, 320, BS, KVH, HD}, flat = {k2, v2, QT_F16, 320, BS, KVH, HD};
     for (int t = 0; t < N; t++) {
-        tp1[t] = (struct dev_tokpos){s.blocks, t, 1};
-        tp2[t] = (struct dev_tokpos){contiguous, t, 1};
+        tp1[t] = (struct tpos){s.blocks, t, 1};
+        tp2[t] = (struct tpos){contiguous, t, 1};
     }
-    ck_assert_int_eq(dev_kv_store(&d, &paged, tp1, N, k, v), 0);
-    ck_assert_int_eq(dev_kv_store(&d, &flat, tp2, N, k, v), 0);
+    ck_assert_int_eq(tb_kv_store(&d, &paged, tp1, N, k, v), 0);
+    ck_assert_int_eq(tb_kv_store(&d, &flat, tp2, N, k, v), 0);
     /* queries: the last 4 positions as a chunk, and the last one alone */
     float q[4 * NH * HD], o1[4 * NH * HD], o2[4 * NH * HD];
     for (int i = 0; i < 4 * NH * HD; i++)
         q[i] = frand() * 3.0f;
-    ck_assert_int_eq(dev_attention(&d, &paged, tp1 + N - 4, 4, q, NH, 0.125f, o1), 0);
-    ck_assert_int_eq(dev_attention(&d, &flat, tp2 + N - 4, 4, q, NH, 0.125f, o2), 0);
+    ck_assert_int_eq(tb_attention(&d, &paged, tp1 + N - 4, 4, q, NH, 0.125f, o1), 0);
+    ck_assert_int_eq(tb_attention(&d, &flat, tp2 + N - 4, 4, q, NH, 0.125f, o2), 0);
     ck_assert_mem_eq(o1, o2, sizeof(o1));
     tp1[N - 1].chunk = tp2[N - 1].chunk = 0;
-    ck_assert_int_eq(dev_attention(&d, &paged, tp1 + N - 1, 1, q, NH, 0.125f, o1), 0);
-    ck_assert_int_eq(dev_attention(&d, &flat, tp2 + N - 1, 1, q, NH, 0.125f, o2), 0);
+    ck_assert_int_eq(tb_attention(&d, &paged, tp1 + N - 1, 1, q, NH, 0.125f, o1), 0);
+    ck_assert_int_eq(tb_attention(&d, &flat, tp2 + N - 1, 1, q, NH, 0.125f, o2), 0);
     ck_assert_mem_eq(o1, o2, sizeof(float) * NH * HD);
     /* and both are right: a double-precision softmax over the f16-rounded K/V */
     for (int h = 0; h < NH; h++) {

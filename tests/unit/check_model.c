@@ -20,7 +20,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
@@ -363,6 +365,180 @@ START_TEST(batch_invariance)
 }
 END_TEST
 
+/* ---- fenced mode: the model never touches device memory from the host ------------ */
+
+/* One sequence of the fenced test: its tokens (prompt, then generated) and table. */
+struct fseq {
+    struct kv_seq kv;
+    int32_t tok[96];
+    int n_prompt, n_tok, n_done; /* prompt, all, computed */
+    int row;                     /* its logits row in the last step, or -1 */
+};
+
+/* A step being built: tokens of several sequences, in the engine's fixed orders. */
+struct fstep {
+    struct tabs tb;
+    int32_t ids[256];
+    uint8_t want[256], order[256];
+    int n, rows;
+};
+
+/* Adds the next `count` tokens of s to st (its row when they reach its end). */
+static void fstep_add(struct fstep *st, struct kv_pool *pool, struct fseq *s, int count)
+{
+    ck_assert_int_eq(kv_alloc_slots(pool, &s->kv, s->n_done + count - s->kv.n_tokens), 0);
+    for (int j = 0; j < count; j++) {
+        int p = s->n_done + j;
+        tabs_put(&st->tb, st->n, &s->kv, p);
+        st->ids[st->n] = s->tok[p];
+        st->order[st->n] = p < s->n_prompt; /* prompt: GEMM order; generated: lone */
+        st->want[st->n] = p == s->n_tok - 1;
+        st->n++;
+    }
+    s->n_done += count;
+    s->row = s->n_done == s->n_tok ? st->rows++ : -1;
+}
+
+/*
+ * Runs st on the normal model and the fenced one, each with its own K/V,
+ * and asserts the logits are the same bits; commits the blocks; leaves the
+ * normal model's logits in ln.
+ */
+static void fstep_run(struct fstep *st, struct model *mf, struct model_kv *kvn,
+                      struct model_kv *kvf, float *ln, float *lf, const char *what)
+{
+    struct model_batch b = tabs_batch(&st->tb, st->n, st->ids, st->want);
+    b.gemm_order = st->order;
+    ck_assert_int_eq(model_forward(g_model, kvn, &b, ln), 0);
+    ck_assert_int_eq(model_forward(mf, kvf, &b, lf), 0);
+    size_t V = (size_t)g_model->hp.n_vocab;
+    for (int r = 0; r < st->rows; r++)
+        ck_assert_msg(memcmp(ln + r * V, lf + r * V, V * sizeof(float)) == 0,
+                      "%s: logits row %d differs between fenced and normal mode", what, r);
+}
+
+/* s's next token: greedy on the normal model's row */
+static void fseq_next(struct fseq *s, const float *ln, int V)
+{
+    if (s->row >= 0)
+        s->tok[s->n_tok++] = argmax(ln + (size_t)s->row * V, V);
+}
+
+START_TEST(fenced_model_matches_normal)
+{
+    struct dev df;
+    struct dev_config cfg = {.threads = 2, .fenced = 1, .fenced_mib = 512};
+    ck_assert_int_eq(dev_create("cpu", &cfg, &df, NULL, 0), 0);
+    struct model *mf;
+    char err[256];
+    ck_assert_msg(model_load(g_file, &df, &mf, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(mf->layers[0].wq.packed && mf->output.packed); /* the same layout as g_model */
+
+    /* the fence holds: host pointers are refused, a host read of device memory faults */
+    float host[8] = {0};
+    ck_assert_int_eq(dev_rmsnorm(&df, host, NULL, 1, 8, 1e-5f, host), -EFAULT);
+    ck_assert_int_eq(dev_rmsnorm(&df, mf->layers[0].attn_norm, NULL, 1, 8, 1e-5f, host), -EFAULT);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        volatile const float *w = mf->layers[0].attn_norm;
+        _exit(w[0] == 12345.0f ? 3 : 4); /* must not get here */
+    }
+    int st_child;
+    ck_assert_int_eq(waitpid(pid, &st_child, 0), pid);
+    ck_assert_msg(WIFSIGNALED(st_child) && WTERMSIG(st_child) == SIGSEGV,
+                  "a host read of a fenced norm vector did not fault (status %d)", st_child);
+
+    enum { BS = 16, NB = 48 };
+    struct kv_pool *pool;
+    struct model_kv kvn, kvf;
+    ck_assert_int_eq(kv_pool_create(NB, BS, &pool), 0);
+    ck_assert_int_eq(kv_prefix_cache_enable(pool), 0);
+    ck_assert_int_eq(model_kv_init(g_model, &kvn, NB, BS, QT_F16), 0);
+    ck_assert_int_eq(model_kv_init(mf, &kvf, NB, BS, QT_F16), 0);
+    int V = g_model->hp.n_vocab;
+    float *ln = malloc(sizeof(float) * (size_t)V * 4), *lf = malloc(sizeof(float) * (size_t)V * 4);
+    ck_assert(ln && lf);
+
+    /* three prompts of random ids */
+    struct fseq q[4];
+    const int np[3] = {37, 12, 23};
+    uint64_t x = 99;
+    for (int i = 0; i < 4; i++) {
+        memset(&q[i], 0, sizeof(q[i]));
+        kv_seq_init(&q[i].kv);
+        q[i].row = -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        for (int t = 0; t < np[i]; t++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            q[i].tok[t] = (int32_t)((x >> 33) % (uint64_t)V);
+        }
+        q[i].n_prompt = q[i].n_tok = np[i];
+    }
+    struct fstep st;
+    /* prefill chunks, mixed: A 20 + B all; A the rest + C 16; decode A, B + C the rest */
+    memset(&st, 0, sizeof(st));
+    fstep_add(&st, pool, &q[0], 20);
+    fstep_add(&st, pool, &q[1], 12);
+    fstep_run(&st, mf, &kvn, &kvf, ln, lf, "prefill chunks");
+    fseq_next(&q[1], ln, V);
+    memset(&st, 0, sizeof(st));
+    fstep_add(&st, pool, &q[0], 17);
+    fstep_add(&st, pool, &q[2], 16);
+    fstep_run(&st, mf, &kvn, &kvf, ln, lf, "prefill and a chunk");
+    fseq_next(&q[0], ln, V);
+    kv_commit_blocks(pool, &q[0].kv, q[0].tok, q[0].n_done);
+    /* decode of all three for 8 steps (C first finishes its prompt) */
+    float *c_last = malloc(sizeof(float) * (size_t)V);
+    for (int step = 0; step < 8; step++) {
+        memset(&st, 0, sizeof(st));
+        for (int i = 0; i < 3; i++)
+            fstep_add(&st, pool, &q[i], q[i].n_tok - q[i].n_done);
+        fstep_run(&st, mf, &kvn, &kvf, ln, lf, "decode");
+        if (step == 7)
+            memcpy(c_last, ln + (size_t)q[2].row * V, sizeof(float) * (size_t)V);
+        for (int i = 0; i < 3 && step < 7; i++)
+            fseq_next(&q[i], ln, V);
+    }
+    /* C preempted: its blocks go; it is recomputed whole (cached blocks reused) beside A's decode */
+    kv_commit_blocks(pool, &q[2].kv, q[2].tok, q[2].n_done);
+    kv_free_seq(pool, &q[2].kv);
+    int32_t hit = kv_match_prefix(pool, &q[2].kv, q[2].tok, q[2].n_tok - 1);
+    ck_assert_int_eq(hit, 16); /* its first full block, committed before */
+    q[2].n_done = hit;
+    fseq_next(&q[0], ln, V);
+    memset(&st, 0, sizeof(st));
+    fstep_add(&st, pool, &q[0], 1);
+    fstep_add(&st, pool, &q[2], q[2].n_tok - q[2].n_done);
+    fstep_run(&st, mf, &kvn, &kvf, ln, lf, "recompute after preemption");
+    ck_assert_msg(memcmp(c_last, ln + (size_t)q[2].row * V, sizeof(float) * (size_t)V) == 0,
+                  "the recomputed sequence's logits differ from before its preemption");
+    /* D starts with A's first 32 prompt tokens: two cached blocks, 6 tokens of its own */
+    memcpy(q[3].tok, q[0].tok, sizeof(int32_t) * 32);
+    for (int t = 32; t < 38; t++)
+        q[3].tok[t] = (int32_t)(t * 7);
+    q[3].n_prompt = q[3].n_tok = 38;
+    q[3].n_done = kv_match_prefix(pool, &q[3].kv, q[3].tok, 37);
+    ck_assert_int_eq(q[3].n_done, 32);
+    memset(&st, 0, sizeof(st));
+    fstep_add(&st, pool, &q[3], 6);
+    fstep_add(&st, pool, &q[1], q[1].n_tok - q[1].n_done);
+    fstep_run(&st, mf, &kvn, &kvf, ln, lf, "prefix reuse");
+
+    for (int i = 0; i < 4; i++)
+        kv_free_seq(pool, &q[i].kv);
+    free(c_last);
+    free(ln);
+    free(lf);
+    model_kv_free(g_model, &kvn);
+    model_kv_free(mf, &kvf);
+    kv_pool_destroy(pool);
+    model_free(mf);
+    dev_destroy(&df);
+}
+END_TEST
+
 START_TEST(unsupported_models_are_refused_by_name)
 {
     char path[] = "/tmp/cinfer-arch-XXXXXX";
@@ -433,6 +609,7 @@ Suite *model_suite(void)
     tcase_add_test(tc, greedy_matches_llamacpp);
     tcase_add_test(tc, packed_model_tracks_llamacpp);
     tcase_add_test(tc, batch_invariance);
+    tcase_add_test(tc, fenced_model_matches_normal);
     tcase_add_test(tc, unsupported_models_are_refused_by_name);
     tcase_add_test(tc, bad_batches_are_refused);
     suite_add_tcase(s, tc);
