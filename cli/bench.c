@@ -23,7 +23,6 @@
 
 struct loaded {
     struct gguf_file *g;
-    struct tok *tok;
     struct dev dev;
     struct model *m;
 };
@@ -33,7 +32,6 @@ static void unload(struct loaded *l)
     model_free(l->m);
     if (l->dev.ops)
         dev_destroy(&l->dev);
-    tok_destroy(l->tok);
     gguf_close(l->g);
 }
 
@@ -51,8 +49,6 @@ static int load(const char *cmd, const char *path, const char *device, int threa
         return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
     rc = gguf_open(path, &l->g, err, sizeof(err));
-    if (!rc)
-        rc = eng_tokenizer_load(l->g, NULL, &l->tok, err, sizeof(err));
     if (!rc)
         rc = model_load(l->g, &l->dev, &l->m, err, sizeof(err));
     if (rc) {

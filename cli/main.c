@@ -109,9 +109,9 @@ static char *read_stdin(size_t *len)
 static char *piece_text(const struct tok *t, int32_t id)
 {
     struct tok_detok d;
-    struct tok_buf b = {0};
+    struct buf b = {0};
     tok_detok_init(&d, t, TOK_DETOK_SPECIAL);
-    if (tok_detok_feed(&d, id, &b) || tok_detok_flush(&d, &b) || tok_buf_append(&b, "", 0)) {
+    if (tok_detok_feed(&d, id, &b) || tok_detok_flush(&d, &b) || buf_append(&b, "", 0)) {
         free(b.p);
         return NULL;
     }
@@ -210,27 +210,20 @@ static int cmd_tokenize(int argc, char **argv)
                                                : "give exactly one TEXT argument or --stdin");
 
     char err[512];
-    struct gguf_file *g = NULL;
-    struct tok *t = NULL;
-    int rc = gguf_open(model, &g, err, sizeof(err));
+    struct eng_vocab *v = NULL;
+    int rc = eng_vocab_open(model, spm, &v, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "cinfer tokenize: %s: %s\n", model, err);
         return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
-    rc = eng_tokenizer_load(g, spm, &t, err, sizeof(err));
-    if (rc) {
-        fprintf(stderr, "cinfer tokenize: %s: %s\n", model, err);
-        gguf_close(g);
-        return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
-    }
+    const struct tok *t = eng_vocab_tok(v);
     size_t len = 0;
     char *text = NULL;
     if (use_stdin) {
         text = read_stdin(&len);
         if (!text) {
             fprintf(stderr, "cinfer tokenize: cannot read standard input\n");
-            tok_destroy(t);
-            gguf_close(g);
+            eng_vocab_close(v);
             return EXIT_FAILURE;
         }
     }
@@ -246,8 +239,7 @@ static int cmd_tokenize(int argc, char **argv)
         status = print_ids(t, ids, (size_t)n, pieces);
     free(ids);
     free(text);
-    tok_destroy(t);
-    gguf_close(g);
+    eng_vocab_close(v);
     return status;
 }
 

@@ -14,7 +14,6 @@
 #include "cli/cli.h"
 #include "engine/engine.h"
 #include "util/clock.h"
-#include "util/quant.h"
 
 static const char *const k_run_help =
     "usage: cinfer run -m MODEL -p PROMPT [options]\n"
@@ -44,7 +43,7 @@ static const char *const k_run_help =
 struct run_opts {
     const char *model, *prompt, *chat_name, *system, *device;
     int n_predict, chat, threads, ignore_eos;
-    uint32_t kv_type;
+    enum eng_kv_type kv_type;
     struct smp_params sp;
     int have_seed;
 };
@@ -89,7 +88,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
     };
     memset(o, 0, sizeof(*o));
     o->n_predict = 256;
-    o->kv_type = QT_F16;
+    o->kv_type = ENG_KV_F16;
     o->device = cli_default_device();
     smp_params_default(&o->sp);
     o->sp.temperature = 0.8f;
@@ -165,7 +164,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
         case O_KV:
             if (strcmp(optarg, "f16") && strcmp(optarg, "f32"))
                 return cli_usage("run", "--kv-type is f16 or f32");
-            o->kv_type = strcmp(optarg, "f16") ? QT_F32 : QT_F16;
+            o->kv_type = strcmp(optarg, "f16") ? ENG_KV_F32 : ENG_KV_F16;
             break;
         case O_DEV:
             o->device = optarg;
@@ -197,7 +196,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 static int run_prompt(const struct run_opts *o, struct engine *e, int32_t **ids, int *n)
 {
     const struct tok *tk = eng_tok(e);
-    struct tok_buf text = {0};
+    struct buf text = {0};
     unsigned flags = tok_add_bos(tk) ? TOK_ADD_BOS : 0;
     int rc = 0;
     if (o->chat) {
@@ -224,7 +223,7 @@ static int run_prompt(const struct run_opts *o, struct engine *e, int32_t **ids,
         rc = tok_chat_render(fmt, msgs, nm, 1, &text);
         flags |= TOK_PARSE_SPECIAL;
     } else {
-        rc = tok_buf_append(&text, o->prompt, strlen(o->prompt));
+        rc = buf_append(&text, o->prompt, strlen(o->prompt));
     }
     *ids = NULL;
     int64_t k = rc ? -ENOMEM : tok_encode_alloc(tk, text.p, text.n, flags, ids);
@@ -255,8 +254,7 @@ static int run_stream(struct eng_req *r, struct eng_event *end)
         if (ev.kind == ENG_EV_END) {
             *end = ev;
             if (ev.finish == ENG_FINISH_ERROR || ev.finish == ENG_FINISH_TIMEOUT) {
-                fprintf(stderr, "cinfer run: generation failed: %.*s\n", (int)ev.n_text,
-                        ev.text);
+                fprintf(stderr, "cinfer run: generation failed: %.*s\n", (int)ev.n_text, ev.text);
                 return EXIT_FAILURE;
             }
             if (ev.n_text)

@@ -21,7 +21,6 @@
 #include "cli/cli.h"
 #include "server/srv.h"
 #include "util/clock.h"
-#include "util/quant.h"
 
 static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
@@ -218,7 +217,7 @@ int cli_serve(int argc, char **argv)
         .ctx = (int)cfg.ctx,
         .kv_block = (int)cfg.kv_block,
         .kv_memory_mib = cfg.kv_memory,
-        .kv_type = strcmp(cfg.kv_type, "f32") ? QT_F16 : QT_F32,
+        .kv_type = strcmp(cfg.kv_type, "f32") ? ENG_KV_F16 : ENG_KV_F32,
         .max_seqs = (int)cfg.max_seqs,
         .max_batch_tokens = (int)cfg.max_batch_tokens,
         .max_step_ms = cfg.max_step_ms ? (int)cfg.max_step_ms : -1,

@@ -40,6 +40,11 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
     return rc;
 }
 
+const char *dev_built(void)
+{
+    return "cpu";
+}
+
 int dev_has_kernels(const char *name, const char *kernels)
 {
     if (!strcmp(name, "cpu"))

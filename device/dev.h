@@ -49,12 +49,12 @@ struct dev_kv {
  * set_batch.  No host pointer in here is kept.
  */
 struct dev_batch {
-    int n;                        /* tokens */
-    const int32_t *tokens;        /* n token ids; NULL: embed refuses */
-    const int32_t *pos;           /* n positions in their sequences; t attends to 0..pos[t] */
-    const int32_t *seq;           /* n: each token's sequence, 0..n_seq-1; NULL: kv ops refuse */
-    const uint8_t *chunk;         /* n: 1 = one of several tokens of its sequence (GEMM order
-                                   * for attention), 0 = a lone token; NULL: all 0 */
+    int n;                 /* tokens */
+    const int32_t *tokens; /* n token ids; NULL: embed refuses */
+    const int32_t *pos;    /* n positions in their sequences; t attends to 0..pos[t] */
+    const int32_t *seq;    /* n: each token's sequence, 0..n_seq-1; NULL: kv ops refuse */
+    const uint8_t *chunk;  /* n: 1 = one of several tokens of its sequence (GEMM order
+                            * for attention), 0 = a lone token; NULL: all 0 */
     int n_seq;
     const int32_t *const *tables; /* n_seq block tables (block ids) */
     const int32_t *n_blocks;      /* n_seq: each table's length */
@@ -184,6 +184,9 @@ static inline const char *dev_kernels_name(const struct dev *d)
     return d->ops->kernels(d->ctx);
 }
 
+/* The backends this build has, space-separated: "cpu" (and "ppu" when built in). */
+const char *dev_built(void);
+
 /* 1 when backend `name` can run `kernels` on this machine ("cpu", "avx2"). */
 int dev_has_kernels(const char *name, const char *kernels);
 
@@ -300,8 +303,8 @@ static inline int dev_kv_store(struct dev *d, const struct dev_kv *kv, const flo
     return d->ops->kv_store(d->ctx, kv, k, v);
 }
 
-static inline int dev_attention(struct dev *d, const struct dev_kv *kv, const float *q,
-                                int n_heads, float scale, float *out)
+static inline int dev_attention(struct dev *d, const struct dev_kv *kv, const float *q, int n_heads,
+                                float scale, float *out)
 {
     return d->ops->attention(d->ctx, kv, q, n_heads, scale, out);
 }

@@ -14,33 +14,39 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "engine/gguf.h"
 #include "engine/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 /*
- * Builds the tokenizer a GGUF describes (tokenizer.ggml.*).  `spm_model`, when
- * not NULL, is a tokenizer.model to use for a SentencePiece model instead of
- * the GGUF's pieces.  Returns 0 and sets *out, or a negative code with a
- * one-line message naming the missing or malformed key.
+ * A model's tokenizer without its weights (for `cinfer tokenize`): opens
+ * the GGUF at path and builds the tokenizer its tokenizer.ggml.* metadata
+ * describes (`spm_model`, when not NULL, is a tokenizer.model to use for a
+ * SentencePiece model instead of the GGUF's pieces).  Returns 0, or a
+ * negative code with a one-line message naming the missing or malformed
+ * key.  eng_vocab_close accepts NULL.
  */
-int eng_tokenizer_load(const struct gguf_file *g, const char *spm_model, struct tok **out,
-                       char *err, size_t errlen);
+struct eng_vocab;
+int eng_vocab_open(const char *path, const char *spm_model, struct eng_vocab **out, char *err,
+                   size_t errlen);
+const struct tok *eng_vocab_tok(const struct eng_vocab *v);
+void eng_vocab_close(struct eng_vocab *v);
 
 /* ---- the serving engine (engine/loop.c, engine/sched.c, engine/request.c) ---- */
+
+enum eng_kv_type { ENG_KV_F16 = 0, ENG_KV_F32 };
 
 /* Tokens per KV block unless eng_config.kv_block says otherwise. */
 #define ENG_DEFAULT_KV_BLOCK 16
 
 struct eng_config {
-    const char *device;    /* backend: "cpu", "ppu" or "auto" (NULL: auto); see dev_create */
-    int threads;           /* CPU worker threads; 0: the number of cores */
-    int ctx;               /* tokens per sequence at most; 0: the model's trained context */
-    int kv_block;          /* tokens per KV block; 0: ENG_DEFAULT_KV_BLOCK */
-    int64_t kv_memory_mib; /* KV pool size; 0: 4 full contexts, capped by free RAM */
-    uint32_t kv_type;      /* QT_F16 (default when 0) or QT_F32 */
-    int max_seqs;          /* sequences in one forward pass; 0: 64 */
-    int max_batch_tokens;  /* tokens in one forward pass; 0: 512 */
+    const char *device;       /* backend: "cpu", "ppu" or "auto" (NULL: auto); see dev_create */
+    int threads;              /* CPU worker threads; 0: the number of cores */
+    int ctx;                  /* tokens per sequence at most; 0: the model's trained context */
+    int kv_block;             /* tokens per KV block; 0: ENG_DEFAULT_KV_BLOCK */
+    int64_t kv_memory_mib;    /* KV pool size; 0: 4 full contexts, capped by free RAM */
+    enum eng_kv_type kv_type; /* the K/V cache's number format */
+    int max_seqs;             /* sequences in one forward pass; 0: 64 */
+    int max_batch_tokens;     /* tokens in one forward pass; 0: 512 */
     /*
      * A forward pass's time at most, in ms, as the engine estimates it from
      * the passes it has timed: prefill chunks are sized to fit what the
@@ -91,8 +97,10 @@ void eng_stop(struct engine *e);
 /* eng_stop, then frees it all; NULL is fine.  Release every handle first. */
 void eng_destroy(struct engine *e);
 const struct tok *eng_tok(const struct engine *e);
-const struct gguf_file *eng_gguf(const struct engine *e);
 void eng_get_info(const struct engine *e, struct eng_info *out);
+
+/* The device backends this build has, space-separated ("cpu", "cpu ppu"). */
+const char *eng_devices_built(void);
 
 /* Gauges and counters, read without stopping the engine. */
 struct eng_stats {

@@ -121,9 +121,9 @@ const struct tok *eng_tok(const struct engine *e)
     return e->tok;
 }
 
-const struct gguf_file *eng_gguf(const struct engine *e)
+const char *eng_devices_built(void)
 {
-    return e->g;
+    return dev_built();
 }
 
 void eng_get_info(const struct engine *e, struct eng_info *out)
@@ -199,10 +199,16 @@ void eng_destroy(struct engine *e)
     free(e);
 }
 
+/* The tensor type of the K/V cache. */
+static uint32_t kv_qt(const struct engine *e)
+{
+    return e->cfg.kv_type == ENG_KV_F32 ? QT_F32 : QT_F16;
+}
+
 /* Sizes the KV pool; returns usable blocks or a negative code. */
 static int64_t pool_blocks(struct engine *e, char *err, size_t errlen)
 {
-    size_t block_bytes = model_kv_block_bytes(e->m, e->info.kv_block, e->cfg.kv_type);
+    size_t block_bytes = model_kv_block_bytes(e->m, e->info.kv_block, kv_qt(e));
     int64_t per_ctx = sched_blocks_for(e, e->info.n_ctx);
     int64_t n;
     if (e->cfg.kv_memory_mib > 0) {
@@ -236,8 +242,6 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     e->cfg = *cfg;
     if (!e->cfg.kv_block)
         e->cfg.kv_block = ENG_DEFAULT_KV_BLOCK;
-    if (!e->cfg.kv_type)
-        e->cfg.kv_type = QT_F16;
     if (!e->cfg.max_seqs)
         e->cfg.max_seqs = DEFAULT_MAX_SEQS;
     if (!e->cfg.max_batch_tokens)
@@ -250,7 +254,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     if (e->cfg.kv_block < 1 || e->cfg.kv_block > 4096 || e->cfg.max_seqs < 1 ||
         e->cfg.max_batch_tokens < 1 || e->cfg.ctx < 0 || e->cfg.threads < 0 ||
         e->cfg.kv_memory_mib < 0 || e->cfg.max_queue < 0 || e->cfg.max_queue_tokens < 0 ||
-        !(e->cfg.request_timeout >= 0) || (e->cfg.kv_type != QT_F16 && e->cfg.kv_type != QT_F32))
+        !(e->cfg.request_timeout >= 0) ||
+        (e->cfg.kv_type != ENG_KV_F16 && e->cfg.kv_type != ENG_KV_F32))
         rc = errmsg(err, errlen, -EINVAL, "a KV or batch setting is out of range");
     if (!rc && e->cfg.max_seqs > e->cfg.max_batch_tokens)
         e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
@@ -295,8 +300,7 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     if (!rc) {
         e->info.kv_blocks = (int32_t)nb;
         rc = kv_pool_create((int32_t)nb + 1, e->info.kv_block, &e->pool);
-        rc = rc ? rc
-                : model_kv_init(e->m, &e->kv, (int32_t)nb + 1, e->info.kv_block, e->cfg.kv_type);
+        rc = rc ? rc : model_kv_init(e->m, &e->kv, (int32_t)nb + 1, e->info.kv_block, kv_qt(e));
         if (!rc && !e->cfg.no_prefix_cache)
             rc = kv_prefix_cache_enable(e->pool);
         if (rc)

@@ -88,8 +88,8 @@ enum eng_finish out_token(struct eng_req *r, const struct smp_result *res, int e
         return fail(end, "out of memory while detokenizing");
     int hit;
     size_t rel = stop_scan(r, last, &hit);
-    struct eng_event ev = {.kind = ENG_EV_TOKEN, .t = now, .token = res->token,
-                           .logprob = res->logprob};
+    struct eng_event ev = {
+        .kind = ENG_EV_TOKEN, .t = now, .token = res->token, .logprob = res->logprob};
     ev.text = out_copy(r->pending.p, rel);
     ev.n_text = rel;
     if (r->logprobs) {

@@ -17,6 +17,7 @@
 #include "device/dev.h"
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "engine/vocab.h"
 #include "kv-cache/kv.h"
 
 struct eng_req {
@@ -53,7 +54,7 @@ struct eng_req {
     char **stop;
     int n_stop;
     struct tok_detok detok;
-    struct tok_buf pending; /* text not yet released */
+    struct buf pending; /* text not yet released */
     double t_submit, t_scheduled, t_first;
 };
 
@@ -89,9 +90,9 @@ struct engine {
     int32_t *b_tokens, *b_pos, *b_seq; /* max_batch_tokens */
     uint8_t *b_order, *b_want;
     int32_t **b_tables, *b_nblocks; /* max_seqs: the step's block tables */
-    struct eng_req **b_rows; /* the request of each logits row */
-    struct smp_result *b_res; /* the token sampled for each */
-    struct eng_req **b_pre;  /* the prefilling sequences, in the order they are served */
+    struct eng_req **b_rows;        /* the request of each logits row */
+    struct smp_result *b_res;       /* the token sampled for each */
+    struct eng_req **b_pre;         /* the prefilling sequences, in the order they are served */
     float *logits;
 
     /*

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 
 static int bad(char *err, size_t errlen, int rc, const char *key, const char *what)
 {
@@ -144,4 +145,38 @@ done:
     free(scores);
     free(types);
     return rc;
+}
+
+struct eng_vocab {
+    struct gguf_file *g;
+    struct tok *t;
+};
+
+int eng_vocab_open(const char *path, const char *spm_model, struct eng_vocab **out, char *err,
+                   size_t errlen)
+{
+    *out = calloc(1, sizeof(**out));
+    if (!*out)
+        return bad(err, errlen, -ENOMEM, "tokenizer", "cannot be built: out of memory");
+    int rc = gguf_open(path, &(*out)->g, err, errlen);
+    rc = rc ? rc : eng_tokenizer_load((*out)->g, spm_model, &(*out)->t, err, errlen);
+    if (rc) {
+        eng_vocab_close(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+const struct tok *eng_vocab_tok(const struct eng_vocab *v)
+{
+    return v->t;
+}
+
+void eng_vocab_close(struct eng_vocab *v)
+{
+    if (!v)
+        return;
+    tok_destroy(v->t);
+    gguf_close(v->g);
+    free(v);
 }

@@ -182,12 +182,12 @@ static int load_file(struct srv_config *cfg, const char *path)
         fprintf(stderr, "cinfer serve: cannot open config file %s: %s\n", path, strerror(errno));
         return -1;
     }
-    struct tok_buf b = {0};
+    struct buf b = {0};
     char chunk[4096];
     size_t k;
     int rc = 0;
     while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0 && !rc)
-        if (tok_buf_append(&b, chunk, k) || b.n > (1u << 20))
+        if (buf_append(&b, chunk, k) || b.n > (1u << 20))
             rc = -1;
     fclose(f);
     if (rc) {

@@ -78,7 +78,7 @@ struct conn {
     const char *route; /* the metrics label */
     int route_id;
     int http11;
-    struct tok_buf body;
+    struct buf body;
     size_t held; /* bytes counted in s->body_bytes */
     size_t discarded;
     int too_big;    /* the body passed --max-body: read, dropped, then 413 */
@@ -86,7 +86,7 @@ struct conn {
     unsigned status;
     struct srv_job *job;
     struct srv_wake wake;
-    struct tok_buf out;
+    struct buf out;
     size_t out_pos;
     int finished;
     int retry_after; /* seconds for a Retry-After header, 0: none */
@@ -254,7 +254,7 @@ static int body_hold(struct conn *c, size_t n)
 static void body_release(struct conn *c)
 {
     free(c->body.p);
-    c->body = (struct tok_buf){0};
+    c->body = (struct buf){0};
     if (c->held)
         atomic_fetch_sub(&c->s->body_bytes, (long long)c->held);
     c->held = 0;
@@ -406,7 +406,7 @@ static ssize_t job_reader_cb(void *cls, uint64_t pos, char *buf, size_t max)
         if (atomic_load(&c->gone) || atomic_load(&c->s->stopping))
             return MHD_CONTENT_READER_END_WITH_ERROR;
         if (atomic_exchange(&c->probe, 0)) { /* an SSE comment: clients skip it */
-            if (srv_buf_printf(&c->out, ": ping\n\n"))
+            if (buf_printf(&c->out, ": ping\n\n"))
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             continue;
         }
@@ -559,7 +559,7 @@ static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, 
     int rn = 0, is_run = srv_ids_get(&runs, ids, &rv, &rn);
     int nv = (int)tok_n_vocab(t), rc = cJSON_IsArray(ids) || is_run ? 0 : -EINVAL;
     struct tok_detok d;
-    struct tok_buf text = {0};
+    struct buf text = {0};
     tok_detok_init(&d, t, TOK_DETOK_SPECIAL);
     for (int i = 0; !rc && i < rn; i++)
         rc = rv[i] >= 0 && rv[i] < nv ? tok_detok_feed(&d, rv[i], &text) : -EINVAL;
@@ -892,6 +892,15 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     case R_VERSION: {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "version", CINFER_VERSION);
+        cJSON *built = cJSON_AddArrayToObject(o, "devices_built");
+        for (const char *p = eng_devices_built(); built && *p;) {
+            size_t n = strcspn(p, " ");
+            char name[16];
+            snprintf(name, sizeof(name), "%.*s", (int)n, p);
+            cJSON_AddItemToArray(built, cJSON_CreateString(name));
+            p += n;
+            p += *p == ' ';
+        }
         if (e) {
             struct eng_info info;
             eng_get_info(e, &info);
@@ -986,7 +995,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mc, const cha
             c->discarded += n;
             if (c->discarded > DISCARD_MAX)
                 return handle(mc, c, url);
-        } else if (tok_buf_append(&c->body, upload, n)) {
+        } else if (buf_append(&c->body, upload, n)) {
             return MHD_NO;
         }
         return MHD_YES;

@@ -23,32 +23,10 @@
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-int srv_buf_printf(struct tok_buf *b, const char *fmt, ...)
-{
-    char small[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof(small), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -ENOMEM;
-    if ((size_t)n < sizeof(small))
-        return tok_buf_append(b, small, (size_t)n);
-    char *big = malloc((size_t)n + 1);
-    if (!big)
-        return -ENOMEM;
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    int rc = tok_buf_append(b, big, (size_t)n);
-    free(big);
-    return rc;
-}
-
 char *srv_utf8_dup(const char *p, size_t n)
 {
-    struct tok_buf b = {0};
-    if (tok_utf8_clean(p, n, &b) || tok_buf_append(&b, "", 1)) {
+    struct buf b = {0};
+    if (tok_utf8_clean(p, n, &b) || buf_append(&b, "", 1)) {
         free(b.p);
         return NULL;
     }
@@ -114,7 +92,7 @@ static int body_ok(const char *p, size_t n, struct srv_error *err)
             i++; /* skip the escaped character */
         }
     }
-    struct tok_buf b = {0};
+    struct buf b = {0};
     int rc = tok_utf8_clean(p, n, &b);
     int same = !rc && b.n == n;
     free(b.p);
@@ -503,14 +481,14 @@ static int parse_prompt(const cJSON *root, const struct srv_ids *runs, struct en
 }
 
 /* Message content: a string, null, or an array of text parts, joined. */
-static int content_text(const cJSON *c, int i, struct tok_buf *out, struct srv_error *err)
+static int content_text(const cJSON *c, int i, struct buf *out, struct srv_error *err)
 {
     char param[64];
     snprintf(param, sizeof(param), "messages[%d].content", i);
     if (!c || cJSON_IsNull(c))
         return 0;
     if (cJSON_IsString(c))
-        return tok_buf_append(out, c->valuestring, strlen(c->valuestring)) ? -1 : 0;
+        return buf_append(out, c->valuestring, strlen(c->valuestring)) ? -1 : 0;
     if (!cJSON_IsArray(c))
         return srv_fail(err, 400, param, NULL, "%s must be a string or an array of parts", param);
     int j = 0;
@@ -526,7 +504,7 @@ static int content_text(const cJSON *c, int i, struct tok_buf *out, struct srv_e
                             type->valuestring);
         if (!cJSON_IsString(text))
             return srv_fail(err, 400, param, NULL, "%s[%d].text must be a string", param, j);
-        if (tok_buf_append(out, text->valuestring, strlen(text->valuestring)))
+        if (buf_append(out, text->valuestring, strlen(text->valuestring)))
             return srv_fail(err, 500, NULL, NULL, "out of memory");
     }
     return 0;
@@ -541,7 +519,7 @@ static int parse_messages(const cJSON *root, struct engine *e, struct srv_reques
         return srv_fail(err, 400, "messages", NULL, "messages must be a non-empty array");
     int n = cJSON_GetArraySize(msgs), rc = 0;
     struct tok_msg *m = calloc((size_t)n, sizeof(*m));
-    struct tok_buf *texts = calloc((size_t)n, sizeof(*texts));
+    struct buf *texts = calloc((size_t)n, sizeof(*texts));
     if (!m || !texts)
         rc = srv_fail(err, 500, NULL, NULL, "out of memory");
     int i = 0;
@@ -575,13 +553,13 @@ static int parse_messages(const cJSON *root, struct engine *e, struct srv_reques
             break;
         }
         rc = content_text(content, i, &texts[i], err);
-        if (!rc && tok_buf_append(&texts[i], "", 1))
+        if (!rc && buf_append(&texts[i], "", 1))
             rc = srv_fail(err, 500, NULL, NULL, "out of memory");
         m[i].content = texts[i].p;
     }
     struct eng_info info;
     eng_get_info(e, &info);
-    struct tok_buf prompt = {0};
+    struct buf prompt = {0};
     if (!rc && tok_chat_render(info.chat, m, n, 1, &prompt))
         rc = srv_fail(err, 400, "messages", NULL, "the messages cannot be rendered");
     if (!rc) {
@@ -820,7 +798,7 @@ static const char *const k_lp_keys[4] = {"tokens", "token_logprobs", "top_logpro
 struct choice {
     struct eng_req *h;
     int prompt; /* index into req.prompts */
-    struct tok_buf text;
+    struct buf text;
     cJSON *lp; /* chat: the content array; completions: the logprobs object */
     /*
      * Not streamed: the logprobs so far as JSON text, the array elements
@@ -828,7 +806,7 @@ struct choice {
      * token_logprobs, top_logprobs, text_offset - so that a long answer
      * holds ~100 bytes an alternative, not a tree of cJSON nodes.
      */
-    struct tok_buf lpt[4];
+    struct buf lpt[4];
     int n_lp;
     int ended;
     enum eng_finish finish;
@@ -1045,8 +1023,8 @@ static int lp_to_text(struct srv_job *j, struct choice *c)
     }
     for (int k = 0; k < (chat ? 1 : 4) && !rc; k++) {
         char *s = parts[k] ? cJSON_PrintUnformatted(parts[k]) : NULL;
-        rc = !s ? -ENOMEM : c->n_lp ? tok_buf_append(&c->lpt[k], ",", 1) : 0;
-        rc = rc ? rc : tok_buf_append(&c->lpt[k], s, strlen(s));
+        rc = !s ? -ENOMEM : c->n_lp ? buf_append(&c->lpt[k], ",", 1) : 0;
+        rc = rc ? rc : buf_append(&c->lpt[k], s, strlen(s));
         free(s);
     }
     cJSON_Delete(c->lp);
@@ -1095,20 +1073,20 @@ static cJSON *envelope(const struct srv_job *j, const char *object)
 }
 
 /* Writes `data: JSON\n\n` and frees o. */
-static int sse(struct tok_buf *out, cJSON *o)
+static int sse(struct buf *out, cJSON *o)
 {
     char *s = o ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
     if (!s)
         return -ENOMEM;
-    int rc = srv_buf_printf(out, "data: %s\n\n", s);
+    int rc = buf_printf(out, "data: %s\n\n", s);
     free(s);
     return rc;
 }
 
 /* One streamed chunk for choice i: text (may be NULL), its logprobs, a finish reason. */
 static int stream_chunk(struct srv_job *j, int i, const char *text, size_t n, cJSON *lp,
-                        const char *finish, int role, struct tok_buf *out)
+                        const char *finish, int role, struct buf *out)
 {
     int chat = j->req.kind == SRV_CHAT;
     cJSON *o = envelope(j, chat ? "chat.completion.chunk" : "text_completion");
@@ -1140,7 +1118,7 @@ static int stream_chunk(struct srv_job *j, int i, const char *text, size_t n, cJ
 }
 
 /* The prompt's text, for echo. */
-static int prompt_text(struct srv_job *j, int p, struct tok_buf *out)
+static int prompt_text(struct srv_job *j, int p, struct buf *out)
 {
     struct tok_detok d;
     tok_detok_init(&d, eng_tok(j->e), TOK_DETOK_SPECIAL | TOK_DETOK_STRIP_SPACE);
@@ -1156,7 +1134,7 @@ static const char *finish_name(enum eng_finish f)
 }
 
 /* The whole non-streamed response. */
-static int final_json(struct srv_job *j, struct tok_buf *out)
+static int final_json(struct srv_job *j, struct buf *out)
 {
     int chat = j->req.kind == SRV_CHAT;
     cJSON *o = envelope(j, chat ? "chat.completion" : "text_completion");
@@ -1204,18 +1182,18 @@ static int final_json(struct srv_job *j, struct tok_buf *out)
         size_t idn = strlen(j->id);
         if (!strncmp(q + 7, j->id, idn) && sscanf(q + 7 + idn, ".%d.%d\"%n", &i, &k, &used) == 2 &&
             used > 0 && i >= 0 && i < j->n_choices && k >= 0 && k < 4) {
-            const struct tok_buf *b = &j->c[i].lpt[k];
-            rc = tok_buf_append(out, p, (size_t)(q - p));
-            rc = rc ? rc : tok_buf_append(out, "[", 1);
-            rc = rc || !b->n ? rc : tok_buf_append(out, b->p, b->n);
-            rc = rc ? rc : tok_buf_append(out, "]", 1);
+            const struct buf *b = &j->c[i].lpt[k];
+            rc = buf_append(out, p, (size_t)(q - p));
+            rc = rc ? rc : buf_append(out, "[", 1);
+            rc = rc || !b->n ? rc : buf_append(out, b->p, b->n);
+            rc = rc ? rc : buf_append(out, "]", 1);
             p = q + 7 + idn + (size_t)used;
         } else {
-            rc = tok_buf_append(out, p, (size_t)(q - p) + 1);
+            rc = buf_append(out, p, (size_t)(q - p) + 1);
             p = q + 1;
         }
     }
-    rc = rc ? rc : tok_buf_append(out, p, strlen(p));
+    rc = rc ? rc : buf_append(out, p, strlen(p));
     free(s);
     return rc;
 }
@@ -1235,7 +1213,7 @@ static void observe_end(const struct eng_event *ev)
 }
 
 /* Takes in one event of choice i; streamed output goes to out. */
-static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok_buf *out)
+static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf *out)
 {
     struct choice *c = &j->c[i];
     int rc = 0;
@@ -1262,7 +1240,7 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok
             }
             c->text.n += ev->n_text; /* only the length matters when streaming */
         } else {
-            rc = tok_buf_append(&c->text, ev->text, ev->n_text);
+            rc = buf_append(&c->text, ev->text, ev->n_text);
         }
         return rc;
     }
@@ -1282,21 +1260,21 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct tok
         if (j->req.stream)
             rc = stream_chunk(j, i, ev->text, ev->n_text, NULL, NULL, 0, out);
         else
-            rc = tok_buf_append(&c->text, ev->text, ev->n_text);
+            rc = buf_append(&c->text, ev->text, ev->n_text);
     }
     if (!rc && j->req.stream)
         rc = stream_chunk(j, i, NULL, 0, NULL, finish_name(ev->finish), 0, out);
     return rc;
 }
 
-static int start_stream(struct srv_job *j, struct tok_buf *out)
+static int start_stream(struct srv_job *j, struct buf *out)
 {
     int rc = 0;
     for (int i = 0; i < j->n_choices && !rc; i++) {
         if (j->req.kind == SRV_CHAT) {
             rc = stream_chunk(j, i, NULL, 0, NULL, NULL, 1, out);
         } else if (j->req.echo) {
-            struct tok_buf t = {0};
+            struct buf t = {0};
             rc = prompt_text(j, j->c[i].prompt, &t);
             rc = rc ? rc : stream_chunk(j, i, t.p ? t.p : "", t.n, NULL, NULL, 0, out);
             free(t.p);
@@ -1305,7 +1283,7 @@ static int start_stream(struct srv_job *j, struct tok_buf *out)
     return rc;
 }
 
-int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms)
+int srv_job_pump(struct srv_job *j, struct buf *out, int timeout_ms)
 {
     if (j->done)
         return SRV_JOB_DONE;
@@ -1363,7 +1341,7 @@ int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms)
             j->status = timeout ? 504 : 500;
             srv_fail(&e, j->status, NULL, timeout ? "timeout" : NULL, "%s", error);
             char *s = srv_error_json(&e);
-            rc = s ? srv_buf_printf(out, j->req.stream ? "data: %s\n\n" : "%s", s) : -ENOMEM;
+            rc = s ? buf_printf(out, j->req.stream ? "data: %s\n\n" : "%s", s) : -ENOMEM;
             free(s);
         } else if (j->req.stream) {
             if (j->req.include_usage) {
@@ -1373,7 +1351,7 @@ int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms)
                 cJSON_AddItemToObject(o, "usage", usage_json(j));
                 rc = sse(out, o);
             }
-            rc = rc ? rc : srv_buf_printf(out, "data: [DONE]\n\n");
+            rc = rc ? rc : buf_printf(out, "data: [DONE]\n\n");
         } else {
             rc = final_json(j, out);
         }

@@ -167,7 +167,7 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
  * Returns SRV_JOB_MORE (appended; call again), SRV_JOB_WAIT (nothing yet) or
  * SRV_JOB_DONE (the last output is appended), or -ENOMEM.
  */
-int srv_job_pump(struct srv_job *j, struct tok_buf *out, int timeout_ms);
+int srv_job_pump(struct srv_job *j, struct buf *out, int timeout_ms);
 int srv_job_stream(const struct srv_job *j);
 /* 200, or once SRV_JOB_DONE was returned for a failed job, the status its error names */
 int srv_job_status(const struct srv_job *j);
@@ -201,8 +201,6 @@ void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- text (server/openai.c) ------------------------------------------------- */
 
-/* Appends printf output to a tok_buf (tokenizer.h); 0 or -ENOMEM. */
-int srv_buf_printf(struct tok_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A NUL-terminated copy of n bytes as strict UTF-8 (see tok_utf8_clean); NULL on no memory. */
 char *srv_utf8_dup(const char *p, size_t n);
 

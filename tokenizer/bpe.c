@@ -352,7 +352,7 @@ struct bpe_work {
     struct sym *syms;
     size_t cap;
     struct heap heap;
-    struct tok_buf enc;
+    struct buf enc;
 };
 
 static int try_bigram(const struct tok *t, struct bpe_work *w, int32_t l, int32_t r)
@@ -373,7 +373,7 @@ static int bpe_word(const struct tok *t, struct bpe_work *w, const unsigned char
         w->enc.n = 0;
         for (size_t i = 0; i < n; i++) {
             char u[4];
-            if (tok_buf_append(&w->enc, u, tok_utf8_encode(tok_byte_to_cp(b[i]), u)))
+            if (buf_append(&w->enc, u, tok_utf8_encode(tok_byte_to_cp(b[i]), u)))
                 return -ENOMEM;
         }
         int32_t id = tok_map_get(&t->vocab, w->enc.p, w->enc.n);

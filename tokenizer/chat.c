@@ -58,9 +58,9 @@ const char *tok_chat_name(enum tok_chat c)
     return "?";
 }
 
-static int put(struct tok_buf *b, const char *s)
+static int put(struct buf *b, const char *s)
 {
-    return tok_buf_append(b, s, strlen(s));
+    return buf_append(b, s, strlen(s));
 }
 
 static int is_system(const char *role)
@@ -76,8 +76,7 @@ static int known_role(const char *role)
 
 /* <|im_start|>role\n content <|im_end|>\n; Llama 3 and Gemma alike with their markers */
 static int render_turns(const struct tok_msg *m, int n, int gen, const char *open, const char *mid,
-                        const char *close, const char *assistant, int fold_system,
-                        struct tok_buf *b)
+                        const char *close, const char *assistant, int fold_system, struct buf *b)
 {
     int rc = 0;
     const char *pending_system = NULL;
@@ -111,7 +110,7 @@ static int render_turns(const struct tok_msg *m, int n, int gen, const char *ope
 }
 
 /* [INST] user [/INST] assistant</s>..., the system message in the first [INST] */
-static int render_inst(const struct tok_msg *m, int n, int llama2, struct tok_buf *b)
+static int render_inst(const struct tok_msg *m, int n, int llama2, struct buf *b)
 {
     int rc = 0;
     const char *sys = NULL;
@@ -139,8 +138,7 @@ static int render_inst(const struct tok_msg *m, int n, int llama2, struct tok_bu
     return rc;
 }
 
-int tok_chat_render(enum tok_chat c, const struct tok_msg *msgs, int n, int gen,
-                    struct tok_buf *out)
+int tok_chat_render(enum tok_chat c, const struct tok_msg *msgs, int n, int gen, struct buf *out)
 {
     for (int i = 0; i < n; i++)
         if (!msgs[i].role || !msgs[i].content || !known_role(msgs[i].role))
@@ -167,5 +165,5 @@ int tok_chat_render(enum tok_chat c, const struct tok_msg *msgs, int n, int gen,
     default:
         return -EINVAL;
     }
-    return rc ? rc : tok_buf_append(out, "", 0);
+    return rc ? rc : buf_append(out, "", 0);
 }

@@ -96,25 +96,6 @@ int tok_ids_push(struct tok_ids *a, int32_t id)
     return 0;
 }
 
-int tok_buf_append(struct tok_buf *b, const void *p, size_t n)
-{
-    if (!b->p || n >= b->cap - b->n) { /* keep room for the NUL */
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap - b->n < n + 1)
-            cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q)
-            return -ENOMEM;
-        b->p = q;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->n, p, n);
-    b->n += n;
-    b->p[b->n] = '\0'; /* room was kept for it */
-    return 0;
-}
-
 /* ---- UTF-8 ------------------------------------------------------------- */
 
 size_t tok_utf8_encode(uint32_t cp, char out[4])
@@ -210,13 +191,13 @@ static int utf8_valid(const unsigned char *s, size_t n)
     return 1;
 }
 
-int tok_utf8_clean(const char *text, size_t len, struct tok_buf *out)
+int tok_utf8_clean(const char *text, size_t len, struct buf *out)
 {
     const unsigned char *s = (const unsigned char *)text;
     for (size_t i = 0; i < len;) {
         size_t k = lead_len(s[i]);
         if (!k || k > len - i || !cont_ok(s + i, k)) {
-            if (tok_buf_append(out, "\xef\xbf\xbd", 3))
+            if (buf_append(out, "\xef\xbf\xbd", 3))
                 return -ENOMEM;
             i++;
             continue;
@@ -224,7 +205,7 @@ int tok_utf8_clean(const char *text, size_t len, struct tok_buf *out)
         size_t j = i + k; /* copy a run of valid characters at once */
         while (j < len && (k = lead_len(s[j])) && k <= len - j && cont_ok(s + j, k))
             j += k;
-        if (tok_buf_append(out, s + i, j - i))
+        if (buf_append(out, s + i, j - i))
             return -ENOMEM;
         i = j;
     }
@@ -236,7 +217,7 @@ int tok_utf8_clean(const char *text, size_t len, struct tok_buf *out)
  * becomes U+FFFD, like llama.cpp's reader; so do surrogates and code points
  * past U+10FFFF, which PCRE2 and sentencepiece refuse.
  */
-static int sanitize(const char *text, size_t len, struct tok_buf *out)
+static int sanitize(const char *text, size_t len, struct buf *out)
 {
     const unsigned char *s = (const unsigned char *)text;
     size_t i = 0;
@@ -249,7 +230,7 @@ static int sanitize(const char *text, size_t len, struct tok_buf *out)
             n = n ? n : 1;
         }
         size_t m = tok_utf8_encode(cp, u);
-        if (tok_buf_append(out, u, m))
+        if (buf_append(out, u, m))
             return -ENOMEM;
         i += n;
     }
@@ -287,7 +268,7 @@ static int spm_byte_value(const char *s, size_t n)
 }
 
 /* The output bytes of token `id` (special tokens: their text). */
-static int make_piece(struct tok *t, int32_t id, struct tok_buf *b)
+static int make_piece(struct tok *t, int32_t id, struct buf *b)
 {
     const char *s = t->text[id];
     size_t n = t->text_len[id];
@@ -296,16 +277,16 @@ static int make_piece(struct tok *t, int32_t id, struct tok_buf *b)
     case TOK_TYPE_CONTROL:
     case TOK_TYPE_UNKNOWN:
     case TOK_TYPE_USER_DEFINED:
-        return tok_buf_append(b, s, n);
+        return buf_append(b, s, n);
     case TOK_TYPE_UNUSED:
     case TOK_TYPE_UNDEFINED:
-        return tok_buf_append(b, "", 0);
+        return buf_append(b, "", 0);
     case TOK_TYPE_BYTE:
         if (t->is_spm) {
             int v = spm_byte_value(s, n);
             if (v >= 0) {
                 char c = (char)v;
-                return tok_buf_append(b, &c, 1);
+                return buf_append(b, &c, 1);
             }
         }
         break;
@@ -315,16 +296,16 @@ static int make_piece(struct tok *t, int32_t id, struct tok_buf *b)
     if (t->is_spm) { /* U+2581 is a space */
         for (size_t i = 0; i < n;) {
             if (n - i >= 3 && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
-                if (tok_buf_append(b, " ", 1))
+                if (buf_append(b, " ", 1))
                     return -ENOMEM;
                 i += 3;
             } else {
-                if (tok_buf_append(b, s + i, 1))
+                if (buf_append(b, s + i, 1))
                     return -ENOMEM;
                 i++;
             }
         }
-        return tok_buf_append(b, "", 0);
+        return buf_append(b, "", 0);
     }
     /* byte-level BPE: each code point stands for one byte */
     for (size_t i = 0; i < n;) {
@@ -333,16 +314,16 @@ static int make_piece(struct tok *t, int32_t id, struct tok_buf *b)
         int byte = k ? tok_cp_to_byte(cp) : -1;
         if (byte < 0) { /* not from the byte mapping: keep it as written */
             k = k ? k : 1;
-            if (tok_buf_append(b, s + i, k))
+            if (buf_append(b, s + i, k))
                 return -ENOMEM;
         } else {
             char c = (char)byte;
-            if (tok_buf_append(b, &c, 1))
+            if (buf_append(b, &c, 1))
                 return -ENOMEM;
         }
         i += k;
     }
-    return tok_buf_append(b, "", 0);
+    return buf_append(b, "", 0);
 }
 
 static int copy_vocab(struct tok *t, const struct tok_desc *d, char *err, size_t errlen)
@@ -401,7 +382,7 @@ static int finish_vocab(struct tok *t, const struct tok_desc *d, char *err, size
     t->specials = malloc((n ? n : 1) * sizeof(*t->specials));
     if (!t->specials)
         return errmsg(err, errlen, -ENOMEM, "out of memory");
-    struct tok_buf b = {0};
+    struct buf b = {0};
     for (size_t i = 0; i < n; i++) {
         uint8_t ty = t->type[i];
         /* a special token that is not valid UTF-8 could match inside a character */
@@ -609,7 +590,7 @@ static int partition(const struct tok *t, const char *s, size_t len, int parse_s
 int64_t tok_encode(const struct tok *t, const char *text, size_t len, unsigned flags, int32_t *ids,
                    size_t cap)
 {
-    struct tok_buf clean = {0};
+    struct buf clean = {0};
     struct frags fr = {0};
     struct tok_ids out = {0};
     int rc = sanitize(text, len, &clean);
@@ -721,7 +702,7 @@ void tok_detok_init(struct tok_detok *d, const struct tok *t, unsigned flags)
 static const char k_replacement[] = "\xef\xbf\xbd";
 
 /* Emits complete characters of hold+p; keeps an unfinished tail in hold. */
-static int detok_bytes(struct tok_detok *d, const unsigned char *p, size_t n, struct tok_buf *out)
+static int detok_bytes(struct tok_detok *d, const unsigned char *p, size_t n, struct buf *out)
 {
     for (size_t i = 0; i < n; i++) {
         d->hold[d->n_hold++] = p[i];
@@ -733,11 +714,11 @@ static int detok_bytes(struct tok_detok *d, const unsigned char *p, size_t n, st
                 need = 0;
             }
             if (need == 0) {
-                if (tok_buf_append(out, k_replacement, 3))
+                if (buf_append(out, k_replacement, 3))
                     return -ENOMEM;
                 memmove(d->hold, d->hold + 1, --d->n_hold);
             } else if (d->n_hold >= need) {
-                if (tok_buf_append(out, d->hold, need))
+                if (buf_append(out, d->hold, need))
                     return -ENOMEM;
                 memmove(d->hold, d->hold + need, d->n_hold - need);
                 d->n_hold -= need;
@@ -751,7 +732,7 @@ static int detok_bytes(struct tok_detok *d, const unsigned char *p, size_t n, st
     return 0;
 }
 
-int tok_detok_feed(struct tok_detok *d, int32_t id, struct tok_buf *out)
+int tok_detok_feed(struct tok_detok *d, int32_t id, struct buf *out)
 {
     size_t n;
     const char *p = tok_piece(d->t, id, (d->flags & TOK_DETOK_SPECIAL) != 0, &n);
@@ -769,11 +750,11 @@ int tok_detok_feed(struct tok_detok *d, int32_t id, struct tok_buf *out)
     return detok_bytes(d, (const unsigned char *)p, n, out);
 }
 
-int tok_detok_flush(struct tok_detok *d, struct tok_buf *out)
+int tok_detok_flush(struct tok_detok *d, struct buf *out)
 {
     if (d->n_hold) {
         d->n_hold = 0;
-        return tok_buf_append(out, k_replacement, 3);
+        return buf_append(out, k_replacement, 3);
     }
     return 0;
 }

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/buf.h"
+
 /* Token types, numbered as in GGUF (tokenizer.ggml.token_type) and SentencePiece. */
 enum tok_type {
     TOK_TYPE_UNDEFINED = 0,
@@ -101,12 +103,6 @@ const char *tok_text(const struct tok *t, int32_t id, size_t *len);
  */
 const char *tok_piece(const struct tok *t, int32_t id, int special, size_t *len);
 
-/* A growable byte buffer (the caller owns p; free it with free()). */
-struct tok_buf {
-    char *p;
-    size_t n, cap;
-};
-
 /* Incremental detokenizer: never emits a broken UTF-8 sequence. */
 struct tok_detok {
     const struct tok *t;
@@ -129,20 +125,17 @@ void tok_detok_init(struct tok_detok *d, const struct tok *t, unsigned flags);
  * form a valid character become U+FFFD.  Returns 0, -EINVAL for an id out of
  * range, or -ENOMEM.
  */
-int tok_detok_feed(struct tok_detok *d, int32_t id, struct tok_buf *out);
+int tok_detok_feed(struct tok_detok *d, int32_t id, struct buf *out);
 
 /* End of stream: held bytes become U+FFFD.  Returns 0 or -ENOMEM. */
-int tok_detok_flush(struct tok_detok *d, struct tok_buf *out);
+int tok_detok_flush(struct tok_detok *d, struct buf *out);
 
 /*
  * Appends text to out as strict UTF-8 (no overlong forms, surrogates or code
  * points past U+10FFFF): each byte that does not begin a valid character
  * becomes U+FFFD.  For text bound for JSON.  Returns 0 or -ENOMEM.
  */
-int tok_utf8_clean(const char *text, size_t len, struct tok_buf *out);
-
-/* Appends n bytes to a tok_buf: 0 or -ENOMEM. */
-int tok_buf_append(struct tok_buf *b, const void *p, size_t n);
+int tok_utf8_clean(const char *text, size_t len, struct buf *out);
 
 /* ---- chat templates (tokenizer/chat.c) ---------------------------------- */
 
@@ -173,6 +166,6 @@ const char *tok_chat_name(enum tok_chat c);
  * -ENOMEM.  No BOS is written; encode with TOK_ADD_BOS as the model asks.
  */
 int tok_chat_render(enum tok_chat c, const struct tok_msg *msgs, int n, int add_generation_prompt,
-                    struct tok_buf *out);
+                    struct buf *out);
 
 #endif

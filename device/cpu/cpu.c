@@ -1282,8 +1282,8 @@ int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
     if (cfg && cfg->fenced) {
         c->fenced = 1;
         c->fence.cap = (size_t)(cfg->fenced_mib > 0 ? cfg->fenced_mib : 1024) << 20;
-        c->fence.base = mmap(NULL, c->fence.cap, PROT_NONE,
-                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        c->fence.base =
+            mmap(NULL, c->fence.cap, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (c->fence.base == MAP_FAILED) {
             c->fence.base = NULL;
             rc = -ENOMEM;

@@ -33,7 +33,7 @@ static inline void fuzz_tokenizer(const struct tok *t, const uint8_t *data, size
     if (n < 0 || (size_t)n > cap)
         __builtin_trap();
     struct tok_detok d;
-    struct tok_buf out = {0};
+    struct buf out = {0};
     tok_detok_init(&d, t, data[0] & 4 ? TOK_DETOK_SPECIAL : TOK_DETOK_STRIP_SPACE);
     for (int64_t i = 0; i < n; i++) {
         if (ids[i] < 0 || (size_t)ids[i] >= tok_n_vocab(t))

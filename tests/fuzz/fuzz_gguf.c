@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 #include "tests/fuzz/fuzz_common.h"
 #include "util/quant.h"
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 #include "tests/fuzz/fuzz_common.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 #include "tests/unit/suites.h"
 
 static const struct tok_msg k_msgs[] = {
@@ -20,7 +21,7 @@ static const struct tok_msg k_msgs[] = {
 
 static void expect_render(enum tok_chat c, const char *want)
 {
-    struct tok_buf b = {0};
+    struct buf b = {0};
     ck_assert_int_eq(tok_chat_render(c, k_msgs, 4, 1, &b), 0);
     ck_assert_msg(strcmp(b.p, want) == 0, "%s rendered:\n%s", tok_chat_name(c), b.p);
     free(b.p);
@@ -47,7 +48,7 @@ START_TEST(renders_each_format)
                                    "<s>[INST] 2+2? [/INST]");
     expect_render(TOK_CHAT_MISTRAL, "[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] 2+2? [/INST]");
     struct tok_msg bad = {"wizard", "x"};
-    struct tok_buf b = {0};
+    struct buf b = {0};
     ck_assert_int_eq(tok_chat_render(TOK_CHAT_CHATML, &bad, 1, 1, &b), -EINVAL);
     free(b.p);
 }
@@ -89,7 +90,7 @@ START_TEST(default_model_chat_prompt)
     ck_assert_int_eq(gguf_get_str(g, "tokenizer.chat_template", &tmpl), 0);
     ck_assert_int_eq(tok_chat_detect(tmpl.p, tmpl.n, &c), 0);
     ck_assert_int_eq(c, TOK_CHAT_CHATML);
-    struct tok_buf b = {0};
+    struct buf b = {0};
     ck_assert_int_eq(tok_chat_render(c, k_msgs + 1, 1, 1, &b), 0);
     int32_t ids[64];
     int64_t n = tok_encode(t, b.p, b.n, TOK_PARSE_SPECIAL, ids, 64);

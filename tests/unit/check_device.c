@@ -950,9 +950,11 @@ static int block_in_table(int blk)
 static struct dev_kv kv_cache_create(struct dev *d, uint32_t type)
 {
     size_t bytes = (size_t)N_BLOCKS * KV_BS * KV_ROW * (type == QT_F16 ? 2 : 4);
-    struct dev_kv kv = {
-        .type = type, .n_blocks = N_BLOCKS, .block_size = KV_BS, .n_kv_heads = KV_HEADS,
-        .head_dim = HEAD_DIM};
+    struct dev_kv kv = {.type = type,
+                        .n_blocks = N_BLOCKS,
+                        .block_size = KV_BS,
+                        .n_kv_heads = KV_HEADS,
+                        .head_dim = HEAD_DIM};
     uint8_t *fill = malloc(bytes);
     ck_assert_ptr_nonnull(fill);
     memset(fill, 0xff, bytes);
@@ -1207,9 +1209,8 @@ START_TEST(attention_head_sizes_scalar_and_avx2_agree)
         struct dev_kv kv[2];
         struct tpos tp[N];
         for (int d = 0; d < 2; d++) {
-            kv[d] =
-                (struct dev_kv){.type = QT_F16, .n_blocks = NB, .block_size = BS, .n_kv_heads = 1,
-                                .head_dim = hd};
+            kv[d] = (struct dev_kv){
+                .type = QT_F16, .n_blocks = NB, .block_size = BS, .n_kv_heads = 1, .head_dim = hd};
             kv[d].k = dev_alloc(devs[d], bytes);
             kv[d].v = dev_alloc(devs[d], bytes);
             ck_assert(kv[d].k && kv[d].v);

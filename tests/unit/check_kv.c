@@ -156,7 +156,8 @@ START_TEST(scattered_2000_tokens_attend_like_contiguous)
         k[i] = frand();
         v[i] = frand();
     }
-    struct dev_kv paged = {k1, v1, QT_F16, 320, BS, KVH, HD}, flat = {k2, v2, QT_F16, 320, BS, KVH, HD};
+    struct dev_kv paged = {k1, v1, QT_F16, 320, BS, KVH, HD},
+                  flat = {k2, v2, QT_F16, 320, BS, KVH, HD};
     for (int t = 0; t < N; t++) {
         tp1[t] = (struct tpos){s.blocks, t, 1};
         tp2[t] = (struct tpos){contiguous, t, 1};

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 #include "engine/model.h"
 #include "kv-cache/kv.h"
 #include "tests/unit/gguf_writer.h"
@@ -501,7 +502,8 @@ START_TEST(fenced_model_matches_normal)
         for (int i = 0; i < 3 && step < 7; i++)
             fseq_next(&q[i], ln, V);
     }
-    /* C preempted: its blocks go; it is recomputed whole (cached blocks reused) beside A's decode */
+    /* C preempted: its blocks go; it is recomputed whole (cached blocks reused) beside A's decode
+     */
     kv_commit_blocks(pool, &q[2].kv, q[2].tok, q[2].n_done);
     kv_free_seq(pool, &q[2].kv);
     int32_t hit = kv_match_prefix(pool, &q[2].kv, q[2].tok, q[2].n_tok - 1);

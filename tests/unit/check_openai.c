@@ -172,7 +172,7 @@ static cJSON *answer(struct engine *e, enum srv_kind kind, const char *body, int
     struct srv_job *j;
     struct srv_error err;
     ck_assert_int_eq(srv_job_start(e, &k_model, &r, NULL, &j, &err), 0);
-    struct tok_buf out = {0};
+    struct buf out = {0};
     int rc;
     while ((rc = srv_job_pump(j, &out, 100)) != SRV_JOB_DONE)
         ck_assert_int_ge(rc, 0);

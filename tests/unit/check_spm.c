@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 #include "tests/unit/gguf_writer.h"
 #include "tests/unit/suites.h"
 #include "tokenizer/spm_c.h"
@@ -189,12 +190,12 @@ START_TEST(detokenizer_undoes_the_dummy_prefix)
         int64_t k = tok_encode(t, in[i], len, TOK_ADD_BOS, ids, 3 * len + 2);
         ck_assert_int_eq(ids[0], 1);
         struct tok_detok d;
-        struct tok_buf out = {0};
+        struct buf out = {0};
         tok_detok_init(&d, t, TOK_DETOK_STRIP_SPACE);
         for (int64_t j = 0; j < k; j++)
             ck_assert_int_eq(tok_detok_feed(&d, ids[j], &out), 0);
         ck_assert_int_eq(tok_detok_flush(&d, &out), 0);
-        tok_buf_append(&out, "", 0);
+        buf_append(&out, "", 0);
         /* BOS prints nothing; the dummy-prefix space of the first word goes */
         ck_assert_msg(strcmp(out.p, in[i]) == 0, "line %d: '%s' came back as '%s'", i + 1, in[i],
                       out.p);

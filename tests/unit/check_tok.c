@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/vocab.h"
 #include "tests/unit/suites.h"
 #include "tests/utf8_oracle.h"
 #include "tokenizer/internal.h"
@@ -124,7 +125,7 @@ START_TEST(detokenizer_streams_whole_characters)
         const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
         const char *ref = cJSON_GetObjectItem(c, "detok")->valuestring;
         struct tok_detok d;
-        struct tok_buf out = {0};
+        struct buf out = {0};
         tok_detok_init(&d, g_tok, 0);
         const cJSON *id;
         size_t prev = 0;
@@ -159,7 +160,7 @@ START_TEST(detokenizer_replaces_impossible_bytes)
     ck_assert_int_ge(c3, 0);
     ck_assert_int_ge(a9, 0);
     struct tok_detok d;
-    struct tok_buf out = {0};
+    struct buf out = {0};
     tok_detok_init(&d, g_tok, 0);
     ck_assert_int_eq(tok_detok_feed(&d, c3, &out), 0);
     ck_assert_uint_eq(out.n, 0); /* held */
