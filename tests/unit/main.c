@@ -27,6 +27,7 @@ int main(void)
     srunner_add_suite(sr, cli_suite());
     srunner_add_suite(sr, kv_suite());
     srunner_add_suite(sr, model_suite());
+    srunner_add_suite(sr, sched_suite());
     srunner_add_suite(sr, sampler_suite());
     srunner_add_suite(sr, chat_suite());
     srunner_add_suite(sr, server_suite());
