@@ -168,6 +168,8 @@ static int newest_active(const struct engine *e)
 /* Moves waiting requests in while the sequence cap and the pool allow. */
 static void admit(struct engine *e, double now)
 {
+    /* blocks the requests admitted in this call will take for their prompts */
+    int32_t promised = 0;
     while (e->wait_head && e->n_active < e->cfg.max_seqs) {
         struct eng_req *r = e->wait_head;
         /*
@@ -189,7 +191,7 @@ static void admit(struct engine *e, double now)
                               ? 0
                               : kv_match_prefix(e->pool, &r->seq, r->tokens, r->n_tokens - 1);
         int32_t need = sched_blocks_for(e, r->n_tokens) - r->seq.n_blocks;
-        if (need > kv_pool_n_free(e->pool)) {
+        if (need > kv_pool_n_free(e->pool) - promised) {
             kv_free_seq(e->pool, &r->seq);
             break;
         }
@@ -212,6 +214,7 @@ static void admit(struct engine *e, double now)
         }
         queue_count(e, r, 0);
         r->n_computed = matched;
+        promised += need;
         e->active[e->n_active++] = r;
     }
 }
@@ -392,7 +395,9 @@ int sched_step(struct engine *e, struct sched_batch *out)
     }
     if (T == 0 && e->n_active > 0) {
         /* prefills hold the pool and none can go on: the newest gives way */
-        preempt(e, newest_active(e));
+        int newest = newest_active(e);
+        if (newest >= 0)
+            preempt(e, newest);
         compact_active(e);
         sched_update_stats(e);
         return 1;

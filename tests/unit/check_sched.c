@@ -336,6 +336,42 @@ START_TEST(budget_and_sequence_cap_hold)
 }
 END_TEST
 
+START_TEST(admission_fits_the_pool)
+{
+    /* 4-token blocks, 1 MiB: 11 blocks; four prompts of 9 tokens take 3 blocks each */
+    struct eng_config cfg = cfg_base();
+    cfg.kv_block = 4;
+    cfg.kv_memory_mib = 1;
+    struct engine *e = engine_open(&cfg);
+    ck_assert_int_eq(e->info.kv_blocks, 11);
+    int32_t ids[64];
+    int n = encode(e, P_LONG, ids, 64);
+    ck_assert_int_ge(n, 36);
+    struct eng_params p = params_greedy(1);
+    struct eng_req *r[4];
+    for (int i = 0; i < 4; i++)
+        r[i] = submit(e, ids + 9 * i, 9, &p);
+    eng_take_incoming(e);
+    struct sched_batch b;
+    ck_assert_int_eq(sched_step(e, &b), 1);
+    /* only what the pool can hold is admitted, and each admitted prompt got its blocks */
+    ck_assert_int_eq(e->n_active, 3);
+    ck_assert_ptr_eq(e->wait_head, r[3]);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(r[i]->seq.n_blocks, 3);
+    ck_assert_int_eq(b.mb.n, 27);
+    pass_run(e, &b);
+    run_all(e);
+    for (int i = 0; i < 4; i++) {
+        struct out o = {0};
+        out_read(r[i], &o);
+        ck_assert_int_eq(o.finish, ENG_FINISH_LENGTH);
+        eng_req_release(r[i]);
+    }
+    eng_destroy(e);
+}
+END_TEST
+
 START_TEST(preempted_sequence_resumes_bit_exact)
 {
     struct eng_config cfg = cfg_base();
@@ -751,6 +787,7 @@ Suite *sched_suite(void)
     tcase_add_test(tc, chunked_prefill_in_budget_sized_chunks);
     tcase_add_test(tc, decode_tokens_go_first);
     tcase_add_test(tc, budget_and_sequence_cap_hold);
+    tcase_add_test(tc, admission_fits_the_pool);
     tcase_add_test(tc, preempted_sequence_resumes_bit_exact);
     tcase_add_test(tc, prefix_cache_serves_a_repeated_prompt);
     tcase_add_test(tc, choices_share_their_prompt_blocks);
