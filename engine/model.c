@@ -293,6 +293,8 @@ int model_load(const struct gguf_file *g, struct dev *dev, struct model **out, c
     if (!rc && tied) {
         rc = dev_pack_weight(dev, &m->output); /* from the file's bytes, as tok_embd has them */
         m->output_shared = !rc && !m->output.packed;
+        if (!rc && m->output.packed) /* embed reads a row at a time: the rest leaves memory */
+            gguf_release(g, m->tok_embd.data, (size_t)m->tok_embd.rows * m->tok_embd.row_bytes);
     } else if (!rc) {
         rc = place(g, m, &m->output);
     }
