@@ -308,7 +308,10 @@ int cli_run(int argc, char **argv)
     if (isatty(STDOUT_FILENO))
         fputc('\n', stdout); /* a terminal gets its line end; pipes get the text only */
     fflush(stdout);
-    if (!rc) {
+    if (!rc && !r) {
+        fprintf(stderr, "cinfer run: load %.2f s; prompt %d tokens; nothing to generate (-n 0)\n",
+                t1 - t0, n_prompt);
+    } else if (!rc) {
         double first = end.t_first_token ? end.t_first_token : end.t;
         double pp = first - end.t_scheduled, tg = end.t - first;
         struct eng_info info;
