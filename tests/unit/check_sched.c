@@ -109,6 +109,20 @@ static void out_read(struct eng_req *r, struct out *o)
     }
 }
 
+/* Reads each of r[0..n) to its end, which must be `f` (after n_tokens tokens unless < 0),
+ * and releases it. */
+static void expect_ends(struct eng_req **r, int n, enum eng_finish f, int n_tokens)
+{
+    for (int i = 0; i < n; i++) {
+        struct out o = {0};
+        out_read(r[i], &o);
+        ck_assert_int_eq(o.finish, f);
+        if (n_tokens >= 0)
+            ck_assert_int_eq(o.n_tokens, n_tokens);
+        eng_req_release(r[i]);
+    }
+}
+
 /* Runs the pass b through the model and the samplers, as eng_step does. */
 static int pass_run(struct engine *e, const struct sched_batch *b)
 {
@@ -325,13 +339,7 @@ START_TEST(budget_and_sequence_cap_hold)
     ck_assert(full);
     ck_assert_int_eq(computed, expect); /* no token computed twice */
     ck_assert_uint_eq(atomic_load(&e->st_preemptions), 0);
-    for (int i = 0; i < 4; i++) {
-        struct out o = {0};
-        out_read(r[i], &o);
-        ck_assert_int_eq(o.finish, ENG_FINISH_LENGTH);
-        ck_assert_int_eq(o.n_tokens, 4);
-        eng_req_release(r[i]);
-    }
+    expect_ends(r, 4, ENG_FINISH_LENGTH, 4);
     eng_destroy(e);
 }
 END_TEST
@@ -362,12 +370,7 @@ START_TEST(admission_fits_the_pool)
     ck_assert_int_eq(b.mb.n, 27);
     pass_run(e, &b);
     run_all(e);
-    for (int i = 0; i < 4; i++) {
-        struct out o = {0};
-        out_read(r[i], &o);
-        ck_assert_int_eq(o.finish, ENG_FINISH_LENGTH);
-        eng_req_release(r[i]);
-    }
+    expect_ends(r, 4, ENG_FINISH_LENGTH, 1);
     eng_destroy(e);
 }
 END_TEST
