@@ -17,6 +17,9 @@
 
 enum kind { K_STR, K_INT, K_BOOL };
 
+#define STR(x) #x
+#define XSTR(x) STR(x) /* a macro's value as text */
+
 struct setting {
     const char *name;
     enum kind kind;
@@ -42,7 +45,8 @@ static const struct setting k_settings[] = {
     {"ctx", K_INT, S(ctx), 0, 1 << 24, "0", "N", "context per sequence (0: the model's)", NULL},
     {"kv_memory", K_INT, S(kv_memory), 0, 1 << 24, "0", "MIB",
      "KV cache size (0: 4 full contexts, at most half the free RAM)", NULL},
-    {"kv_block", K_INT, S(kv_block), 1, 4096, "16", "N", "tokens per KV block", NULL},
+    {"kv_block", K_INT, S(kv_block), 1, 4096, XSTR(ENG_DEFAULT_KV_BLOCK), "N",
+     "tokens per KV block", NULL},
     {"kv_type", K_STR, S(kv_type), 0, 0, "f16", "TYPE", "KV cache storage: f16 or f32", "f16|f32"},
     {"max_body", K_INT, S(max_body), 1024, (int64_t)1 << 32, "8388608", "BYTES",
      "largest request body (413 past it)", NULL},
