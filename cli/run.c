@@ -272,6 +272,11 @@ int cli_run(int argc, char **argv)
     int rc = run_parse(argc, argv, &o);
     if (rc)
         return rc < 0 ? 0 : rc;
+    char err[512];
+    if (eng_device_check(o.device, err, sizeof(err))) {
+        fprintf(stderr, "cinfer run: %s\n", err);
+        return CLI_EXIT_BADINPUT;
+    }
     double t0 = util_now_s();
     /* one client: prefill chunks of up to 512 tokens, no time bound per pass */
     struct eng_config cfg = {.device = o.device,
@@ -280,7 +285,6 @@ int cli_run(int argc, char **argv)
                              .max_seqs = 1,
                              .max_step_ms = -1};
     struct engine *e = NULL;
-    char err[512];
     rc = eng_create(o.model, &cfg, &e, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "cinfer run: %s: %s\n", o.model, err);

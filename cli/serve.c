@@ -172,6 +172,12 @@ int cli_serve(int argc, char **argv)
         srv_config_free(&cfg);
         return s ? 0 : EXIT_FAILURE;
     }
+    char err[512];
+    if (eng_device_check(cfg.device, err, sizeof(err))) { /* before listening: nothing to serve */
+        fprintf(stderr, "cinfer serve: %s\n", err);
+        srv_config_free(&cfg);
+        return CLI_EXIT_BADINPUT;
+    }
     char *key = NULL;
     if (*cfg.api_key_file && !(key = read_key_file(cfg.api_key_file))) {
         srv_config_free(&cfg);
@@ -192,7 +198,6 @@ int cli_serve(int argc, char **argv)
     struct srv_model model = {.id = id ? id : "model",
                               .alias = *cfg.model_alias ? cfg.model_alias : NULL,
                               .created = (long)time(NULL)};
-    char err[512];
     struct srv *s = NULL;
     if ((rc = srv_start(&cfg, &model, &s, err, sizeof(err))) || srv_set_api_key(s, key)) {
         fprintf(stderr, "cinfer serve: %s\n", rc ? err : "out of memory");

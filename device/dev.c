@@ -18,23 +18,31 @@ static int fail(char *err, size_t errlen, int rc, const char *msg, const char *n
     return rc;
 }
 
-int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
-               size_t errlen)
+int dev_check(const char *name, char *err, size_t errlen)
 {
-    static const struct dev_config none = {0};
-    if (!cfg)
-        cfg = &none;
     if (!name || !*name)
         name = "auto";
-    memset(out, 0, sizeof(*out));
     if (!strcmp(name, "ppu"))
         return fail(err, errlen, -ENODEV,
                     "device '%s': this build has no PPU backend (only cpu); choices: auto, cpu",
                     name);
     if (strcmp(name, "cpu") && strcmp(name, "auto"))
         return fail(err, errlen, -EINVAL, "unknown device '%s'; choices: auto, cpu, ppu", name);
+    return 0;
+}
+
+int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
+               size_t errlen)
+{
+    static const struct dev_config none = {0};
+    if (!cfg)
+        cfg = &none;
+    memset(out, 0, sizeof(*out));
+    int rc = dev_check(name, err, errlen);
+    if (rc)
+        return rc;
     /* auto: the PPU once one is built in and present; until then the CPU */
-    int rc = dev_cpu_create(cfg, out);
+    rc = dev_cpu_create(cfg, out);
     if (rc)
         fail(err, errlen, rc, "cannot start the %s backend's worker threads", "cpu");
     return rc;

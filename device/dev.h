@@ -172,6 +172,9 @@ struct dev_config {
 int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
                size_t errlen);
 
+/* What dev_create would say of `name` without making anything: 0, -EINVAL or -ENODEV. */
+int dev_check(const char *name, char *err, size_t errlen);
+
 /* "cpu" or "ppu": the backend d is. */
 static inline const char *dev_backend_name(const struct dev *d)
 {

@@ -99,6 +99,13 @@ void eng_destroy(struct engine *e);
 const struct tok *eng_tok(const struct engine *e);
 void eng_get_info(const struct engine *e, struct eng_info *out);
 
+/*
+ * 0 when eng_config.device `name` can run on this build and machine, else
+ * -EINVAL with a one-line message (an unknown name, or a backend this build
+ * or machine lacks); cheap, for checking a setting before loading.
+ */
+int eng_device_check(const char *name, char *err, size_t errlen);
+
 /* The device backends this build has, space-separated ("cpu", "cpu ppu"). */
 const char *eng_devices_built(void);
 

@@ -121,6 +121,11 @@ const struct tok *eng_tok(const struct engine *e)
     return e->tok;
 }
 
+int eng_device_check(const char *name, char *err, size_t errlen)
+{
+    return dev_check(name, err, errlen) ? -EINVAL : 0;
+}
+
 const char *eng_devices_built(void)
 {
     return dev_built();

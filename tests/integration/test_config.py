@@ -93,6 +93,7 @@ def test_device_choice(server):
     assert r.returncode == 2 and "auto|cpu|ppu" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = serve("-m", str(CINFER_MODEL), "--device", "ppu", "--port", "0")
     assert r.returncode == 2 and "no PPU backend" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # said before listening
     e = {k: v for k, v in os.environ.items() if not k.startswith("CINFER_")}
     for cmd in (["run", "-m", str(CINFER_MODEL), "-p", "Hi", "--device", "ppu"],
                 ["bench", "-m", str(CINFER_MODEL), "-p", "8", "-n", "0", "-r", "1", "--device", "gpu"]):
