@@ -6,6 +6,14 @@ CXX      ?= g++
 CLANG    ?= clang
 CLANGXX  ?= clang++
 PYTHON   ?= python3
+# PPU=1: the same binary with the PPU backend (device/ppu/, CUDA C) built in, from its own
+# object tree; NVCC and PPU_ARCH (compute capabilities) choose the compiler and targets.
+PPU      ?= 0
+NVCC     ?= nvcc
+PPU_ARCH ?= 80 90
+ifeq ($(PPU),1)
+BUILD    ?= build/ppu
+endif
 BUILD    ?= build
 BIN      := bin/cinfer
 VERSION  := 0.1.0
@@ -30,6 +38,20 @@ LIB_C    := $(filter-out cli/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 LIB_CC   := $(foreach m,$(MODULES),$(wildcard $(m)/*.cc))
 LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CC:%.cc=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/cli/main.o
+ifeq ($(PPU),1)
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+PPU_CU   := $(wildcard device/ppu/*.cu)
+LIB_OBJ  += $(PPU_CU:%.cu=$(BUILD)/%.o)
+ALL_CFLAGS += -DCINFER_HAVE_PPU
+# the CUDA runtime linked statically: the binary needs only the driver where it runs
+LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
+NVCC_FLAGS := -std=c++17 -O2 -g -I. -DCINFER_HAVE_PPU -Werror all-warnings \
+              -Xcompiler -Wall,-Wextra,-Werror \
+              $(foreach a,$(PPU_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
+endif
+# bin/cinfer is relinked when the flavour (PPU=0 or 1) changes
+FLAVOUR  := bin/.flavour
+$(shell mkdir -p bin; [ "$$(cat $(FLAVOUR) 2>/dev/null)" = "$(PPU)" ] || echo $(PPU) > $(FLAVOUR))
 TEST_C   := $(wildcard tests/unit/*.c)
 TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
 TEST_BIN := $(BUILD)/tests/check_all
@@ -38,7 +60,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model test check integration run asan fuzz fuzz-build clean format help
+.PHONY: all deps model test check integration run asan fuzz fuzz-build clean format help ppu-check
 all: $(BIN)
 
 help:
@@ -58,18 +80,31 @@ $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
 
+$(BUILD)/%.o: %.cu $(wildcard device/ppu/*.h device/ppu/*.cuh) device/dev.h util/quant.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
 $(LIBCINFER): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
 # linked by the C++ driver: libsentencepiece and tokenizer/spm_c.cc are C++
-$(BIN): $(MAIN_OBJ) $(LIBCINFER)
+$(BIN): $(MAIN_OBJ) $(LIBCINFER) $(FLAVOUR)
 	@mkdir -p $(dir $@)
-	$(CXX) $(SAN) -o $@ $^ $(LDLIBS)
+	$(CXX) $(SAN) -o $@ $(MAIN_OBJ) $(LIBCINFER) $(LDLIBS)
 
 $(TEST_BIN): $(TEST_OBJ) $(LIBCINFER)
 	@mkdir -p $(dir $@)
 	$(CXX) $(SAN) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+# The PPU flavour where nvcc exists: built with warnings as errors into build/ppu, then its
+# host-side checks (device choice, the errors without a device) by tests/ppu_host.sh.
+ppu-check:
+	@if command -v $(NVCC) >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer && \
+	    sh tests/ppu_host.sh build/ppu/cinfer && \
+	    sh tests/ppu_isa.sh $(NVCC) $(PPU_ARCH); \
+	else echo "SKIP: no $(NVCC) here: the PPU flavour is neither built nor checked"; fi
 
 deps:
 	@sh scripts/deps.sh
@@ -89,6 +124,7 @@ integration: $(BIN)
 # The unit suites run last, so the output ends with Check's summary line.
 test: deps model
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory ppu-check
 	@$(MAKE) --no-print-directory check
 
 run: deps model

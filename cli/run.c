@@ -291,6 +291,10 @@ int cli_run(int argc, char **argv)
         return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
     double t1 = util_now_s();
+    struct eng_info ei;
+    eng_get_info(e, &ei);
+    if (ei.device_note[0])
+        fprintf(stderr, "cinfer run: %s; running on the CPU\n", ei.device_note);
     int32_t *ids = NULL;
     int n_prompt = 0;
     if ((rc = run_prompt(&o, e, &ids, &n_prompt))) {

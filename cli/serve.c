@@ -246,6 +246,8 @@ int cli_serve(int argc, char **argv)
     eng_get_info(e, &info);
     if (!info.chat_known)
         srv_log("warning: the model's chat template is not one cinfer knows; using chatml");
+    if (info.device_note[0])
+        srv_log("%s; running on the CPU", info.device_note);
     srv_set_engine(s, e);
     pthread_mutex_lock(&g_sig_mu);
     g_engine = e;

@@ -10,6 +10,9 @@
 
 #include "device/cpu/cpu.h"
 #include "device/dev.h"
+#ifdef CINFER_HAVE_PPU
+#include "device/ppu/ppu.h"
+#endif
 
 static int fail(char *err, size_t errlen, int rc, const char *msg, const char *name)
 {
@@ -22,13 +25,16 @@ int dev_check(const char *name, char *err, size_t errlen)
 {
     if (!name || !*name)
         name = "auto";
-    if (!strcmp(name, "ppu"))
-        return fail(err, errlen, -ENODEV,
-                    "device '%s': this build has no PPU backend (only cpu); choices: auto, cpu",
-                    name);
-    if (strcmp(name, "cpu") && strcmp(name, "auto"))
+    if (strcmp(name, "cpu") && strcmp(name, "auto") && strcmp(name, "ppu"))
         return fail(err, errlen, -EINVAL, "unknown device '%s'; choices: auto, cpu, ppu", name);
-    return 0;
+    if (strcmp(name, "ppu"))
+        return 0;
+#ifdef CINFER_HAVE_PPU
+    return dev_ppu_probe(err, errlen);
+#else
+    return fail(err, errlen, -ENODEV,
+                "device '%s': this build has no PPU backend (only cpu); choices: auto, cpu", name);
+#endif
 }
 
 int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
@@ -37,11 +43,22 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
     static const struct dev_config none = {0};
     if (!cfg)
         cfg = &none;
+    if (!name || !*name)
+        name = "auto";
     memset(out, 0, sizeof(*out));
+    if (err && errlen)
+        err[0] = '\0';
     int rc = dev_check(name, err, errlen);
-    if (rc)
+    if (rc && strcmp(name, "auto"))
         return rc;
-    /* auto: the PPU once one is built in and present; until then the CPU */
+#ifdef CINFER_HAVE_PPU
+    if (strcmp(name, "cpu")) { /* ppu, or auto with a device present */
+        rc = dev_ppu_create(cfg, out, err, errlen);
+        if (!rc || !strcmp(name, "ppu"))
+            return rc;
+        /* auto: err keeps why the PPU was passed over, for the caller's log */
+    }
+#endif
     rc = dev_cpu_create(cfg, out);
     if (rc)
         fail(err, errlen, rc, "cannot start the %s backend's worker threads", "cpu");
@@ -50,7 +67,11 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
 
 const char *dev_built(void)
 {
+#ifdef CINFER_HAVE_PPU
+    return "cpu ppu";
+#else
     return "cpu";
+#endif
 }
 
 int dev_has_kernels(const char *name, const char *kernels)

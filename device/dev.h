@@ -88,6 +88,12 @@ struct dev_ops {
      */
     const void *(*weight_load)(void *ctx, const void *host, size_t n);
     void (*weight_free)(void *ctx, const void *p);
+    /*
+     * Optional: the device memory a KV pool may take now (free memory less
+     * what the backend keeps for activations) and the total; 0 or -EIO.
+     * Backends on host memory leave it NULL.
+     */
+    int (*mem_info)(void *ctx, size_t *usable, size_t *total);
     /* Takes the next pass's batch (see struct dev_batch); 0, -EINVAL or -ENOMEM. */
     int (*set_batch)(void *ctx, const struct dev_batch *b);
     /* y[T x w->rows] = x[T x w->cols] . w^T */
@@ -167,7 +173,9 @@ struct dev_config {
  * built in and present, else the CPU).  Returns 0, or -EINVAL for an
  * unknown name and -ENODEV for a backend this build or machine lacks, each
  * with a one-line message in err (may be NULL); -ENOMEM or -errno when it
- * cannot start.  Free with dev_destroy.
+ * cannot start.  On success err is empty, except after "auto" passed over a
+ * built-in PPU backend: then it says why (no device, ...), for a log line.
+ * Free with dev_destroy.
  */
 int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
                size_t errlen);
@@ -233,13 +241,19 @@ static inline int dev_weight_load(struct dev *d, struct dev_weight *w)
 /* Places n f32 values of host memory on the device; NULL when out of memory. */
 static inline const float *dev_vector_load(struct dev *d, const float *host, size_t n)
 {
-    return d->ops->weight_load(d->ctx, host, n * sizeof(float));
+    return (const float *)d->ops->weight_load(d->ctx, host, n * sizeof(float));
 }
 
 static inline void dev_weight_free(struct dev *d, const void *p)
 {
     if (p)
         d->ops->weight_free(d->ctx, p);
+}
+
+/* -ENOSYS when the backend's memory is the host's */
+static inline int dev_mem_info(struct dev *d, size_t *usable, size_t *total)
+{
+    return d->ops->mem_info ? d->ops->mem_info(d->ctx, usable, total) : -ENOSYS;
 }
 
 static inline int dev_set_batch(struct dev *d, const struct dev_batch *b)

@@ -73,12 +73,13 @@ struct eng_req;
 struct eng_info {
     int n_ctx, n_vocab;
     int kv_block;
-    int32_t kv_blocks;   /* usable blocks in the pool */
-    const char *arch;    /* "llama", "qwen2", "qwen3" */
-    const char *backend; /* "cpu" or "ppu" */
-    const char *kernels; /* the backend's kernels: "avx2", "scalar" */
-    enum tok_chat chat;  /* the model's chat format (chatml when unknown) */
-    int chat_known;      /* 0: the template was not recognised */
+    int32_t kv_blocks;     /* usable blocks in the pool */
+    const char *arch;      /* "llama", "qwen2", "qwen3" */
+    const char *backend;   /* "cpu" or "ppu" */
+    const char *kernels;   /* the backend's kernels: "avx2", "scalar" */
+    enum tok_chat chat;    /* the model's chat format (chatml when unknown) */
+    int chat_known;        /* 0: the template was not recognised */
+    char device_note[160]; /* why --device auto passed over a built-in PPU ("" when it did not) */
 };
 
 /*

@@ -216,8 +216,11 @@ static int64_t pool_blocks(struct engine *e, char *err, size_t errlen)
     size_t block_bytes = model_kv_block_bytes(e->m, e->info.kv_block, kv_qt(e));
     int64_t per_ctx = sched_blocks_for(e, e->info.n_ctx);
     int64_t n;
+    size_t usable, total;
     if (e->cfg.kv_memory_mib > 0) {
         n = (int64_t)((double)e->cfg.kv_memory_mib * 1048576.0 / (double)block_bytes);
+    } else if (dev_mem_info(&e->dev, &usable, &total) == 0) {
+        n = (int64_t)((double)usable / (double)block_bytes); /* an accelerator: what it has */
     } else {
         n = per_ctx * DEFAULT_CONTEXTS;
         long pages = sysconf(_SC_AVPHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
@@ -228,9 +231,11 @@ static int64_t pool_blocks(struct engine *e, char *err, size_t errlen)
         }
     }
     if (n < 2)
-        return errmsg(err, errlen, -EINVAL,
-                      "--kv-memory %lld MiB holds fewer than 2 KV blocks of %zu bytes",
-                      (long long)e->cfg.kv_memory_mib, block_bytes);
+        return errmsg(err, errlen, -EINVAL, "%s%lld MiB holds fewer than 2 KV blocks of %zu bytes",
+                      e->cfg.kv_memory_mib ? "--kv-memory " : "the device's free memory, ",
+                      e->cfg.kv_memory_mib ? (long long)e->cfg.kv_memory_mib
+                                           : (long long)(n * block_bytes >> 20),
+                      block_bytes);
     if (n > INT32_MAX - 1)
         n = INT32_MAX - 1;
     return n;
@@ -266,7 +271,10 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
     if (!rc) { /* the backend first: a device the build lacks is said before any loading */
         struct dev_config dc = {.threads = e->cfg.threads};
-        rc = dev_create(e->cfg.device, &dc, &e->dev, err, errlen);
+        rc = dev_create(e->cfg.device, &dc, &e->dev, e->info.device_note,
+                        sizeof(e->info.device_note));
+        if (rc)
+            errmsg(err, errlen, rc, "%s", e->info.device_note);
         if (rc == -ENODEV)
             rc = -EINVAL; /* a setting this build or machine cannot honour */
     }

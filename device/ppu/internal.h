@@ -1,0 +1,76 @@
+/*
+ * device/ppu/internal.h - shared by the PPU backend's .cu files: the
+ * backend's state and the kernels' launchers.  Never included outside
+ * device/ppu/.
+ */
+#ifndef CINFER_DEVICE_PPU_INTERNAL_H
+#define CINFER_DEVICE_PPU_INTERNAL_H
+
+#include <stdint.h>
+
+#include "device/dev.h"
+#include "device/ppu/vendor.h"
+
+/* The current batch on the device (set_batch), one allocation: */
+struct ppu_batch {
+    int n, n_seq, n_out, has_tokens, has_seq;
+    int32_t max_pos;  /* the largest position (attention's length) */
+    int32_t *tokens;  /* n (device) */
+    int32_t *pos;     /* n */
+    int32_t *seq;     /* n */
+    uint8_t *chunk;   /* n */
+    int32_t *rows;    /* n_out */
+    int32_t *tab;     /* the tables back to back */
+    int32_t *tab_off; /* n_seq: where each starts in tab */
+    int32_t *tab_len; /* n_seq */
+    /* host copies for checks */
+    int32_t *h_tab_max, *h_tab_len, *h_pos, *h_seq, *h_tokens;
+    size_t cap_h;
+    void *dev;      /* the device buffer all the above point into */
+    size_t cap_dev; /* its bytes */
+    void *staging;  /* pinned host memory the batch is built in */
+    size_t cap_staging;
+};
+
+struct ppu {
+    int device;
+    cudaStream_t stream;
+    cudaDeviceProp prop;
+    char kernels[96]; /* "sm_90 NVIDIA H200" */
+    struct ppu_batch b;
+    void *act;        /* quantized activations of a matmul (device) */
+    size_t cap_act;
+};
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* elementwise.cu */
+int ppu_embed(struct ppu *p, const struct dev_weight *table, float *out);
+int ppu_rmsnorm(struct ppu *p, const float *x, const float *w, int T, int n, float eps, float *out);
+int ppu_rope(struct ppu *p, float *x, int n_heads, int head_dim, const struct dev_rope *r);
+int ppu_silu_mul(struct ppu *p, const float *gate, const float *up, int T, int n, float *out);
+int ppu_add_bias(struct ppu *p, float *x, const float *b, int T, int n);
+int ppu_add(struct ppu *p, float *x, const float *y, size_t n);
+int ppu_gather_rows(struct ppu *p, const float *x, int cols, float *out);
+int ppu_kv_store(struct ppu *p, const struct dev_kv *kv, const float *k, const float *v);
+/* attention.cu */
+int ppu_attention(struct ppu *p, const struct dev_kv *kv, const float *q, int n_heads, float scale,
+                  float *out);
+/* matmul.cu */
+int ppu_matmul(struct ppu *p, const struct dev_weight *w, const float *x, int T, float *y);
+/* 1 when ppu_matmul runs weights of this type */
+int ppu_matmul_type_ok(uint32_t type);
+
+/* 0 after a launch went in, else -EIO (the launch error is cleared) */
+int ppu_launched(void);
+
+/* 0 when every batch token's slot lies in its table and the tables in kv's blocks */
+int ppu_batch_fits(const struct ppu *p, const struct dev_kv *kv);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
