@@ -60,7 +60,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model test check integration run asan fuzz fuzz-build clean format help ppu-check
+.PHONY: all deps model test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle
 all: $(BIN)
 
 help:
@@ -97,12 +97,30 @@ $(TEST_BIN): $(TEST_OBJ) $(LIBCINFER)
 	@mkdir -p $(dir $@)
 	$(CXX) $(SAN) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
+# every dev_op on the PPU against the CPU (tests/ppu/check_ops.c): needs only libc, libm and
+# the static CUDA runtime, so it runs on a GPU machine without our Debian libraries
+$(BUILD)/check_ops: $(BUILD)/tests/ppu/check_ops.o $(LIBCINFER)
+	$(CXX) -o $@ $^ -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lm
+
+# What travels to a GPU machine (device/ppu/check.sh): the PPU flavour, check_ops, and the
+# shared libraries of cinfer that are not part of a bare system (libc and friends stay).
+ppu-bundle:
+	$(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer build/ppu/check_ops
+	rm -rf build/ppu/bundle && mkdir -p build/ppu/bundle/lib
+	cp build/ppu/cinfer build/ppu/check_ops device/ppu/check.sh build/ppu/bundle/
+	ldd build/ppu/cinfer | awk '$$3 ~ /^\// {print $$3}' | \
+	    grep -vE '/(libc|libm|libpthread|libdl|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' | \
+	    xargs -r -I{} cp -L {} build/ppu/bundle/lib/
+	du -sh build/ppu/bundle
+
 # The PPU flavour where nvcc exists: built with warnings as errors into build/ppu, then its
 # host-side checks (device choice, the errors without a device) by tests/ppu_host.sh.
 ppu-check:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
-	    $(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer && \
+	    $(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer \
+	        build/ppu/check_ops && \
 	    sh tests/ppu_host.sh build/ppu/cinfer && \
+	    { rc=0; build/ppu/check_ops || rc=$$?; [ $$rc = 0 ] || [ $$rc = 77 ]; } && \
 	    sh tests/ppu_isa.sh $(NVCC) $(PPU_ARCH); \
 	else echo "SKIP: no $(NVCC) here: the PPU flavour is neither built nor checked"; fi
 
