@@ -102,12 +102,18 @@ $(TEST_BIN): $(TEST_OBJ) $(LIBCINFER)
 $(BUILD)/check_ops: $(BUILD)/tests/ppu/check_ops.o $(LIBCINFER)
 	$(CXX) -o $@ $^ -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lm
 
+# random-weight GGUFs of real shapes (tests/ppu/make_gguf.c), made where the real models cannot go
+$(BUILD)/make_gguf: $(BUILD)/tests/ppu/make_gguf.o $(BUILD)/tests/unit/gguf_writer.o $(LIBCINFER)
+	$(CXX) -o $@ $^ -lm
+
 # What travels to a GPU machine (device/ppu/check.sh): the PPU flavour, check_ops, and the
 # shared libraries of cinfer that are not part of a bare system (libc and friends stay).
 ppu-bundle:
-	$(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer build/ppu/check_ops
+	$(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer build/ppu/check_ops \
+	    build/ppu/make_gguf
 	rm -rf build/ppu/bundle && mkdir -p build/ppu/bundle/lib
-	cp build/ppu/cinfer build/ppu/check_ops device/ppu/check.sh build/ppu/bundle/
+	cp build/ppu/cinfer build/ppu/check_ops build/ppu/make_gguf device/ppu/check.sh \
+	    build/ppu/bundle/
 	ldd build/ppu/cinfer | awk '$$3 ~ /^\// {print $$3}' | \
 	    grep -vE '/(libc|libm|libpthread|libdl|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' | \
 	    xargs -r -I{} cp -L {} build/ppu/bundle/lib/
