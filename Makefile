@@ -124,7 +124,7 @@ ppu-bundle:
 ppu-check:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	    $(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer \
-	        build/ppu/check_ops && \
+	        build/ppu/check_ops build/ppu/make_gguf && \
 	    sh tests/ppu_host.sh build/ppu/cinfer && \
 	    { rc=0; build/ppu/check_ops || rc=$$?; [ $$rc = 0 ] || [ $$rc = 77 ]; } && \
 	    sh tests/ppu_isa.sh $(NVCC) $(PPU_ARCH); \
