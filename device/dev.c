@@ -65,6 +65,31 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
     return rc;
 }
 
+int dev_batch_check(const struct dev_batch *b, size_t *n_tab)
+{
+    int n = b->n, ns = b->n_seq, no = b->n_out;
+    if (n < 0 || ns < 0 || no < 0 || no > n || (n && !b->pos) ||
+        (ns && (!b->tables || !b->n_blocks)) || (no && !b->out_rows))
+        return -EINVAL;
+    size_t tab = 0;
+    for (int s = 0; s < ns; s++) {
+        if (b->n_blocks[s] < 0 || (b->n_blocks[s] && !b->tables[s]))
+            return -EINVAL;
+        for (int32_t i = 0; i < b->n_blocks[s]; i++)
+            if (b->tables[s][i] < 0)
+                return -EINVAL;
+        tab += (size_t)b->n_blocks[s];
+    }
+    for (int t = 0; t < n; t++)
+        if (b->pos[t] < 0 || (b->seq && (b->seq[t] < 0 || b->seq[t] >= ns)))
+            return -EINVAL;
+    for (int i = 0; i < no; i++)
+        if (b->out_rows[i] < 0 || b->out_rows[i] >= n)
+            return -EINVAL;
+    *n_tab = tab;
+    return 0;
+}
+
 const char *dev_built(void)
 {
 #ifdef CINFER_HAVE_PPU

@@ -16,6 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the PPU backend's .cu files include this too */
+#endif
+
 /* A 2-D weight: rows of `cols` elements of `type` (enum qt_type). */
 struct dev_weight {
     uint32_t type;
@@ -183,6 +187,13 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
 /* What dev_create would say of `name` without making anything: 0, -EINVAL or -ENODEV. */
 int dev_check(const char *name, char *err, size_t errlen);
 
+/*
+ * For backends' set_batch: 0 when b is well formed (counts, positions >= 0,
+ * sequence indices and logits rows in range, block ids >= 0), with *n_tab
+ * the total length of its tables; else -EINVAL.
+ */
+int dev_batch_check(const struct dev_batch *b, size_t *n_tab);
+
 /* "cpu" or "ppu": the backend d is. */
 static inline const char *dev_backend_name(const struct dev *d)
 {
@@ -346,5 +357,9 @@ static inline int dev_gather_rows(struct dev *d, const float *x, int cols, float
 {
     return d->ops->gather_rows(d->ctx, x, cols, out);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -400,15 +400,9 @@ static int cpu_set_batch(void *ctx, const struct dev_batch *in)
     struct cpu *c = ctx;
     struct cpu_batch *b = &c->b;
     int n = in->n, ns = in->n_seq;
-    if (n < 0 || ns < 0 || in->n_out < 0 || in->n_out > n || (n && !in->pos) ||
-        (ns && (!in->tables || !in->n_blocks)) || (in->n_out && !in->out_rows))
+    size_t tab;
+    if (dev_batch_check(in, &tab))
         return -EINVAL;
-    size_t tab = 0;
-    for (int s = 0; s < ns; s++) {
-        if (in->n_blocks[s] < 0 || (in->n_blocks[s] && !in->tables[s]))
-            return -EINVAL;
-        tab += (size_t)in->n_blocks[s];
-    }
     size_t nn = (size_t)n, nsq = (size_t)ns, no = (size_t)in->n_out;
     int rc = grow((void **)&b->tokens, &b->cap[0], nn, sizeof(int32_t));
     rc = rc ? rc : grow((void **)&b->pos, &b->cap[1], nn, sizeof(int32_t));
@@ -420,14 +414,11 @@ static int cpu_set_batch(void *ctx, const struct dev_batch *in)
     rc = rc ? rc : grow((void **)&b->tab_off, &b->cap[7], nsq, sizeof(size_t));
     if (rc)
         return rc;
-    b->n = b->n_seq = b->n_out = 0; /* until it is all checked */
     size_t off = 0;
     for (int s = 0; s < ns; s++) {
         int32_t mx = -1;
         for (int32_t i = 0; i < in->n_blocks[s]; i++) {
             int32_t id = in->tables[s][i];
-            if (id < 0)
-                return -EINVAL;
             mx = id > mx ? id : mx;
             b->tab[off + (size_t)i] = id;
         }
@@ -438,18 +429,13 @@ static int cpu_set_batch(void *ctx, const struct dev_batch *in)
     }
     for (int t = 0; t < n; t++) {
         int32_t sq = in->seq ? in->seq[t] : -1;
-        if (in->pos[t] < 0 || (in->seq && (sq < 0 || sq >= ns)))
-            return -EINVAL;
         b->pos[t] = in->pos[t];
         b->tokens[t] = in->tokens ? in->tokens[t] : -1;
         b->tp[t] = (struct cpu_tok){sq >= 0 ? b->tab + b->tab_off[sq] : NULL, in->pos[t], sq,
                                     (uint8_t)(in->chunk ? in->chunk[t] != 0 : 0)};
     }
-    for (int i = 0; i < in->n_out; i++) {
-        if (in->out_rows[i] < 0 || in->out_rows[i] >= n)
-            return -EINVAL;
+    for (int i = 0; i < in->n_out; i++)
         b->rows[i] = in->out_rows[i];
-    }
     b->n = n;
     b->n_seq = ns;
     b->n_out = in->n_out;

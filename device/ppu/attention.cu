@@ -106,7 +106,7 @@ extern "C" int ppu_attention(struct ppu *p, const struct dev_kv *kv, const float
     if (!p->b.n)
         return 0;
     size_t shared = sizeof(float) * ((size_t)kv->head_dim + 2 * ATT_THREADS);
-    attn_k<<<(unsigned)p->b.n * (unsigned)n_heads, ATT_THREADS, shared, p->stream>>>(
+    attn_k<<<(unsigned)p->b.n *(unsigned)n_heads, ATT_THREADS, shared, p->stream>>>(
         kv->k, kv->v, kv->type == QT_F16, kv->block_size, kv->n_kv_heads, kv->head_dim, n_heads,
         p->b.pos, p->b.seq, p->b.tab, p->b.tab_off, q, scale, out);
     return ppu_launched();

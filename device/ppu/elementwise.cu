@@ -114,8 +114,8 @@ extern "C" int ppu_rope(struct ppu *p, float *x, int n_heads, int head_dim,
     if (!n)
         return 0;
     rope_k<<<blocks_for(n, 128), 128, 0, p->stream>>>(x, p->b.pos, p->b.n, n_heads, head_dim,
-                                                       r->n_rot, r->neox, r->freq_base,
-                                                       r->freq_scale, r->freq_factors);
+                                                      r->n_rot, r->neox, r->freq_base,
+                                                      r->freq_scale, r->freq_factors);
     return ppu_launched();
 }
 
@@ -204,16 +204,15 @@ __global__ void kv_store_k(void *kc, void *vc, int f16, int bs, size_t row, cons
     }
 }
 
-extern "C" int ppu_kv_store(struct ppu *p, const struct dev_kv *kv, const float *k,
-                            const float *v)
+extern "C" int ppu_kv_store(struct ppu *p, const struct dev_kv *kv, const float *k, const float *v)
 {
     if (ppu_batch_fits(p, kv))
         return -EINVAL;
     size_t row = (size_t)kv->n_kv_heads * kv->head_dim, n = (size_t)p->b.n * row;
     if (!n)
         return 0;
-    kv_store_k<<<blocks_for(n, 256), 256, 0, p->stream>>>(
-        kv->k, kv->v, kv->type == QT_F16, kv->block_size, row, p->b.pos, p->b.seq, p->b.tab,
-        p->b.tab_off, k, v, p->b.n);
+    kv_store_k<<<blocks_for(n, 256), 256, 0, p->stream>>>(kv->k, kv->v, kv->type == QT_F16,
+                                                          kv->block_size, row, p->b.pos, p->b.seq,
+                                                          p->b.tab, p->b.tab_off, k, v, p->b.n);
     return ppu_launched();
 }

@@ -38,7 +38,7 @@ struct ppu {
     cudaDeviceProp prop;
     char kernels[96]; /* "sm_90 NVIDIA H200" */
     struct ppu_batch b;
-    void *act;        /* quantized activations of a matmul (device) */
+    void *act; /* quantized activations of a matmul (device) */
     size_t cap_act;
 };
 

@@ -166,7 +166,8 @@ __global__ void matmul_k(const uint8_t *w, uint32_t type, int64_t rows, int64_t 
     }
 }
 
-extern "C" int ppu_matmul(struct ppu *p, const struct dev_weight *w, const float *x, int T, float *y)
+extern "C" int ppu_matmul(struct ppu *p, const struct dev_weight *w, const float *x, int T,
+                          float *y)
 {
     if (!ppu_matmul_type_ok(w->type) || w->packed || T < 0 || w->cols <= 0 || w->rows <= 0 ||
         w->cols % ppu_blk_elems(w->type))
@@ -195,6 +196,6 @@ extern "C" int ppu_matmul(struct ppu *p, const struct dev_weight *w, const float
     dim3 grid((unsigned)((w->rows + MM_ROWS - 1) / MM_ROWS),
               (unsigned)((T + MM_TOKENS - 1) / MM_TOKENS));
     matmul_k<<<grid, 32 * MM_ROWS, 0, p->stream>>>((const uint8_t *)w->data, w->type, w->rows,
-                                                    w->cols, w->row_bytes, fmt, x, a, T, y);
+                                                   w->cols, w->row_bytes, fmt, x, a, T, y);
     return ppu_launched();
 }

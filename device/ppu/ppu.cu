@@ -37,8 +37,9 @@ extern "C" int dev_ppu_probe(char *err, size_t errlen)
         return fail(err, errlen, -ENODEV, "cannot read device 0's properties", e);
     if (prop.major < PPU_MIN_CC_MAJOR) {
         if (err && errlen)
-            snprintf(err, errlen, "device 'ppu': %s has compute capability %d.%d; cinfer needs %d.0",
-                     prop.name, prop.major, prop.minor, PPU_MIN_CC_MAJOR);
+            snprintf(err, errlen,
+                     "device 'ppu': %s has compute capability %d.%d; cinfer needs %d.0", prop.name,
+                     prop.major, prop.minor, PPU_MIN_CC_MAJOR);
         return -ENODEV;
     }
     return 0;
@@ -132,15 +133,9 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     struct ppu *p = (struct ppu *)ctx;
     struct ppu_batch *b = &p->b;
     int n = in->n, ns = in->n_seq, no = in->n_out;
-    if (n < 0 || ns < 0 || no < 0 || no > n || (n && !in->pos) ||
-        (ns && (!in->tables || !in->n_blocks)) || (no && !in->out_rows))
+    size_t tab;
+    if (dev_batch_check(in, &tab))
         return -EINVAL;
-    size_t tab = 0;
-    for (int s = 0; s < ns; s++) {
-        if (in->n_blocks[s] < 0 || (in->n_blocks[s] && !in->tables[s]))
-            return -EINVAL;
-        tab += (size_t)in->n_blocks[s];
-    }
     /* the device buffer's layout: tokens pos seq rows tab tab_off tab_len (int32), chunk */
     size_t o_tok = 0, o_pos = o_tok + up8(n), o_seq = o_pos + up8(n), o_rows = o_seq + up8(n),
            o_tab = o_rows + up8(no), o_off = o_tab + up8(tab), o_len = o_off + up8(ns),
@@ -169,14 +164,11 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     cudaStreamSynchronize(p->stream); /* the staging buffer is about to be rewritten */
     int32_t *h = (int32_t *)b->staging;
     uint8_t *hc = (uint8_t *)(h + n32);
-    b->n = b->n_seq = b->n_out = 0; /* until it is all checked */
     size_t off = 0;
     for (int s = 0; s < ns; s++) {
         int32_t mx = -1;
         for (int32_t i = 0; i < in->n_blocks[s]; i++) {
             int32_t id = in->tables[s][i];
-            if (id < 0)
-                return -EINVAL;
             mx = id > mx ? id : mx;
             h[o_tab + off + (size_t)i] = id;
         }
@@ -189,8 +181,6 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     int32_t max_pos = 0;
     for (int t = 0; t < n; t++) {
         int32_t sq = in->seq ? in->seq[t] : 0;
-        if (in->pos[t] < 0 || (in->seq && (sq < 0 || sq >= ns)))
-            return -EINVAL;
         h[o_tok + t] = in->tokens ? in->tokens[t] : 0;
         h[o_pos + t] = in->pos[t];
         h[o_seq + t] = sq;
@@ -200,11 +190,8 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
         b->h_tokens[t] = in->tokens ? in->tokens[t] : -1;
         max_pos = in->pos[t] > max_pos ? in->pos[t] : max_pos;
     }
-    for (int i = 0; i < no; i++) {
-        if (in->out_rows[i] < 0 || in->out_rows[i] >= n)
-            return -EINVAL;
+    for (int i = 0; i < no; i++)
         h[o_rows + i] = in->out_rows[i];
-    }
     if (cudaMemcpyAsync(b->dev, b->staging, bytes, cudaMemcpyHostToDevice, p->stream) !=
         cudaSuccess)
         return -EIO;
