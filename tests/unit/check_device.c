@@ -643,6 +643,67 @@ END_TEST
 
 /* ---- embed, elementwise and per-row ops ----------------------------------------- */
 
+START_TEST(bad_batches_are_refused)
+{
+    struct dev d;
+    struct dev_config cfg = {.threads = 2};
+    ck_assert_int_eq(dev_create("cpu", &cfg, &d, NULL, 0), 0);
+    const int32_t table[2] = {3, 1}, neg_table[2] = {3, -1};
+    const int32_t *tabs[1] = {table}, *neg_tabs[1] = {neg_table};
+    int32_t nb = 2, pos[3] = {0, 1, 2}, seq[3] = {0, 0, 0}, rows[1] = {2};
+    struct dev_batch ok = {.n = 3,
+                           .pos = pos,
+                           .seq = seq,
+                           .n_seq = 1,
+                           .tables = tabs,
+                           .n_blocks = &nb,
+                           .n_out = 1,
+                           .out_rows = rows};
+    ck_assert_int_eq(dev_set_batch(&d, &ok), 0);
+    struct dev_batch b = ok;
+    b.n_out = 4; /* more rows than tokens */
+    ck_assert_int_eq(dev_set_batch(&d, &b), -EINVAL);
+    b = ok;
+    int32_t bad_rows[1] = {3};
+    b.out_rows = bad_rows;
+    ck_assert_int_eq(dev_set_batch(&d, &b), -EINVAL);
+    b = ok;
+    int32_t bad_seq[3] = {0, 1, 0};
+    b.seq = bad_seq; /* a second sequence that has no table */
+    ck_assert_int_eq(dev_set_batch(&d, &b), -EINVAL);
+    b = ok;
+    int32_t bad_pos[3] = {0, -1, 2};
+    b.pos = bad_pos;
+    ck_assert_int_eq(dev_set_batch(&d, &b), -EINVAL);
+    b = ok;
+    b.tables = neg_tabs;
+    ck_assert_int_eq(dev_set_batch(&d, &b), -EINVAL);
+    b = ok;
+    b.pos = NULL;
+    ck_assert_int_eq(dev_set_batch(&d, &b), -EINVAL);
+    /* the kv ops: a position past its table, a block past the cache */
+    enum { BS = 2, HD = 8 };
+    size_t cells = (size_t)4 * BS * HD;
+    struct dev_kv kv = {dev_alloc(&d, cells * 2), dev_alloc(&d, cells * 2), QT_F16, 4, BS, 1, HD};
+    float k[3 * HD] = {0}, q[3 * HD] = {0}, out[3 * HD];
+    ck_assert_int_eq(dev_set_batch(&d, &ok), 0);
+    ck_assert_int_eq(dev_kv_store(&d, &kv, k, k), 0);
+    ck_assert_int_eq(dev_attention(&d, &kv, q, 1, 0.125f, out), 0);
+    int32_t far[3] = {0, 1, 4}; /* position 4 is in block 2: the table has 2 */
+    b = ok;
+    b.pos = far;
+    ck_assert_int_eq(dev_set_batch(&d, &b), 0);
+    ck_assert_int_eq(dev_kv_store(&d, &kv, k, k), -EINVAL);
+    ck_assert_int_eq(dev_attention(&d, &kv, q, 1, 0.125f, out), -EINVAL);
+    kv.n_blocks = 3; /* block 3 of the table is past a 3-block cache */
+    ck_assert_int_eq(dev_set_batch(&d, &ok), 0);
+    ck_assert_int_eq(dev_kv_store(&d, &kv, k, k), -EINVAL);
+    dev_free(&d, kv.k);
+    dev_free(&d, kv.v);
+    dev_destroy(&d);
+}
+END_TEST
+
 START_TEST(embed_returns_dequantized_rows)
 {
     struct backends b;
@@ -1308,6 +1369,7 @@ Suite *device_suite(void)
     tcase_add_test(tc, silu_mul_matches_reference);
     tcase_add_test(tc, add_and_add_bias_are_elementwise);
     tcase_add_test(tc, device_memory_round_trips);
+    tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_loop_test(tc, attention_over_scattered_blocks_matches_reference, 0,
                         2); /* both attention orders */
     tcase_add_loop_test(tc, attention_head_sizes_scalar_and_avx2_agree, 0,
