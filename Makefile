@@ -102,6 +102,10 @@ $(TEST_BIN): $(TEST_OBJ) $(LIBCINFER)
 $(BUILD)/check_ops: $(BUILD)/tests/ppu/check_ops.o $(LIBCINFER)
 	$(CXX) -o $@ $^ -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lm
 
+# the whole model on a backend against the CPU (tests/ppu/check_model.c), on one GGUF
+$(BUILD)/check_model: $(BUILD)/tests/ppu/check_model.o $(LIBCINFER)
+	$(CXX) -o $@ $^ $(if $(filter 1,$(PPU)),-L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt) -lpthread -lm
+
 # random-weight GGUFs of real shapes (tests/ppu/make_gguf.c), made where the real models cannot go
 $(BUILD)/make_gguf: $(BUILD)/tests/ppu/make_gguf.o $(BUILD)/tests/unit/gguf_writer.o $(LIBCINFER)
 	$(CXX) -o $@ $^ -lm
@@ -110,9 +114,10 @@ $(BUILD)/make_gguf: $(BUILD)/tests/ppu/make_gguf.o $(BUILD)/tests/unit/gguf_writ
 # shared libraries of cinfer that are not part of a bare system (libc and friends stay).
 ppu-bundle:
 	$(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer build/ppu/check_ops \
-	    build/ppu/make_gguf
+	    build/ppu/check_model build/ppu/make_gguf
 	rm -rf build/ppu/bundle && mkdir -p build/ppu/bundle/lib
-	cp build/ppu/cinfer build/ppu/check_ops build/ppu/make_gguf device/ppu/check.sh \
+	cp build/ppu/cinfer build/ppu/check_ops build/ppu/check_model build/ppu/make_gguf \
+	    device/ppu/check.sh \
 	    build/ppu/bundle/
 	ldd build/ppu/cinfer | awk '$$3 ~ /^\// {print $$3}' | \
 	    grep -vE '/(libc|libm|libpthread|libdl|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' | \
@@ -124,7 +129,7 @@ ppu-bundle:
 ppu-check:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	    $(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer \
-	        build/ppu/check_ops build/ppu/make_gguf && \
+	        build/ppu/check_ops build/ppu/check_model build/ppu/make_gguf && \
 	    sh tests/ppu_host.sh build/ppu/cinfer && \
 	    { rc=0; build/ppu/check_ops || rc=$$?; [ $$rc = 0 ] || [ $$rc = 77 ]; } && \
 	    sh tests/ppu_isa.sh $(NVCC) $(PPU_ARCH); \
