@@ -14,6 +14,7 @@
 #endif
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,10 @@ struct pool {
  * hundreds of short ops back to back, and a futex wake per op costs more than
  * the op.  Idle workers still end up asleep within a fraction of a millisecond. */
 #define POOL_SPIN 20000
+
+/* Rounds the caller spins for a job's last chunks before it yields its CPU: on a machine
+ * shared with other work, the peer it waits for may be waiting for this very CPU. */
+#define POOL_WAIT_SPIN 2000
 
 struct worker_arg {
     struct pool *p;
@@ -126,8 +131,13 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         pthread_mutex_unlock(&p->mu);
     }
     pool_drain(p, 0);
-    while (atomic_load(&p->busy) > 0)
-        cpu_relax();
+    /* a peer still in its chunk: spin a little, then yield, in case it waits for this CPU */
+    for (int spins = 0; atomic_load(&p->busy) > 0; spins++) {
+        if (spins < POOL_WAIT_SPIN)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
 
 static void pool_destroy(struct pool *p)
