@@ -90,6 +90,29 @@ int dev_batch_check(const struct dev_batch *b, size_t *n_tab)
     return 0;
 }
 
+void dev_batch_bounds(const struct dev_batch *b, struct dev_seq_bounds *out)
+{
+    for (int s = 0; s < b->n_seq; s++) {
+        out[s] = (struct dev_seq_bounds){b->n_blocks[s], -1, -1};
+        for (int32_t i = 0; i < b->n_blocks[s]; i++)
+            if (b->tables[s][i] > out[s].max_block)
+                out[s].max_block = b->tables[s][i];
+    }
+    for (int t = 0; b->seq && t < b->n; t++)
+        if (b->pos[t] > out[b->seq[t]].max_pos)
+            out[b->seq[t]].max_pos = b->pos[t];
+}
+
+int dev_batch_fits(const struct dev_seq_bounds *sb, int n_seq, const struct dev_kv *kv)
+{
+    if (kv->block_size < 1)
+        return -EINVAL;
+    for (int s = 0; s < n_seq; s++)
+        if (sb[s].max_block >= kv->n_blocks || sb[s].max_pos / kv->block_size >= sb[s].n_blocks)
+            return -EINVAL;
+    return 0;
+}
+
 const char *dev_built(void)
 {
 #ifdef CINFER_HAVE_PPU

@@ -194,6 +194,19 @@ int dev_check(const char *name, char *err, size_t errlen);
  */
 int dev_batch_check(const struct dev_batch *b, size_t *n_tab);
 
+/* What the kv ops check one sequence of a batch against (dev_batch_bounds). */
+struct dev_seq_bounds {
+    int32_t n_blocks;  /* its table's length */
+    int32_t max_block; /* its largest block id; -1: none */
+    int32_t max_pos;   /* the largest position of its tokens; -1: none */
+};
+
+/* For a batch dev_batch_check passed: the bounds of each of its n_seq sequences into out. */
+void dev_batch_bounds(const struct dev_batch *b, struct dev_seq_bounds *out);
+
+/* 0 when each sequence's positions lie in its table and its blocks in kv, else -EINVAL. */
+int dev_batch_fits(const struct dev_seq_bounds *sb, int n_seq, const struct dev_kv *kv);
+
 /* "cpu" or "ppu": the backend d is. */
 static inline const char *dev_backend_name(const struct dev *d)
 {

@@ -202,10 +202,10 @@ struct cpu_batch {
     int has_tokens, has_seq;
     int32_t *tokens, *pos, *rows;
     struct cpu_tok *tp;
-    int32_t *tab;               /* the block tables, back to back */
-    int32_t *tab_len, *tab_max; /* n_seq: each table's length and largest block id */
-    size_t *tab_off;            /* n_seq: where each starts in tab */
-    size_t cap[8];              /* of each array above, in the order grown */
+    int32_t *tab;                  /* the block tables, back to back */
+    struct dev_seq_bounds *bounds; /* n_seq: what the kv ops check (dev_batch_fits) */
+    size_t *tab_off;               /* n_seq: where each starts in tab */
+    size_t cap[7];                 /* of each array above, in the order grown */
 };
 
 /*
@@ -266,8 +266,7 @@ static void batch_free(struct cpu_batch *b)
     free(b->rows);
     free(b->tp);
     free(b->tab);
-    free(b->tab_len);
-    free(b->tab_max);
+    free(b->bounds);
     free(b->tab_off);
 }
 
@@ -419,24 +418,17 @@ static int cpu_set_batch(void *ctx, const struct dev_batch *in)
     rc = rc ? rc : grow((void **)&b->tp, &b->cap[2], nn, sizeof(struct cpu_tok));
     rc = rc ? rc : grow((void **)&b->rows, &b->cap[3], no, sizeof(int32_t));
     rc = rc ? rc : grow((void **)&b->tab, &b->cap[4], tab, sizeof(int32_t));
-    rc = rc ? rc : grow((void **)&b->tab_len, &b->cap[5], nsq, sizeof(int32_t));
-    rc = rc ? rc : grow((void **)&b->tab_max, &b->cap[6], nsq, sizeof(int32_t));
-    rc = rc ? rc : grow((void **)&b->tab_off, &b->cap[7], nsq, sizeof(size_t));
+    rc = rc ? rc : grow((void **)&b->bounds, &b->cap[5], nsq, sizeof(struct dev_seq_bounds));
+    rc = rc ? rc : grow((void **)&b->tab_off, &b->cap[6], nsq, sizeof(size_t));
     if (rc)
         return rc;
     size_t off = 0;
     for (int s = 0; s < ns; s++) {
-        int32_t mx = -1;
-        for (int32_t i = 0; i < in->n_blocks[s]; i++) {
-            int32_t id = in->tables[s][i];
-            mx = id > mx ? id : mx;
-            b->tab[off + (size_t)i] = id;
-        }
-        b->tab_len[s] = in->n_blocks[s];
-        b->tab_max[s] = mx;
+        memcpy(b->tab + off, in->tables[s], sizeof(int32_t) * (size_t)in->n_blocks[s]);
         b->tab_off[s] = off;
         off += (size_t)in->n_blocks[s];
     }
+    dev_batch_bounds(in, b->bounds);
     for (int t = 0; t < n; t++) {
         int32_t sq = in->seq ? in->seq[t] : -1;
         b->pos[t] = in->pos[t];
@@ -457,16 +449,7 @@ static int cpu_set_batch(void *ctx, const struct dev_batch *in)
 /* 0 when every batch token's slot lies in its table and the tables in kv's blocks */
 static int batch_fits(const struct cpu *c, const struct dev_kv *kv)
 {
-    const struct cpu_batch *b = &c->b;
-    if (!b->has_seq || kv->block_size < 1)
-        return -EINVAL;
-    for (int s = 0; s < b->n_seq; s++)
-        if (b->tab_max[s] >= kv->n_blocks)
-            return -EINVAL;
-    for (int t = 0; t < b->n; t++)
-        if (b->tp[t].pos / kv->block_size >= b->tab_len[b->tp[t].seq])
-            return -EINVAL;
-    return 0;
+    return c->b.has_seq ? dev_batch_fits(c->b.bounds, c->b.n_seq, kv) : -EINVAL;
 }
 
 /* ---- matmul ----------------------------------------------------------------- */

@@ -14,17 +14,15 @@
 /* The current batch on the device (set_batch), one allocation: */
 struct ppu_batch {
     int n, n_seq, n_out, has_tokens, has_seq;
-    int32_t max_pos;  /* the largest position (attention's length) */
     int32_t *tokens;  /* n (device) */
     int32_t *pos;     /* n */
     int32_t *seq;     /* n */
-    uint8_t *chunk;   /* n */
     int32_t *rows;    /* n_out */
     int32_t *tab;     /* the tables back to back */
     int32_t *tab_off; /* n_seq: where each starts in tab */
-    int32_t *tab_len; /* n_seq */
     /* host copies for checks */
-    int32_t *h_tab_max, *h_tab_len, *h_pos, *h_seq, *h_tokens;
+    int32_t *h_tokens;               /* n: the ids, for embed's check against its table */
+    struct dev_seq_bounds *h_bounds; /* n_seq: what the kv ops check (dev_batch_fits) */
     size_t cap_h;
     void *dev;      /* the device buffer all the above point into */
     size_t cap_dev; /* its bytes */

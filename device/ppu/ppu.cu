@@ -117,13 +117,14 @@ static int grow_host(struct ppu_batch *b, size_t n)
 {
     if (n <= b->cap_h)
         return 0;
-    int32_t **arrs[] = {&b->h_tab_max, &b->h_tab_len, &b->h_pos, &b->h_seq, &b->h_tokens};
-    for (size_t i = 0; i < sizeof(arrs) / sizeof(*arrs); i++) {
-        int32_t *q = (int32_t *)realloc(*arrs[i], n * sizeof(int32_t));
-        if (!q)
-            return -ENOMEM;
-        *arrs[i] = q;
-    }
+    int32_t *t = (int32_t *)realloc(b->h_tokens, n * sizeof(int32_t));
+    if (t)
+        b->h_tokens = t;
+    struct dev_seq_bounds *sb =
+        t ? (struct dev_seq_bounds *)realloc(b->h_bounds, n * sizeof(*sb)) : NULL;
+    if (!sb)
+        return -ENOMEM;
+    b->h_bounds = sb;
     b->cap_h = n;
     return 0;
 }
@@ -136,11 +137,13 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     size_t tab;
     if (dev_batch_check(in, &tab))
         return -EINVAL;
-    /* the device buffer's layout: tokens pos seq rows tab tab_off tab_len (int32), chunk */
+    /*
+     * the device buffer's layout, int32 arrays: tokens pos seq rows tab tab_off (the chunk
+     * flags are not needed: the PPU has one attention order for every token)
+     */
     size_t o_tok = 0, o_pos = o_tok + up8(n), o_seq = o_pos + up8(n), o_rows = o_seq + up8(n),
-           o_tab = o_rows + up8(no), o_off = o_tab + up8(tab), o_len = o_off + up8(ns),
-           n32 = o_len + up8(ns);
-    size_t bytes = n32 * sizeof(int32_t) + up8(n);
+           o_tab = o_rows + up8(no), o_off = o_tab + up8(tab), n32 = o_off + up8(ns);
+    size_t bytes = n32 * sizeof(int32_t);
     size_t hn = (size_t)(n > ns ? n : ns) + 1;
     if (grow_host(b, hn))
         return -ENOMEM;
@@ -163,32 +166,19 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     }
     cudaStreamSynchronize(p->stream); /* the staging buffer is about to be rewritten */
     int32_t *h = (int32_t *)b->staging;
-    uint8_t *hc = (uint8_t *)(h + n32);
     size_t off = 0;
     for (int s = 0; s < ns; s++) {
-        int32_t mx = -1;
-        for (int32_t i = 0; i < in->n_blocks[s]; i++) {
-            int32_t id = in->tables[s][i];
-            mx = id > mx ? id : mx;
-            h[o_tab + off + (size_t)i] = id;
-        }
+        memcpy(h + o_tab + off, in->tables[s], sizeof(int32_t) * (size_t)in->n_blocks[s]);
         h[o_off + (size_t)s] = (int32_t)off;
-        h[o_len + (size_t)s] = in->n_blocks[s];
-        b->h_tab_len[s] = in->n_blocks[s];
-        b->h_tab_max[s] = mx;
         off += (size_t)in->n_blocks[s];
     }
-    int32_t max_pos = 0;
+    dev_batch_bounds(in, b->h_bounds);
     for (int t = 0; t < n; t++) {
         int32_t sq = in->seq ? in->seq[t] : 0;
         h[o_tok + t] = in->tokens ? in->tokens[t] : 0;
         h[o_pos + t] = in->pos[t];
         h[o_seq + t] = sq;
-        hc[t] = (uint8_t)(in->chunk ? in->chunk[t] != 0 : 0);
-        b->h_pos[t] = in->pos[t];
-        b->h_seq[t] = sq;
         b->h_tokens[t] = in->tokens ? in->tokens[t] : -1;
-        max_pos = in->pos[t] > max_pos ? in->pos[t] : max_pos;
     }
     for (int i = 0; i < no; i++)
         h[o_rows + i] = in->out_rows[i];
@@ -202,12 +192,9 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     b->rows = d + o_rows;
     b->tab = d + o_tab;
     b->tab_off = d + o_off;
-    b->tab_len = d + o_len;
-    b->chunk = (uint8_t *)(d + n32);
     b->n = n;
     b->n_seq = ns;
     b->n_out = no;
-    b->max_pos = max_pos;
     b->has_tokens = in->tokens != NULL;
     b->has_seq = in->seq != NULL;
     return 0;
@@ -215,16 +202,7 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
 
 extern "C" int ppu_batch_fits(const struct ppu *p, const struct dev_kv *kv)
 {
-    const struct ppu_batch *b = &p->b;
-    if (!b->has_seq || kv->block_size < 1)
-        return -EINVAL;
-    for (int s = 0; s < b->n_seq; s++)
-        if (b->h_tab_max[s] >= kv->n_blocks)
-            return -EINVAL;
-    for (int t = 0; t < b->n; t++)
-        if (b->h_pos[t] / kv->block_size >= b->h_tab_len[b->h_seq[t]])
-            return -EINVAL;
-    return 0;
+    return p->b.has_seq ? dev_batch_fits(p->b.h_bounds, p->b.n_seq, kv) : -EINVAL;
 }
 
 /* ---- the ops table ------------------------------------------------------------ */
@@ -238,11 +216,8 @@ static void ppu_destroy(void *ctx)
     cudaFree(p->b.dev);
     cudaFreeHost(p->b.staging);
     cudaFree(p->act);
-    free(p->b.h_tab_max);
-    free(p->b.h_tab_len);
-    free(p->b.h_pos);
-    free(p->b.h_seq);
     free(p->b.h_tokens);
+    free(p->b.h_bounds);
     cudaStreamDestroy(p->stream);
     free(p);
 }
