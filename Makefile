@@ -60,7 +60,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle
+.PHONY: all deps model model-qwen test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle
 all: $(BIN)
 
 help:
@@ -110,14 +110,19 @@ $(BUILD)/check_model: $(BUILD)/tests/ppu/check_model.o $(LIBCINFER)
 $(BUILD)/make_gguf: $(BUILD)/tests/ppu/make_gguf.o $(BUILD)/tests/unit/gguf_writer.o $(LIBCINFER)
 	$(CXX) -o $@ $^ -lm
 
+# the device's own memory bandwidth (tests/ppu/membw.cu), what batch-1 decode is held against
+$(BUILD)/membw: tests/ppu/membw.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< -cudart static
+
 # What travels to a GPU machine (device/ppu/check.sh): the PPU flavour, check_ops, and the
 # shared libraries of cinfer that are not part of a bare system (libc and friends stay).
 ppu-bundle:
 	$(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer build/ppu/check_ops \
-	    build/ppu/check_model build/ppu/make_gguf
+	    build/ppu/check_model build/ppu/make_gguf build/ppu/membw
 	rm -rf build/ppu/bundle && mkdir -p build/ppu/bundle/lib
 	cp build/ppu/cinfer build/ppu/check_ops build/ppu/check_model build/ppu/make_gguf \
-	    device/ppu/check.sh \
+	    build/ppu/membw device/ppu/check.sh bench/serve_load.py \
 	    build/ppu/bundle/
 	ldd build/ppu/cinfer | awk '$$3 ~ /^\// {print $$3}' | \
 	    grep -vE '/(libc|libm|libpthread|libdl|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' | \
@@ -129,7 +134,7 @@ ppu-bundle:
 ppu-check:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	    $(MAKE) --no-print-directory PPU=1 BIN=build/ppu/cinfer build/ppu/cinfer \
-	        build/ppu/check_ops build/ppu/check_model build/ppu/make_gguf && \
+	        build/ppu/check_ops build/ppu/check_model build/ppu/make_gguf build/ppu/membw && \
 	    sh tests/ppu_host.sh build/ppu/cinfer && \
 	    { rc=0; build/ppu/check_ops || rc=$$?; [ $$rc = 0 ] || [ $$rc = 77 ]; } && \
 	    sh tests/ppu_isa.sh $(NVCC) $(PPU_ARCH); \
@@ -140,6 +145,11 @@ deps:
 
 model: deps
 	@sh scripts/fetch-model.sh $(MODEL_FILE)
+
+# the second real model, for the benchmarks and its fixtures (not needed by make test)
+QWEN_FILE := models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+model-qwen: deps
+	@sh scripts/fetch-qwen.sh $(QWEN_FILE)
 
 # Unit suites run in one Check runner, so the output ends with its summary.
 check: $(BIN) $(TEST_BIN)

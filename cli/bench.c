@@ -296,7 +296,8 @@ int cli_bench(int argc, char **argv)
     if (rc)
         fprintf(stderr, "cinfer bench: a forward pass failed\n");
     if (!json)
-        fprintf(stderr, "cinfer bench: kernels %s\n", dev_kernels_name(&b.l.dev));
+        fprintf(stderr, "cinfer bench: kernels %s; weights read per token %.1f MB\n",
+                dev_kernels_name(&b.l.dev), (double)model_weight_bytes(b.l.m) / 1e6);
 done:
     free(tps);
     free(b.logits);

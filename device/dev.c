@@ -27,11 +27,19 @@ int dev_check(const char *name, char *err, size_t errlen)
         name = "auto";
     if (strcmp(name, "cpu") && strcmp(name, "auto") && strcmp(name, "ppu"))
         return fail(err, errlen, -EINVAL, "unknown device '%s'; choices: auto, cpu, ppu", name);
-    if (strcmp(name, "ppu"))
+    if (!strcmp(name, "cpu"))
         return 0;
 #ifdef CINFER_HAVE_PPU
-    return dev_ppu_probe(err, errlen);
+    int rc = dev_ppu_probe(err, errlen);
+    if (rc == -ENODEV && !strcmp(name, "auto")) { /* auto: no device is not an error */
+        if (err && errlen)
+            err[0] = '\0';
+        return 0;
+    }
+    return rc;
 #else
+    if (!strcmp(name, "auto"))
+        return 0;
     return fail(err, errlen, -ENODEV,
                 "device '%s': this build has no PPU backend (only cpu); choices: auto, cpu", name);
 #endif
@@ -49,14 +57,14 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
     if (err && errlen)
         err[0] = '\0';
     int rc = dev_check(name, err, errlen);
-    if (rc && strcmp(name, "auto"))
+    if (rc)
         return rc;
 #ifdef CINFER_HAVE_PPU
     if (strcmp(name, "cpu")) { /* ppu, or auto with a device present */
         rc = dev_ppu_create(cfg, out, err, errlen);
-        if (!rc || !strcmp(name, "ppu"))
-            return rc;
-        /* auto: err keeps why the PPU was passed over, for the caller's log */
+        if (!rc || !strcmp(name, "ppu") || rc != -ENODEV)
+            return rc; /* a bad setting is an error for auto too */
+        /* auto without a device: err keeps why the PPU was passed over, for the caller's log */
     }
 #endif
     rc = dev_cpu_create(cfg, out);

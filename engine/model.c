@@ -186,6 +186,17 @@ static int layer_weights(struct model_layer *ly, struct dev_weight **ws)
     return (int)(sizeof(all) / sizeof(all[0]));
 }
 
+size_t model_weight_bytes(const struct model *m)
+{
+    size_t n = (size_t)m->output.rows * m->output.row_bytes;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        struct dev_weight *ws[7];
+        for (int i = 0, k = layer_weights(&m->layers[l], ws); i < k; i++)
+            n += (size_t)ws[i]->rows * ws[i]->row_bytes;
+    }
+    return n;
+}
+
 /*
  * Puts w (its data the GGUF's bytes) on the device: in the backend's packed
  * layout when it has one for w (the file's pages then leave memory), else

@@ -65,6 +65,12 @@ struct model {
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *out_rows;
 };
 
+/*
+ * The GGUF bytes of the matrices one decode token reads: every layer's seven
+ * and the output (a batch-1 step's memory traffic, less the K/V).
+ */
+size_t model_weight_bytes(const struct model *m);
+
 /* K/V storage for every layer, for n_blocks blocks of block_size tokens. */
 struct model_kv {
     struct dev_kv *layers; /* n_layer */

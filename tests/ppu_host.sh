@@ -34,6 +34,14 @@ if [ $gpu = 0 ]; then
     grep -q "running on the CPU" "$tmp/err" || fail "run --device auto did not say why: $(cat "$tmp/err")"
     [ -s "$tmp/out" ] || fail "run --device auto generated nothing"
     echo "ppu_host: --device auto without a device: ran on the CPU ('$(head -1 "$tmp/err")')"
+    for dev in ppu auto; do
+        rc=0
+        CINFER_PPU_GRAPHS=yes "$bin" run -m "$model" -p hi -n 2 --device $dev >"$tmp/out" 2>"$tmp/err" || rc=$?
+        [ $rc = 2 ] || fail "CINFER_PPU_GRAPHS=yes, --device $dev: exit $rc, not 2: $(cat "$tmp/err")"
+        [ "$(wc -l <"$tmp/err")" = 1 ] && grep -q "CINFER_PPU_GRAPHS is 'yes'; it must be 0 or 1" "$tmp/err" ||
+            fail "CINFER_PPU_GRAPHS=yes, --device $dev: $(cat "$tmp/err")"
+    done
+    echo "ppu_host: a bad CINFER_PPU_GRAPHS: exit 2, '$(cat "$tmp/err")'"
     echo "ppu_host: SKIP: no GPU here: the PPU kernels are checked by device/ppu/check.sh on one"
 else
     rc=0

@@ -30,14 +30,31 @@ struct ppu_batch {
     size_t cap_staging;
 };
 
+/* an instantiated step graph (graph.cu), kept for steps with its node count */
+struct ppu_graph {
+    cudaGraphExec_t exec;
+    size_t nodes;
+    unsigned long long used; /* p->clock when last launched */
+};
+#define PPU_GRAPHS 4
+
 struct ppu {
     int device;
     cudaStream_t stream;
     cudaDeviceProp prop;
-    char kernels[96]; /* "sm_90 NVIDIA H200" */
+    char name[96];     /* "sm_90 NVIDIA H200" */
+    char kernels[200]; /* name and whether steps run as graphs */
     struct ppu_batch b;
     void *act; /* quantized activations of a matmul (device) */
     size_t cap_act;
+    /* graph.cu */
+    int graphs;              /* 1: steps are captured as graphs (CINFER_PPU_GRAPHS) */
+    int capturing;           /* the stream is being captured */
+    cudaError_t graph_error; /* what turned graphs off, or cudaSuccess */
+    struct ppu_graph g[PPU_GRAPHS];
+    unsigned long long clock;
+    void **retired; /* device buffers freed while capturing: freed after the launch */
+    size_t n_retired, cap_retired;
 };
 
 #ifdef __cplusplus
@@ -60,6 +77,13 @@ int ppu_attention(struct ppu *p, const struct dev_kv *kv, const float *q, int n_
 int ppu_matmul(struct ppu *p, const struct dev_weight *w, const float *x, int T, float *y);
 /* 1 when ppu_matmul runs weights of this type */
 int ppu_matmul_type_ok(uint32_t type);
+
+/* graph.cu: capture from set_batch; flush (end the capture, launch) before the host waits */
+void ppu_capture_begin(struct ppu *p);
+int ppu_flush(struct ppu *p);
+/* free a device buffer now, or after the captured step ran; 0 or -ENOMEM */
+int ppu_retire(struct ppu *p, void *ptr);
+void ppu_graphs_free(struct ppu *p);
 
 /* 0 after a launch went in, else -EIO (the launch error is cleared) */
 int ppu_launched(void);

@@ -179,8 +179,8 @@ extern "C" int ppu_matmul(struct ppu *p, const struct dev_weight *w, const float
     if (fmt != ACT_F32) {
         size_t need = sizeof(struct q8blk) * (size_t)nch * (size_t)T;
         if (need > p->cap_act) {
-            if (p->act)
-                cudaFree(p->act);
+            if (ppu_retire(p, p->act))
+                return -ENOMEM;
             p->act = NULL;
             p->cap_act = 0;
             if (cudaMalloc(&p->act, need) != cudaSuccess)

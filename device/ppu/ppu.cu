@@ -24,8 +24,23 @@ static int fail(char *err, size_t errlen, int rc, const char *what, cudaError_t 
     return rc;
 }
 
+/* CINFER_PPU_GRAPHS: 1 (the default) or 0, else -EINVAL */
+static int graphs_setting(char *err, size_t errlen)
+{
+    const char *v = getenv("CINFER_PPU_GRAPHS");
+    if (!v || !strcmp(v, "1"))
+        return 1;
+    if (!strcmp(v, "0"))
+        return 0;
+    if (err && errlen)
+        snprintf(err, errlen, "device 'ppu': CINFER_PPU_GRAPHS is '%.32s'; it must be 0 or 1", v);
+    return -EINVAL;
+}
+
 extern "C" int dev_ppu_probe(char *err, size_t errlen)
 {
+    if (graphs_setting(err, errlen) < 0)
+        return -EINVAL;
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n < 1)
@@ -56,23 +71,27 @@ static void *ppu_alloc(void *ctx, size_t n)
 
 static void ppu_free(void *ctx, void *p)
 {
-    (void)ctx;
+    ppu_flush((struct ppu *)ctx);
     cudaFree(p);
 }
 
 static int ppu_upload(void *ctx, void *dst, const void *src, size_t n)
 {
     struct ppu *p = (struct ppu *)ctx;
+    if (ppu_flush(p))
+        return -EIO;
     if (cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, p->stream) != cudaSuccess ||
         cudaStreamSynchronize(p->stream) != cudaSuccess)
         return -EIO;
     return 0;
 }
 
-/* the one wait of a step: the logits */
+/* the one wait of a step: the logits (the step's graph is launched first) */
 static int ppu_download(void *ctx, void *dst, const void *src, size_t n)
 {
     struct ppu *p = (struct ppu *)ctx;
+    if (ppu_flush(p))
+        return -EIO;
     if (cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, p->stream) != cudaSuccess ||
         cudaStreamSynchronize(p->stream) != cudaSuccess)
         return -EIO;
@@ -91,7 +110,7 @@ static const void *ppu_weight_load(void *ctx, const void *host, size_t n)
 
 static void ppu_weight_free(void *ctx, const void *p)
 {
-    (void)ctx;
+    ppu_flush((struct ppu *)ctx);
     cudaFree((void *)p);
 }
 
@@ -137,6 +156,8 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     size_t tab;
     if (dev_batch_check(in, &tab))
         return -EINVAL;
+    if (ppu_flush(p)) /* the last step, when it wanted no logits */
+        return -EIO;
     /*
      * the device buffer's layout, int32 arrays: tokens pos seq rows tab tab_off (the chunk
      * flags are not needed: the PPU has one attention order for every token)
@@ -157,6 +178,7 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
         b->cap_staging = bytes;
     }
     if (bytes > b->cap_dev) {
+        cudaStreamSynchronize(p->stream); /* the last step's kernels may still read it */
         cudaFree(b->dev);
         b->dev = NULL;
         b->cap_dev = 0;
@@ -197,6 +219,7 @@ static int ppu_set_batch(void *ctx, const struct dev_batch *in)
     b->n_out = no;
     b->has_tokens = in->tokens != NULL;
     b->has_seq = in->seq != NULL;
+    ppu_capture_begin(p); /* the ops up to the next wait become one graph */
     return 0;
 }
 
@@ -212,7 +235,7 @@ static void ppu_destroy(void *ctx)
     struct ppu *p = (struct ppu *)ctx;
     if (!p)
         return;
-    cudaStreamSynchronize(p->stream);
+    ppu_graphs_free(p);
     cudaFree(p->b.dev);
     cudaFreeHost(p->b.staging);
     cudaFree(p->act);
@@ -224,7 +247,14 @@ static void ppu_destroy(void *ctx)
 
 static const char *ppu_kernels(void *ctx)
 {
-    return ((struct ppu *)ctx)->kernels;
+    struct ppu *p = (struct ppu *)ctx;
+    if (p->graph_error != cudaSuccess)
+        snprintf(p->kernels, sizeof(p->kernels), "%s, graphs off after: %s", p->name,
+                 ppu_err_str(p->graph_error));
+    else
+        snprintf(p->kernels, sizeof(p->kernels), "%s, %s", p->name,
+                 p->graphs ? "graphs" : "no graphs");
+    return p->kernels;
 }
 
 #define P(ctx) ((struct ppu *)(ctx))
@@ -306,6 +336,7 @@ extern "C" int dev_ppu_create(const struct dev_config *cfg, struct dev *out, cha
     int rc = dev_ppu_probe(err, errlen);
     if (rc)
         return rc;
+    int graphs = graphs_setting(err, errlen);
     struct ppu *p = (struct ppu *)calloc(1, sizeof(*p));
     if (!p)
         return fail(err, errlen, -ENOMEM, "out of memory", cudaErrorMemoryAllocation);
@@ -318,8 +349,8 @@ extern "C" int dev_ppu_create(const struct dev_config *cfg, struct dev *out, cha
         free(p);
         return fail(err, errlen, -ENODEV, "cannot start on device 0", e);
     }
-    snprintf(p->kernels, sizeof(p->kernels), "sm_%d%d %s", p->prop.major, p->prop.minor,
-             p->prop.name);
+    snprintf(p->name, sizeof(p->name), "sm_%d%d %s", p->prop.major, p->prop.minor, p->prop.name);
+    p->graphs = graphs;
     out->ops = &dev_ppu_ops;
     out->ctx = p;
     return 0;

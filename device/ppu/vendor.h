@@ -40,6 +40,35 @@ static inline cudaError_t ppu_mem_info(size_t *free_b, size_t *total_b)
     return e;
 }
 
+/*
+ * Graphs: CUDA 12 changed cudaGraphInstantiate and cudaGraphExecUpdate; the
+ * PPU toolchain follows CUDA 12.  ppu_graph_update: 1 when exec now runs g,
+ * 0 when the update was refused (another topology: instantiate anew).
+ */
+static inline cudaError_t ppu_graph_instantiate(cudaGraphExec_t *exec, cudaGraph_t g)
+{
+#if CUDART_VERSION >= 12000
+    return cudaGraphInstantiate(exec, g, 0);
+#else
+    return cudaGraphInstantiate(exec, g, NULL, NULL, 0);
+#endif
+}
+
+static inline int ppu_graph_update(cudaGraphExec_t exec, cudaGraph_t g)
+{
+#if CUDART_VERSION >= 12000
+    cudaGraphExecUpdateResultInfo info;
+    cudaError_t e = cudaGraphExecUpdate(exec, g, &info);
+#else
+    cudaGraphNode_t bad;
+    cudaGraphExecUpdateResult res;
+    cudaError_t e = cudaGraphExecUpdate(exec, g, &bad, &res);
+#endif
+    if (e != cudaSuccess)
+        (void)cudaGetLastError();
+    return e == cudaSuccess;
+}
+
 /* The least compute capability the kernels need (sm_80: cp.async-free, dp4a, f16 math). */
 #define PPU_MIN_CC_MAJOR 8
 

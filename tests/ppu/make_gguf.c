@@ -1,9 +1,12 @@
 /*
  * tests/ppu/make_gguf.c - random-weight GGUF models of real shapes, made on
  * the GPU machine itself (the real models do not fit in what may travel
- * there).  Enough for `cinfer bench` (the model alone: no tokenizer) and
- * for comparing backends on one file; never evidence of correctness on
- * their own.
+ * there).  Enough for `cinfer bench`, for comparing backends on one file
+ * and for `cinfer serve` under load: a byte-level BPE tokenizer of the
+ * model's vocabulary size comes along (the 256 byte tokens, then tokens
+ * "r256".. no merge makes, so text is tokenized byte by byte; no end token,
+ * so every request runs to its max_tokens).  Never evidence of correctness
+ * on their own.
  *
  *   make_gguf SHAPE OUT.gguf     SHAPE: smollm2-135m | qwen2.5-0.5b | llama-3.2-1b | llama-3.1-8b
  */
@@ -32,6 +35,42 @@ static const struct shape k_shapes[] = {
     {"llama-3.1-8b", "llama", 4096, 32, 32, 8, 14336, 128256, QT_Q4_K, QT_Q4_K, QT_Q4_K, QT_Q6_K,
      QT_Q4_K, QT_Q6_K},
 };
+
+/* GPT-2's byte-to-unicode map, as UTF-8: the printable bytes stand for themselves */
+static void byte_token(int b, char *out)
+{
+    int cp = b, k = 0;
+    if (!((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff))) {
+        for (int c = 0; c < b; c++)
+            k +=
+                !((c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || (c >= 0xae && c <= 0xff));
+        cp = 256 + k;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        out[1] = 0;
+    } else {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        out[2] = 0;
+    }
+}
+
+/* tokenizer.ggml.tokens of n entries (n >= 256); NULL when out of memory */
+static char **vocab_tokens(int n)
+{
+    char **v = calloc((size_t)n, sizeof(*v));
+    for (int i = 0; v && i < n; i++) {
+        v[i] = malloc(16);
+        if (!v[i])
+            return NULL; /* the process ends on it */
+        if (i < 256)
+            byte_token(i, v[i]);
+        else
+            snprintf(v[i], 16, "r%d", i);
+    }
+    return v;
+}
 
 struct tdesc {
     char name[64];
@@ -87,10 +126,18 @@ int main(int argc, char **argv)
         T("ffn_down.weight", s->t_down, s->ff, s->embd);
 #undef T
     }
+    char **vocab = vocab_tokens(s->vocab);
+    if (!vocab) {
+        fprintf(stderr, "make_gguf: out of memory for the vocabulary\n");
+        return 1;
+    }
     struct gw w = {0};
     char key[96];
-    gw_header(&w, 3, (uint64_t)n, 7);
+    gw_header(&w, 3, (uint64_t)n, 10);
     gw_kv_str(&w, "general.architecture", s->arch);
+    gw_kv_str(&w, "tokenizer.ggml.model", "gpt2");
+    gw_kv_arr_str(&w, "tokenizer.ggml.tokens", (size_t)s->vocab, (const char *const *)vocab, NULL);
+    gw_kv_arr_str(&w, "tokenizer.ggml.merges", 0, NULL, NULL);
 #define KV(suffix, v)                                                                              \
     (snprintf(key, sizeof key, "%s." suffix, s->arch), gw_kv_u32(&w, key, (uint32_t)(v)))
     KV("embedding_length", s->embd);
