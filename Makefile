@@ -161,7 +161,7 @@ integration: $(BIN)
 	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/smoke.sh
 
 # The unit suites run last, so the output ends with Check's summary line.
-test: deps model
+test: deps model model-qwen
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory ppu-check
 	@$(MAKE) --no-print-directory check

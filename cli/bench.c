@@ -36,13 +36,13 @@ static void unload(struct loaded *l)
 }
 
 /* Opens the model; prints the error and returns the exit status on failure. */
-static int load(const char *cmd, const char *path, const char *device, int threads,
-                struct loaded *l)
+static int load(const char *cmd, const char *path, const char *device, const char *kernels,
+                int threads, struct loaded *l)
 {
     char err[512];
     memset(l, 0, sizeof(*l));
     /* the backend first: a device the build or machine lacks is said before any loading */
-    struct dev_config cfg = {.threads = threads};
+    struct dev_config cfg = {.threads = threads, .kernels = kernels};
     int rc = dev_create(device, &cfg, &l->dev, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "cinfer %s: %s\n", cmd, err);
@@ -78,6 +78,7 @@ static const char *const k_bench_help =
     "      --batch B      sequences decoded together in tg (default 1)\n"
     "  -t, --threads N    worker threads (default: the number of cores)\n"
     "      --device NAME  backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
+    "      --kernels NAME CPU inner loops: auto (default), scalar or avx2 (same results)\n"
     "      --json         one JSON object per line per test\n"
     "  -h, --help         this help\n"
     "      --version      the version\n";
@@ -173,14 +174,19 @@ static void bench_report(const char *name, const double *tps, int r, int threads
 
 int cli_bench(int argc, char **argv)
 {
-    enum { O_BATCH = 256, O_JSON, O_DEV, O_VERSION };
+    enum { O_BATCH = 256, O_JSON, O_DEV, O_KERN, O_VERSION };
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},    {"batch", required_argument, 0, O_BATCH},
-        {"device", required_argument, 0, O_DEV}, {"threads", required_argument, 0, 't'},
-        {"json", no_argument, 0, O_JSON},        {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, O_VERSION},  {0, 0, 0, 0},
+        {"model", required_argument, 0, 'm'},
+        {"batch", required_argument, 0, O_BATCH},
+        {"device", required_argument, 0, O_DEV},
+        {"threads", required_argument, 0, 't'},
+        {"json", no_argument, 0, O_JSON},
+        {"help", no_argument, 0, 'h'},
+        {"kernels", required_argument, 0, O_KERN},
+        {"version", no_argument, 0, O_VERSION},
+        {0, 0, 0, 0},
     };
-    const char *model = NULL, *device = cli_default_device();
+    const char *model = NULL, *device = cli_default_device(), *kernels = NULL;
     int pp = 512, tg = 128, reps = 5, batch = 1, threads = 0, json = 0, depth = 0, c;
     double v;
     opterr = 0;
@@ -222,6 +228,9 @@ int cli_bench(int argc, char **argv)
         case O_DEV:
             device = optarg;
             break;
+        case O_KERN:
+            kernels = optarg;
+            break;
         case 'h':
             fputs(k_bench_help, stdout);
             return 0;
@@ -237,7 +246,7 @@ int cli_bench(int argc, char **argv)
     if (!model)
         return cli_usage("bench", "-m MODEL is required");
     struct bench_ctx b = {0};
-    int rc = load("bench", model, device, threads, &b.l);
+    int rc = load("bench", model, device, kernels, threads, &b.l);
     if (rc)
         return rc;
     if (threads <= 0)

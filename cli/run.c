@@ -38,11 +38,12 @@ static const char *const k_run_help =
     "  -t, --threads N         worker threads (default: the number of cores)\n"
     "      --kv-type TYPE      f16 (default) or f32\n"
     "      --device NAME       backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
+    "      --kernels NAME      CPU inner loops: auto (default), scalar or avx2 (same results)\n"
     "  -h, --help              this help\n"
     "      --version           the version\n";
 
 struct run_opts {
-    const char *model, *prompt, *chat_name, *system, *device;
+    const char *model, *prompt, *chat_name, *system, *device, *kernels;
     int n_predict, chat, threads, ignore_eos;
     enum eng_kv_type kv_type;
     struct smp_params sp;
@@ -64,6 +65,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
         O_EOS,
         O_KV,
         O_DEV,
+        O_KERN,
         O_VERSION
     };
     static const struct option opts[] = {
@@ -83,6 +85,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
         {"threads", required_argument, 0, 't'},
         {"kv-type", required_argument, 0, O_KV},
         {"device", required_argument, 0, O_DEV},
+        {"kernels", required_argument, 0, O_KERN},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -169,6 +172,9 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
             break;
         case O_DEV:
             o->device = optarg;
+            break;
+        case O_KERN:
+            o->kernels = optarg;
             break;
         case 'h':
             fputs(k_run_help, stdout);
@@ -273,13 +279,14 @@ int cli_run(int argc, char **argv)
     if (rc)
         return rc < 0 ? 0 : rc;
     char err[512];
-    if (eng_device_check(o.device, err, sizeof(err))) {
+    if (eng_device_check(o.device, o.kernels, err, sizeof(err))) {
         fprintf(stderr, "cinfer run: %s\n", err);
         return CLI_EXIT_BADINPUT;
     }
     double t0 = util_now_s();
     /* one client: prefill chunks of up to 512 tokens, no time bound per pass */
     struct eng_config cfg = {.device = o.device,
+                             .kernels = o.kernels,
                              .threads = o.threads,
                              .kv_type = o.kv_type,
                              .max_seqs = 1,

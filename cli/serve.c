@@ -173,7 +173,8 @@ int cli_serve(int argc, char **argv)
         return s ? 0 : EXIT_FAILURE;
     }
     char err[512];
-    if (eng_device_check(cfg.device, err, sizeof(err))) { /* before listening: nothing to serve */
+    if (eng_device_check(cfg.device, cfg.kernels, err,
+                         sizeof(err))) { /* before listening: nothing to serve */
         fprintf(stderr, "cinfer serve: %s\n", err);
         srv_config_free(&cfg);
         return CLI_EXIT_BADINPUT;
@@ -218,6 +219,7 @@ int cli_serve(int argc, char **argv)
             (long long)cfg.http_threads);
     struct eng_config ec = {
         .device = cfg.device,
+        .kernels = cfg.kernels,
         .threads = (int)cfg.threads,
         .ctx = (int)cfg.ctx,
         .kv_block = (int)cfg.kv_block,

@@ -45,6 +45,16 @@ int dev_check(const char *name, char *err, size_t errlen)
 #endif
 }
 
+int dev_kernels_check(const char *name, char *err, size_t errlen)
+{
+    return dev_cpu_kernels_check(name, err, errlen);
+}
+
+const char *dev_kernels_here(void)
+{
+    return dev_cpu_kernels_here();
+}
+
 int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, char *err,
                size_t errlen)
 {
@@ -58,6 +68,8 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
         err[0] = '\0';
     int rc = dev_check(name, err, errlen);
     if (rc)
+        return rc;
+    if ((rc = dev_kernels_check(cfg->kernels, err, errlen)))
         return rc;
 #ifdef CINFER_HAVE_PPU
     if (strcmp(name, "cpu")) { /* ppu, or auto with a device present */

@@ -156,6 +156,12 @@ struct dev_config {
     /* CPU only, for tests and reference checks; other backends ignore them */
     int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
     /*
+     * The CPU's inner loops: NULL or "auto" (the widest this CPU has, by
+     * cpuid), "scalar" or "avx2"; naming a path the CPU or the build lacks
+     * is an error (dev_create says which).  Every path gives the same bits.
+     */
+    const char *kernels;
+    /*
      * 1: follow llama.cpp's AVX2 arithmetic step for step, for checking
      * against it (slower): pack_weight leaves every weight as the GGUF has
      * it, and a lone token's attention sums in llama.cpp's vector-dot order.
@@ -186,6 +192,11 @@ int dev_create(const char *name, const struct dev_config *cfg, struct dev *out, 
 
 /* What dev_create would say of `name` without making anything: 0, -EINVAL or -ENODEV. */
 int dev_check(const char *name, char *err, size_t errlen);
+
+/* 0 when dev_config.kernels `name` (NULL: auto) can run here, else -EINVAL and why. */
+int dev_kernels_check(const char *name, char *err, size_t errlen);
+/* The CPU kernel paths this build has and this CPU runs, space-separated: "scalar avx2". */
+const char *dev_kernels_here(void);
 
 /*
  * For backends' set_batch: 0 when b is well formed (counts, positions >= 0,

@@ -121,9 +121,14 @@ const struct tok *eng_tok(const struct engine *e)
     return e->tok;
 }
 
-int eng_device_check(const char *name, char *err, size_t errlen)
+int eng_device_check(const char *name, const char *kernels, char *err, size_t errlen)
 {
-    return dev_check(name, err, errlen) ? -EINVAL : 0;
+    return dev_check(name, err, errlen) || dev_kernels_check(kernels, err, errlen) ? -EINVAL : 0;
+}
+
+const char *eng_kernels_here(void)
+{
+    return dev_kernels_here();
 }
 
 const char *eng_devices_built(void)
@@ -270,7 +275,7 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     if (!rc && e->cfg.max_seqs > e->cfg.max_batch_tokens)
         e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
     if (!rc) { /* the backend first: a device the build lacks is said before any loading */
-        struct dev_config dc = {.threads = e->cfg.threads};
+        struct dev_config dc = {.threads = e->cfg.threads, .kernels = e->cfg.kernels};
         rc = dev_create(e->cfg.device, &dc, &e->dev, e->info.device_note,
                         sizeof(e->info.device_note));
         if (rc)

@@ -475,6 +475,20 @@ static enum MHD_Result do_completion(struct MHD_Connection *mc, struct conn *c, 
 
 /* ---- the other routes ------------------------------------------------------------ */
 
+/* o[key] = the space-separated words of `words` as an array of strings */
+static void add_words(cJSON *o, const char *key, const char *words)
+{
+    cJSON *a = cJSON_AddArrayToObject(o, key);
+    for (const char *p = words; a && *p;) {
+        size_t n = strcspn(p, " ");
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)n, p);
+        cJSON_AddItemToArray(a, cJSON_CreateString(name));
+        p += n;
+        p += *p == ' ';
+    }
+}
+
 static cJSON *model_json(const struct srv *s, const char *id)
 {
     cJSON *m = cJSON_CreateObject();
@@ -892,21 +906,14 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     case R_VERSION: {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "version", CINFER_VERSION);
-        cJSON *built = cJSON_AddArrayToObject(o, "devices_built");
-        for (const char *p = eng_devices_built(); built && *p;) {
-            size_t n = strcspn(p, " ");
-            char name[16];
-            snprintf(name, sizeof(name), "%.*s", (int)n, p);
-            cJSON_AddItemToArray(built, cJSON_CreateString(name));
-            p += n;
-            p += *p == ' ';
-        }
+        add_words(o, "devices_built", eng_devices_built());
         if (e) {
             struct eng_info info;
             eng_get_info(e, &info);
             cJSON_AddStringToObject(o, "device", info.backend);
             cJSON_AddStringToObject(o, "kernels", info.kernels);
         }
+        add_words(o, "kernels_available", eng_kernels_here());
         return reply_json(mc, c, 200, o);
     }
     case R_MODELS:

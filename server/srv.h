@@ -24,6 +24,7 @@ struct srv_config {
     char *api_key_file;
     char *model_alias;
     char *device;
+    char *kernels;
     int64_t threads;
     int64_t ctx;
     int64_t kv_memory;

@@ -254,6 +254,134 @@ static inline void prefetch_bytes(const void *p, size_t bytes)
         __builtin_prefetch((const char *)p + i, 0, 3);
 }
 
+/* ---- K-quants (kernels.h: llama.cpp's AVX2 arithmetic, lane for lane) ------------ */
+
+/* how far ahead a K-quant row is asked for, in super-blocks */
+#define PF_K 2
+
+/* the 4 (Q4_K, Q5_K) min products of a super-block: mins of sub-blocks 2m, 2m+1 */
+static inline __m128i k_min_products(const uint8_t *mn, const int16_t *bsums)
+{
+    __m128i q8s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
+                                 _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+    return _mm_madd_epi16(m16, q8s);
+}
+
+static inline void k4_unpack(const uint8_t *scales, uint8_t *sc, uint8_t *mn)
+{
+    for (int j = 0; j < 8; j++)
+        k4_scale_min(j, scales, &sc[j], &mn[j]);
+}
+
+static float dot_q4_K(const void *w, const struct blk_q8_K *a, int64_t k)
+{
+    const uint8_t *p = w;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int64_t i = 0; i < k / QKK; i++, p += 144) {
+        prefetch_bytes(p + PF_K * 144, 144);
+        const int8_t *q8 = a[i].qs;
+        uint8_t sc[8], mn[8];
+        k4_unpack(p + 4, sc, mn);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i bits = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * j));
+            __m256i lo = _mm256_and_si256(bits, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            __m256i pl = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j))),
+                _mm256_set1_epi16(sc[2 * j]));
+            __m256i ph = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32))),
+                _mm256_set1_epi16(sc[2 * j + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc =
+            _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * half(rd16(p))), _mm256_cvtepi32_ps(sumi), acc);
+        __m128i prod = k_min_products(mn, a[i].bsums);
+        accm = _mm_fmadd_ps(_mm_set1_ps(-a[i].d * half(rd16(p + 2))), _mm_cvtepi32_ps(prod), accm);
+    }
+    accm = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    accm = _mm_add_ss(accm, _mm_movehdup_ps(accm));
+    return hsum8(acc) + _mm_cvtss_f32(accm);
+}
+
+static float dot_q5_K(const void *w, const struct blk_q8_K *a, int64_t k)
+{
+    const uint8_t *p = w;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < k / QKK; i++, p += 176) {
+        prefetch_bytes(p + PF_K * 176, 176);
+        const int8_t *q8 = a[i].qs;
+        uint8_t sc[8], mn[8];
+        k4_unpack(p + 4, sc, mn);
+        __m256i hbits = _mm256_loadu_si256((const __m256i *)(p + 16));
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i bits = _mm256_loadu_si256((const __m256i *)(p + 48 + 32 * j));
+            __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one);
+            __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+                                         _mm256_slli_epi16(h1, 4));
+            __m256i pl = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j))),
+                _mm256_set1_epi16(sc[2 * j]));
+            __m256i ph = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32))),
+                _mm256_set1_epi16(sc[2 * j + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc =
+            _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * half(rd16(p))), _mm256_cvtepi32_ps(sumi), acc);
+        __m128i prod = k_min_products(mn, a[i].bsums);
+        prod = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
+        summs = fmaf(-a[i].d * half(rd16(p + 2)), (float)_mm_cvtsi128_si32(prod), summs);
+    }
+    return hsum8(acc) + summs;
+}
+
+static float dot_q6_K(const void *w, const struct blk_q8_K *a, int64_t k)
+{
+    const uint8_t *p = w;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k / QKK; i++, p += 210) {
+        prefetch_bytes(p + PF_K * 210, 210);
+        const int8_t *q8 = a[i].qs, *sc = (const int8_t *)(p + 192);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int n = 0; n < 2; n++) {
+            __m256i qa = _mm256_loadu_si256((const __m256i *)(p + 64 * n));
+            __m256i qb = _mm256_loadu_si256((const __m256i *)(p + 64 * n + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * n));
+            __m256i q[4];
+            q[0] = _mm256_and_si256(qa, m4);
+            q[1] = _mm256_and_si256(qb, m4);
+            q[2] = _mm256_and_si256(_mm256_srli_epi16(qa, 4), m4);
+            q[3] = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m256i h = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), m3);
+                __m256i v = _mm256_or_si256(q[c], _mm256_slli_epi16(h, 4));
+                __m256i a8 = _mm256_loadu_si256((const __m256i *)(q8 + 128 * n + 32 * c));
+                __m256i p16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(v, a8), _mm256_maddubs_epi16(m32, a8));
+                int sub = 8 * n + 2 * c;
+                __m256i s16 =
+                    _mm256_set_m128i(_mm_set1_epi16(sc[sub + 1]), _mm_set1_epi16(sc[sub]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s16, p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * half(rd16(p + 208))),
+                              _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
 /*
  * An empty asm that claims to change v: GCC must finish v's sum so far
  * before going on, instead of reassociating a block's integer sums into a
@@ -370,6 +498,115 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
         store_rows(y + t * ldy, acc[t], nr);
 }
 
+/*
+ * Q4_0 and Q5_0: the quants made signed (q - 8, q - 16) and dotted as Q8_0's
+ * are; |16 products| <= 16 * 16 * 127 < 2^15, so they sum in 16-bit lanes.
+ * Q5_0's fifth bits: for chunk c, bits 4c.. (low nibbles) and 16 + 4c..
+ * (high) of each row's qh, spread to its 4 bytes; a byte whose bit is clear
+ * gets 0xf0 or'ed in, which makes the nibble n into n - 16.
+ */
+static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8 *w,
+                                                         const struct blk_q8_0 *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8),
+                  ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w++) {
+        prefetch_bytes(w + PF_X8_Q4_1, sizeof(*w));
+        __m256i s16[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            s16[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
+            __m256i lo = _mm256_sub_epi8(_mm256_and_si256(q, low), eight);
+            __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), low), eight);
+            __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int8_t *qa = a[t * nb + b].qs;
+                __m256i p = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(qa + 4 * c), lo)),
+                    _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(qa + 16 + 4 * c), hi)));
+                s16[t] = _mm256_add_epi16(s16[t], p);
+                keep_order(&s16[t]);
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&a[t * nb + b].d));
+            acc[t] =
+                _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        store_rows(y + t * ldy, acc[t], nr);
+}
+
+static inline __attribute__((always_inline)) void q5_0x8(const struct blk_q5_0x8 *w,
+                                                         const struct blk_q8_0 *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1),
+                  f0 = _mm256_set1_epi8((char)0xf0), bits = _mm256_set1_epi32(0x08040201);
+    const __m256i rep0 = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0,
+                                          0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m256i rep2 = _mm256_add_epi8(rep0, _mm256_set1_epi8(2));
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w++) {
+        prefetch_bytes(w + PF_X8_Q4_1, sizeof(*w));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
+        __m256i s16[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            s16[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
+            __m256i h = _mm256_srli_epi32(qh, 4 * c);
+            __m256i set_lo =
+                _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, rep0), bits), bits);
+            __m256i set_hi =
+                _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, rep2), bits), bits);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low), _mm256_andnot_si256(set_lo, f0));
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                                         _mm256_andnot_si256(set_hi, f0));
+            __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int8_t *qa = a[t * nb + b].qs;
+                __m256i p = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(qa + 4 * c), lo)),
+                    _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(qa + 16 + 4 * c), hi)));
+                s16[t] = _mm256_add_epi16(s16[t], p);
+                keep_order(&s16[t]);
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&a[t * nb + b].d));
+            acc[t] =
+                _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        store_rows(y + t * ldy, acc[t], nr);
+}
+
 /* one kernel body per token count, so its token loops unroll */
 #define GEMM_X8(name, kern, wblk, ablk)                                                            \
     static void name(const struct wblk *w, int64_t n_rows, const struct ablk *a, int64_t k,        \
@@ -397,6 +634,8 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
 
 GEMM_X8(gemm_q4_1x8, q4_1x8, blk_q4_1x8, blk_q8_1)
 GEMM_X8(gemm_q8_0x8, q8_0x8, blk_q8_0x8, blk_q8_0)
+GEMM_X8(gemm_q4_0x8, q4_0x8, blk_q4_0x8, blk_q8_0)
+GEMM_X8(gemm_q5_0x8, q5_0x8, blk_q5_0x8, blk_q8_0)
 
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
@@ -408,7 +647,7 @@ static float dot_f32(const float *a, const float *b, int64_t k)
     }
     float s = hsum8(_mm256_add_ps(acc0, acc1));
     for (; i < k; i++)
-        s += a[i] * b[i];
+        s = fmaf(a[i], b[i], s);
     return s;
 }
 
@@ -807,8 +1046,13 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
+    .dot_q4_K = dot_q4_K,
+    .dot_q5_K = dot_q5_K,
+    .dot_q6_K = dot_q6_K,
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
+    .gemm_q4_0x8 = gemm_q4_0x8,
+    .gemm_q5_0x8 = gemm_q5_0x8,
     .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

@@ -16,9 +16,11 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "device/cpu/cpu.h"
@@ -43,6 +45,10 @@ struct pool {
     void *arg;
     int64_t n_items, chunk;
     atomic_int_fast64_t next;
+    /* the caller's alone, after a stall (pool_run) */
+    int64_t solo_until; /* ns, CLOCK_MONOTONIC: jobs before it run on the caller alone */
+    int64_t solo_ns;    /* how long the next stall sends it alone */
+    unsigned clean;     /* jobs since the last stall */
 };
 
 /* Spins this many rounds for the next job before sleeping: a decode step runs
@@ -66,15 +72,44 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void pool_drain(struct pool *p, int id)
+/*
+ * A shared CPU.  When another process takes a core, a worker may be
+ * descheduled in the middle of its chunk, and the caller waits a whole time
+ * slice (milliseconds) for it; spinning workers also take CPU the other
+ * process and the caller need.  So the caller watches each job: a wait for
+ * the others longer than POOL_STALL_NS and than 4 of its own chunks means a
+ * worker was not running, and the next jobs run on the caller alone (the
+ * workers go to sleep) for solo_ns, which doubles with each stall up to
+ * POOL_SOLO_MAX_NS and halves every POOL_CLEAN_JOBS jobs without one.
+ * Results do not change: they do not depend on the number of threads.
+ */
+#define POOL_STALL_NS 200000
+#define POOL_SOLO_MIN_NS 10000000
+#define POOL_SOLO_MAX_NS 1000000000
+#define POOL_CLEAN_JOBS 512
+
+static int64_t now_ns(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* takes chunks until none is left; returns the longest one's ns when `timed` */
+static int64_t pool_drain(struct pool *p, int id, int timed)
+{
+    int64_t longest = 0;
     for (;;) {
         int64_t b = atomic_fetch_add(&p->next, p->chunk);
         if (b >= p->n_items)
             break;
         int64_t e = b + p->chunk < p->n_items ? b + p->chunk : p->n_items;
+        int64_t t0 = timed ? now_ns() : 0;
         p->fn(p->arg, b, e, id);
+        int64_t took = timed ? now_ns() - t0 : 0;
+        longest = took > longest ? took : longest;
     }
+    return longest;
 }
 
 static void *worker_main(void *a)
@@ -101,7 +136,7 @@ static void *worker_main(void *a)
         if (atomic_load(&p->stop))
             break;
         seen = g;
-        pool_drain(p, id);
+        pool_drain(p, id, 0);
         atomic_fetch_sub(&p->busy, 1);
     }
     return NULL;
@@ -118,6 +153,11 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         fn(arg, 0, n_items, 0);
         return;
     }
+    int64_t t0 = now_ns();
+    if (t0 < p->solo_until) {
+        fn(arg, 0, n_items, 0);
+        return;
+    }
     p->fn = fn;
     p->arg = arg;
     p->n_items = n_items;
@@ -130,13 +170,29 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
     }
-    pool_drain(p, 0);
+    int64_t longest = pool_drain(p, 0, 1);
+    if (atomic_load(&p->busy) == 0) {
+        if (++p->clean % POOL_CLEAN_JOBS == 0 && p->solo_ns > POOL_SOLO_MIN_NS)
+            p->solo_ns /= 2;
+        return;
+    }
     /* a peer still in its chunk: spin a little, then yield, in case it waits for this CPU */
+    int64_t t1 = now_ns();
     for (int spins = 0; atomic_load(&p->busy) > 0; spins++) {
         if (spins < POOL_WAIT_SPIN)
             cpu_relax();
         else
             sched_yield();
+    }
+    int64_t t2 = now_ns(), waited = t2 - t1;
+    if (waited > POOL_STALL_NS && waited > 4 * longest) {
+        if (p->solo_ns < POOL_SOLO_MIN_NS)
+            p->solo_ns = POOL_SOLO_MIN_NS;
+        p->solo_until = t2 + p->solo_ns;
+        p->solo_ns = p->solo_ns * 2 < POOL_SOLO_MAX_NS ? p->solo_ns * 2 : POOL_SOLO_MAX_NS;
+        p->clean = 0;
+    } else if (++p->clean % POOL_CLEAN_JOBS == 0 && p->solo_ns > POOL_SOLO_MIN_NS) {
+        p->solo_ns /= 2;
     }
 }
 
@@ -464,15 +520,19 @@ static enum act_fmt act_fmt_of(uint32_t type)
     case QT_Q4_1:
     case QT_Q5_1:
         return ACT_Q8_1;
+    case QT_Q4_K:
+    case QT_Q5_K:
+    case QT_Q6_K:
+        return ACT_Q8_K;
     default:
-        return ACT_F32; /* float and K-quant weights: dequantize rows, dot in f32 */
+        return ACT_F32; /* float weights (and Q2_K, Q3_K): dequantize rows, dot in f32 */
     }
 }
 
 /* the weight types cpu_pack_weight packs: those with 8-row kernels */
 static int packs(uint32_t type)
 {
-    return type == QT_Q4_1 || type == QT_Q8_0;
+    return type == QT_Q4_0 || type == QT_Q4_1 || type == QT_Q5_0 || type == QT_Q8_0;
 }
 
 struct mm_job {
@@ -495,8 +555,10 @@ static void quant_row(const struct mm_job *j, int64_t t, void *dst)
     const float *x = j->x + t * j->w->cols;
     if (j->fmt == ACT_Q8_0)
         j->c->k->quant_q8_0(x, dst, j->w->cols);
-    else
+    else if (j->fmt == ACT_Q8_1)
         j->c->k->quant_q8_1(x, dst, j->w->cols);
+    else
+        cpu_quant_q8_K(x, dst, j->w->cols);
 }
 
 static void mm_quant_cb(void *arg, int64_t b, int64_t e, int worker)
@@ -536,12 +598,24 @@ static void mm_packed_one(struct mm_job *j, const struct dev_weight *w, float *y
             int nt = j->T - t0 < 4 ? j->T - t0 : 4;
             const char *a = (const char *)j->c->act.p + t0 * j->act_row;
             float *y = yw + t0 * N + r0;
-            if (j->fmt == ACT_Q8_0)
+            switch (w->type) {
+            case QT_Q8_0:
                 k->gemm_q8_0x8((const struct blk_q8_0x8 *)w->data + r0 / 8 * nb, nr,
                                (const void *)a, w->cols, y, N, nt);
-            else
+                break;
+            case QT_Q4_0:
+                k->gemm_q4_0x8((const struct blk_q4_0x8 *)w->data + r0 / 8 * nb, nr,
+                               (const void *)a, w->cols, y, N, nt);
+                break;
+            case QT_Q5_0:
+                k->gemm_q5_0x8((const struct blk_q5_0x8 *)w->data + r0 / 8 * nb, nr,
+                               (const void *)a, w->cols, y, N, nt);
+                break;
+            default:
                 k->gemm_q4_1x8((const struct blk_q4_1x8 *)w->data + r0 / 8 * nb, nr,
                                (const void *)a, w->cols, y, N, nt);
+                break;
+            }
         }
     }
 }
@@ -585,8 +659,17 @@ static void mm_rows_one(struct mm_job *j, const struct dev_weight *w, float *y, 
             case QT_Q4_1:
                 v = k->dot_q4_1(wr, a, K);
                 break;
-            default:
+            case QT_Q5_1:
                 v = k->dot_q5_1(wr, a, K);
+                break;
+            case QT_Q4_K:
+                v = k->dot_q4_K(wr, a, K);
+                break;
+            case QT_Q5_K:
+                v = k->dot_q5_K(wr, a, K);
+                break;
+            default:
+                v = k->dot_q6_K(wr, a, K);
                 break;
             }
             y[t * N + r] = v;
@@ -623,10 +706,12 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
         if (w->type != QT_F32 && worker_scratch(c, (size_t)w->cols * sizeof(float)))
             return -ENOMEM;
     } else {
-        if (w->cols % QK)
+        int64_t blk = j.fmt == ACT_Q8_K ? QKK : QK;
+        if (w->cols % blk)
             return -EINVAL;
-        j.act_row = (size_t)(w->cols / QK) *
-                    (j.fmt == ACT_Q8_0 ? sizeof(struct blk_q8_0) : sizeof(struct blk_q8_1));
+        j.act_row = (size_t)(w->cols / blk) * (j.fmt == ACT_Q8_0   ? sizeof(struct blk_q8_0)
+                                               : j.fmt == ACT_Q8_1 ? sizeof(struct blk_q8_1)
+                                                                   : sizeof(struct blk_q8_K));
         if (!scratch_get(&c->act, j.act_row * (size_t)(T ? T : 1)))
             return -ENOMEM;
         pool_run(&c->pool, T, 1, mm_quant_cb, &j);
@@ -650,9 +735,10 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
 }
 
 /*
- * Rearranges a Q4_1 or Q8_0 weight into groups of 8 rows (kernels.h); other
- * weights stay as they are.  The f16 scales (Q4_1: d, m) lead each source
- * block, then its quant bytes, which move in 4-byte pieces.
+ * Rearranges a Q4_0, Q4_1, Q5_0 or Q8_0 weight into groups of 8 rows
+ * (kernels.h); other weights stay as they are.  The f16 scales (Q4_1: d, m)
+ * lead each source block, then (Q5_0) the 4 bytes of fifth bits, then its
+ * quant bytes, which move in 4-byte pieces.
  */
 static int cpu_pack_weight(void *ctx, struct dev_weight *w)
 {
@@ -660,8 +746,13 @@ static int cpu_pack_weight(void *ctx, struct dev_weight *w)
     if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
         return 0;
     int n_scales = w->type == QT_Q4_1 ? 2 : 1;
-    size_t src_blk = qt_info(w->type)->type_size, quant_bytes = src_blk - 2 * n_scales;
-    size_t dst_blk = w->type == QT_Q4_1 ? sizeof(struct blk_q4_1x8) : sizeof(struct blk_q8_0x8);
+    size_t qh_bytes = w->type == QT_Q5_0 ? 4 : 0;
+    size_t src_blk = qt_info(w->type)->type_size,
+           quant_bytes = src_blk - 2 * (size_t)n_scales - qh_bytes;
+    size_t dst_blk = w->type == QT_Q4_1   ? sizeof(struct blk_q4_1x8)
+                     : w->type == QT_Q8_0 ? sizeof(struct blk_q8_0x8)
+                     : w->type == QT_Q4_0 ? sizeof(struct blk_q4_0x8)
+                                          : sizeof(struct blk_q5_0x8);
     int64_t nb = w->cols / QK, n_groups = (w->rows + 7) / 8;
     size_t bytes = (size_t)(n_groups * nb) * dst_blk;
     uint8_t *dst = cpu_alloc(c, bytes);
@@ -675,9 +766,12 @@ static int cpu_pack_weight(void *ctx, struct dev_weight *w)
             int ri = (int)(r % 8);
             for (int s = 0; s < n_scales; s++) /* d[8], then m[8] */
                 memcpy(blk + (s * 8 + ri) * 2, src + 2 * s, 2);
-            uint8_t *qs = blk + n_scales * 16;
+            if (qh_bytes) /* qh[ri] */
+                memcpy(blk + n_scales * 16 + ri * 4, src + 2 * n_scales, 4);
+            uint8_t *qs = blk + n_scales * 16 + 8 * qh_bytes;
+            const uint8_t *sq = src + 2 * n_scales + qh_bytes;
             for (size_t c = 0; c < quant_bytes / 4; c++) /* qs[c][ri] */
-                memcpy(qs + (c * 8 + (size_t)ri) * 4, src + 2 * n_scales + c * 4, 4);
+                memcpy(qs + (c * 8 + (size_t)ri) * 4, sq + c * 4, 4);
         }
     w->data = dst;
     w->packed = 1;
@@ -1243,8 +1337,31 @@ int dev_cpu_has_avx2(void)
 #endif
 }
 
+const char *dev_cpu_kernels_here(void)
+{
+    return dev_cpu_has_avx2() ? "scalar avx2" : "scalar";
+}
+
+int dev_cpu_kernels_check(const char *name, char *err, size_t errlen)
+{
+    if (!name || !strcmp(name, "auto") || !strcmp(name, "scalar") ||
+        (!strcmp(name, "avx2") && dev_cpu_has_avx2()))
+        return 0;
+    if (err && errlen) {
+        if (!strcmp(name, "avx2"))
+            snprintf(err, errlen, "kernels 'avx2': this CPU or build lacks AVX2+FMA+F16C; here: %s",
+                     dev_cpu_kernels_here());
+        else
+            snprintf(err, errlen, "unknown kernels '%.32s'; choices: auto, scalar, avx2 (here: %s)",
+                     name, dev_cpu_kernels_here());
+    }
+    return -EINVAL;
+}
+
 int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
 {
+    if (dev_cpu_kernels_check(cfg ? cfg->kernels : NULL, NULL, 0))
+        return -EINVAL;
     struct cpu *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
@@ -1254,7 +1371,8 @@ int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
     c->k = &cpu_kernels_scalar;
     c->exact = cfg && cfg->exact_llamacpp;
 #ifdef CINFER_HAVE_AVX2
-    if (!(cfg && cfg->force_scalar) && dev_cpu_has_avx2())
+    int scalar = cfg && (cfg->force_scalar || (cfg->kernels && !strcmp(cfg->kernels, "scalar")));
+    if (!scalar && dev_cpu_has_avx2())
         c->k = &cpu_kernels_avx2;
 #endif
     int rc = 0;

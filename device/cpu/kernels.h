@@ -13,8 +13,8 @@
  * multiply-adds are fused, lanes are added in one fixed order, and e^x is
  * one polynomial.  So the scalar and AVX2 paths give identical bits, and
  * they follow llama.cpp's AVX2 code closely enough to reproduce its greedy
- * tokens.  Only dot_f32 (float and K-quant weights) differs in order.
- * Packed Q4_1 and Q8_0 weights (the model's) take the integer-sum-per-block
+ * tokens.  dot_f32 (float weights) too: 16 lanes, as the AVX2 loop.
+ * Packed Q4_0, Q4_1, Q5_0 and Q8_0 weights take the integer-sum-per-block
  * formula of llama.cpp's reference code instead (see gemm_q4_1x8).
  */
 #ifndef CINFER_DEVICE_CPU_KERNELS_H
@@ -60,8 +60,50 @@ struct blk_q8_0x8 {
     int8_t qs[8][8][4];
 };
 
+/* Q4_0 as Q4_1 without m; Q5_0 with each row's 32 fifth bits (the GGUF's qh) before */
+struct blk_q4_0x8 {
+    uint16_t d[8];
+    uint8_t qs[4][8][4];
+};
+
+struct blk_q5_0x8 {
+    uint16_t d[8];
+    uint8_t qh[8][4];
+    uint8_t qs[4][8][4];
+};
+
+/*
+ * The K-quants' activation block (llama.cpp's block_q8_K): 256 values, the
+ * scale d = 1 / (-127 / max) (max: the value of largest magnitude, the
+ * first such), q = x * (-127 / max) rounded half to even, and the sums of
+ * each 16 q.  Made by cpu_quant_q8_K, one function for every path, as
+ * llama.cpp's x86 build makes it (its reference code).
+ */
+#define QKK 256
+struct blk_q8_K {
+    float d;
+    int8_t qs[QKK];
+    int16_t bsums[QKK / 16];
+};
+void cpu_quant_q8_K(const float *x, struct blk_q8_K *y, int64_t k);
+
+/*
+ * Scale and min j (0..7) of a Q4_K / Q5_K super-block's 12 packed bytes of
+ * 6-bit values (llama.cpp's get_scale_min_k4).
+ */
+static inline void k4_scale_min(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
+{
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (uint8_t)((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
 /* Activation formats a weight type is dotted with. */
-enum act_fmt { ACT_F32, ACT_Q8_0, ACT_Q8_1 };
+enum act_fmt { ACT_F32, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 
 struct cpu_kernels {
     const char *name;
@@ -76,6 +118,17 @@ struct cpu_kernels {
     float (*dot_q5_1)(const void *w, const struct blk_q8_1 *a, int64_t k);
     float (*dot_f32)(const float *a, const float *b, int64_t k);
     /*
+     * The K-quants against Q8_K activations, in llama.cpp's AVX2 arithmetic
+     * on every path: per super-block, 8 exact integer lane sums (lane l
+     * takes the elements e with e % 32 / 4 == l, each times its sub-block's
+     * scale), then lane l = fma(d_w * d_a, (float)sum_l, lane l); the lanes
+     * added as hsum8.  Q4_K and Q5_K subtract their mins: Q4_K in 4 lanes
+     * (lane m: sub-blocks 2m and 2m+1), Q5_K in one running sum.
+     */
+    float (*dot_q4_K)(const void *w, const struct blk_q8_K *a, int64_t k);
+    float (*dot_q5_K)(const void *w, const struct blk_q8_K *a, int64_t k);
+    float (*dot_q6_K)(const void *w, const struct blk_q8_K *a, int64_t k);
+    /*
      * Packed weights: n_rows rows from packed group w on (w: k/32 blocks per
      * group of 8 rows) against nt (1 to 4) activation rows a (k/32 blocks
      * each); y[i * ldy + r] = row r . row i of a.  Each (row, token) is
@@ -87,6 +140,10 @@ struct cpu_kernels {
     void (*gemm_q4_1x8)(const struct blk_q4_1x8 *w, int64_t n_rows, const struct blk_q8_1 *a,
                         int64_t k, float *y, int64_t ldy, int nt);
     void (*gemm_q8_0x8)(const struct blk_q8_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q4_0x8)(const struct blk_q4_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q5_0x8)(const struct blk_q5_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
                         int64_t k, float *y, int64_t ldy, int nt);
     /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):

@@ -204,6 +204,36 @@ static float block_q8_0x8(const void *wb, int r, const void *ab, float acc)
     return fmaf(half(w->d[r]) * a->d, (float)isum, acc);
 }
 
+static float block_q4_0x8(const void *wb, int r, const void *ab, float acc)
+{
+    const struct blk_q4_0x8 *w = wb;
+    const struct blk_q8_0 *a = ab;
+    int isum = 0;
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 4; i++) {
+            int q = w->qs[c][r][i];
+            isum += ((q & 0x0f) - 8) * a->qs[4 * c + i] + ((q >> 4) - 8) * a->qs[16 + 4 * c + i];
+        }
+    return fmaf(half(w->d[r]) * a->d, (float)isum, acc);
+}
+
+static float block_q5_0x8(const void *wb, int r, const void *ab, float acc)
+{
+    const struct blk_q5_0x8 *w = wb;
+    const struct blk_q8_0 *a = ab;
+    uint32_t qh = (uint32_t)w->qh[r][0] | (uint32_t)w->qh[r][1] << 8 | (uint32_t)w->qh[r][2] << 16 |
+                  (uint32_t)w->qh[r][3] << 24;
+    int isum = 0;
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 4; i++) {
+            int q = w->qs[c][r][i], e = 4 * c + i;
+            int lo = ((q & 0x0f) | (int)((qh >> e) & 1) << 4) - 16;
+            int hi = ((q >> 4) | (int)((qh >> (e + 16)) & 1) << 4) - 16;
+            isum += lo * a->qs[e] + hi * a->qs[16 + e];
+        }
+    return fmaf(half(w->d[r]) * a->d, (float)isum, acc);
+}
+
 /* the packed GEMM over blocks of wsz (weights) and asz (activations) bytes */
 static void gemm_x8(const char *w, size_t wsz, int64_t n_rows, const char *a, size_t asz, int64_t k,
                     float *y, int64_t ldy, int nt,
@@ -234,12 +264,152 @@ static void gemm_q8_0x8(const struct blk_q8_0x8 *w, int64_t n_rows, const struct
             block_q8_0x8);
 }
 
+static void gemm_q4_0x8(const struct blk_q4_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    gemm_x8((const char *)w, sizeof(*w), n_rows, (const char *)a, sizeof(*a), k, y, ldy, nt,
+            block_q4_0x8);
+}
+
+static void gemm_q5_0x8(const struct blk_q5_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    gemm_x8((const char *)w, sizeof(*w), n_rows, (const char *)a, sizeof(*a), k, y, ldy, nt,
+            block_q5_0x8);
+}
+
+/* ---- K-quants ----------------------------------------------------------------- */
+
+void cpu_quant_q8_K(const float *x, struct blk_q8_K *y, int64_t k)
+{
+    for (int64_t b = 0; b < k / QKK; b++, x += QKK) {
+        float max = 0.0f, amax = 0.0f;
+        for (int j = 0; j < QKK; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof(y[b]));
+            continue;
+        }
+        float iscale = -127.0f / max;
+        for (int j = 0; j < QKK; j++) {
+            float p = iscale * x[j]; /* rounded to float, then to an integer, half to even */
+            int v = (int)nearbyintf(p);
+            y[b].qs[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int j = 0; j < QKK / 16; j++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++)
+                sum += y[b].qs[16 * j + i];
+            y[b].bsums[j] = (int16_t)sum;
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* lane l = fma(d, (float)sum[l], lane l), for the 8 lanes of a super-block */
+static void lanes_fma(const int32_t *sum, float d, float *lanes)
+{
+    for (int l = 0; l < 8; l++)
+        lanes[l] = fmaf(d, (float)sum[l], lanes[l]);
+}
+
+/* Q4_K: {f16 d, dmin; u8 scales[12]; u8 qs[128]}: 8 sub-blocks of 32 */
+static float dot_q4_K(const void *w, const struct blk_q8_K *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0}, mins[4] = {0};
+    for (int64_t i = 0; i < k / QKK; i++, p += 144) {
+        const int8_t *q8 = a[i].qs;
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; j++)
+            k4_scale_min(j, p + 4, &sc[j], &mn[j]);
+        int32_t sum[8] = {0};
+        for (int e = 0; e < QKK; e++) {
+            const uint8_t *qs = p + 16 + 32 * (e / 64);
+            int r = e % 64, q = r < 32 ? qs[r] & 0xf : qs[r - 32] >> 4;
+            sum[e % 32 / 4] += sc[e / 32] * q * q8[e];
+        }
+        lanes_fma(sum, a[i].d * half(rd16(p)), lanes);
+        float dmin = -a[i].d * half(rd16(p + 2));
+        const int16_t *bs = a[i].bsums;
+        for (int m = 0; m < 4; m++) {
+            int32_t pm = mn[2 * m] * (bs[4 * m] + bs[4 * m + 1]) +
+                         mn[2 * m + 1] * (bs[4 * m + 2] + bs[4 * m + 3]);
+            mins[m] = fmaf(dmin, (float)pm, mins[m]);
+        }
+    }
+    return sum8(lanes) + ((mins[0] + mins[2]) + (mins[1] + mins[3]));
+}
+
+/* Q5_K: {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} */
+static float dot_q5_K(const void *w, const struct blk_q8_K *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0}, summs = 0.0f;
+    for (int64_t i = 0; i < k / QKK; i++, p += 176) {
+        const int8_t *q8 = a[i].qs;
+        const uint8_t *qh = p + 16;
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; j++)
+            k4_scale_min(j, p + 4, &sc[j], &mn[j]);
+        int32_t sum[8] = {0};
+        for (int e = 0; e < QKK; e++) {
+            const uint8_t *qs = p + 48 + 32 * (e / 64);
+            int r = e % 64, q = r < 32 ? qs[r] & 0xf : qs[r - 32] >> 4;
+            q += ((qh[r % 32] >> (e / 32)) & 1) << 4; /* sub-block e/32 takes bit e/32 */
+            sum[e % 32 / 4] += sc[e / 32] * q * q8[e];
+        }
+        lanes_fma(sum, a[i].d * half(rd16(p)), lanes);
+        const int16_t *bs = a[i].bsums;
+        int32_t pm[4];
+        for (int m = 0; m < 4; m++)
+            pm[m] = mn[2 * m] * (bs[4 * m] + bs[4 * m + 1]) +
+                    mn[2 * m + 1] * (bs[4 * m + 2] + bs[4 * m + 3]);
+        summs =
+            fmaf(-a[i].d * half(rd16(p + 2)), (float)((pm[0] + pm[1]) + (pm[2] + pm[3])), summs);
+    }
+    return sum8(lanes) + summs;
+}
+
+/* Q6_K: {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: 16 sub-blocks of 16 */
+static float dot_q6_K(const void *w, const struct blk_q8_K *a, int64_t k)
+{
+    const uint8_t *p = w;
+    float lanes[8] = {0};
+    for (int64_t i = 0; i < k / QKK; i++, p += 210) {
+        const int8_t *q8 = a[i].qs, *sc = (const int8_t *)(p + 192);
+        int32_t sum[8] = {0};
+        for (int e = 0; e < QKK; e++) {
+            /* half n of 128: ql[64n ..], qh[32n ..]; quarter c of it: nibble c / 2 of
+             * ql[l + 32 (c % 2)], bits 2c, 2c + 1 of qh[l] */
+            int n = e / 128, c = e % 128 / 32, l = e % 32;
+            const uint8_t *ql = p + 64 * n, *qh = p + 128 + 32 * n;
+            int lo = (ql[l + 32 * (c % 2)] >> (4 * (c / 2))) & 0xf;
+            int q = (lo | (((qh[l] >> (2 * c)) & 3) << 4)) - 32;
+            sum[e % 32 / 4] += sc[e / 16] * q * q8[e];
+        }
+        lanes_fma(sum, a[i].d * half(rd16(p + 208)), lanes);
+    }
+    return sum8(lanes);
+}
+
+/* as the AVX2 kernel: 16 lanes (i % 16), lanes l and 8 + l added, then sum8; the tail fused */
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
-    double s = 0.0;
-    for (int64_t i = 0; i < k; i++)
-        s += (double)a[i] * b[i];
-    return (float)s;
+    float acc[16] = {0}, l8[8];
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] = fmaf(a[i + l], b[i + l], acc[l]);
+    for (int l = 0; l < 8; l++)
+        l8[l] = acc[l] + acc[8 + l];
+    float s = sum8(l8);
+    for (; i < k; i++)
+        s = fmaf(a[i], b[i], s);
+    return s;
 }
 
 static const uint16_t *paged_row(const uint16_t *base, const int32_t *blocks, int bs, size_t row,
@@ -370,8 +540,13 @@ const struct cpu_kernels cpu_kernels_scalar = {
     .dot_q4_1 = dot_q4_1,
     .dot_q5_1 = dot_q5_1,
     .dot_f32 = dot_f32,
+    .dot_q4_K = dot_q4_K,
+    .dot_q5_K = dot_q5_K,
+    .dot_q6_K = dot_q6_K,
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
+    .gemm_q4_0x8 = gemm_q4_0x8,
+    .gemm_q5_0x8 = gemm_q5_0x8,
     .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

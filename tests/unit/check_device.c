@@ -46,6 +46,12 @@ static int is_q8_type(uint32_t t)
     return t == QT_Q4_0 || t == QT_Q4_1 || t == QT_Q5_0 || t == QT_Q5_1 || t == QT_Q8_0;
 }
 
+/* the K-quants, whose matmuls quantize the activations to 8 bits per 256 (Q8_K) */
+static int is_k_type(uint32_t t)
+{
+    return t == QT_Q4_K || t == QT_Q5_K || t == QT_Q6_K;
+}
+
 /* ---- random data (splitmix64, fixed seeds) ------------------------------------ */
 
 struct rng {
@@ -258,14 +264,15 @@ static int backends_list(struct backends *b, struct dev **out)
 
 /*
  * The weights the matmul tests run: every type as the GGUF stores it, then
- * the types the CPU backend packs (Q4_1, Q8_0: the model's), packed by the
+ * the types the CPU backend packs (Q4_0, Q4_1, Q5_0, Q8_0), packed by the
  * backend under test, which takes its own kernels.
  */
-#define N_VARIANTS (N_TYPES + 2)
+static const uint32_t packed_types[] = {QT_Q4_1, QT_Q8_0, QT_Q4_0, QT_Q5_0};
+#define N_VARIANTS (N_TYPES + sizeof packed_types / sizeof packed_types[0])
 
 static uint32_t variant_type(size_t vi)
 {
-    return vi < N_TYPES ? all_types[vi] : vi == N_TYPES ? QT_Q4_1 : QT_Q8_0;
+    return vi < N_TYPES ? all_types[vi] : packed_types[vi - N_TYPES];
 }
 
 static int variant_packed(size_t vi)
@@ -350,6 +357,44 @@ static double q8_bound(const struct tweight *tw, int64_t row, const float *x, do
     return bound + dot_tol(mag);
 }
 
+/* dmin * m of 32-element sub-block `sub` of a Q4_K / Q5_K row (0 for Q6_K) */
+static double kq_min(const struct tweight *tw, int64_t row, int64_t sub)
+{
+    if (tw->w.type == QT_Q6_K)
+        return 0.0;
+    const uint8_t *b =
+        tw->data + row * tw->w.row_bytes + (size_t)(sub / 8) * qt_info(tw->w.type)->type_size;
+    const uint8_t *sc = b + 4;
+    int j = (int)(sub % 8);
+    int m = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+    return get_f16(b + 2) * m;
+}
+
+/*
+ * The K-quants' bound: per 256-block the activations become a_i * dA with
+ * dA = amax / 127 (kept in f32), |a_i dA - x_i| <= 0.5 dA (and a few ulps),
+ * so |y - ref| <= sum_b 0.5 dA sum_i |w_i|, plus float rounding on the scale
+ * of the two parts the kernel sums (d sc q and the min dmin m, which may
+ * cancel): 1e-5 of sum_i (|w_i| + 2 |dmin m_i|) |x_i|.
+ */
+static double q8k_bound(const struct tweight *tw, int64_t row, const float *x)
+{
+    const float *w = tw->deq + row * tw->w.cols;
+    double bound = 0.0, mag = 0.0;
+    for (int64_t b = 0; b < tw->w.cols / 256; b++) {
+        float amax = 0.0f;
+        double sw = 0.0;
+        for (int i = 0; i < 256; i++) {
+            int64_t e = 256 * b + i;
+            amax = fmaxf(amax, fabsf(x[e]));
+            sw += fabs(w[e]);
+            mag += (fabs(w[e]) + 2.0 * fabs(kq_min(tw, row, e / 32))) * fabs(x[e]);
+        }
+        bound += 0.5 * (1.0 + 1e-5) * amax / 127.0 * sw;
+    }
+    return bound + 1e-5 * mag + 1e-6;
+}
+
 /*
  * The dot as kernels.h specifies the activation quantization (llama.cpp's
  * AVX2 quantize_row_q8_0/q8_1): per 32-block, amax = max |x_i|,
@@ -410,22 +455,9 @@ START_TEST(matmul_scalar_and_avx2_agree)
             int T = batch_sizes[bi];
             ck_assert_int_eq(dev_matmul(&b.scalar, &ws, x, T, ys), 0);
             ck_assert_int_eq(dev_matmul(&b.avx2, &wa, x, T, ya), 0);
-            if (is_q8_type(type)) {
-                /* integer dots in the same lanes, summed in the same order */
-                ck_assert_msg(memcmp(ys, ya, sizeof(float) * (size_t)(T * ROWS)) == 0,
-                              "%s T=%d: scalar and AVX2 results differ", variant_name(vi), T);
-                continue;
-            }
-            /* f32 dots: the scalar path sums in double, AVX2 in f32 lanes */
-            for (int t = 0; t < T; t++)
-                for (int r = 0; r < ROWS; r++) {
-                    double mag;
-                    ref_dot(tw.deq + r * COLS, x + t * COLS, COLS, &mag);
-                    float s = ys[t * ROWS + r], a = ya[t * ROWS + r];
-                    ck_assert_msg(fabs((double)s - a) <= dot_tol(mag),
-                                  "%s T=%d [%d,%d]: scalar %.9g avx2 %.9g", variant_name(vi), T, t,
-                                  r, s, a);
-                }
+            /* integer dots, and float dots, in the same lanes, summed in the same order */
+            ck_assert_msg(memcmp(ys, ya, sizeof(float) * (size_t)(T * ROWS)) == 0,
+                          "%s T=%d: scalar and AVX2 results differ", variant_name(vi), T);
         }
         weight_release(&b.scalar, &ws);
         weight_release(&b.avx2, &wa);
@@ -460,7 +492,9 @@ START_TEST(matmul_matches_dequantized_reference)
                     const float *xr = x + t * COLS;
                     double mag, ref = ref_dot(tw.deq + r * COLS, xr, COLS, &mag);
                     double got = y[t * ROWS + r];
-                    double tol = is_q8_type(type) ? q8_bound(&tw, r, xr, mag) : dot_tol(mag);
+                    double tol = is_q8_type(type)  ? q8_bound(&tw, r, xr, mag)
+                                 : is_k_type(type) ? q8k_bound(&tw, r, xr)
+                                                   : dot_tol(mag);
                     ck_assert_msg(fabs(got - ref) <= tol, "%s %s [%d,%d]: %.9g, exact %.9g, tol %g",
                                   kn, variant_name(vi), t, r, got, ref, tol);
                     if (!is_q8_type(type))

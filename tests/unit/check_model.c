@@ -67,10 +67,10 @@ static void teardown(void)
     gguf_close(g_file);
 }
 
-static cJSON *load_fixture(void)
+static cJSON *load_fixture_at(const char *path)
 {
-    FILE *f = fopen(FIXTURE, "rb");
-    ck_assert_ptr_nonnull(f);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s: cannot open", path);
     static char buf[1 << 20];
     size_t len = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
@@ -78,6 +78,11 @@ static cJSON *load_fixture(void)
     cJSON *fx = cJSON_Parse(buf);
     ck_assert_ptr_nonnull(fx);
     return fx;
+}
+
+static cJSON *load_fixture(void)
+{
+    return load_fixture_at(FIXTURE);
 }
 
 static int argmax(const float *x, int n)
@@ -154,10 +159,13 @@ static void decode(struct model *m, struct model_kv *kv, struct kv_pool *pool, s
     ck_assert_int_eq(model_forward(m, kv, &b1, logits), 0);
 }
 
-START_TEST(greedy_matches_llamacpp)
+/*
+ * llama.cpp's greedy tokens (fixture fx) from `model` run as the reference
+ * ran (the prompt in one batch, then a token a step): every step's token,
+ * and its logit within 1e-3.
+ */
+static void greedy_check(struct model *model, const struct tok *tk, cJSON *fx)
 {
-    struct model *model = g_model_unpacked;
-    cJSON *fx = load_fixture();
     struct kv_pool *pool = NULL;
     struct model_kv kv;
     ck_assert_int_eq(kv_pool_create(64, 16, &pool), 0);
@@ -170,7 +178,7 @@ START_TEST(greedy_matches_llamacpp)
         const char *text = cJSON_GetObjectItem(p, "prompt")->valuestring;
         struct seq s = {0};
         kv_seq_init(&s.kv);
-        s.n = (int)tok_encode(g_tok, text, strlen(text), 0, s.tokens, 256);
+        s.n = (int)tok_encode(tk, text, strlen(text), 0, s.tokens, 256);
         const cJSON *pid = cJSON_GetObjectItem(p, "prompt_ids");
         ck_assert_int_eq(s.n, cJSON_GetArraySize(pid));
         for (int i = 0; i < s.n; i++)
@@ -206,7 +214,50 @@ START_TEST(greedy_matches_llamacpp)
     free(logits);
     model_kv_free(model, &kv);
     kv_pool_destroy(pool);
+}
+
+START_TEST(greedy_matches_llamacpp)
+{
+    cJSON *fx = load_fixture();
+    greedy_check(g_model_unpacked, g_tok, fx);
     cJSON_Delete(fx);
+}
+END_TEST
+
+/*
+ * The second real model (make model-qwen; skipped loudly without it):
+ * Qwen2.5-Coder-0.5B-Instruct Q4_K_M, whose Q4_K, Q5_0, Q6_K and Q8_0
+ * tensors take the K-quant and 32-block kernels, under exact_llamacpp
+ * against tests/fixtures/greedy_qwen2.5-coder.json (llama-cpp-python 0.3.16
+ * built for AVX2 only, tests/fixtures/make_greedy_fixture.py).
+ */
+#define QWEN_MODEL "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+#define QWEN_FIXTURE "tests/fixtures/greedy_qwen2.5-coder.json"
+
+START_TEST(qwen_greedy_matches_llamacpp)
+{
+    const char *path = getenv("CINFER_QWEN_MODEL") ? getenv("CINFER_QWEN_MODEL") : QWEN_MODEL;
+    if (access(path, R_OK)) {
+        printf("SKIP: qwen_greedy_matches_llamacpp: no %s (make model-qwen fetches it)\n", path);
+        return;
+    }
+    char err[512];
+    struct gguf_file *g;
+    struct tok *tk;
+    struct dev d;
+    struct model *m;
+    struct dev_config cfg = {.threads = 2, .exact_llamacpp = 1};
+    ck_assert_msg(gguf_open(path, &g, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(eng_tokenizer_load(g, NULL, &tk, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(dev_create("cpu", &cfg, &d, NULL, 0), 0);
+    ck_assert_msg(model_load(g, &d, &m, err, sizeof(err)) == 0, "%s", err);
+    cJSON *fx = load_fixture_at(QWEN_FIXTURE);
+    greedy_check(m, tk, fx);
+    cJSON_Delete(fx);
+    model_free(m);
+    dev_destroy(&d);
+    tok_destroy(tk);
+    gguf_close(g);
 }
 END_TEST
 
@@ -405,17 +456,24 @@ static void fstep_add(struct fstep *st, struct kv_pool *pool, struct fseq *s, in
  * and asserts the logits are the same bits; commits the blocks; leaves the
  * normal model's logits in ln.
  */
-static void fstep_run(struct fstep *st, struct model *mf, struct model_kv *kvn,
-                      struct model_kv *kvf, float *ln, float *lf, const char *what)
+static void fstep_run_on(struct fstep *st, struct model *ref, struct model *mf,
+                         struct model_kv *kvn, struct model_kv *kvf, float *ln, float *lf,
+                         const char *what)
 {
     struct model_batch b = tabs_batch(&st->tb, st->n, st->ids, st->want);
     b.gemm_order = st->order;
-    ck_assert_int_eq(model_forward(g_model, kvn, &b, ln), 0);
+    ck_assert_int_eq(model_forward(ref, kvn, &b, ln), 0);
     ck_assert_int_eq(model_forward(mf, kvf, &b, lf), 0);
-    size_t V = (size_t)g_model->hp.n_vocab;
+    size_t V = (size_t)ref->hp.n_vocab;
     for (int r = 0; r < st->rows; r++)
         ck_assert_msg(memcmp(ln + r * V, lf + r * V, V * sizeof(float)) == 0,
-                      "%s: logits row %d differs between fenced and normal mode", what, r);
+                      "%s: logits row %d differs", what, r);
+}
+
+static void fstep_run(struct fstep *st, struct model *mf, struct model_kv *kvn,
+                      struct model_kv *kvf, float *ln, float *lf, const char *what)
+{
+    fstep_run_on(st, g_model, mf, kvn, kvf, ln, lf, what); /* fenced vs normal */
 }
 
 /* s's next token: greedy on the normal model's row */
@@ -542,6 +600,86 @@ START_TEST(fenced_model_matches_normal)
 }
 END_TEST
 
+/*
+ * Every kernel path this CPU has (dev_kernels_here) gives the default path's
+ * logits, bit for bit: packed weights as cinfer runs, and exact_llamacpp;
+ * prefill chunks of two prompts, then decode steps of both.
+ */
+START_TEST(kernel_paths_give_the_same_bits)
+{
+    const char *here = dev_kernels_here();
+    int compared = 0;
+    for (int exact = 0; exact < 2; exact++) {
+        struct model *ref = exact ? g_model_unpacked : g_model;
+        for (const char *p = here; *p;) {
+            size_t n = strcspn(p, " ");
+            char name[32];
+            snprintf(name, sizeof(name), "%.*s", (int)n, p);
+            p += n;
+            p += *p == ' ';
+            if (!*p) /* the last, widest: the default path, ref's own */
+                break;
+            struct dev dk;
+            struct dev_config cfg = {.threads = 2, .kernels = name, .exact_llamacpp = exact};
+            char err[256];
+            ck_assert_int_eq(dev_create("cpu", &cfg, &dk, err, sizeof(err)), 0);
+            ck_assert_str_eq(dev_kernels_name(&dk), name);
+            struct model *mk;
+            ck_assert_msg(model_load(g_file, &dk, &mk, err, sizeof(err)) == 0, "%s", err);
+            enum { BS = 16, NB = 16 };
+            struct kv_pool *pool;
+            struct model_kv kvn, kvk;
+            ck_assert_int_eq(kv_pool_create(NB, BS, &pool), 0);
+            ck_assert_int_eq(model_kv_init(ref, &kvn, NB, BS, QT_F16), 0);
+            ck_assert_int_eq(model_kv_init(mk, &kvk, NB, BS, QT_F16), 0);
+            int V = ref->hp.n_vocab;
+            float *ln = malloc(sizeof(float) * (size_t)V * 2),
+                  *lk = malloc(sizeof(float) * (size_t)V * 2);
+            ck_assert(ln && lk);
+            struct fseq q[2];
+            const int np[2] = {23, 9};
+            uint64_t x = 7;
+            for (int i = 0; i < 2; i++) {
+                memset(&q[i], 0, sizeof(q[i]));
+                kv_seq_init(&q[i].kv);
+                for (int t = 0; t < np[i]; t++) {
+                    x = x * 6364136223846793005ull + 1442695040888963407ull;
+                    q[i].tok[t] = (int32_t)((x >> 33) % (uint64_t)V);
+                }
+                q[i].n_prompt = q[i].n_tok = np[i];
+            }
+            char what[96];
+            for (int step = 0; step < 4; step++) {
+                struct fstep st;
+                memset(&st, 0, sizeof(st));
+                for (int i = 0; i < 2; i++)
+                    fstep_add(&st, pool, &q[i], q[i].n_tok - q[i].n_done);
+                snprintf(what, sizeof(what), "kernels %s vs %s%s, step %d", name,
+                         dev_kernels_name(exact ? &g_dev_unpacked : &g_dev),
+                         exact ? " (exact_llamacpp)" : "", step);
+                fstep_run_on(&st, ref, mk, &kvn, &kvk, ln, lk, what);
+                for (int i = 0; i < 2; i++)
+                    fseq_next(&q[i], ln, V);
+            }
+            compared++;
+            for (int i = 0; i < 2; i++)
+                kv_free_seq(pool, &q[i].kv);
+            free(ln);
+            free(lk);
+            model_kv_free(ref, &kvn);
+            model_kv_free(mk, &kvk);
+            kv_pool_destroy(pool);
+            model_free(mk);
+            dev_destroy(&dk);
+        }
+    }
+    if (!compared)
+        printf("NOTE: kernel_paths_give_the_same_bits: this CPU has one kernel path (%s): "
+               "nothing to compare\n",
+               here);
+}
+END_TEST
+
 START_TEST(unsupported_models_are_refused_by_name)
 {
     char path[] = "/tmp/cinfer-arch-XXXXXX";
@@ -613,6 +751,8 @@ Suite *model_suite(void)
     tcase_add_test(tc, packed_model_tracks_llamacpp);
     tcase_add_test(tc, batch_invariance);
     tcase_add_test(tc, fenced_model_matches_normal);
+    tcase_add_test(tc, kernel_paths_give_the_same_bits);
+    tcase_add_test(tc, qwen_greedy_matches_llamacpp);
     tcase_add_test(tc, unsupported_models_are_refused_by_name);
     tcase_add_test(tc, bad_batches_are_refused);
     suite_add_tcase(s, tc);
