@@ -45,10 +45,11 @@ struct pool {
     void *arg;
     int64_t n_items, chunk;
     atomic_int_fast64_t next;
-    /* the caller's alone, after a stall (pool_run) */
-    int64_t solo_until; /* ns, CLOCK_MONOTONIC: jobs before it run on the caller alone */
-    int64_t solo_ns;    /* how long the next stall sends it alone */
-    unsigned clean;     /* jobs since the last stall */
+    /* a shared CPU (pool_run); ns, CLOCK_MONOTONIC */
+    int64_t solo_until; /* jobs before it run on the caller alone */
+    int64_t solo_ns;    /* how long the next bad window sends it alone */
+    int64_t win_start;  /* the window of jobs being watched */
+    int64_t win_wait;   /* the caller's waits for the others in it */
 };
 
 /* Spins this many rounds for the next job before sleeping: a decode step runs
@@ -76,17 +77,20 @@ static inline void cpu_relax(void)
  * A shared CPU.  When another process takes a core, a worker may be
  * descheduled in the middle of its chunk, and the caller waits a whole time
  * slice (milliseconds) for it; spinning workers also take CPU the other
- * process and the caller need.  So the caller watches each job: a wait for
- * the others longer than POOL_STALL_NS and than 4 of its own chunks means a
- * worker was not running, and the next jobs run on the caller alone (the
- * workers go to sleep) for solo_ns, which doubles with each stall up to
- * POOL_SOLO_MAX_NS and halves every POOL_CLEAN_JOBS jobs without one.
- * Results do not change: they do not depend on the number of threads.
+ * process and the caller need.  So the caller adds up its waits for the
+ * others (after its own chunks ran out) over windows of POOL_WINDOW_NS: when
+ * they reach POOL_WAIT_SHARE of a window, the workers cost more than they
+ * give, and the jobs of the next solo_ns run on the caller alone (the
+ * workers go to sleep).  solo_ns starts at POOL_SOLO_MIN_NS and doubles with
+ * each bad window that follows one, up to POOL_SOLO_MAX_NS; a good window
+ * resets it.  On a quiet machine the waits are a chunk's tail, a few
+ * percent.  Results do not change: they do not depend on the number of
+ * threads.
  */
-#define POOL_STALL_NS 200000
-#define POOL_SOLO_MIN_NS 10000000
-#define POOL_SOLO_MAX_NS 1000000000
-#define POOL_CLEAN_JOBS 512
+#define POOL_WINDOW_NS 20000000
+#define POOL_WAIT_SHARE 0.25
+#define POOL_SOLO_MIN_NS 100000000
+#define POOL_SOLO_MAX_NS 4000000000
 
 static int64_t now_ns(void)
 {
@@ -95,21 +99,16 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* takes chunks until none is left; returns the longest one's ns when `timed` */
-static int64_t pool_drain(struct pool *p, int id, int timed)
+/* takes chunks until none is left */
+static void pool_drain(struct pool *p, int id)
 {
-    int64_t longest = 0;
     for (;;) {
         int64_t b = atomic_fetch_add(&p->next, p->chunk);
         if (b >= p->n_items)
             break;
         int64_t e = b + p->chunk < p->n_items ? b + p->chunk : p->n_items;
-        int64_t t0 = timed ? now_ns() : 0;
         p->fn(p->arg, b, e, id);
-        int64_t took = timed ? now_ns() - t0 : 0;
-        longest = took > longest ? took : longest;
     }
-    return longest;
 }
 
 static void *worker_main(void *a)
@@ -136,7 +135,7 @@ static void *worker_main(void *a)
         if (atomic_load(&p->stop))
             break;
         seen = g;
-        pool_drain(p, id, 0);
+        pool_drain(p, id);
         atomic_fetch_sub(&p->busy, 1);
     }
     return NULL;
@@ -158,6 +157,21 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         fn(arg, 0, n_items, 0);
         return;
     }
+    if (t0 - p->win_start >= POOL_WINDOW_NS) { /* a window ends: judge it */
+        int bad = p->win_start && p->win_wait > POOL_WAIT_SHARE * (double)(t0 - p->win_start);
+        if (bad) {
+            p->solo_until = t0 + p->solo_ns;
+            p->solo_ns = p->solo_ns * 2 < POOL_SOLO_MAX_NS ? p->solo_ns * 2 : POOL_SOLO_MAX_NS;
+        } else {
+            p->solo_ns = POOL_SOLO_MIN_NS;
+        }
+        p->win_start = bad ? p->solo_until : t0;
+        p->win_wait = 0;
+        if (bad) {
+            fn(arg, 0, n_items, 0);
+            return;
+        }
+    }
     p->fn = fn;
     p->arg = arg;
     p->n_items = n_items;
@@ -170,12 +184,9 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
     }
-    int64_t longest = pool_drain(p, 0, 1);
-    if (atomic_load(&p->busy) == 0) {
-        if (++p->clean % POOL_CLEAN_JOBS == 0 && p->solo_ns > POOL_SOLO_MIN_NS)
-            p->solo_ns /= 2;
+    pool_drain(p, 0);
+    if (atomic_load(&p->busy) == 0)
         return;
-    }
     /* a peer still in its chunk: spin a little, then yield, in case it waits for this CPU */
     int64_t t1 = now_ns();
     for (int spins = 0; atomic_load(&p->busy) > 0; spins++) {
@@ -184,16 +195,7 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         else
             sched_yield();
     }
-    int64_t t2 = now_ns(), waited = t2 - t1;
-    if (waited > POOL_STALL_NS && waited > 4 * longest) {
-        if (p->solo_ns < POOL_SOLO_MIN_NS)
-            p->solo_ns = POOL_SOLO_MIN_NS;
-        p->solo_until = t2 + p->solo_ns;
-        p->solo_ns = p->solo_ns * 2 < POOL_SOLO_MAX_NS ? p->solo_ns * 2 : POOL_SOLO_MAX_NS;
-        p->clean = 0;
-    } else if (++p->clean % POOL_CLEAN_JOBS == 0 && p->solo_ns > POOL_SOLO_MIN_NS) {
-        p->solo_ns /= 2;
-    }
+    p->win_wait += now_ns() - t1;
 }
 
 static void pool_destroy(struct pool *p)
@@ -214,6 +216,7 @@ static int pool_init(struct pool *p, int n)
 {
     memset(p, 0, sizeof(*p));
     p->n = n;
+    p->solo_ns = POOL_SOLO_MIN_NS;
     p->th = calloc((size_t)n, sizeof(*p->th));
     if (!p->th)
         return -ENOMEM;
