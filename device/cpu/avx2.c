@@ -607,12 +607,163 @@ static inline __attribute__((always_inline)) void q5_0x8(const struct blk_q5_0x8
         store_rows(y + t * ldy, acc[t], nr);
 }
 
+/*
+ * Packed K-quants (kernels.h), 8 rows against nt tokens.  A piece's 8 x 4
+ * bytes meet the 4 matching activation bytes, broadcast; the pair sums of a
+ * sub-block stay in 16-bit lanes as long as they cannot overflow (Q4_K: 8
+ * pieces, 8 * 2 * 15 * 127 < 2^15; Q6_K: 2, 2 * 2 * 63 * 127 < 2^15), then
+ * go to 32 bits, times the 8 rows' scales.
+ */
+static inline __attribute__((always_inline)) void q4_Kx8(const struct blk_q4_Kx8 *w,
+                                                         const struct blk_q8_K *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w++) {
+        prefetch_bytes(w + 1, sizeof(*w));
+        __m256i isum[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            isum[t] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i slo[4], shi[4];
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++)
+                slo[t] = shi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int p = 0; p < 8; p++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[8 * j + p]);
+                __m256i lo = _mm256_and_si256(q, low);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *qa = a[t * nb + b].qs + 64 * j + 4 * p;
+                    slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(qa)));
+                    shi[t] = _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(qa + 32)));
+                }
+            }
+            __m256i sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)w->sc[2 * j]));
+            __m256i sh = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)w->sc[2 * j + 1]));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++)
+                isum[t] = _mm256_add_epi32(
+                    isum[t],
+                    _mm256_add_epi32(_mm256_mullo_epi32(_mm256_madd_epi16(slo[t], ones), sl),
+                                     _mm256_mullo_epi32(_mm256_madd_epi16(shi[t], ones), sh)));
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+        __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->dmin));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct blk_q8_K *ab = &a[t * nb + b];
+            __m256i msum = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int pr = 0; pr < 4; pr++) {
+                __m256i m16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w->mn[pr]));
+                int32_t s0 = ab->bsums[4 * pr] + ab->bsums[4 * pr + 1],
+                        s1 = ab->bsums[4 * pr + 2] + ab->bsums[4 * pr + 3];
+                __m256i bs = _mm256_set1_epi32((int32_t)(((uint32_t)s1 << 16) | (uint16_t)s0));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(m16, bs));
+            }
+            __m256 da = _mm256_broadcast_ss(&ab->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            __m256 nm = _mm256_xor_ps(_mm256_mul_ps(dm, da), _mm256_set1_ps(-0.0f));
+            acc[t] = _mm256_fmadd_ps(nm, _mm256_cvtepi32_ps(msum), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        store_rows(y + t * ldy, acc[t], nr);
+}
+
+static inline __attribute__((always_inline)) void q6_Kx8(const struct blk_q6_Kx8 *w,
+                                                         const struct blk_q8_K *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3),
+                  ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w++) {
+        prefetch_bytes(w + 1, sizeof(*w));
+        __m256i isum[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            isum[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            __m256i slo[4], shi[4];
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++)
+                slo[t] = shi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+            for (int cp = 0; cp < 2; cp++) {
+                __m256i hb = _mm256_loadu_si256((const __m256i *)w->qh[2 * g + cp]);
+                __m256i plo[4], phi[4];
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++)
+                    plo[t] = phi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+                for (int k = 0; k < 2; k++) {
+                    int c = 2 * cp + k;
+                    __m256i ql = _mm256_loadu_si256((const __m256i *)w->ql[4 * g + c]);
+                    __m256i hl =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4 * k), m3), 4);
+                    __m256i hh = _mm256_slli_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16(hb, 4 * k + 2), m3), 4);
+                    __m256i qlo = _mm256_or_si256(_mm256_and_si256(ql, low), hl);
+                    __m256i qhi =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql, 4), low), hh);
+#pragma GCC unroll 4
+                    for (int t = 0; t < nt; t++) {
+                        const int8_t *qa = a[t * nb + b].qs + 32 * g + 4 * c;
+                        plo[t] = _mm256_add_epi16(plo[t], _mm256_maddubs_epi16(qlo, bcast4(qa)));
+                        phi[t] =
+                            _mm256_add_epi16(phi[t], _mm256_maddubs_epi16(qhi, bcast4(qa + 16)));
+                    }
+                }
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++) {
+                    slo[t] = _mm256_add_epi32(slo[t], _mm256_madd_epi16(plo[t], ones));
+                    shi[t] = _mm256_add_epi32(shi[t], _mm256_madd_epi16(phi[t], ones));
+                }
+            }
+            __m256i sl = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w->sc[2 * g]));
+            __m256i sh = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w->sc[2 * g + 1]));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int16_t *bs = a[t * nb + b].bsums;
+                __m256i lo = _mm256_sub_epi32(slo[t], _mm256_set1_epi32(32 * bs[2 * g]));
+                __m256i hi = _mm256_sub_epi32(shi[t], _mm256_set1_epi32(32 * bs[2 * g + 1]));
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(lo, sl),
+                                                                     _mm256_mullo_epi32(hi, sh)));
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&a[t * nb + b].d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[t]), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        store_rows(y + t * ldy, acc[t], nr);
+}
+
 /* one kernel body per token count, so its token loops unroll */
-#define GEMM_X8(name, kern, wblk, ablk)                                                            \
+#define GEMM_X8(name, kern, wblk, ablk, bk)                                                        \
     static void name(const struct wblk *w, int64_t n_rows, const struct ablk *a, int64_t k,        \
                      float *y, int64_t ldy, int nt)                                                \
     {                                                                                              \
-        int64_t nb = k / QK;                                                                       \
+        int64_t nb = k / (bk);                                                                     \
         for (int64_t r = 0; r < n_rows; r += 8, w += nb) {                                         \
             int nr = n_rows - r < 8 ? (int)(n_rows - r) : 8;                                       \
             switch (nt) {                                                                          \
@@ -632,10 +783,12 @@ static inline __attribute__((always_inline)) void q5_0x8(const struct blk_q5_0x8
         }                                                                                          \
     }
 
-GEMM_X8(gemm_q4_1x8, q4_1x8, blk_q4_1x8, blk_q8_1)
-GEMM_X8(gemm_q8_0x8, q8_0x8, blk_q8_0x8, blk_q8_0)
-GEMM_X8(gemm_q4_0x8, q4_0x8, blk_q4_0x8, blk_q8_0)
-GEMM_X8(gemm_q5_0x8, q5_0x8, blk_q5_0x8, blk_q8_0)
+GEMM_X8(gemm_q4_1x8, q4_1x8, blk_q4_1x8, blk_q8_1, QK)
+GEMM_X8(gemm_q8_0x8, q8_0x8, blk_q8_0x8, blk_q8_0, QK)
+GEMM_X8(gemm_q4_0x8, q4_0x8, blk_q4_0x8, blk_q8_0, QK)
+GEMM_X8(gemm_q5_0x8, q5_0x8, blk_q5_0x8, blk_q8_0, QK)
+GEMM_X8(gemm_q4_Kx8, q4_Kx8, blk_q4_Kx8, blk_q8_K, QKK)
+GEMM_X8(gemm_q6_Kx8, q6_Kx8, blk_q6_Kx8, blk_q8_K, QKK)
 
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
@@ -1053,6 +1206,8 @@ const struct cpu_kernels cpu_kernels_avx2 = {
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_q4_0x8 = gemm_q4_0x8,
     .gemm_q5_0x8 = gemm_q5_0x8,
+    .gemm_q4_Kx8 = gemm_q4_Kx8,
+    .gemm_q6_Kx8 = gemm_q6_Kx8,
     .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

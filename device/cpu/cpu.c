@@ -535,7 +535,8 @@ static enum act_fmt act_fmt_of(uint32_t type)
 /* the weight types cpu_pack_weight packs: those with 8-row kernels */
 static int packs(uint32_t type)
 {
-    return type == QT_Q4_0 || type == QT_Q4_1 || type == QT_Q5_0 || type == QT_Q8_0;
+    return type == QT_Q4_0 || type == QT_Q4_1 || type == QT_Q5_0 || type == QT_Q8_0 ||
+           type == QT_Q4_K || type == QT_Q6_K;
 }
 
 struct mm_job {
@@ -593,7 +594,7 @@ static void mm_packed_one(struct mm_job *j, const struct dev_weight *w, float *y
                           int64_t e, int worker)
 {
     const struct cpu_kernels *k = j->c->k;
-    int64_t N = w->rows, nb = w->cols / QK;
+    int64_t N = w->rows, nb = w->cols / (j->fmt == ACT_Q8_K ? QKK : QK);
     (void)worker;
     for (int64_t rb = b; rb < e; rb++) {
         int64_t r0 = rb * j->row_block, nr = N - r0 < j->row_block ? N - r0 : j->row_block;
@@ -612,6 +613,14 @@ static void mm_packed_one(struct mm_job *j, const struct dev_weight *w, float *y
                 break;
             case QT_Q5_0:
                 k->gemm_q5_0x8((const struct blk_q5_0x8 *)w->data + r0 / 8 * nb, nr,
+                               (const void *)a, w->cols, y, N, nt);
+                break;
+            case QT_Q4_K:
+                k->gemm_q4_Kx8((const struct blk_q4_Kx8 *)w->data + r0 / 8 * nb, nr,
+                               (const void *)a, w->cols, y, N, nt);
+                break;
+            case QT_Q6_K:
+                k->gemm_q6_Kx8((const struct blk_q6_Kx8 *)w->data + r0 / 8 * nb, nr,
                                (const void *)a, w->cols, y, N, nt);
                 break;
             default:
@@ -743,11 +752,74 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
  * lead each source block, then (Q5_0) the 4 bytes of fifth bits, then its
  * quant bytes, which move in 4-byte pieces.
  */
+/* row r's super-block src (Q4_K) into the 8-row block dst (kernels.h) */
+static void pack_q4_K(struct blk_q4_Kx8 *dst, int r, const uint8_t *src)
+{
+    memcpy(&dst->d[r], src, 2);
+    memcpy(&dst->dmin[r], src + 2, 2);
+    for (int s = 0; s < 8; s++)
+        k4_scale_min(s, src + 4, &dst->sc[s][r], &dst->mn[s / 2][r][s % 2]);
+    for (int p = 0; p < 32; p++)
+        memcpy(dst->qs[p][r], src + 16 + 4 * p, 4);
+}
+
+/* row r's super-block src (Q6_K: ql[128] qh[64] scales[16] d) into dst */
+static void pack_q6_K(struct blk_q6_Kx8 *dst, int r, const uint8_t *src)
+{
+    uint8_t q[QKK]; /* the 6-bit values, 0..63 */
+    for (int e = 0; e < QKK; e++) {
+        int n = e / 128, c = e % 128 / 32, l = e % 32;
+        const uint8_t *ql = src + 64 * n, *qh = src + 128 + 32 * n;
+        q[e] = (uint8_t)(((ql[l + 32 * (c % 2)] >> (4 * (c / 2))) & 0xf) |
+                         (((qh[l] >> (2 * c)) & 3) << 4));
+    }
+    memcpy(&dst->d[r], src + 208, 2);
+    for (int s = 0; s < 16; s++)
+        dst->sc[s][r] = (int8_t)src[192 + s];
+    for (int g = 0; g < 8; g++)
+        for (int c = 0; c < 4; c++)
+            for (int b = 0; b < 4; b++) {
+                int lo = q[32 * g + 4 * c + b], hi = q[32 * g + 16 + 4 * c + b];
+                dst->ql[4 * g + c][r][b] = (uint8_t)((lo & 0xf) | (hi & 0xf) << 4);
+                dst->qh[2 * g + c / 2][r][b] |=
+                    (uint8_t)(((lo >> 4) | (hi >> 4) << 2) << (4 * (c % 2)));
+            }
+}
+
+/* Q4_K and Q6_K into groups of 8 rows, a packed block per super-block */
+static int pack_k(struct cpu *c, struct dev_weight *w)
+{
+    if (w->cols % QKK)
+        return 0;
+    size_t dst_blk = w->type == QT_Q4_K ? sizeof(struct blk_q4_Kx8) : sizeof(struct blk_q6_Kx8);
+    size_t src_blk = qt_info(w->type)->type_size;
+    int64_t nb = w->cols / QKK, n_groups = (w->rows + 7) / 8;
+    size_t bytes = (size_t)(n_groups * nb) * dst_blk;
+    uint8_t *dst = cpu_alloc(c, bytes);
+    if (!dst)
+        return -ENOMEM;
+    memset(dst, 0, bytes);
+    for (int64_t r = 0; r < w->rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *src = (const uint8_t *)w->data + r * w->row_bytes + b * src_blk;
+            void *blk = dst + ((r / 8) * nb + b) * dst_blk;
+            if (w->type == QT_Q4_K)
+                pack_q4_K(blk, (int)(r % 8), src);
+            else
+                pack_q6_K(blk, (int)(r % 8), src);
+        }
+    w->data = dst;
+    w->packed = 1;
+    return 0;
+}
+
 static int cpu_pack_weight(void *ctx, struct dev_weight *w)
 {
     struct cpu *c = ctx;
     if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
         return 0;
+    if (w->type == QT_Q4_K || w->type == QT_Q6_K)
+        return pack_k(c, w);
     int n_scales = w->type == QT_Q4_1 ? 2 : 1;
     size_t qh_bytes = w->type == QT_Q5_0 ? 4 : 0;
     size_t src_blk = qt_info(w->type)->type_size,

@@ -102,6 +102,37 @@ static inline void k4_scale_min(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
     }
 }
 
+/*
+ * Packed K-quants, 8 rows a super-block, for Q8_K activations.  Their own
+ * arithmetic (exact_llamacpp leaves K-quants unpacked): per (row, token) and
+ * super-block, the exact integer sums
+ *   Q4_K: isum = sum_s sc_s * sum_{e in s} q_e a_e   (8 sub-blocks of 32)
+ *         msum = sum_s mn_s * (bsums[2s] + bsums[2s + 1])
+ *   Q6_K: isum = sum_s sc_s * (sum_{e in s} q_e a_e - 32 bsums[s])  (16 of 16, q 0..63)
+ * then acc = fma(d_w * d_a, (float)isum, acc) and (Q4_K)
+ * acc = fma(-(dmin_w * d_a), (float)msum, acc), super-block after super-block.
+ *
+ * Q4_K: the scales and mins unpacked to bytes; piece p of a row's 128 quant
+ * bytes (bytes 4p..4p+3: elements 64j + 4(p % 8) + b in their low nibbles
+ * and 32 more in their high, j = p / 8) at qs[p][row].  Q6_K: re-laid per
+ * group g of 32 elements: piece c (0..3) of ql holds elements 32g + 4c + b
+ * (low nibble) and 32g + 16 + 4c + b (high); qh[2g + c / 2] their top two
+ * bits, at bits 4 (c % 2) (the low nibble's) and 4 (c % 2) + 2.
+ */
+struct blk_q4_Kx8 {
+    uint16_t d[8], dmin[8];
+    uint8_t sc[8][8];    /* [sub-block][row] */
+    uint8_t mn[4][8][2]; /* [sub-block pair][row][which] */
+    uint8_t qs[32][8][4];
+};
+
+struct blk_q6_Kx8 {
+    uint16_t d[8];
+    int8_t sc[16][8]; /* [sub-block][row] */
+    uint8_t ql[32][8][4];
+    uint8_t qh[16][8][4];
+};
+
 /* Activation formats a weight type is dotted with. */
 enum act_fmt { ACT_F32, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 
@@ -144,6 +175,10 @@ struct cpu_kernels {
     void (*gemm_q4_0x8)(const struct blk_q4_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
                         int64_t k, float *y, int64_t ldy, int nt);
     void (*gemm_q5_0x8)(const struct blk_q5_0x8 *w, int64_t n_rows, const struct blk_q8_0 *a,
+                        int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q4_Kx8)(const struct blk_q4_Kx8 *w, int64_t n_rows, const struct blk_q8_K *a,
+                        int64_t k, float *y, int64_t ldy, int nt);
+    void (*gemm_q6_Kx8)(const struct blk_q6_Kx8 *w, int64_t n_rows, const struct blk_q8_K *a,
                         int64_t k, float *y, int64_t ldy, int nt);
     /*
      * Attention in f16, in one of two summation orders (n_lanes 8 or 32):

@@ -397,6 +397,73 @@ static float dot_q6_K(const void *w, const struct blk_q8_K *a, int64_t k)
 }
 
 /* as the AVX2 kernel: 16 lanes (i % 16), lanes l and 8 + l added, then sum8; the tail fused */
+/* ---- packed K-quants (kernels.h) --------------------------------------------------- */
+
+static float block_q4_Kx8(const void *wb, int r, const void *ab, float acc)
+{
+    const struct blk_q4_Kx8 *w = wb;
+    const struct blk_q8_K *a = ab;
+    int32_t isum = 0, msum = 0;
+    for (int s = 0; s < 8; s++) {
+        int32_t sum = 0;
+        for (int p = 8 * (s / 2); p < 8 * (s / 2) + 8; p++)
+            for (int b = 0; b < 4; b++) {
+                int q = w->qs[p][r][b], e = 64 * (s / 2) + 4 * (p % 8) + b + 32 * (s % 2);
+                sum += (s % 2 ? q >> 4 : q & 0xf) * a->qs[e];
+            }
+        isum += w->sc[s][r] * sum;
+        msum += w->mn[s / 2][r][s % 2] * (a->bsums[2 * s] + a->bsums[2 * s + 1]);
+    }
+    acc = fmaf(half(w->d[r]) * a->d, (float)isum, acc);
+    return fmaf(-(half(w->dmin[r]) * a->d), (float)msum, acc);
+}
+
+static float block_q6_Kx8(const void *wb, int r, const void *ab, float acc)
+{
+    const struct blk_q6_Kx8 *w = wb;
+    const struct blk_q8_K *a = ab;
+    int32_t isum = 0;
+    for (int s = 0; s < 16; s++) {
+        int g = s / 2, hi = s % 2;
+        int32_t sum = 0;
+        for (int c = 0; c < 4; c++)
+            for (int b = 0; b < 4; b++) {
+                int q = hi ? w->ql[4 * g + c][r][b] >> 4 : w->ql[4 * g + c][r][b] & 0xf;
+                q |= ((w->qh[2 * g + c / 2][r][b] >> (4 * (c % 2) + 2 * hi)) & 3) << 4;
+                sum += q * a->qs[32 * g + 16 * hi + 4 * c + b];
+            }
+        isum += w->sc[s][r] * (sum - 32 * a->bsums[s]);
+    }
+    return fmaf(half(w->d[r]) * a->d, (float)isum, acc);
+}
+
+static void gemm_kx8(const char *w, size_t wsz, int64_t n_rows, const struct blk_q8_K *a, int64_t k,
+                     float *y, int64_t ldy, int nt,
+                     float (*block)(const void *, int, const void *, float))
+{
+    int64_t nb = k / QKK;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8, w += nb * wsz)
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < 8 && r0 + r < n_rows; r++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; b++)
+                    acc = block(w + b * wsz, r, &a[t * nb + b], acc);
+                y[t * ldy + r0 + r] = acc;
+            }
+}
+
+static void gemm_q4_Kx8(const struct blk_q4_Kx8 *w, int64_t n_rows, const struct blk_q8_K *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    gemm_kx8((const char *)w, sizeof(*w), n_rows, a, k, y, ldy, nt, block_q4_Kx8);
+}
+
+static void gemm_q6_Kx8(const struct blk_q6_Kx8 *w, int64_t n_rows, const struct blk_q8_K *a,
+                        int64_t k, float *y, int64_t ldy, int nt)
+{
+    gemm_kx8((const char *)w, sizeof(*w), n_rows, a, k, y, ldy, nt, block_q6_Kx8);
+}
+
 static float dot_f32(const float *a, const float *b, int64_t k)
 {
     float acc[16] = {0}, l8[8];
@@ -547,6 +614,8 @@ const struct cpu_kernels cpu_kernels_scalar = {
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_q4_0x8 = gemm_q4_0x8,
     .gemm_q5_0x8 = gemm_q5_0x8,
+    .gemm_q4_Kx8 = gemm_q4_Kx8,
+    .gemm_q6_Kx8 = gemm_q6_Kx8,
     .scores_f16 = scores_f16,
     .accum_v_f16 = accum_v_f16,
     .reduce_lanes = reduce_lanes,

@@ -264,10 +264,10 @@ static int backends_list(struct backends *b, struct dev **out)
 
 /*
  * The weights the matmul tests run: every type as the GGUF stores it, then
- * the types the CPU backend packs (Q4_0, Q4_1, Q5_0, Q8_0), packed by the
+ * the types the CPU backend packs (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), packed by the
  * backend under test, which takes its own kernels.
  */
-static const uint32_t packed_types[] = {QT_Q4_1, QT_Q8_0, QT_Q4_0, QT_Q5_0};
+static const uint32_t packed_types[] = {QT_Q4_1, QT_Q8_0, QT_Q4_0, QT_Q5_0, QT_Q4_K, QT_Q6_K};
 #define N_VARIANTS (N_TYPES + sizeof packed_types / sizeof packed_types[0])
 
 static uint32_t variant_type(size_t vi)
