@@ -119,8 +119,11 @@ static inline float quant_block(const float *x, int8_t *q, int *sum)
 
 static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
 {
-    for (int64_t b = 0; b < k / QK; b++)
-        y[b].d = f16_round(quant_block(x + b * QK, y[b].qs, NULL));
+    for (int64_t b = 0; b < k / QK; b++) {
+        int sum;
+        y[b].d = f16_round(quant_block(x + b * QK, y[b].qs, &sum));
+        y[b].sum = sum;
+    }
 }
 
 static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
@@ -499,19 +502,20 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
 }
 
 /*
- * Q4_0 and Q5_0: the quants made signed (q - 8, q - 16) and dotted as Q8_0's
- * are; |16 products| <= 16 * 16 * 127 < 2^15, so they sum in 16-bit lanes.
- * Q5_0's fifth bits: for chunk c, bits 4c.. (low nibbles) and 16 + 4c..
- * (high) of each row's qh, spread to its 4 bytes; a byte whose bit is clear
- * gets 0xf0 or'ed in, which makes the nibble n into n - 16.
+ * Q4_0 and Q5_0: the unsigned quants (0..15, 0..31) meet the activations in
+ * maddubs, and the offset comes off once a block: isum = sum q a - 8 (16)
+ * sum a, with sum a the activation block's exact sum.  Pair sums stay in
+ * 16-bit lanes: Q4_0 one sum of 8 pieces (16 * 15 * 127 < 2^15), Q5_0 one
+ * for the low and one for the high nibbles (8 * 31 * 127 < 2^15).  Q5_0's
+ * fifth bit of piece c is bit c (low) or 4 + c (high) of each byte, moved
+ * to bit 4.
  */
 static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8 *w,
                                                          const struct blk_q8_0 *a, int64_t nb,
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8),
-                  ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
@@ -525,15 +529,13 @@ static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
-            __m256i lo = _mm256_sub_epi8(_mm256_and_si256(q, low), eight);
-            __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), low), eight);
-            __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+            __m256i lo = _mm256_and_si256(q, low);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *qa = a[t * nb + b].qs;
-                __m256i p = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(qa + 4 * c), lo)),
-                    _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(qa + 16 + 4 * c), hi)));
+                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)),
+                                             _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
                 s16[t] = _mm256_add_epi16(s16[t], p);
                 keep_order(&s16[t]);
             }
@@ -541,9 +543,11 @@ static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
-            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&a[t * nb + b].d));
-            acc[t] =
-                _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), acc[t]);
+            const struct blk_q8_0 *ab = &a[t * nb + b];
+            __m256i isum =
+                _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(8 * ab->sum));
+            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[t]);
         }
     }
 #pragma GCC unroll 4
@@ -556,11 +560,7 @@ static inline __attribute__((always_inline)) void q5_0x8(const struct blk_q5_0x8
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1),
-                  f0 = _mm256_set1_epi8((char)0xf0), bits = _mm256_set1_epi32(0x08040201);
-    const __m256i rep0 = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0,
-                                          0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
-    const __m256i rep2 = _mm256_add_epi8(rep0, _mm256_set1_epi8(2));
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
@@ -568,38 +568,36 @@ static inline __attribute__((always_inline)) void q5_0x8(const struct blk_q5_0x8
     for (int64_t b = 0; b < nb; b++, w++) {
         prefetch_bytes(w + PF_X8_Q4_1, sizeof(*w));
         __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
-        __m256i s16[4];
+        __m256i slo[4], shi[4];
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++)
-            s16[t] = _mm256_setzero_si256();
+            slo[t] = shi[t] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
-            __m256i h = _mm256_srli_epi32(qh, 4 * c);
-            __m256i set_lo =
-                _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, rep0), bits), bits);
-            __m256i set_hi =
-                _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, rep2), bits), bits);
-            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low), _mm256_andnot_si256(set_lo, f0));
-            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low),
-                                         _mm256_andnot_si256(set_hi, f0));
-            __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+            __m256i hl =
+                _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)(1 << c))), 4 - c);
+            __m256i hh =
+                _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)(0x10 << c))), c);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low), hl);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low), hh);
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *qa = a[t * nb + b].qs;
-                __m256i p = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(qa + 4 * c), lo)),
-                    _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(qa + 16 + 4 * c), hi)));
-                s16[t] = _mm256_add_epi16(s16[t], p);
-                keep_order(&s16[t]);
+                slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)));
+                shi[t] =
+                    _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
             }
         }
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
-            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&a[t * nb + b].d));
-            acc[t] =
-                _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), acc[t]);
+            const struct blk_q8_0 *ab = &a[t * nb + b];
+            __m256i isum =
+                _mm256_add_epi32(_mm256_madd_epi16(slo[t], ones), _mm256_madd_epi16(shi[t], ones));
+            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(16 * ab->sum));
+            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[t]);
         }
     }
 #pragma GCC unroll 4

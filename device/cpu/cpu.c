@@ -841,8 +841,13 @@ static int cpu_pack_weight(void *ctx, struct dev_weight *w)
             int ri = (int)(r % 8);
             for (int s = 0; s < n_scales; s++) /* d[8], then m[8] */
                 memcpy(blk + (s * 8 + ri) * 2, src + 2 * s, 2);
-            if (qh_bytes) /* qh[ri] */
-                memcpy(blk + n_scales * 16 + ri * 4, src + 2 * n_scales, 4);
+            if (qh_bytes) { /* qh[ri], re-laid: bit j of the word to byte j % 4, bit j / 4 */
+                const uint8_t *h = src + 2 * n_scales;
+                uint8_t *dq = blk + n_scales * 16 + ri * 4;
+                for (int j = 0; j < 32; j++)
+                    if (h[j / 8] >> (j % 8) & 1)
+                        dq[j % 4] |= (uint8_t)(1 << (j / 4));
+            }
             uint8_t *qs = blk + n_scales * 16 + 8 * qh_bytes;
             const uint8_t *sq = src + 2 * n_scales + qh_bytes;
             for (size_t c = 0; c < quant_bytes / 4; c++) /* qs[c][ri] */

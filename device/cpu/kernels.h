@@ -33,6 +33,7 @@
 struct blk_q8_0 {
     float d; /* an f16 value */
     int8_t qs[QK];
+    int32_t sum; /* sum(qs), exact: the packed Q4_0 / Q5_0 kernels take unsigned quants */
 };
 
 struct blk_q8_1 {
@@ -60,7 +61,11 @@ struct blk_q8_0x8 {
     int8_t qs[8][8][4];
 };
 
-/* Q4_0 as Q4_1 without m; Q5_0 with each row's 32 fifth bits (the GGUF's qh) before */
+/*
+ * Q4_0 as Q4_1 without m.  Q5_0 with each row's 32 fifth bits before,
+ * re-laid so that piece c's are at bit c (low nibbles: elements 4c + b) and
+ * bit 4 + c (high: 16 + 4c + b) of byte b.
+ */
 struct blk_q4_0x8 {
     uint16_t d[8];
     uint8_t qs[4][8][4];

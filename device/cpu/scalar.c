@@ -54,8 +54,12 @@ static float quant_block(const float *x, int8_t *q)
 
 static void quant_q8_0(const float *x, struct blk_q8_0 *y, int64_t k)
 {
-    for (int64_t b = 0; b < k / QK; b++)
+    for (int64_t b = 0; b < k / QK; b++) {
         y[b].d = qt_f16_to_f32(qt_f32_to_f16(quant_block(x + b * QK, y[b].qs)));
+        y[b].sum = 0;
+        for (int j = 0; j < QK; j++)
+            y[b].sum += y[b].qs[j];
+    }
 }
 
 static void quant_q8_1(const float *x, struct blk_q8_1 *y, int64_t k)
@@ -221,14 +225,12 @@ static float block_q5_0x8(const void *wb, int r, const void *ab, float acc)
 {
     const struct blk_q5_0x8 *w = wb;
     const struct blk_q8_0 *a = ab;
-    uint32_t qh = (uint32_t)w->qh[r][0] | (uint32_t)w->qh[r][1] << 8 | (uint32_t)w->qh[r][2] << 16 |
-                  (uint32_t)w->qh[r][3] << 24;
     int isum = 0;
     for (int c = 0; c < 4; c++)
         for (int i = 0; i < 4; i++) {
-            int q = w->qs[c][r][i], e = 4 * c + i;
-            int lo = ((q & 0x0f) | (int)((qh >> e) & 1) << 4) - 16;
-            int hi = ((q >> 4) | (int)((qh >> (e + 16)) & 1) << 4) - 16;
+            int q = w->qs[c][r][i], e = 4 * c + i, h = w->qh[r][i];
+            int lo = ((q & 0x0f) | ((h >> c) & 1) << 4) - 16;
+            int hi = ((q >> 4) | ((h >> (4 + c)) & 1) << 4) - 16;
             isum += lo * a->qs[e] + hi * a->qs[16 + e];
         }
     return fmaf(half(w->d[r]) * a->d, (float)isum, acc);
