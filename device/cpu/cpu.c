@@ -746,12 +746,6 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
     return 0;
 }
 
-/*
- * Rearranges a Q4_0, Q4_1, Q5_0 or Q8_0 weight into groups of 8 rows
- * (kernels.h); other weights stay as they are.  The f16 scales (Q4_1: d, m)
- * lead each source block, then (Q5_0) the 4 bytes of fifth bits, then its
- * quant bytes, which move in 4-byte pieces.
- */
 /* row r's super-block src (Q4_K) into the 8-row block dst (kernels.h) */
 static void pack_q4_K(struct blk_q4_Kx8 *dst, int r, const uint8_t *src)
 {
@@ -786,74 +780,82 @@ static void pack_q6_K(struct blk_q6_Kx8 *dst, int r, const uint8_t *src)
             }
 }
 
-/* Q4_K and Q6_K into groups of 8 rows, a packed block per super-block */
-static int pack_k(struct cpu *c, struct dev_weight *w)
+/* A weight being packed: rows of w into groups of 8 rows at dst (kernels.h). */
+struct pack_job {
+    const struct dev_weight *w;
+    uint8_t *dst;
+    size_t src_blk, dst_blk;
+    int64_t nb; /* blocks (super-blocks) a row */
+};
+
+/* the 32-block types: f16 scales (Q4_1: d, m), Q5_0's fifth bits, then quants in 4-byte pieces */
+static void pack_32(const struct pack_job *j, int64_t r, int64_t b, uint8_t *blk)
 {
-    if (w->cols % QKK)
-        return 0;
-    size_t dst_blk = w->type == QT_Q4_K ? sizeof(struct blk_q4_Kx8) : sizeof(struct blk_q6_Kx8);
-    size_t src_blk = qt_info(w->type)->type_size;
-    int64_t nb = w->cols / QKK, n_groups = (w->rows + 7) / 8;
-    size_t bytes = (size_t)(n_groups * nb) * dst_blk;
-    uint8_t *dst = cpu_alloc(c, bytes);
-    if (!dst)
-        return -ENOMEM;
-    memset(dst, 0, bytes);
-    for (int64_t r = 0; r < w->rows; r++)
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *src = (const uint8_t *)w->data + r * w->row_bytes + b * src_blk;
-            void *blk = dst + ((r / 8) * nb + b) * dst_blk;
-            if (w->type == QT_Q4_K)
-                pack_q4_K(blk, (int)(r % 8), src);
-            else
-                pack_q6_K(blk, (int)(r % 8), src);
-        }
-    w->data = dst;
-    w->packed = 1;
-    return 0;
+    uint32_t type = j->w->type;
+    const uint8_t *src = (const uint8_t *)j->w->data + r * j->w->row_bytes + b * j->src_blk;
+    int n_scales = type == QT_Q4_1 ? 2 : 1, ri = (int)(r % 8);
+    size_t qh_bytes = type == QT_Q5_0 ? 4 : 0;
+    size_t quant_bytes = j->src_blk - 2 * (size_t)n_scales - qh_bytes;
+    for (int s = 0; s < n_scales; s++) /* d[8], then m[8] */
+        memcpy(blk + (s * 8 + ri) * 2, src + 2 * s, 2);
+    if (qh_bytes) { /* qh[ri], re-laid: bit j of the word to byte j % 4, bit j / 4 */
+        const uint8_t *h = src + 2 * n_scales;
+        uint8_t *dq = blk + n_scales * 16 + ri * 4;
+        for (int e = 0; e < 32; e++)
+            if (h[e / 8] >> (e % 8) & 1)
+                dq[e % 4] |= (uint8_t)(1 << (e / 4));
+    }
+    uint8_t *qs = blk + n_scales * 16 + 8 * qh_bytes;
+    const uint8_t *sq = src + 2 * n_scales + qh_bytes;
+    for (size_t c = 0; c < quant_bytes / 4; c++) /* qs[c][ri] */
+        memcpy(qs + (c * 8 + (size_t)ri) * 4, sq + c * 4, 4);
 }
 
+static void pack_cb(void *arg, int64_t b, int64_t e, int worker)
+{
+    const struct pack_job *j = arg;
+    (void)worker;
+    for (int64_t r = b; r < e; r++)
+        for (int64_t k = 0; k < j->nb; k++) {
+            uint8_t *blk = j->dst + ((r / 8) * j->nb + k) * j->dst_blk;
+            const uint8_t *src = (const uint8_t *)j->w->data + r * j->w->row_bytes + k * j->src_blk;
+            if (j->w->type == QT_Q4_K)
+                pack_q4_K((struct blk_q4_Kx8 *)(void *)blk, (int)(r % 8), src);
+            else if (j->w->type == QT_Q6_K)
+                pack_q6_K((struct blk_q6_Kx8 *)(void *)blk, (int)(r % 8), src);
+            else
+                pack_32(j, r, k, blk);
+        }
+}
+
+/*
+ * Rearranges a Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K weight into groups of 8
+ * rows (kernels.h), rows spread over the pool (each writes its own bytes of
+ * its group's blocks); other weights stay as they are.
+ */
 static int cpu_pack_weight(void *ctx, struct dev_weight *w)
 {
     struct cpu *c = ctx;
     if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
         return 0;
-    if (w->type == QT_Q4_K || w->type == QT_Q6_K)
-        return pack_k(c, w);
-    int n_scales = w->type == QT_Q4_1 ? 2 : 1;
-    size_t qh_bytes = w->type == QT_Q5_0 ? 4 : 0;
-    size_t src_blk = qt_info(w->type)->type_size,
-           quant_bytes = src_blk - 2 * (size_t)n_scales - qh_bytes;
-    size_t dst_blk = w->type == QT_Q4_1   ? sizeof(struct blk_q4_1x8)
-                     : w->type == QT_Q8_0 ? sizeof(struct blk_q8_0x8)
-                     : w->type == QT_Q4_0 ? sizeof(struct blk_q4_0x8)
-                                          : sizeof(struct blk_q5_0x8);
-    int64_t nb = w->cols / QK, n_groups = (w->rows + 7) / 8;
-    size_t bytes = (size_t)(n_groups * nb) * dst_blk;
-    uint8_t *dst = cpu_alloc(c, bytes);
-    if (!dst)
+    int k = w->type == QT_Q4_K || w->type == QT_Q6_K;
+    if (k && w->cols % QKK)
+        return 0;
+    struct pack_job j = {
+        .w = w, .src_blk = qt_info(w->type)->type_size, .nb = w->cols / (k ? QKK : QK)};
+    j.dst_blk = w->type == QT_Q4_1   ? sizeof(struct blk_q4_1x8)
+                : w->type == QT_Q8_0 ? sizeof(struct blk_q8_0x8)
+                : w->type == QT_Q4_0 ? sizeof(struct blk_q4_0x8)
+                : w->type == QT_Q5_0 ? sizeof(struct blk_q5_0x8)
+                : w->type == QT_Q4_K ? sizeof(struct blk_q4_Kx8)
+                                     : sizeof(struct blk_q6_Kx8);
+    size_t bytes = (size_t)(((w->rows + 7) / 8) * j.nb) * j.dst_blk;
+    j.dst = cpu_alloc(c, bytes);
+    if (!j.dst)
         return -ENOMEM;
-    memset(dst, 0, bytes);
-    for (int64_t r = 0; r < w->rows; r++)
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *src = (const uint8_t *)w->data + r * w->row_bytes + b * src_blk;
-            uint8_t *blk = dst + ((r / 8) * nb + b) * dst_blk;
-            int ri = (int)(r % 8);
-            for (int s = 0; s < n_scales; s++) /* d[8], then m[8] */
-                memcpy(blk + (s * 8 + ri) * 2, src + 2 * s, 2);
-            if (qh_bytes) { /* qh[ri], re-laid: bit j of the word to byte j % 4, bit j / 4 */
-                const uint8_t *h = src + 2 * n_scales;
-                uint8_t *dq = blk + n_scales * 16 + ri * 4;
-                for (int j = 0; j < 32; j++)
-                    if (h[j / 8] >> (j % 8) & 1)
-                        dq[j % 4] |= (uint8_t)(1 << (j / 4));
-            }
-            uint8_t *qs = blk + n_scales * 16 + 8 * qh_bytes;
-            const uint8_t *sq = src + 2 * n_scales + qh_bytes;
-            for (size_t c = 0; c < quant_bytes / 4; c++) /* qs[c][ri] */
-                memcpy(qs + (c * 8 + (size_t)ri) * 4, sq + c * 4, 4);
-        }
-    w->data = dst;
+    memset(j.dst, 0, bytes);
+    pool_run(&c->pool, w->rows, 64, pack_cb, &j);
+    w->data = j.dst;
     w->packed = 1;
     return 0;
 }
