@@ -78,9 +78,10 @@ static inline void cpu_relax(void)
  * descheduled in the middle of its chunk, and the caller waits a whole time
  * slice (milliseconds) for it; spinning workers also take CPU the other
  * process and the caller need.  So the caller adds up its waits for the
- * others (after its own chunks ran out) over windows of POOL_WINDOW_NS: when
- * they reach POOL_WAIT_SHARE of a window, the workers cost more than they
- * give, and the jobs of the next solo_ns run on the caller alone (the
+ * others (after its own chunks ran out) over windows of POOL_WINDOW_NS.  In
+ * a window where it waited a share W, two threads did about 2 (1 - W) of
+ * the caller's work alone: when W reaches POOL_WAIT_SHARE (one half, the
+ * break-even), the jobs of the next solo_ns run on the caller alone (the
  * workers go to sleep).  solo_ns starts at POOL_SOLO_MIN_NS and doubles with
  * each bad window that follows one, up to POOL_SOLO_MAX_NS; a good window
  * resets it.  On a quiet machine the waits are a chunk's tail, a few
@@ -88,7 +89,7 @@ static inline void cpu_relax(void)
  * threads.
  */
 #define POOL_WINDOW_NS 20000000
-#define POOL_WAIT_SHARE 0.25
+#define POOL_WAIT_SHARE 0.5
 #define POOL_SOLO_MIN_NS 100000000
 #define POOL_SOLO_MAX_NS 4000000000
 
