@@ -328,6 +328,26 @@ START_TEST(run_generates_the_reference_text)
 }
 END_TEST
 
+/* --kernels scalar: the reference loops, the same greedy text as the default (widest) path */
+START_TEST(run_kernels_give_the_same_text)
+{
+    const char *m = test_model_path();
+    struct result a = run("", 0,
+                          ARGS("run", "-m", m, "-p", "The capital of France is", "-n", "12",
+                               "--temp", "0", "-t", "2"));
+    struct result s = run("", 0,
+                          ARGS("run", "-m", m, "-p", "The capital of France is", "-n", "12",
+                               "--temp", "0", "-t", "2", "--kernels", "scalar"));
+    ck_assert_msg(a.status == 0 && s.status == 0, "exit %d, %d: %s %s", a.status, s.status, a.err,
+                  s.err);
+    ck_assert_ptr_nonnull(strstr(s.err, "kernels scalar"));
+    ck_assert_msg(strcmp(a.out, s.out) == 0, "default '%s' vs scalar '%s'", a.out, s.out);
+    ck_assert_msg(strlen(a.out) > 0, "nothing generated");
+    result_free(&a);
+    result_free(&s);
+}
+END_TEST
+
 START_TEST(run_seed_repeats)
 {
     const char *m = test_model_path();
@@ -374,6 +394,8 @@ START_TEST(run_and_bench_refuse_bad_input)
         ARGS("bench", "-m", m, "-d", "-1"),
         ARGS("bench", "-m", m, "-d", "deep"),
         ARGS("bench"),
+        ARGS("run", "-m", m, "-p", "x", "--kernels", "avx9"),
+        ARGS("bench", "-m", m, "--kernels", "fast"),
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         struct result r = run("", 0, cases[i]);
@@ -421,6 +443,7 @@ Suite *cli_suite(void)
     tcase_add_test(tc, crafted_models_exit_2);
     tcase_add_test(tc, run_generates_the_reference_text);
     tcase_add_test(tc, run_seed_repeats);
+    tcase_add_test(tc, run_kernels_give_the_same_text);
     tcase_add_test(tc, run_and_bench_refuse_bad_input);
     tcase_add_test(tc, bench_reports_json_rows);
     suite_add_tcase(s, tc);
