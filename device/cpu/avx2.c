@@ -6,6 +6,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "device/cpu/kernels.h"
@@ -505,47 +506,56 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
  * Q4_0 and Q5_0: the unsigned quants (0..15, 0..31) meet the activations in
  * maddubs, and the offset comes off once a block: isum = sum q a - 8 (16)
  * sum a, with sum a the activation block's exact sum.  Pair sums stay in
- * 16-bit lanes: Q4_0 one sum of 8 pieces (16 * 15 * 127 < 2^15), Q5_0 one
- * for the low and one for the high nibbles (8 * 31 * 127 < 2^15).  Q5_0's
- * fifth bit of piece c is bit c (low) or 4 + c (high) of each byte, moved
- * to bit 4.
+ * 16-bit lanes, one sum for the low and one for the high nibbles
+ * (8 * 31 * 127 < 2^15).  Q5_0's fifth bit of piece c is bit c (low) or
+ * 4 + c (high) of each byte, moved to bit 4.  One body for both: w's blocks
+ * of wsz bytes, d[8] first, (Q5_0: qh[8][4] next,) the quants at qs_off.
  */
-static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8 *w,
-                                                         const struct blk_q8_0 *a, int64_t nb,
-                                                         const int nt, float *y, int64_t ldy,
-                                                         int nr)
+static inline __attribute__((always_inline)) void
+q45_0x8(const uint8_t *w, size_t wsz, size_t qs_off, const int five, const struct blk_q8_0 *a,
+        int64_t nb, const int nt, float *y, int64_t ldy, int nr)
 {
     const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const int off = five ? 16 : 8;
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
         acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w++) {
-        prefetch_bytes(w + PF_X8_Q4_1, sizeof(*w));
-        __m256i s16[4];
+    for (int64_t b = 0; b < nb; b++, w += wsz) {
+        prefetch_bytes(w + PF_X8_Q4_1 * wsz, wsz);
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+        __m256i slo[4], shi[4];
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++)
-            s16[t] = _mm256_setzero_si256();
+            slo[t] = shi[t] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w + qs_off + 32 * c));
             __m256i lo = _mm256_and_si256(q, low);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            if (five) {
+                lo = _mm256_or_si256(
+                    lo, _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)(1 << c))),
+                                          4 - c));
+                hi = _mm256_or_si256(
+                    hi, _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)(0x10 << c))),
+                                          c));
+            }
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *qa = a[t * nb + b].qs;
-                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)),
-                                             _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
-                s16[t] = _mm256_add_epi16(s16[t], p);
-                keep_order(&s16[t]);
+                slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)));
+                shi[t] =
+                    _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
             }
         }
-        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const struct blk_q8_0 *ab = &a[t * nb + b];
             __m256i isum =
-                _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(8 * ab->sum));
+                _mm256_add_epi32(_mm256_madd_epi16(slo[t], ones), _mm256_madd_epi16(shi[t], ones));
+            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(off * ab->sum));
             __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d));
             acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[t]);
         }
@@ -555,54 +565,22 @@ static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8
         store_rows(y + t * ldy, acc[t], nr);
 }
 
+static inline __attribute__((always_inline)) void q4_0x8(const struct blk_q4_0x8 *w,
+                                                         const struct blk_q8_0 *a, int64_t nb,
+                                                         const int nt, float *y, int64_t ldy,
+                                                         int nr)
+{
+    q45_0x8((const uint8_t *)w, sizeof(*w), offsetof(struct blk_q4_0x8, qs), 0, a, nb, nt, y, ldy,
+            nr);
+}
+
 static inline __attribute__((always_inline)) void q5_0x8(const struct blk_q5_0x8 *w,
                                                          const struct blk_q8_0 *a, int64_t nb,
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[4];
-#pragma GCC unroll 4
-    for (int t = 0; t < 4; t++)
-        acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w++) {
-        prefetch_bytes(w + PF_X8_Q4_1, sizeof(*w));
-        __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
-        __m256i slo[4], shi[4];
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; t++)
-            slo[t] = shi[t] = _mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs[c]);
-            __m256i hl =
-                _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)(1 << c))), 4 - c);
-            __m256i hh =
-                _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)(0x10 << c))), c);
-            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low), hl);
-            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low), hh);
-#pragma GCC unroll 4
-            for (int t = 0; t < nt; t++) {
-                const int8_t *qa = a[t * nb + b].qs;
-                slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)));
-                shi[t] =
-                    _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
-            }
-        }
-        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) {
-            const struct blk_q8_0 *ab = &a[t * nb + b];
-            __m256i isum =
-                _mm256_add_epi32(_mm256_madd_epi16(slo[t], ones), _mm256_madd_epi16(shi[t], ones));
-            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(16 * ab->sum));
-            __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[t]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < nt; t++)
-        store_rows(y + t * ldy, acc[t], nr);
+    q45_0x8((const uint8_t *)w, sizeof(*w), offsetof(struct blk_q5_0x8, qs), 1, a, nb, nt, y, ldy,
+            nr);
 }
 
 /*
