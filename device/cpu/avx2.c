@@ -272,12 +272,6 @@ static inline __m128i k_min_products(const uint8_t *mn, const int16_t *bsums)
     return _mm_madd_epi16(m16, q8s);
 }
 
-static inline void k4_unpack(const uint8_t *scales, uint8_t *sc, uint8_t *mn)
-{
-    for (int j = 0; j < 8; j++)
-        k4_scale_min(j, scales, &sc[j], &mn[j]);
-}
-
 static float dot_q4_K(const void *w, const struct blk_q8_K *a, int64_t k)
 {
     const uint8_t *p = w;

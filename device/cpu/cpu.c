@@ -160,15 +160,13 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
     }
     if (t0 - p->win_start >= POOL_WINDOW_NS) { /* a window ends: judge it */
         int bad = p->win_start && p->win_wait > POOL_WAIT_SHARE * (double)(t0 - p->win_start);
-        if (bad) {
-            p->solo_until = t0 + p->solo_ns;
-            p->solo_ns = p->solo_ns * 2 < POOL_SOLO_MAX_NS ? p->solo_ns * 2 : POOL_SOLO_MAX_NS;
-        } else {
-            p->solo_ns = POOL_SOLO_MIN_NS;
-        }
-        p->win_start = bad ? p->solo_until : t0;
+        p->win_start = t0;
         p->win_wait = 0;
-        if (bad) {
+        if (!bad) {
+            p->solo_ns = POOL_SOLO_MIN_NS;
+        } else {
+            p->solo_until = p->win_start = t0 + p->solo_ns;
+            p->solo_ns = p->solo_ns * 2 < POOL_SOLO_MAX_NS ? p->solo_ns * 2 : POOL_SOLO_MAX_NS;
             fn(arg, 0, n_items, 0);
             return;
         }
@@ -595,7 +593,7 @@ static void mm_packed_one(struct mm_job *j, const struct dev_weight *w, float *y
                           int64_t e, int worker)
 {
     const struct cpu_kernels *k = j->c->k;
-    int64_t N = w->rows, nb = w->cols / (j->fmt == ACT_Q8_K ? QKK : QK);
+    int64_t N = w->rows, nb = w->cols / qt_info(w->type)->blck_size;
     (void)worker;
     for (int64_t rb = b; rb < e; rb++) {
         int64_t r0 = rb * j->row_block, nr = N - r0 < j->row_block ? N - r0 : j->row_block;
@@ -719,12 +717,11 @@ static int cpu_matmul_n(void *ctx, const struct dev_weight *const *ws, int n, co
         if (w->type != QT_F32 && worker_scratch(c, (size_t)w->cols * sizeof(float)))
             return -ENOMEM;
     } else {
-        int64_t blk = j.fmt == ACT_Q8_K ? QKK : QK;
-        if (w->cols % blk)
-            return -EINVAL;
-        j.act_row = (size_t)(w->cols / blk) * (j.fmt == ACT_Q8_0   ? sizeof(struct blk_q8_0)
-                                               : j.fmt == ACT_Q8_1 ? sizeof(struct blk_q8_1)
-                                                                   : sizeof(struct blk_q8_K));
+        /* one activation block per weight block: 32 values, or 256 (Q8_K) */
+        j.act_row =
+            (size_t)(w->cols / qi->blck_size) * (j.fmt == ACT_Q8_0   ? sizeof(struct blk_q8_0)
+                                                 : j.fmt == ACT_Q8_1 ? sizeof(struct blk_q8_1)
+                                                                     : sizeof(struct blk_q8_K));
         if (!scratch_get(&c->act, j.act_row * (size_t)(T ? T : 1)))
             return -ENOMEM;
         pool_run(&c->pool, T, 1, mm_quant_cb, &j);
@@ -790,11 +787,10 @@ struct pack_job {
 };
 
 /* the 32-block types: f16 scales (Q4_1: d, m), Q5_0's fifth bits, then quants in 4-byte pieces */
-static void pack_32(const struct pack_job *j, int64_t r, int64_t b, uint8_t *blk)
+static void pack_32(const struct pack_job *j, int ri, const uint8_t *src, uint8_t *blk)
 {
     uint32_t type = j->w->type;
-    const uint8_t *src = (const uint8_t *)j->w->data + r * j->w->row_bytes + b * j->src_blk;
-    int n_scales = type == QT_Q4_1 ? 2 : 1, ri = (int)(r % 8);
+    int n_scales = type == QT_Q4_1 ? 2 : 1;
     size_t qh_bytes = type == QT_Q5_0 ? 4 : 0;
     size_t quant_bytes = j->src_blk - 2 * (size_t)n_scales - qh_bytes;
     for (int s = 0; s < n_scales; s++) /* d[8], then m[8] */
@@ -825,7 +821,7 @@ static void pack_cb(void *arg, int64_t b, int64_t e, int worker)
             else if (j->w->type == QT_Q6_K)
                 pack_q6_K((struct blk_q6_Kx8 *)(void *)blk, (int)(r % 8), src);
             else
-                pack_32(j, r, k, blk);
+                pack_32(j, (int)(r % 8), src, blk);
         }
 }
 
@@ -837,13 +833,11 @@ static void pack_cb(void *arg, int64_t b, int64_t e, int worker)
 static int cpu_pack_weight(void *ctx, struct dev_weight *w)
 {
     struct cpu *c = ctx;
-    if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % QK || w->rows <= 0)
+    const struct qt_info *qi = qt_info(w->type);
+    if (c->exact || w->packed || !packs(w->type) || w->cols <= 0 || w->cols % qi->blck_size ||
+        w->rows <= 0)
         return 0;
-    int k = w->type == QT_Q4_K || w->type == QT_Q6_K;
-    if (k && w->cols % QKK)
-        return 0;
-    struct pack_job j = {
-        .w = w, .src_blk = qt_info(w->type)->type_size, .nb = w->cols / (k ? QKK : QK)};
+    struct pack_job j = {.w = w, .src_blk = qi->type_size, .nb = w->cols / qi->blck_size};
     j.dst_blk = w->type == QT_Q4_1   ? sizeof(struct blk_q4_1x8)
                 : w->type == QT_Q8_0 ? sizeof(struct blk_q8_0x8)
                 : w->type == QT_Q4_0 ? sizeof(struct blk_q4_0x8)
@@ -1443,8 +1437,6 @@ int dev_cpu_kernels_check(const char *name, char *err, size_t errlen)
 
 int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
 {
-    if (dev_cpu_kernels_check(cfg ? cfg->kernels : NULL, NULL, 0))
-        return -EINVAL;
     struct cpu *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;

@@ -7,7 +7,10 @@
 
 #include "device/dev.h"
 
-/* Creates the CPU backend; 0, or -ENOMEM / -errno from thread creation. */
+/*
+ * Creates the CPU backend; 0, or -ENOMEM / -errno from thread creation.
+ * cfg->kernels must have passed dev_cpu_kernels_check (dev_create sees to it).
+ */
 int dev_cpu_create(const struct dev_config *cfg, struct dev *out);
 
 /* 1 when the AVX2+FMA kernels are compiled in and this CPU has them. */

@@ -138,6 +138,13 @@ struct blk_q6_Kx8 {
     uint8_t qh[16][8][4];
 };
 
+/* all 8 scales and mins of a Q4_K / Q5_K super-block */
+static inline void k4_unpack(const uint8_t *q, uint8_t *sc, uint8_t *mn)
+{
+    for (int j = 0; j < 8; j++)
+        k4_scale_min(j, q, &sc[j], &mn[j]);
+}
+
 /* Activation formats a weight type is dotted with. */
 enum act_fmt { ACT_F32, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 

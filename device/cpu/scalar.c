@@ -318,6 +318,14 @@ static void lanes_fma(const int32_t *sum, float d, float *lanes)
         lanes[l] = fmaf(d, (float)sum[l], lanes[l]);
 }
 
+/* the 4 min products of a Q4_K / Q5_K super-block: pm[m] takes sub-blocks 2m, 2m + 1 */
+static void min_products(const uint8_t *mn, const int16_t *bs, int32_t *pm)
+{
+    for (int m = 0; m < 4; m++)
+        pm[m] = mn[2 * m] * (bs[4 * m] + bs[4 * m + 1]) +
+                mn[2 * m + 1] * (bs[4 * m + 2] + bs[4 * m + 3]);
+}
+
 /* Q4_K: {f16 d, dmin; u8 scales[12]; u8 qs[128]}: 8 sub-blocks of 32 */
 static float dot_q4_K(const void *w, const struct blk_q8_K *a, int64_t k)
 {
@@ -326,8 +334,7 @@ static float dot_q4_K(const void *w, const struct blk_q8_K *a, int64_t k)
     for (int64_t i = 0; i < k / QKK; i++, p += 144) {
         const int8_t *q8 = a[i].qs;
         uint8_t sc[8], mn[8];
-        for (int j = 0; j < 8; j++)
-            k4_scale_min(j, p + 4, &sc[j], &mn[j]);
+        k4_unpack(p + 4, sc, mn);
         int32_t sum[8] = {0};
         for (int e = 0; e < QKK; e++) {
             const uint8_t *qs = p + 16 + 32 * (e / 64);
@@ -336,12 +343,10 @@ static float dot_q4_K(const void *w, const struct blk_q8_K *a, int64_t k)
         }
         lanes_fma(sum, a[i].d * half(rd16(p)), lanes);
         float dmin = -a[i].d * half(rd16(p + 2));
-        const int16_t *bs = a[i].bsums;
-        for (int m = 0; m < 4; m++) {
-            int32_t pm = mn[2 * m] * (bs[4 * m] + bs[4 * m + 1]) +
-                         mn[2 * m + 1] * (bs[4 * m + 2] + bs[4 * m + 3]);
-            mins[m] = fmaf(dmin, (float)pm, mins[m]);
-        }
+        int32_t pm[4];
+        min_products(mn, a[i].bsums, pm);
+        for (int m = 0; m < 4; m++)
+            mins[m] = fmaf(dmin, (float)pm[m], mins[m]);
     }
     return sum8(lanes) + ((mins[0] + mins[2]) + (mins[1] + mins[3]));
 }
@@ -355,8 +360,7 @@ static float dot_q5_K(const void *w, const struct blk_q8_K *a, int64_t k)
         const int8_t *q8 = a[i].qs;
         const uint8_t *qh = p + 16;
         uint8_t sc[8], mn[8];
-        for (int j = 0; j < 8; j++)
-            k4_scale_min(j, p + 4, &sc[j], &mn[j]);
+        k4_unpack(p + 4, sc, mn);
         int32_t sum[8] = {0};
         for (int e = 0; e < QKK; e++) {
             const uint8_t *qs = p + 48 + 32 * (e / 64);
@@ -365,11 +369,8 @@ static float dot_q5_K(const void *w, const struct blk_q8_K *a, int64_t k)
             sum[e % 32 / 4] += sc[e / 32] * q * q8[e];
         }
         lanes_fma(sum, a[i].d * half(rd16(p)), lanes);
-        const int16_t *bs = a[i].bsums;
         int32_t pm[4];
-        for (int m = 0; m < 4; m++)
-            pm[m] = mn[2 * m] * (bs[4 * m] + bs[4 * m + 1]) +
-                    mn[2 * m + 1] * (bs[4 * m + 2] + bs[4 * m + 3]);
+        min_products(mn, a[i].bsums, pm);
         summs =
             fmaf(-a[i].d * half(rd16(p + 2)), (float)((pm[0] + pm[1]) + (pm[2] + pm[3])), summs);
     }

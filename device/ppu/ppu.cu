@@ -75,27 +75,24 @@ static void ppu_free(void *ctx, void *p)
     cudaFree(p);
 }
 
-static int ppu_upload(void *ctx, void *dst, const void *src, size_t n)
+/* a copy the host waits for, after the step's graph (if one is being captured) is launched */
+static int copy_wait(struct ppu *p, void *dst, const void *src, size_t n, cudaMemcpyKind kind)
 {
-    struct ppu *p = (struct ppu *)ctx;
-    if (ppu_flush(p))
-        return -EIO;
-    if (cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, p->stream) != cudaSuccess ||
+    if (ppu_flush(p) || cudaMemcpyAsync(dst, src, n, kind, p->stream) != cudaSuccess ||
         cudaStreamSynchronize(p->stream) != cudaSuccess)
         return -EIO;
     return 0;
 }
 
-/* the one wait of a step: the logits (the step's graph is launched first) */
+static int ppu_upload(void *ctx, void *dst, const void *src, size_t n)
+{
+    return copy_wait((struct ppu *)ctx, dst, src, n, cudaMemcpyHostToDevice);
+}
+
+/* the one wait of a step: the logits */
 static int ppu_download(void *ctx, void *dst, const void *src, size_t n)
 {
-    struct ppu *p = (struct ppu *)ctx;
-    if (ppu_flush(p))
-        return -EIO;
-    if (cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, p->stream) != cudaSuccess ||
-        cudaStreamSynchronize(p->stream) != cudaSuccess)
-        return -EIO;
-    return 0;
+    return copy_wait((struct ppu *)ctx, dst, src, n, cudaMemcpyDeviceToHost);
 }
 
 static const void *ppu_weight_load(void *ctx, const void *host, size_t n)
