@@ -70,10 +70,26 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(FILE_CFLAGS) -c $< -o $@
 
-# the AVX2 kernels are built for AVX2+FMA+F16C and picked at run time by cpuid
+# The x86 SIMD kernels (device/cpu/avx2.c): one build per instruction set, picked at run
+# time by cpuid; and for the tests, its VNNI build on SIMDe's stand-ins (libsimde-dev), which
+# checks that code on a CPU without VNNI.
 ifeq ($(shell uname -m),x86_64)
 ALL_CFLAGS += -DCINFER_HAVE_AVX2
-$(BUILD)/device/cpu/avx2.o: FILE_CFLAGS = -mavx2 -mfma -mf16c
+X86_avx2       := -mavx2 -mfma -mf16c
+X86_avx512     := $(X86_avx2) -mavx512f -mavx512bw -mavx512vl
+X86_avxvnni    := $(X86_avx2) -mavxvnni -DCPU_VNNI=1
+X86_avx512vnni := $(X86_avx512) -mavx512vnni -DCPU_VNNI=2
+$(BUILD)/device/cpu/avx2.o: FILE_CFLAGS = $(X86_avx2)
+X86_OBJ  := $(foreach v,avx512 avxvnni avx512vnni,$(BUILD)/device/cpu/avx2-$(v).o)
+LIB_OBJ  += $(X86_OBJ)
+$(X86_OBJ): $(BUILD)/device/cpu/avx2-%.o: device/cpu/avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(X86_$*) -DCPU_KERNELS_NAME=$* -c $< -o $@
+TEST_OBJ += $(BUILD)/tests/unit/avx2-vnni_emu.o
+$(BUILD)/tests/unit/avx2-vnni_emu.o: device/cpu/avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(X86_avx2) -Wno-psabi -DCPU_VNNI=1 -DCPU_EMULATE -DCPU_KERNELS_NAME=vnni_emu \
+	    -c $< -o $@
 endif
 
 $(BUILD)/%.o: %.cc

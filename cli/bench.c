@@ -78,7 +78,8 @@ static const char *const k_bench_help =
     "      --batch B      sequences decoded together in tg (default 1)\n"
     "  -t, --threads N    worker threads (default: the number of cores)\n"
     "      --device NAME  backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
-    "      --kernels NAME CPU inner loops: auto (default), scalar or avx2 (same results)\n"
+    "      --kernels NAME CPU inner loops: auto (default), scalar, avx2, avx512,\n"
+    "                     avxvnni or avx512vnni (same results)\n"
     "      --json         one JSON object per line per test\n"
     "  -h, --help         this help\n"
     "      --version      the version\n";

@@ -38,7 +38,8 @@ static const char *const k_run_help =
     "  -t, --threads N         worker threads (default: the number of cores)\n"
     "      --kv-type TYPE      f16 (default) or f32\n"
     "      --device NAME       backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
-    "      --kernels NAME      CPU inner loops: auto (default), scalar or avx2 (same results)\n"
+    "      --kernels NAME      CPU inner loops: auto (default), scalar, avx2, avx512,\n"
+    "                          avxvnni or avx512vnni (same results)\n"
     "  -h, --help              this help\n"
     "      --version           the version\n";
 

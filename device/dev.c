@@ -145,6 +145,6 @@ const char *dev_built(void)
 int dev_has_kernels(const char *name, const char *kernels)
 {
     if (!strcmp(name, "cpu"))
-        return !strcmp(kernels, "scalar") || (!strcmp(kernels, "avx2") && dev_cpu_has_avx2());
+        return !dev_cpu_kernels_check(kernels, NULL, 0);
     return 0;
 }

@@ -157,7 +157,8 @@ struct dev_config {
     int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
     /*
      * The CPU's inner loops: NULL or "auto" (the widest this CPU has, by
-     * cpuid), "scalar" or "avx2"; naming a path the CPU or the build lacks
+     * cpuid), "scalar", "avx2", "avx512", "avxvnni" or "avx512vnni"
+     * (device/cpu/avx2.c); naming a path the CPU or the build lacks
      * is an error (dev_create says which).  Every path gives the same bits.
      */
     const char *kernels;
@@ -195,7 +196,10 @@ int dev_check(const char *name, char *err, size_t errlen);
 
 /* 0 when dev_config.kernels `name` (NULL: auto) can run here, else -EINVAL and why. */
 int dev_kernels_check(const char *name, char *err, size_t errlen);
-/* The CPU kernel paths this build has and this CPU runs, space-separated: "scalar avx2". */
+/*
+ * The CPU kernel paths this build has and this CPU runs, space-separated, the
+ * one auto takes last: "scalar avx2", "scalar avx2 avx512 avx512vnni".
+ */
 const char *dev_kernels_here(void);
 
 /*
@@ -224,7 +228,7 @@ static inline const char *dev_backend_name(const struct dev *d)
     return d->ops->name;
 }
 
-/* The kernels the backend runs: "avx2" or "scalar" on the CPU. */
+/* The kernels the backend runs: "avx2", "avx512vnni", "scalar"... on the CPU. */
 static inline const char *dev_kernels_name(const struct dev *d)
 {
     return d->ops->kernels(d->ctx);

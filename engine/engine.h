@@ -41,7 +41,7 @@ enum eng_kv_type { ENG_KV_F16 = 0, ENG_KV_F32 };
 struct eng_config {
     const char *device;       /* backend: "cpu", "ppu" or "auto" (NULL: auto); see dev_create */
     int threads;              /* CPU worker threads; 0: the number of cores */
-    const char *kernels;      /* CPU inner loops: NULL/"auto", "scalar", "avx2" (dev_config) */
+    const char *kernels;      /* CPU inner loops: NULL/"auto", "scalar", "avx2"... (dev_config) */
     int ctx;                  /* tokens per sequence at most; 0: the model's trained context */
     int kv_block;             /* tokens per KV block; 0: ENG_DEFAULT_KV_BLOCK */
     int64_t kv_memory_mib;    /* KV pool size; 0: 4 full contexts, capped by free RAM */
@@ -77,7 +77,7 @@ struct eng_info {
     int32_t kv_blocks;     /* usable blocks in the pool */
     const char *arch;      /* "llama", "qwen2", "qwen3" */
     const char *backend;   /* "cpu" or "ppu" */
-    const char *kernels;   /* the backend's kernels: "avx2", "scalar" */
+    const char *kernels;   /* the backend's kernels: "avx2", "scalar"... */
     enum tok_chat chat;    /* the model's chat format (chatml when unknown) */
     int chat_known;        /* 0: the template was not recognised */
     char device_note[160]; /* why --device auto passed over a built-in PPU ("" when it did not) */
@@ -107,7 +107,7 @@ void eng_get_info(const struct engine *e, struct eng_info *out);
  * or machine lacks); cheap, for checking a setting before loading.
  */
 int eng_device_check(const char *name, const char *kernels, char *err, size_t errlen);
-/* The CPU kernel paths this build and CPU can run: "scalar avx2". */
+/* The CPU kernel paths this build and CPU can run: "scalar avx2" (dev_kernels_here). */
 const char *eng_kernels_here(void);
 
 /* The device backends this build has, space-separated ("cpu", "cpu ppu"). */

@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential pkg-config libpcre2-dev check libsubunit-dev libsentencepiece-dev
       sentencepiece libcjson-dev libmicrohttpd-dev libuv1-dev clang libclang-rt-14-dev
-      curl python3-venv"
+      curl python3-venv libsimde-dev"
 
 missing=""
 for p in $PKGS; do

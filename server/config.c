@@ -42,8 +42,9 @@ static const struct setting k_settings[] = {
     {"device", K_STR, S(device), 0, 0, "auto", "NAME",
      "backend: auto (a PPU when built in and present, else the CPU), cpu or ppu", "auto|cpu|ppu"},
     {"kernels", K_STR, S(kernels), 0, 0, "auto", "NAME",
-     "CPU inner loops: auto (the widest this CPU has), scalar or avx2; same results",
-     "auto|scalar|avx2"},
+     "CPU inner loops: auto (the widest this CPU has), scalar, avx2, avx512, avxvnni or "
+     "avx512vnni; same results",
+     "auto|scalar|avx2|avx512|avxvnni|avx512vnni"},
     {"threads", K_INT, S(threads), 0, 1024, "0", "N", "CPU threads (0: the number of cores)", NULL},
     {"ctx", K_INT, S(ctx), 0, 1 << 24, "0", "N", "context per sequence (0: the model's)", NULL},
     {"kv_memory", K_INT, S(kv_memory), 0, 1 << 24, "0", "MIB",

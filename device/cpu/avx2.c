@@ -1,16 +1,39 @@
 /*
- * device/cpu/avx2.c - AVX2+FMA+F16C versions of the kernels in scalar.c.
- * Built with -mavx2 -mfma -mf16c and only called when cpuid says the CPU has
- * them.  Quantization gives the same bytes as the scalar code; dot products
- * differ only in float summation order.
+ * device/cpu/avx2.c - the x86 SIMD versions of the kernels in scalar.c.
+ * One source, built several times (Makefile) and picked at run time by
+ * cpuid (cpu.c):
+ *   avx2        AVX2+FMA+F16C, the baseline;
+ *   avx512      the same loops built for AVX-512 F/BW/VL: EVEX encodings and
+ *               32 vector registers, still 256 bits wide;
+ *   avxvnni     AVX2 with AVX-VNNI: vpdpbusd (VEX) for the byte dots;
+ *   avx512vnni  avx512 with AVX512-VNNI: vpdpbusd (EVEX, 256 bits).
+ * CPU_VNNI is 1 for the VEX vpdpbusd, 2 for the EVEX one.  Every build gives
+ * the same bits: the byte dots are exact integers whichever instructions
+ * make them, and the float arithmetic is the same instructions in the same
+ * order.  With CPU_EMULATE (tests only) SIMDe supplies the instructions a
+ * CPU lacks, so the VNNI builds are checked on a CPU without VNNI.
+ * Quantization gives the same bytes as the scalar code; dot products
+ * differ from it only in float summation order where kernels.h says so.
  */
+#ifdef CPU_EMULATE
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#else
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
 
 #include "device/cpu/kernels.h"
 #include "util/quant.h"
+
+#ifndef CPU_KERNELS_NAME
+#define CPU_KERNELS_NAME avx2
+#endif
+#ifndef CPU_VNNI
+#define CPU_VNNI 0
+#endif
 
 /* Weight rows are streamed once per token; asking for the bytes this far
  * ahead keeps a decode step from waiting on memory (tg128 +7% here). */
@@ -42,20 +65,74 @@ static inline uint16_t rd16(const uint8_t *p)
     return v;
 }
 
+/*
+ * Byte dots: 32 u8 x 32 s8 products, each 32-bit lane the sum of the 4
+ * products of its bytes.  AVX2 has no instruction for that: maddubs makes
+ * 16-bit pair sums (the kernels let those pile up while they cannot
+ * overflow) and madd with ones widens them.  VNNI's vpdpbusd adds the 4
+ * products straight into 32 bits.  The lane sums are the same exact
+ * integers either way.
+ *   pdot_add(acc, u, s): acc + u . s, in the build's accumulator (AVX2:
+ *     16-bit pair sums, VNNI: 32-bit sums);
+ *   pdot_i32(acc): an accumulator's 32-bit lane sums;
+ *   dot4_add(acc32, u, s): acc32 + the 32-bit lane sums of u . s.
+ */
+#if CPU_VNNI == 1 && !defined(CPU_EMULATE)
+#define DPBUSD _mm256_dpbusd_avx_epi32
+#elif CPU_VNNI
+#define DPBUSD _mm256_dpbusd_epi32 /* AVX512-VNNI + VL, or SIMDe's */
+#endif
+
+static inline __m256i pdot_add(__m256i acc, __m256i u, __m256i s)
+{
+#if CPU_VNNI
+    return DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s));
+#endif
+}
+
+/* pdot_add of two products, the AVX2 build adding their pair sums first */
+static inline __m256i pdot_add2(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256i s1)
+{
+#if CPU_VNNI
+    return DPBUSD(DPBUSD(acc, u0, s0), u1, s1);
+#else
+    return _mm256_add_epi16(
+        acc, _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)));
+#endif
+}
+
+static inline __m256i pdot_i32(__m256i acc)
+{
+#if CPU_VNNI
+    return acc;
+#else
+    return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+#endif
+}
+
+static inline __m256i dot4_add(__m256i acc32, __m256i u, __m256i s)
+{
+#if CPU_VNNI
+    return DPBUSD(acc32, u, s);
+#else
+    return _mm256_add_epi32(acc32, pdot_i32(_mm256_maddubs_epi16(u, s)));
+#endif
+}
+
 /* 32 int8 x 32 int8 -> 8 int32 partial sums, as floats; w may be any sign */
 static inline __m256 dot_i8(__m256i w, __m256i a)
 {
     __m256i aw = _mm256_sign_epi8(w, w); /* |w| as unsigned */
     __m256i sa = _mm256_sign_epi8(a, w); /* a with w's sign */
-    __m256i p16 = _mm256_maddubs_epi16(aw, sa);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+    return _mm256_cvtepi32_ps(dot4_add(_mm256_setzero_si256(), aw, sa));
 }
 
 /* 32 uint8 (0..31) x 32 int8 */
 static inline __m256 dot_u8(__m256i w, __m256i a)
 {
-    __m256i p16 = _mm256_maddubs_epi16(w, a);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+    return _mm256_cvtepi32_ps(dot4_add(_mm256_setzero_si256(), w, a));
 }
 
 /* 16 packed bytes -> 32 nibbles: low nibbles first, then high */
@@ -231,10 +308,10 @@ static inline __m256 hsum8_2x4(const __m256 *x, const __m256 *y)
 /*
  * Packed weights (kernels.h): 8 rows against nt tokens.  For each block, a
  * 32-byte load holds 4 quants of each row; the 4 matching activation bytes,
- * broadcast, meet them in one maddubs, giving each row's pair sums in its
- * own 16-bit lanes.  Each row's integer dot is summed in those lanes
- * (Q4_1: |16 products| <= 16 * 15 * 127 < 2^15) or in 32-bit lanes (Q8_0)
- * and reaches floats once per block, for all 8 rows at a time.
+ * broadcast, meet them in one pdot_add, giving each row's sums in its own
+ * lanes.  Each row's integer dot is summed in those lanes (AVX2 Q4_1: 16-bit,
+ * |16 products| <= 16 * 15 * 127 < 2^15; Q8_0 and VNNI: 32-bit) and reaches
+ * floats once per block, for all 8 rows at a time.
  */
 
 /*
@@ -415,7 +492,7 @@ static inline __attribute__((always_inline)) void q4_1x8(const struct blk_q4_1x8
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0f);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
@@ -434,9 +511,7 @@ static inline __attribute__((always_inline)) void q4_1x8(const struct blk_q4_1x8
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *qa = a[t * nb + b].qs;
-                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)),
-                                             _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
-                s16[t] = _mm256_add_epi16(s16[t], p);
+                s16[t] = pdot_add2(s16[t], lo, bcast4(qa + 4 * c), hi, bcast4(qa + 16 + 4 * c));
                 keep_order(&s16[t]);
             }
         }
@@ -445,7 +520,7 @@ static inline __attribute__((always_inline)) void q4_1x8(const struct blk_q4_1x8
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const struct blk_q8_1 *ab = &a[t * nb + b];
-            __m256 isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones));
+            __m256 isum = _mm256_cvtepi32_ps(pdot_i32(s16[t]));
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d)), isum, acc[t]);
             acc[t] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&ab->s), acc[t]);
         }
@@ -460,7 +535,6 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
@@ -479,8 +553,7 @@ static inline __attribute__((always_inline)) void q8_0x8(const struct blk_q8_0x8
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 __m256i sa = _mm256_sign_epi8(bcast4(a[t * nb + b].qs + 4 * c), q);
-                s32[t] =
-                    _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, sa), ones));
+                s32[t] = dot4_add(s32[t], u, sa);
                 keep_order(&s32[t]);
             }
         }
@@ -509,7 +582,7 @@ static inline __attribute__((always_inline)) void
 q45_0x8(const uint8_t *w, size_t wsz, size_t qs_off, const int five, const struct blk_q8_0 *a,
         int64_t nb, const int nt, float *y, int64_t ldy, int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0f);
     const int off = five ? 16 : 8;
     __m256 acc[4];
 #pragma GCC unroll 4
@@ -538,17 +611,15 @@ q45_0x8(const uint8_t *w, size_t wsz, size_t qs_off, const int five, const struc
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *qa = a[t * nb + b].qs;
-                slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(qa + 4 * c)));
-                shi[t] =
-                    _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(qa + 16 + 4 * c)));
+                slo[t] = pdot_add(slo[t], lo, bcast4(qa + 4 * c));
+                shi[t] = pdot_add(shi[t], hi, bcast4(qa + 16 + 4 * c));
             }
         }
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const struct blk_q8_0 *ab = &a[t * nb + b];
-            __m256i isum =
-                _mm256_add_epi32(_mm256_madd_epi16(slo[t], ones), _mm256_madd_epi16(shi[t], ones));
+            __m256i isum = _mm256_add_epi32(pdot_i32(slo[t]), pdot_i32(shi[t]));
             isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(off * ab->sum));
             __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&ab->d));
             acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[t]);
@@ -589,7 +660,7 @@ static inline __attribute__((always_inline)) void q4_Kx8(const struct blk_q4_Kx8
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0f);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
@@ -613,8 +684,8 @@ static inline __attribute__((always_inline)) void q4_Kx8(const struct blk_q4_Kx8
 #pragma GCC unroll 4
                 for (int t = 0; t < nt; t++) {
                     const int8_t *qa = a[t * nb + b].qs + 64 * j + 4 * p;
-                    slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(qa)));
-                    shi[t] = _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(qa + 32)));
+                    slo[t] = pdot_add(slo[t], lo, bcast4(qa));
+                    shi[t] = pdot_add(shi[t], hi, bcast4(qa + 32));
                 }
             }
             __m256i sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)w->sc[2 * j]));
@@ -622,9 +693,8 @@ static inline __attribute__((always_inline)) void q4_Kx8(const struct blk_q4_Kx8
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++)
                 isum[t] = _mm256_add_epi32(
-                    isum[t],
-                    _mm256_add_epi32(_mm256_mullo_epi32(_mm256_madd_epi16(slo[t], ones), sl),
-                                     _mm256_mullo_epi32(_mm256_madd_epi16(shi[t], ones), sh)));
+                    isum[t], _mm256_add_epi32(_mm256_mullo_epi32(pdot_i32(slo[t]), sl),
+                                              _mm256_mullo_epi32(pdot_i32(shi[t]), sh)));
         }
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->d));
         __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w->dmin));
@@ -656,8 +726,7 @@ static inline __attribute__((always_inline)) void q6_Kx8(const struct blk_q6_Kx8
                                                          const int nt, float *y, int64_t ldy,
                                                          int nr)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3),
-                  ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
@@ -694,15 +763,14 @@ static inline __attribute__((always_inline)) void q6_Kx8(const struct blk_q6_Kx8
 #pragma GCC unroll 4
                     for (int t = 0; t < nt; t++) {
                         const int8_t *qa = a[t * nb + b].qs + 32 * g + 4 * c;
-                        plo[t] = _mm256_add_epi16(plo[t], _mm256_maddubs_epi16(qlo, bcast4(qa)));
-                        phi[t] =
-                            _mm256_add_epi16(phi[t], _mm256_maddubs_epi16(qhi, bcast4(qa + 16)));
+                        plo[t] = pdot_add(plo[t], qlo, bcast4(qa));
+                        phi[t] = pdot_add(phi[t], qhi, bcast4(qa + 16));
                     }
                 }
 #pragma GCC unroll 4
                 for (int t = 0; t < nt; t++) {
-                    slo[t] = _mm256_add_epi32(slo[t], _mm256_madd_epi16(plo[t], ones));
-                    shi[t] = _mm256_add_epi32(shi[t], _mm256_madd_epi16(phi[t], ones));
+                    slo[t] = _mm256_add_epi32(slo[t], pdot_i32(plo[t]));
+                    shi[t] = _mm256_add_epi32(shi[t], pdot_i32(phi[t]));
                 }
             }
             __m256i sl = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w->sc[2 * g]));
@@ -1159,8 +1227,13 @@ static void to_f16(const float *x, uint16_t *y, int n)
         y[i] = qt_f32_to_f16(x[i]);
 }
 
-const struct cpu_kernels cpu_kernels_avx2 = {
-    .name = "avx2",
+#define KERNELS_TABLE(n) KERNELS_TABLE_(n)
+#define KERNELS_TABLE_(n) cpu_kernels_##n
+#define KERNELS_STR(n) KERNELS_STR_(n)
+#define KERNELS_STR_(n) #n
+
+const struct cpu_kernels KERNELS_TABLE(CPU_KERNELS_NAME) = {
+    .name = KERNELS_STR(CPU_KERNELS_NAME),
     .quant_q8_0 = quant_q8_0,
     .quant_q8_1 = quant_q8_1,
     .dot_q4_0 = dot_q4_0,

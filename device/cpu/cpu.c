@@ -1401,36 +1401,127 @@ static const struct dev_ops dev_cpu_fenced_ops = {
     .set_batch = cpu_set_batch,
 };
 
-int dev_cpu_has_avx2(void)
-{
+/* ---- kernel paths -------------------------------------------------------------- */
+
 #ifdef CINFER_HAVE_AVX2
+/* cpuid; __builtin_cpu_supports also checks that the OS saves the wider registers */
+static int has_avx2(void)
+{
     unsigned a, b, c, d;
     __builtin_cpu_init();
     /* F16C is CPUID.1:ECX bit 29 (not every compiler's builtin knows its name) */
     int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-#else
-    return 0;
+}
+
+static int has_avx512(void)
+{
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
+
+static int has_avxvnni(void)
+{
+    return has_avx2() && __builtin_cpu_supports("avxvnni");
+}
+
+static int has_avx512vnni(void)
+{
+    return has_avx512() && __builtin_cpu_supports("avx512vnni");
+}
 #endif
+
+static int has_any(void)
+{
+    return 1;
+}
+
+/*
+ * The kernel paths this build has, in the order auto prefers them, last
+ * first (device/cpu/avx2.c says what each build is); all give the same bits.
+ */
+static const struct kpath {
+    const char *name, *needs;
+    const struct cpu_kernels *k;
+    int (*here)(void);
+} kpaths[] = {
+    {"scalar", "", &cpu_kernels_scalar, has_any},
+#ifdef CINFER_HAVE_AVX2
+    {"avx2", "AVX2+FMA+F16C", &cpu_kernels_avx2, has_avx2},
+    {"avx512", "AVX-512 F/BW/VL", &cpu_kernels_avx512, has_avx512},
+    {"avxvnni", "AVX2 and AVX-VNNI", &cpu_kernels_avxvnni, has_avxvnni},
+    {"avx512vnni", "AVX-512 F/BW/VL and AVX512-VNNI", &cpu_kernels_avx512vnni, has_avx512vnni},
+#endif
+};
+#define N_KPATHS (sizeof kpaths / sizeof kpaths[0])
+
+/*
+ * Kernel builds a test binary adds (tests/unit/emulated_kernels.c), NULL
+ * terminated: builds whose instructions SIMDe emulates, so that a CPU
+ * without them still checks their code.  Chosen only by name, never by auto.
+ */
+extern const struct cpu_kernels *const cpu_kernels_emulated[] __attribute__((weak));
+
+/* the kernels named `name` that run here, or NULL */
+static const struct cpu_kernels *kernels_named(const char *name)
+{
+    for (size_t i = 0; i < N_KPATHS; i++)
+        if (!strcmp(name, kpaths[i].name))
+            return kpaths[i].here() ? kpaths[i].k : NULL;
+#ifdef CINFER_HAVE_AVX2
+    /* the emulated builds are AVX2 code around SIMDe's stand-ins */
+    for (size_t i = 0; cpu_kernels_emulated && cpu_kernels_emulated[i]; i++)
+        if (!strcmp(name, cpu_kernels_emulated[i]->name))
+            return has_avx2() ? cpu_kernels_emulated[i] : NULL;
+#endif
+    return NULL;
+}
+
+/* the paths in kpaths that run here, space-separated, in kpaths' order */
+static char kernels_here_buf[128];
+
+static void kernels_here_init(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < N_KPATHS; i++)
+        if (kpaths[i].here())
+            n += (size_t)snprintf(kernels_here_buf + n, sizeof(kernels_here_buf) - n, "%s%s",
+                                  n ? " " : "", kpaths[i].name);
 }
 
 const char *dev_cpu_kernels_here(void)
 {
-    return dev_cpu_has_avx2() ? "scalar avx2" : "scalar";
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, kernels_here_init);
+    return kernels_here_buf;
+}
+
+/* auto: the last path in kpaths that runs here */
+static const struct cpu_kernels *kernels_auto(void)
+{
+    for (size_t i = N_KPATHS; i-- > 0;)
+        if (kpaths[i].here())
+            return kpaths[i].k;
+    return &cpu_kernels_scalar;
 }
 
 int dev_cpu_kernels_check(const char *name, char *err, size_t errlen)
 {
-    if (!name || !strcmp(name, "auto") || !strcmp(name, "scalar") ||
-        (!strcmp(name, "avx2") && dev_cpu_has_avx2()))
+    if (!name || !strcmp(name, "auto") || kernels_named(name))
         return 0;
     if (err && errlen) {
-        if (!strcmp(name, "avx2"))
-            snprintf(err, errlen, "kernels 'avx2': this CPU or build lacks AVX2+FMA+F16C; here: %s",
-                     dev_cpu_kernels_here());
-        else
-            snprintf(err, errlen, "unknown kernels '%.32s'; choices: auto, scalar, avx2 (here: %s)",
-                     name, dev_cpu_kernels_here());
+        for (size_t i = 0; i < N_KPATHS; i++)
+            if (!strcmp(name, kpaths[i].name)) {
+                snprintf(err, errlen, "kernels '%s': this CPU lacks %s; here: %s", name,
+                         kpaths[i].needs, dev_cpu_kernels_here());
+                return -EINVAL;
+            }
+        char all[128] = "auto";
+        size_t n = strlen(all);
+        for (size_t i = 0; i < N_KPATHS; i++)
+            n += (size_t)snprintf(all + n, sizeof(all) - n, ", %s", kpaths[i].name);
+        snprintf(err, errlen, "unknown kernels '%.32s'; choices: %s (here: %s)", name, all,
+                 dev_cpu_kernels_here());
     }
     return -EINVAL;
 }
@@ -1443,13 +1534,17 @@ int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
     int n = cfg && cfg->threads > 0 ? cfg->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1)
         n = 1;
-    c->k = &cpu_kernels_scalar;
     c->exact = cfg && cfg->exact_llamacpp;
-#ifdef CINFER_HAVE_AVX2
-    int scalar = cfg && (cfg->force_scalar || (cfg->kernels && !strcmp(cfg->kernels, "scalar")));
-    if (!scalar && dev_cpu_has_avx2())
-        c->k = &cpu_kernels_avx2;
-#endif
+    if (cfg && cfg->force_scalar)
+        c->k = &cpu_kernels_scalar;
+    else if (cfg && cfg->kernels && strcmp(cfg->kernels, "auto"))
+        c->k = kernels_named(cfg->kernels);
+    else
+        c->k = kernels_auto();
+    if (!c->k) { /* dev_create checked the name: a caller that did not */
+        free(c);
+        return -EINVAL;
+    }
     int rc = 0;
     if (cfg && cfg->fenced) {
         c->fenced = 1;

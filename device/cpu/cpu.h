@@ -13,13 +13,13 @@
  */
 int dev_cpu_create(const struct dev_config *cfg, struct dev *out);
 
-/* 1 when the AVX2+FMA kernels are compiled in and this CPU has them. */
-int dev_cpu_has_avx2(void);
-
 /* 0 when dev_config.kernels names a path this build and CPU have, else -EINVAL and why. */
 int dev_cpu_kernels_check(const char *name, char *err, size_t errlen);
 
-/* The paths this build has and this CPU runs, widest last: "scalar avx2". */
+/*
+ * The paths this build has and this CPU runs, the one auto takes last:
+ * "scalar avx2", "scalar avx2 avx512 avx512vnni", ...
+ */
 const char *dev_cpu_kernels_here(void);
 
 #endif

@@ -1,17 +1,17 @@
 /*
- * device/cpu/kernels.h - the inner loops of the CPU backend, in two builds:
- * scalar.c (the reference, plain C) and avx2.c (AVX2+FMA+F16C, compiled with
- * those flags and picked at run time by cpuid).  Private to device/cpu/.
+ * device/cpu/kernels.h - the inner loops of the CPU backend: scalar.c (the
+ * reference, plain C) and avx2.c (x86 SIMD, built for AVX2, AVX-512 and
+ * VNNI, picked at run time by cpuid: avx2.c's head).  Private to device/cpu/.
  *
  * Quantized matmuls work as llama.cpp's CPU backend does: each activation
  * row is quantized per 32-element block to 8 bits (Q8_0: d; Q8_1: d and
  * s = d * sum(q)), the scale computed as amax / 127 and the values rounded
  * half to even, then dotted with the weight blocks in integers.
  *
- * Both builds keep the same arithmetic, step for step: sums run in 8 lanes
+ * All builds keep the same arithmetic, step for step: sums run in 8 lanes
  * (lane l takes elements 8i + l, or bytes 4l..4l+3 of a 32-byte block),
  * multiply-adds are fused, lanes are added in one fixed order, and e^x is
- * one polynomial.  So the scalar and AVX2 paths give identical bits, and
+ * one polynomial.  So the scalar and SIMD paths give identical bits, and
  * they follow llama.cpp's AVX2 code closely enough to reproduce its greedy
  * tokens.  dot_f32 (float weights) too: 16 lanes, as the AVX2 loop.
  * Packed Q4_0, Q4_1, Q5_0 and Q8_0 weights take the integer-sum-per-block
@@ -236,8 +236,9 @@ struct cpu_kernels {
 };
 
 extern const struct cpu_kernels cpu_kernels_scalar;
-#ifdef CINFER_HAVE_AVX2
-extern const struct cpu_kernels cpu_kernels_avx2;
+#ifdef CINFER_HAVE_AVX2 /* the builds of avx2.c */
+extern const struct cpu_kernels cpu_kernels_avx2, cpu_kernels_avx512, cpu_kernels_avxvnni,
+    cpu_kernels_avx512vnni;
 #endif
 
 #endif

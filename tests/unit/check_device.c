@@ -227,7 +227,7 @@ static void backends_create_mode(struct backends *b, int threads, int exact)
     ck_assert_str_eq(dev_kernels_name(&b->scalar), "scalar");
     b->has_avx2 = dev_has_kernels("cpu", "avx2");
     if (b->has_avx2) {
-        struct dev_config ac = {.threads = threads, .exact_llamacpp = exact};
+        struct dev_config ac = {.threads = threads, .kernels = "avx2", .exact_llamacpp = exact};
         ck_assert_int_eq(dev_create("cpu", &ac, &b->avx2, NULL, 0), 0);
         /* otherwise the comparisons below would compare scalar with scalar */
         ck_assert_str_eq(dev_kernels_name(&b->avx2), "avx2");
@@ -434,35 +434,109 @@ static double q8_model_dot(const struct tweight *tw, int64_t row, const float *x
 
 static const int batch_sizes[] = {1, 3, TMAX};
 
-START_TEST(matmul_scalar_and_avx2_agree)
+/*
+ * The kernel paths besides scalar to compare with it: those this CPU runs
+ * (dev_kernels_here) and the VNNI build on SIMDe's stand-ins
+ * (tests/unit/emulated_kernels.c), space-separated.
+ */
+static const char *simd_paths(char *buf, size_t len)
+{
+    const char *here = dev_kernels_here();
+    const char *p = strchr(here, ' '); /* past "scalar" */
+    snprintf(buf, len, "%s%s", p ? p + 1 : "",
+             dev_has_kernels("cpu", "vnni_emu") ? (p ? " vnni_emu" : "vnni_emu") : "");
+    return buf;
+}
+
+/*
+ * auto takes the last path dev_kernels_here lists; a path this CPU lacks is
+ * refused naming what it needs, an unknown one listing the choices.
+ */
+START_TEST(kernel_paths_are_chosen_and_refused_by_name)
+{
+    const char *here = dev_kernels_here();
+    const char *last = strrchr(here, ' ');
+    last = last ? last + 1 : here;
+    struct dev d;
+    struct dev_config cfg = {.threads = 1};
+    ck_assert_int_eq(dev_create("cpu", &cfg, &d, NULL, 0), 0);
+    ck_assert_str_eq(dev_kernels_name(&d), last);
+    dev_destroy(&d);
+#ifdef CINFER_HAVE_AVX2 /* the x86 paths are the build's */
+    static const char *const known[] = {"scalar", "avx2", "avx512", "avxvnni", "avx512vnni"};
+#else
+    static const char *const known[] = {"scalar"};
+#endif
+    char err[256], word[40];
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        snprintf(word, sizeof(word), " %s ", known[i]);
+        char padded[160];
+        snprintf(padded, sizeof(padded), " %s ", here);
+        int has = strstr(padded, word) != NULL;
+        int rc = dev_kernels_check(known[i], err, sizeof(err));
+        if (has) {
+            ck_assert_int_eq(rc, 0);
+            continue;
+        }
+        ck_assert_int_eq(rc, -EINVAL);
+        ck_assert_msg(strstr(err, known[i]) && strstr(err, "lacks"), "%s: %s", known[i], err);
+        cfg.kernels = known[i];
+        ck_assert_int_eq(dev_create("cpu", &cfg, &d, err, sizeof(err)), -EINVAL);
+    }
+    ck_assert_int_eq(dev_kernels_check("avx9", err, sizeof(err)), -EINVAL);
+    ck_assert_msg(strstr(err, "'avx9'") && strstr(err, known[sizeof known / sizeof known[0] - 1]),
+                  "%s", err);
+}
+END_TEST
+
+/* Every SIMD path gives the scalar kernels' matmul bits, every type, packed or not. */
+START_TEST(matmul_kernel_paths_agree)
 {
     struct backends b;
     backends_create(&b, 2);
-    if (!b.has_avx2) {
-        note_no_avx2("matmul_scalar_and_avx2_agree");
+    char paths[256];
+    simd_paths(paths, sizeof(paths));
+    if (!*paths) {
+        note_no_avx2("matmul_kernel_paths_agree");
         backends_destroy(&b);
         return;
     }
     float *x = make_acts(COLS, 11);
     float *ys = malloc(sizeof(float) * TMAX * ROWS), *ya = malloc(sizeof(float) * TMAX * ROWS);
-    for (size_t vi = 0; vi < N_VARIANTS; vi++) {
-        uint32_t type = variant_type(vi);
-        struct tweight tw;
-        tweight_init(&tw, type, ROWS, COLS, 100 + vi);
-        struct dev_weight ws = weight_on(&b.scalar, &tw, variant_packed(vi));
-        struct dev_weight wa = weight_on(&b.avx2, &tw, variant_packed(vi));
-        for (size_t bi = 0; bi < 3; bi++) {
-            int T = batch_sizes[bi];
-            ck_assert_int_eq(dev_matmul(&b.scalar, &ws, x, T, ys), 0);
-            ck_assert_int_eq(dev_matmul(&b.avx2, &wa, x, T, ya), 0);
-            /* integer dots, and float dots, in the same lanes, summed in the same order */
-            ck_assert_msg(memcmp(ys, ya, sizeof(float) * (size_t)(T * ROWS)) == 0,
-                          "%s T=%d: scalar and AVX2 results differ", variant_name(vi), T);
+    int compared = 0;
+    for (const char *p = paths; *p;) {
+        size_t n = strcspn(p, " ");
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)n, p);
+        p += n;
+        p += *p == ' ';
+        struct dev dk;
+        struct dev_config cfg = {.threads = 2, .kernels = name};
+        char err[256];
+        ck_assert_msg(dev_create("cpu", &cfg, &dk, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_str_eq(dev_kernels_name(&dk), name);
+        for (size_t vi = 0; vi < N_VARIANTS; vi++) {
+            uint32_t type = variant_type(vi);
+            struct tweight tw;
+            tweight_init(&tw, type, ROWS, COLS, 100 + vi);
+            struct dev_weight ws = weight_on(&b.scalar, &tw, variant_packed(vi));
+            struct dev_weight wa = weight_on(&dk, &tw, variant_packed(vi));
+            for (size_t bi = 0; bi < 3; bi++) {
+                int T = batch_sizes[bi];
+                ck_assert_int_eq(dev_matmul(&b.scalar, &ws, x, T, ys), 0);
+                ck_assert_int_eq(dev_matmul(&dk, &wa, x, T, ya), 0);
+                /* integer dots, and float dots, in the same lanes, summed in the same order */
+                ck_assert_msg(memcmp(ys, ya, sizeof(float) * (size_t)(T * ROWS)) == 0,
+                              "%s T=%d: scalar and %s results differ", variant_name(vi), T, name);
+            }
+            weight_release(&b.scalar, &ws);
+            weight_release(&dk, &wa);
+            tweight_free(&tw);
         }
-        weight_release(&b.scalar, &ws);
-        weight_release(&b.avx2, &wa);
-        tweight_free(&tw);
+        dev_destroy(&dk);
+        compared++;
     }
+    ck_assert_int_ge(compared, 1);
     free(x), free(ys), free(ya);
     backends_destroy(&b);
 }
@@ -1391,7 +1465,8 @@ Suite *device_suite(void)
     Suite *s = suite_create("device");
     TCase *tc = tcase_create("cpu");
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, matmul_scalar_and_avx2_agree);
+    tcase_add_test(tc, matmul_kernel_paths_agree);
+    tcase_add_test(tc, kernel_paths_are_chosen_and_refused_by_name);
     tcase_add_test(tc, matmul_matches_dequantized_reference);
     tcase_add_test(tc, matmul_rows_do_not_depend_on_batch);
     tcase_add_test(tc, matmul_n_equals_separate_matmuls);
