@@ -32,19 +32,34 @@
 
 typedef void (*pool_fn)(void *arg, int64_t begin, int64_t end, int worker);
 
+/*
+ * A job: fn over [0, n_items) in chunks.  The threads claim chunks from
+ * `next`, which holds the job's tag (its generation, low 24 bits) above the
+ * next item (low 40 bits), by compare-and-swap: a thread that went to sleep
+ * during an old job and wakes in a newer one fails its swap and claims
+ * nothing.  So the caller waits only for the chunks that were claimed
+ * (`done` counts their items), never for a peer that has not started: a
+ * descheduled worker delays a job by at most the chunk it holds.  The
+ * fields are atomics, so a late reader sees old or new values, never a
+ * torn one, and its swap then fails.
+ */
+#define POOL_IDX_BITS 40
+#define POOL_IDX_MASK ((UINT64_C(1) << POOL_IDX_BITS) - 1)
+#define POOL_TAG_MASK ((UINT64_C(1) << (64 - POOL_IDX_BITS)) - 1)
+
 struct pool {
     int n; /* threads including the caller */
     pthread_t *th;
     pthread_mutex_t mu;
     pthread_cond_t cv_work;
-    atomic_uint_fast64_t generation; /* bumped once per job */
-    atomic_int busy;                 /* workers still in the current job */
+    atomic_uint_fast64_t generation; /* bumped once per job, after it is set up */
     atomic_int sleepers;             /* workers waiting on cv_work */
     atomic_int stop;
-    pool_fn fn;
-    void *arg;
-    int64_t n_items, chunk;
-    atomic_int_fast64_t next;
+    _Atomic(pool_fn) fn;
+    _Atomic(void *) arg;
+    atomic_int_fast64_t n_items, chunk;
+    atomic_uint_fast64_t next; /* tag << POOL_IDX_BITS | next item */
+    atomic_int_fast64_t done;  /* items of claimed chunks finished */
     /* a shared CPU (pool_run); ns, CLOCK_MONOTONIC */
     int64_t solo_until; /* jobs before it run on the caller alone */
     int64_t solo_ns;    /* how long the next bad window sends it alone */
@@ -74,22 +89,26 @@ static inline void cpu_relax(void)
 }
 
 /*
- * A shared CPU.  When another process takes a core, a worker may be
- * descheduled in the middle of its chunk, and the caller waits a whole time
- * slice (milliseconds) for it; spinning workers also take CPU the other
- * process and the caller need.  So the caller adds up its waits for the
- * others (after its own chunks ran out) over windows of POOL_WINDOW_NS.  In
- * a window where it waited a share W, two threads did about 2 (1 - W) of
- * the caller's work alone: when W reaches POOL_WAIT_SHARE (one half, the
- * break-even), the jobs of the next solo_ns run on the caller alone (the
- * workers go to sleep).  solo_ns starts at POOL_SOLO_MIN_NS and doubles with
- * each bad window that follows one, up to POOL_SOLO_MAX_NS; a good window
- * resets it.  On a quiet machine the waits are a chunk's tail, a few
- * percent.  Results do not change: they do not depend on the number of
- * threads.
+ * A shared CPU.  When another process takes a core, a worker is
+ * descheduled for a time slice (milliseconds) now and then, mostly in the
+ * middle of a chunk, and the caller waits for that chunk; spinning workers
+ * also take CPU the other process and the caller need.  So the caller adds
+ * up its waits for the others (after its own chunks ran out) over windows of
+ * POOL_WINDOW_NS.  In a window where it waited a share W, two threads did
+ * about s (1 - W) of what the caller does alone, s being what two threads
+ * gain when both run: about 1.3 in a memory-bound decode step, up to 2 in a
+ * prefill.  So when W passes POOL_WAIT_SHARE (0.15: below the decode's
+ * break-even of 0.23, so that two threads never do worse than one) the
+ * jobs of the next solo_ns run on the caller alone (the workers go to
+ * sleep).  Measured on 2 cores with a busy loop on one: W 0.14-0.58 in
+ * two-thread windows; on the quiet machine 0.01-0.04.  solo_ns starts at
+ * POOL_SOLO_MIN_NS and doubles with each bad window that follows one, up to
+ * POOL_SOLO_MAX_NS; a good window halves it (one good window among bad
+ * ones, W being that spread, does not bring back probes every 100 ms).
+ * Results do not change: they do not depend on the number of threads.
  */
 #define POOL_WINDOW_NS 20000000
-#define POOL_WAIT_SHARE 0.5
+#define POOL_WAIT_SHARE 0.15
 #define POOL_SOLO_MIN_NS 100000000
 #define POOL_SOLO_MAX_NS 4000000000
 
@@ -100,15 +119,25 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* takes chunks until none is left */
-static void pool_drain(struct pool *p, int id)
+/* claims chunks of the job of generation g and runs them until none is left */
+static void pool_drain(struct pool *p, uint64_t g, int id)
 {
+    uint64_t tag = g & POOL_TAG_MASK;
     for (;;) {
-        int64_t b = atomic_fetch_add(&p->next, p->chunk);
-        if (b >= p->n_items)
+        uint64_t v = atomic_load(&p->next);
+        if (v >> POOL_IDX_BITS != tag)
+            break; /* another job's */
+        int64_t b = (int64_t)(v & POOL_IDX_MASK), n = atomic_load(&p->n_items),
+                chunk = atomic_load(&p->chunk);
+        pool_fn fn = atomic_load(&p->fn);
+        void *arg = atomic_load(&p->arg);
+        if (b >= n)
             break;
-        int64_t e = b + p->chunk < p->n_items ? b + p->chunk : p->n_items;
-        p->fn(p->arg, b, e, id);
+        int64_t e = b + chunk < n ? b + chunk : n;
+        if (!atomic_compare_exchange_weak(&p->next, &v, (tag << POOL_IDX_BITS) | (uint64_t)e))
+            continue;
+        fn(arg, b, e, id);
+        atomic_fetch_add(&p->done, e - b);
     }
 }
 
@@ -136,8 +165,7 @@ static void *worker_main(void *a)
         if (atomic_load(&p->stop))
             break;
         seen = g;
-        pool_drain(p, id);
-        atomic_fetch_sub(&p->busy, 1);
+        pool_drain(p, g, id);
     }
     return NULL;
 }
@@ -149,7 +177,7 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         return;
     if (chunk < 1)
         chunk = 1;
-    if (p->n == 1 || n_items <= chunk) {
+    if (p->n == 1 || n_items <= chunk || (uint64_t)n_items > POOL_IDX_MASK - (uint64_t)chunk) {
         fn(arg, 0, n_items, 0);
         return;
     }
@@ -163,7 +191,7 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
         p->win_start = t0;
         p->win_wait = 0;
         if (!bad) {
-            p->solo_ns = POOL_SOLO_MIN_NS;
+            p->solo_ns = p->solo_ns / 2 > POOL_SOLO_MIN_NS ? p->solo_ns / 2 : POOL_SOLO_MIN_NS;
         } else {
             p->solo_until = p->win_start = t0 + p->solo_ns;
             p->solo_ns = p->solo_ns * 2 < POOL_SOLO_MAX_NS ? p->solo_ns * 2 : POOL_SOLO_MAX_NS;
@@ -171,24 +199,30 @@ static void pool_run(struct pool *p, int64_t n_items, int64_t chunk, pool_fn fn,
             return;
         }
     }
-    p->fn = fn;
-    p->arg = arg;
-    p->n_items = n_items;
-    p->chunk = chunk;
-    atomic_store(&p->next, 0);
-    atomic_store(&p->busy, p->n - 1);
-    atomic_fetch_add(&p->generation, 1); /* publishes the job (sequentially consistent) */
+    /*
+     * The new job's tag goes into `next` first, with no items to claim, so
+     * that a thread still looking at the last job stops; then the job.
+     */
+    uint64_t g = atomic_load(&p->generation) + 1, tag = g & POOL_TAG_MASK;
+    atomic_store(&p->next, (tag << POOL_IDX_BITS) | POOL_IDX_MASK);
+    atomic_store(&p->fn, fn);
+    atomic_store(&p->arg, arg);
+    atomic_store(&p->n_items, n_items);
+    atomic_store(&p->chunk, chunk);
+    atomic_store(&p->done, 0);
+    atomic_store(&p->next, tag << POOL_IDX_BITS);
+    atomic_store(&p->generation, g); /* wakes the spinning workers */
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
     }
-    pool_drain(p, 0);
-    if (atomic_load(&p->busy) == 0)
+    pool_drain(p, g, 0);
+    if (atomic_load(&p->done) == n_items)
         return;
     /* a peer still in its chunk: spin a little, then yield, in case it waits for this CPU */
     int64_t t1 = now_ns();
-    for (int spins = 0; atomic_load(&p->busy) > 0; spins++) {
+    for (int spins = 0; atomic_load(&p->done) < n_items; spins++) {
         if (spins < POOL_WAIT_SPIN)
             cpu_relax();
         else
