@@ -17,6 +17,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "util/clock.h"
+#include "util/cpus.h"
 #include "util/quant.h"
 
 #define BLOCK ENG_DEFAULT_KV_BLOCK
@@ -76,7 +77,7 @@ static const char *const k_bench_help =
     "  -r N               repetitions (default 5)\n"
     "  -d N               tokens already in the cache (default 0)\n"
     "      --batch B      sequences decoded together in tg (default 1)\n"
-    "  -t, --threads N    worker threads (default: the number of cores)\n"
+    "  -t, --threads N    worker threads (default: the CPUs this process may use)\n"
     "      --device NAME  backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
     "      --kernels NAME CPU inner loops: auto (default), scalar, avx2, avx512,\n"
     "                     avxvnni or avx512vnni (same results)\n"
@@ -250,8 +251,11 @@ int cli_bench(int argc, char **argv)
     int rc = load("bench", model, device, kernels, threads, &b.l);
     if (rc)
         return rc;
-    if (threads <= 0)
-        threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0) {
+        struct util_cpus cpus;
+        util_cpus_usable(NULL, 0, &cpus);
+        threads = cpus.n;
+    }
     int tokens = pp > tg * batch ? pp : tg * batch;
     int per_seq = depth + (pp > tg ? pp : tg);
     b.per_seq = (per_seq + BLOCK - 1) / BLOCK;

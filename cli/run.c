@@ -35,7 +35,7 @@ static const char *const k_run_help =
     "      --repeat-penalty R  (default 1.0 = off)\n"
     "      --seed S            random seed (default: from the clock)\n"
     "      --ignore-eos        keep going past end-of-text tokens\n"
-    "  -t, --threads N         worker threads (default: the number of cores)\n"
+    "  -t, --threads N         worker threads (default: the CPUs this process may use)\n"
     "      --kv-type TYPE      f16 (default) or f32\n"
     "      --device NAME       backend: auto (default, or CINFER_DEVICE), cpu or ppu\n"
     "      --kernels NAME      CPU inner loops: auto (default), scalar, avx2, avx512,\n"

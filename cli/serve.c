@@ -21,6 +21,7 @@
 #include "cli/cli.h"
 #include "server/srv.h"
 #include "util/clock.h"
+#include "util/cpus.h"
 
 static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
@@ -217,10 +218,15 @@ int cli_serve(int argc, char **argv)
             strchr(cfg.host, ':') ? "[" : "", cfg.host, strchr(cfg.host, ':') ? "]" : "",
             srv_port(s), keyed ? " (API key required)" : "", srv_max_connections(s),
             (long long)cfg.http_threads);
+    struct util_cpus cpus = {.n = (int)cfg.threads};
+    if (cfg.threads == 0) { /* the CPUs this container or process may really use */
+        util_cpus_usable(NULL, 0, &cpus);
+        srv_log("CPU threads: %d (%s)", cpus.n, cpus.why);
+    }
     struct eng_config ec = {
         .device = cfg.device,
         .kernels = cfg.kernels,
-        .threads = (int)cfg.threads,
+        .threads = cpus.n,
         .ctx = (int)cfg.ctx,
         .kv_block = (int)cfg.kv_block,
         .kv_memory_mib = cfg.kv_memory,

@@ -152,7 +152,7 @@ struct dev {
 
 /* How to make a backend (dev_create); zero means the default everywhere. */
 struct dev_config {
-    int threads; /* CPU worker threads; <= 0: the number of cores */
+    int threads; /* CPU worker threads; <= 0: the CPUs this process may use (util/cpus.h) */
     /* CPU only, for tests and reference checks; other backends ignore them */
     int force_scalar; /* 1: the scalar reference path even where AVX2 exists */
     /*

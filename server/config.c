@@ -45,7 +45,7 @@ static const struct setting k_settings[] = {
      "CPU inner loops: auto (the widest this CPU has), scalar, avx2, avx512, avxvnni or "
      "avx512vnni; same results",
      "auto|scalar|avx2|avx512|avxvnni|avx512vnni"},
-    {"threads", K_INT, S(threads), 0, 1024, "0", "N", "CPU threads (0: the number of cores)", NULL},
+    {"threads", K_INT, S(threads), 0, 1024, "0", "N", "CPU threads (0: the CPUs this process may use, cgroup quota included)", NULL},
     {"ctx", K_INT, S(ctx), 0, 1 << 24, "0", "N", "context per sequence (0: the model's)", NULL},
     {"kv_memory", K_INT, S(kv_memory), 0, 1 << 24, "0", "MIB",
      "KV cache size (0: 4 full contexts, at most half the free RAM)", NULL},

@@ -26,6 +26,7 @@
 #include "device/cpu/cpu.h"
 #include "device/cpu/kernels.h"
 #include "device/dev.h"
+#include "util/cpus.h"
 #include "util/quant.h"
 
 /* ---- worker pool ------------------------------------------------------------ */
@@ -1565,7 +1566,10 @@ int dev_cpu_create(const struct dev_config *cfg, struct dev *out)
     struct cpu *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
-    int n = cfg && cfg->threads > 0 ? cfg->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    struct util_cpus cpus;
+    if (!cfg || cfg->threads <= 0)
+        util_cpus_usable(NULL, 0, &cpus);
+    int n = cfg && cfg->threads > 0 ? cfg->threads : cpus.n;
     if (n < 1)
         n = 1;
     c->exact = cfg && cfg->exact_llamacpp;
