@@ -29,6 +29,7 @@ static const char *const k_main_help =
     "  run        generate text from a prompt\n"
     "  bench      measure prompt and generation speed (like llama-bench)\n"
     "  serve      serve the OpenAI HTTP API\n"
+    "  health     ask a server's /health (exit 0 on 200): a probe without curl\n"
     "\n"
     "  cinfer <command> --help    options of a command\n"
     "  cinfer --version           the version\n";
@@ -266,6 +267,8 @@ int main(int argc, char **argv)
         return cli_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0)
         return cli_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "health") == 0)
+        return cli_health(argc - 1, argv + 1);
     fprintf(stderr, "cinfer: unknown command '%s' (try 'cinfer --help')\n", cmd);
     return CLI_EXIT_BADINPUT;
 }

@@ -4,11 +4,13 @@ environment > file > defaults), errors naming the bad key, --model-alias,
 
 import json
 import os
+import socket
 import subprocess
+import time
 
 import openai
 
-from conftest import CINFER_BIN, CINFER_MODEL, REPO_ROOT, Server
+from conftest import CINFER_BIN, CINFER_MODEL, REPO_ROOT, Server, free_port
 
 
 def serve(*args, env=None):
@@ -108,3 +110,34 @@ def test_device_choice(server):
     assert body["devices_built"] == ["cpu"], body  # this build has no PPU backend
     status, body = server.json("GET", "/v1/models")
     assert body["data"][0]["device"] == "cpu", body
+
+
+def test_health_command(server, keyed_server):
+    """`cinfer health URL`, the containers' probe without curl: exit 0 on 200
+    (also behind an API key: /health needs none), 1 naming the status or the
+    failure otherwise, 2 on a bad URL; a silent server times out."""
+    def health(*args, timeout=30):
+        return subprocess.run([str(CINFER_BIN), "health", *args], capture_output=True, text=True,
+                              timeout=timeout)
+    for srv in (server, keyed_server):
+        for path in ("/health", "/health/ready"):
+            r = health(srv.url + path)
+            assert r.returncode == 0 and r.stdout.strip() == f"{srv.url}{path}: 200", r
+    r = health(server.url + "/no-such-route")
+    assert r.returncode == 1 and ": 404" in r.stderr, r
+    port = free_port()
+    r = health(f"http://127.0.0.1:{port}/health")
+    assert r.returncode == 1 and "cannot connect" in r.stderr, r
+    for bad in ("ftp://x/", "http://", "http://h:99999/", "http://h:x/"):
+        r = health(bad)
+        assert r.returncode == 2 and "http://HOST[:PORT][/PATH]" in r.stderr, (bad, r)
+    # a listener that never answers: the timeout, not a hang
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    try:
+        t0 = time.monotonic()
+        r = health("--timeout", "0.5", f"http://127.0.0.1:{s.getsockname()[1]}/health")
+        assert r.returncode == 1 and "timed out" in r.stderr and time.monotonic() - t0 < 10, r
+    finally:
+        s.close()
