@@ -60,7 +60,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model model-qwen test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle
+.PHONY: all deps model model-qwen test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test
 all: $(BIN)
 
 help:
@@ -181,6 +181,11 @@ test: deps model model-qwen
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory ppu-check
 	@$(MAKE) --no-print-directory check
+
+# The deployment under load (deploy/deploy-test.sh): the image built with podman, two
+# replicas behind HAProxy and nginx, kill -9, SIGTERM, rolling restart.  Needs root.
+deploy-test: deps
+	@sh deploy/deploy-test.sh
 
 run: deps model
 	@$(MAKE) --no-print-directory $(BIN)

@@ -1,6 +1,6 @@
 /*
  * cli/health.c - `cinfer health [URL]`: GET URL (default
- * http://127.0.0.1:8080/health) and exit 0 when the answer is 200, 1 when it
+ * http://127.0.0.1:$CINFER_PORT/health, port 8080 without it) and exit 0 when the answer is 200, 1 when it
  * is anything else or nothing comes within the timeout, 2 on bad usage.  A
  * container's HEALTHCHECK runs it, so the image needs no curl.
  */
@@ -23,8 +23,9 @@ static const char k_health_help[] =
     "usage: cinfer health [options] [URL]\n"
     "GET URL and exit 0 when the server answers 200 (1 otherwise): a probe for\n"
     "containers that have no curl.\n"
-    "  URL             http://HOST[:PORT][/PATH] (default http://127.0.0.1:8080/health;\n"
-    "                  /health/ready says whether the server takes work now)\n"
+    "  URL             http://HOST[:PORT][/PATH] (default http://127.0.0.1:PORT/health,\n"
+    "                  PORT from CINFER_PORT or 8080; /health/ready says whether the\n"
+    "                  server takes work now)\n"
     "      --timeout S seconds to wait for the answer, 0.1 to 3600 (default 5)\n"
     "  -q, --quiet     print nothing\n"
     "  -h, --help      this help\n";
@@ -198,7 +199,14 @@ int cli_health(int argc, char **argv)
     }
     if (argc - optind > 1)
         return cli_usage("health", "give at most one URL");
-    const char *s = optind < argc ? argv[optind] : "http://127.0.0.1:8080/health";
+    /* the default follows serve's CINFER_PORT, as in a container that sets it */
+    char def[64];
+    const char *port = getenv("CINFER_PORT");
+    snprintf(def, sizeof(def), "http://127.0.0.1:%s/health",
+             port && *port && strspn(port, "0123456789") == strlen(port) && strlen(port) <= 5
+                 ? port
+                 : "8080");
+    const char *s = optind < argc ? argv[optind] : def;
     struct url u;
     if (parse_url(s, &u))
         return cli_usage("health", "the URL must be http://HOST[:PORT][/PATH]");

@@ -8,7 +8,8 @@
 # address.  Each block must exit 0 and print something without "error"; JSON
 # output must parse (and have "choices" when the block calls a completions
 # endpoint); SSE output must end with `data: [DONE]`.  Fails when no block is
-# found.
+# found.  With SMOKE_PORT set, the examples go to a server already listening
+# on 127.0.0.1:SMOKE_PORT (a container: make deploy-test) and none is started.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,8 +24,10 @@ fail() {
     exit 1
 }
 
-[ -x "$CINFER_BIN" ] || fail "no executable server at $CINFER_BIN (run make first)"
-[ -f "$CINFER_MODEL" ] || fail "no model at $CINFER_MODEL (run make model first)"
+if [ -z "${SMOKE_PORT:-}" ]; then
+    [ -x "$CINFER_BIN" ] || fail "no executable server at $CINFER_BIN (run make first)"
+    [ -f "$CINFER_MODEL" ] || fail "no model at $CINFER_MODEL (run make model first)"
+fi
 command -v curl >/dev/null 2>&1 || fail "curl is needed"
 
 TMP=$(mktemp -d)
@@ -51,12 +54,23 @@ awk -v dir="$TMP" '
 COUNT=$(find "$TMP" -name 'block.*.sh' | wc -l)
 [ "$COUNT" -gt 0 ] || fail "no \`\`\`sh block between <!-- curl-examples:begin --> and <!-- curl-examples:end --> in $README"
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-"$CINFER_BIN" serve -m "$CINFER_MODEL" --port "$PORT" >"$TMP/server.log" 2>&1 &
-PID=$!
+if [ -n "${SMOKE_PORT:-}" ]; then
+    PORT=$SMOKE_PORT
+    echo "(the server on 127.0.0.1:$PORT was started elsewhere)" >"$TMP/server.log"
+else
+    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    "$CINFER_BIN" serve -m "$CINFER_MODEL" --port "$PORT" >"$TMP/server.log" 2>&1 &
+    PID=$!
+fi
 
 i=0
 until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health" 2>/dev/null)" = 200 ]; do
+    if [ -z "$PID" ]; then
+        i=$((i + 1))
+        [ "$i" -le 600 ] || fail "no 200 from 127.0.0.1:$PORT/health within 60 s"
+        sleep 0.1
+        continue
+    fi
     if ! kill -0 "$PID" 2>/dev/null; then
         cat "$TMP/server.log" >&2
         PID=""

@@ -141,3 +141,7 @@ def test_health_command(server, keyed_server):
         assert r.returncode == 1 and "timed out" in r.stderr and time.monotonic() - t0 < 10, r
     finally:
         s.close()
+    # no URL: CINFER_PORT's port (a container's HEALTHCHECK), else 8080
+    r = subprocess.run([str(CINFER_BIN), "health"], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, CINFER_PORT=str(server.port)))
+    assert r.returncode == 0 and f":{server.port}/health: 200" in r.stdout, r
