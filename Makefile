@@ -60,7 +60,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model model-qwen test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test
+.PHONY: all deps model model-qwen test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test deploy-check
 all: $(BIN)
 
 help:
@@ -179,8 +179,14 @@ integration: $(BIN)
 # The unit suites run last, so the output ends with Check's summary line.
 test: deps model model-qwen
 	@$(MAKE) --no-print-directory integration
+	@sh deploy/check.sh
 	@$(MAKE) --no-print-directory ppu-check
 	@$(MAKE) --no-print-directory check
+
+# The light deployment checks (also in make test): haproxy -c, nginx -t, the Kubernetes
+# manifests against the schemas, checkov over them and the Dockerfiles.
+deploy-check: deps
+	@sh deploy/check.sh
 
 # The deployment under load (deploy/deploy-test.sh): the image built with podman, two
 # replicas behind HAProxy and nginx, kill -9, SIGTERM, rolling restart.  Needs root.

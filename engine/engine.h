@@ -128,6 +128,16 @@ int eng_idle(struct engine *e);
 /* 1 when the waiting queue is at --max-queue (the next request would get -EBUSY). */
 int eng_queue_full(struct engine *e);
 void eng_get_stats(struct engine *e, struct eng_stats *out);
+/*
+ * How long the engine thread has given no sign of life, in seconds, when
+ * that is over ENG_STALL_MIN_S and over ENG_STALL_STEPS times its longest
+ * step so far (it ticks every 100 ms and beats after every step); else 0.
+ * GET /health answers 503 then, so a liveness probe restarts a wedged
+ * engine instead of trusting a server that still accepts connections.
+ */
+#define ENG_STALL_MIN_S 30.0
+#define ENG_STALL_STEPS 10.0
+double eng_stalled_s(struct engine *e);
 
 /*
  * A wake-up several requests share, so that one reader can wait for the

@@ -49,10 +49,22 @@ int eng_step(struct engine *e)
     return sched_update(e, &b, rc, took, e->b_res);
 }
 
+/* the heartbeat /health reads (eng_stalled_s) */
+static void beat(struct engine *e, double t0)
+{
+    double now = util_now_s();
+    if (t0 > 0 && now - t0 > atomic_load(&e->max_step_s))
+        atomic_store(&e->max_step_s, now - t0);
+    atomic_store(&e->beat_s, now);
+}
+
 static void idle_cb(uv_idle_t *h)
 {
     struct engine *e = h->data;
-    if (!eng_step(e))
+    double t0 = util_now_s();
+    int more = eng_step(e);
+    beat(e, t0);
+    if (!more)
         uv_idle_stop(h);
 }
 
@@ -89,7 +101,17 @@ static void wake_cb(uv_async_t *h)
 
 static void timer_cb(uv_timer_t *h)
 {
+    beat(h->data, 0);
     sched_tick(h->data);
+}
+
+double eng_stalled_s(struct engine *e)
+{
+    double beat_s = atomic_load(&e->beat_s);
+    if (beat_s == 0)
+        return 0; /* not started yet */
+    double age = util_now_s() - beat_s, longest = atomic_load(&e->max_step_s);
+    return age > ENG_STALL_MIN_S && age > ENG_STALL_STEPS * longest ? age : 0;
 }
 
 void eng_drain(struct engine *e)

@@ -60,6 +60,9 @@ struct eng_req {
 
 struct engine {
     struct eng_config cfg;
+    /* the engine thread's heartbeat (eng_stalled_s): util_now_s() at its last
+     * tick or step end, and the longest step so far, in seconds */
+    _Atomic double beat_s, max_step_s;
     struct gguf_file *g;
     struct tok *tok;
     struct dev dev;

@@ -877,6 +877,8 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     case R_HEALTH:
         if (!e)
             return reply(mc, c, 503, "application/json", "{\"status\":\"loading\"}", 20);
+        if (eng_stalled_s(e) > 0)
+            return reply(mc, c, 503, "application/json", "{\"status\":\"stalled\"}", 20);
         return reply(mc, c, 200, "application/json", "{\"status\":\"ok\"}", 15);
     case R_READY: {
         struct eng_stats st = {0};

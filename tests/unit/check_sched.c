@@ -21,6 +21,7 @@
 
 #include "engine/sched.h"
 #include "tests/unit/suites.h"
+#include "util/clock.h"
 
 #define P_SHORT "The capital of France is"
 #define P_LONG                                                                                     \
@@ -782,6 +783,28 @@ START_TEST(failed_pass_ends_its_requests)
 }
 END_TEST
 
+/*
+ * /health's liveness: an engine thread silent for over ENG_STALL_MIN_S, and
+ * over ENG_STALL_STEPS of its longest step, is stalled; a slow step is not.
+ */
+START_TEST(a_silent_engine_is_stalled)
+{
+    struct engine *e = calloc(1, sizeof(*e));
+    ck_assert_ptr_nonnull(e);
+    ck_assert(eng_stalled_s(e) == 0); /* not started */
+    double now = util_now_s();
+    atomic_store(&e->beat_s, now - 1.0);
+    atomic_store(&e->max_step_s, 0.05);
+    ck_assert(eng_stalled_s(e) == 0);
+    atomic_store(&e->beat_s, now - ENG_STALL_MIN_S - 5.0);
+    ck_assert(eng_stalled_s(e) > ENG_STALL_MIN_S);
+    /* a model whose steps take 4 s: 35 s of silence is under 10 of them */
+    atomic_store(&e->max_step_s, 4.0);
+    ck_assert(eng_stalled_s(e) == 0);
+    free(e);
+}
+END_TEST
+
 Suite *sched_suite(void)
 {
     Suite *s = suite_create("sched");
@@ -798,6 +821,7 @@ Suite *sched_suite(void)
     tcase_add_test(tc, stop_string_in_greedy_text);
     tcase_add_test(tc, cancel_queued_and_running);
     tcase_add_test(tc, failed_pass_ends_its_requests);
+    tcase_add_test(tc, a_silent_engine_is_stalled);
     suite_add_tcase(s, tc);
     return s;
 }
