@@ -88,7 +88,10 @@ class Replica:
         sh(*PODMAN, "stop", "-t", "60", self.name, timeout=120)
 
     def kill9(self):
+        """SIGKILL; returns once the container has exited, with the time it had"""
         sh(*PODMAN, "kill", "-s", "KILL", self.name)
+        sh(*PODMAN, "wait", self.name, check=False, timeout=60)
+        return time.monotonic()
 
     def remove(self):
         sh(*PODMAN, "rm", "-f", "-t", "0", self.name, check=False)
@@ -206,7 +209,7 @@ def run_scenario(lb, reps, name, action, args):
     load.start()
     time.sleep(args.seconds / 4)
     t_act = time.monotonic()
-    action(reps)
+    t_act = action(reps) or t_act  # kill -9: when the replica had died
     time.sleep(max(t0 + args.seconds - time.monotonic(), 5.0))
     load.stop()
     res = load.results
@@ -227,10 +230,11 @@ def run_scenario(lb, reps, name, action, args):
 
 
 def kill9(reps):
-    reps[0].kill9()
+    dead = reps[0].kill9()
     time.sleep(3)  # the balancer notices; then the replica comes back
     reps[0].remove()
     reps[0].start()
+    return dead
 
 
 def sigterm(reps):

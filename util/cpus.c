@@ -21,6 +21,13 @@ static int at(const char *root, const char *path, char *out, size_t len)
     return n > 0 && (size_t)n < len ? 0 : -1;
 }
 
+/* root + path opened for reading, or NULL */
+static FILE *open_at(const char *root, const char *path)
+{
+    char full[512];
+    return at(root, path, full, sizeof(full)) ? NULL : fopen(full, "r");
+}
+
 /* the first line of file path, or -1 */
 static int read_line(const char *path, char *line, size_t len)
 {
@@ -55,10 +62,7 @@ static int has_word(const char *list, const char *w)
  */
 static int find_mount(const char *root, int v2, char *mnt, size_t mlen, char *mroot, size_t rlen)
 {
-    char path[512];
-    if (at(root, "/proc/self/mountinfo", path, sizeof(path)))
-        return -1;
-    FILE *f = fopen(path, "r");
+    FILE *f = open_at(root, "/proc/self/mountinfo");
     if (!f)
         return -1;
     char line[1024];
@@ -86,10 +90,7 @@ static int find_mount(const char *root, int v2, char *mnt, size_t mlen, char *mr
 /* this process's cgroup path in the v2 hierarchy ("0::/x") or the v1 one with cpu */
 static int find_cgroup(const char *root, int v2, char *cg, size_t len)
 {
-    char path[512];
-    if (at(root, "/proc/self/cgroup", path, sizeof(path)))
-        return -1;
-    FILE *f = fopen(path, "r");
+    FILE *f = open_at(root, "/proc/self/cgroup");
     if (!f)
         return -1;
     char line[1024];

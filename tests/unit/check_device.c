@@ -504,12 +504,8 @@ START_TEST(matmul_kernel_paths_agree)
     float *x = make_acts(COLS, 11);
     float *ys = malloc(sizeof(float) * TMAX * ROWS), *ya = malloc(sizeof(float) * TMAX * ROWS);
     int compared = 0;
-    for (const char *p = paths; *p;) {
-        size_t n = strcspn(p, " ");
-        char name[32];
-        snprintf(name, sizeof(name), "%.*s", (int)n, p);
-        p += n;
-        p += *p == ' ';
+    char name[32];
+    for (const char *p = paths; test_next_word(&p, name, sizeof(name));) {
         struct dev dk;
         struct dev_config cfg = {.threads = 2, .kernels = name};
         char err[256];

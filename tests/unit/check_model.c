@@ -614,12 +614,8 @@ START_TEST(kernel_paths_give_the_same_bits)
     int compared = 0;
     for (int exact = 0; exact < 2; exact++) {
         struct model *ref = exact ? g_model_unpacked : g_model;
-        for (const char *p = paths; *p;) {
-            size_t n = strcspn(p, " ");
-            char name[32];
-            snprintf(name, sizeof(name), "%.*s", (int)n, p);
-            p += n;
-            p += *p == ' ';
+        char name[32];
+        for (const char *p = paths; test_next_word(&p, name, sizeof(name));) {
             if (!strcmp(name, dev_kernels_name(&g_dev))) /* the default path, ref's own */
                 continue;
             struct dev dk;

@@ -2,6 +2,8 @@
  * tests/unit/main.c - runs every unit suite in one Check runner so that the
  * output ends with one summary line ("100%: Checks: N, Failures: 0, ...").
  */
+#include <string.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "tests/unit/suites.h"
@@ -10,6 +12,17 @@ const char *test_model_path(void)
 {
     const char *p = getenv("CINFER_MODEL");
     return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+int test_next_word(const char **p, char *out, size_t len)
+{
+    *p += strspn(*p, " ");
+    if (!**p)
+        return 0;
+    size_t n = strcspn(*p, " ");
+    snprintf(out, len, "%.*s", (int)n, *p);
+    *p += n;
+    return 1;
 }
 
 const char *test_bin_path(void)

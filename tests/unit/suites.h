@@ -3,6 +3,7 @@
 #define CINFER_TESTS_SUITES_H
 
 #include <check.h>
+#include <stddef.h>
 
 Suite *quant_suite(void);
 Suite *gguf_suite(void);
@@ -22,5 +23,8 @@ Suite *cpus_suite(void);
 /* Path helpers shared by the suites: the default model (env CINFER_MODEL) and the binary. */
 const char *test_model_path(void);
 const char *test_bin_path(void);
+
+/* The next space-separated word of *p into out (cut to len), *p moved past it; 0 at the end. */
+int test_next_word(const char **p, char *out, size_t len);
 
 #endif
