@@ -641,6 +641,74 @@ static uint64_t random_seed(void)
     return x + 0x9e3779b97f4a7c15ull * ++counter;
 }
 
+/*
+ * Fields a client sends to get something cinfer does not do yet: constrained
+ * output (response_format json_object / json_schema; vLLM's guided_* and
+ * structured_outputs; llama-server's grammar and json_schema) and tool calls.
+ * Answering them with free text would be a silently different answer, so
+ * each is a 400 naming the field.  response_format {"type": "text"}, and
+ * tool_choice "none" without tools, ask for nothing more and pass.
+ */
+static int parse_unhonoured(const cJSON *root, struct srv_error *err)
+{
+#define GRAMMAR "constrain its output to a grammar"
+#define TOOLS "call tools"
+    static const struct {
+        const char *name, *why;
+    } fields[] = {
+        {"guided_json", GRAMMAR},
+        {"guided_regex", GRAMMAR},
+        {"guided_choice", GRAMMAR},
+        {"guided_grammar", GRAMMAR},
+        {"structured_outputs", GRAMMAR},
+        {"grammar", GRAMMAR},
+        {"json_schema", GRAMMAR},
+        {"tools", TOOLS},
+        {"functions", TOOLS},
+        {"function_call", TOOLS},
+    };
+#undef GRAMMAR
+#undef TOOLS
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    if (rf && !cJSON_IsNull(rf)) {
+        const cJSON *t = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
+        if (!cJSON_IsString(t))
+            return srv_fail(err, 400, "response_format", NULL,
+                            "response_format must be an object with a type: text, json_object or "
+                            "json_schema");
+        if (!strcmp(t->valuestring, "json_object") || !strcmp(t->valuestring, "json_schema"))
+            return srv_fail(err, 400, "response_format", NULL,
+                            "response_format type '%s' is not supported yet (cinfer cannot "
+                            "constrain its output to JSON); it is refused rather than answered "
+                            "with free text",
+                            t->valuestring);
+        if (strcmp(t->valuestring, "text")) {
+            char *clean = srv_utf8_dup(t->valuestring, strnlen(t->valuestring, 40));
+            int rc = srv_fail(err, 400, "response_format", NULL,
+                              "response_format type '%s' is not one of text, json_object, "
+                              "json_schema",
+                              clean ? clean : "");
+            free(clean);
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, fields[i].name);
+        if (!f || cJSON_IsNull(f) || (cJSON_IsArray(f) && !cJSON_GetArraySize(f)))
+            continue;
+        return srv_fail(err, 400, fields[i].name, NULL,
+                        "%s is not supported yet (cinfer cannot %s); it is refused rather than "
+                        "ignored",
+                        fields[i].name, fields[i].why);
+    }
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    if (tc && !cJSON_IsNull(tc) && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")))
+        return srv_fail(err, 400, "tool_choice", NULL,
+                        "tool_choice is not supported yet (only \"none\"): cinfer cannot call "
+                        "tools");
+    return 0;
+}
+
 int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
                       const struct srv_model *model, struct srv_request *r, struct srv_error *err)
 {
@@ -748,6 +816,7 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         rc = srv_fail(err, 400, "user", NULL, "user must be a string");
     rc = rc ? rc : parse_stop(root, r, err);
     rc = rc ? rc : parse_bias(root, info.n_vocab, r, err);
+    rc = rc ? rc : parse_unhonoured(root, err);
     /* the prompts */
     if (!rc)
         rc = kind == SRV_CHAT ? parse_messages(root, e, r, err)

@@ -205,9 +205,9 @@ void util_cpus_usable(const char *root, int affinity, struct util_cpus *out)
             qn = 1;
         if (qn < n)
             n = qn;
-        snprintf(out->why, sizeof(out->why), "%s, %s (%.2f CPUs)", aff, desc, q);
+        snprintf(out->why, sizeof(out->why), "%.31s, %.159s (%.2f CPUs)", aff, desc, q);
     } else {
-        snprintf(out->why, sizeof(out->why), "%s, no cgroup CPU quota", aff);
+        snprintf(out->why, sizeof(out->why), "%.31s, no cgroup CPU quota", aff);
     }
     out->n = n;
 }

@@ -13,7 +13,7 @@ struct util_cpus {
     int n;         /* the CPUs to use, >= 1 */
     int affinity;  /* CPUs in the affinity mask */
     double quota;  /* the tightest cgroup quota in CPUs (quota / period); 0: none */
-    char why[160]; /* "affinity 64 CPUs, cgroup v2 cpu.max 200000 100000 (2 CPUs)" */
+    char why[640]; /* "affinity 64 CPUs, cgroup v2 cpu.max 200000 100000 (2 CPUs)" */
 };
 
 /*

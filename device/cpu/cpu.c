@@ -1455,9 +1455,11 @@ static int has_avx512(void)
            __builtin_cpu_supports("avx512vl");
 }
 
+/* AVX-VNNI is CPUID.(7,1):EAX bit 4 (clang 14's builtin does not know its name) */
 static int has_avxvnni(void)
 {
-    return has_avx2() && __builtin_cpu_supports("avxvnni");
+    unsigned a, b, c, d;
+    return has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
 }
 
 static int has_avx512vnni(void)
