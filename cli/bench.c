@@ -248,14 +248,14 @@ int cli_bench(int argc, char **argv)
     if (!model)
         return cli_usage("bench", "-m MODEL is required");
     struct bench_ctx b = {0};
-    int rc = load("bench", model, device, kernels, threads, &b.l);
-    if (rc)
-        return rc;
-    if (threads <= 0) {
+    if (threads <= 0) { /* found once: the backend runs it, the table reports it */
         struct util_cpus cpus;
         util_cpus_usable(NULL, 0, &cpus);
         threads = cpus.n;
     }
+    int rc = load("bench", model, device, kernels, threads, &b.l);
+    if (rc)
+        return rc;
     int tokens = pp > tg * batch ? pp : tg * batch;
     int per_seq = depth + (pp > tg ? pp : tg);
     b.per_seq = (per_seq + BLOCK - 1) / BLOCK;
