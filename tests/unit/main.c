@@ -36,6 +36,7 @@ int main(void)
     SRunner *sr = srunner_create(quant_suite());
     srunner_add_suite(sr, gguf_suite());
     srunner_add_suite(sr, cpus_suite());
+    srunner_add_suite(sr, grammar_suite());
     srunner_add_suite(sr, tok_suite());
     srunner_add_suite(sr, spm_suite());
     srunner_add_suite(sr, cli_suite());
