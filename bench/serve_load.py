@@ -6,7 +6,8 @@ Python 3 standard library only.  Subcommands:
   serve_load.py port                      print a free TCP port on 127.0.0.1
   serve_load.py wait URL [--timeout S] [--pid PID]
                                           wait until GET URL/health answers 200
-  serve_load.py run URL --label NAME -c "1 4" [-r N] [-i 128] [-o 128] [--round K] --out FILE
+  serve_load.py run URL --label NAME -c "1 4" [-r N] [-i 128] [-o 128] [--round K]
+                  [--extra JSON] --out FILE
                                           run the load at each concurrency level and
                                           append one JSON line per level to FILE;
                                           exit status 3 if any request failed
@@ -160,9 +161,13 @@ class Prompts:
 
 # ---------------------------------------------------------------- one request
 
+# run --extra: fields merged into every request body (e.g. a response_format)
+EXTRA = {}
+
+
 def one_request(url, model, prompt, max_tokens, timeout):
     host, port = split_url(url)
-    body = json.dumps({
+    obj = {
         "model": model,
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -170,7 +175,9 @@ def one_request(url, model, prompt, max_tokens, timeout):
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
-    })
+    }
+    obj.update(EXTRA)
+    body = json.dumps(obj)
     res = {"ok": False, "error": None, "ttft": None, "tpot": None, "e2e": None,
            "output_tokens": 0, "prompt_tokens": None, "events": 0, "itl": []}
     t0 = time.perf_counter()
@@ -321,6 +328,8 @@ def default_requests(c):
 
 
 def cmd_run(a):
+    if a.extra:
+        EXTRA.update(json.loads(a.extra))
     levels = [int(x) for x in a.concurrency.replace(",", " ").split()]
     st, models = get_json(a.url, "/v1/models")
     if st != 200:
@@ -490,6 +499,8 @@ def main():
     r.add_argument("--timeout", type=float, default=600.0,
                    help="socket timeout, s: a request fails after this long without a byte")
     r.add_argument("--out", required=True, help="append one JSON line per level here")
+    r.add_argument("--extra", default="",
+                   help="a JSON object merged into every request body (e.g. a response_format)")
     p = sub.add_parser("report")
     p.add_argument("files", nargs="+")
     p.add_argument("--json")

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli/cli.h"
 #include "engine/engine.h"
 #include "engine/model.h"
@@ -82,6 +84,10 @@ static const char *const k_bench_help =
     "      --kernels NAME CPU inner loops: auto (default), scalar, avx2, avx512,\n"
     "                     avxvnni or avx512vnni (same results)\n"
     "      --json         one JSON object per line per test\n"
+    "      --grammar FILE constrained decoding instead (repeatable): compile time and\n"
+    "                     mask time per token for FILE's schema over its documents\n"
+    "                     ({\"schema\": ..., \"docs\": [...]}; or \"kind\" and \"source\"),\n"
+    "                     -r rounds; the model's weights are not loaded\n"
     "  -h, --help         this help\n"
     "      --version      the version\n";
 
@@ -174,9 +180,108 @@ static void bench_report(const char *name, const double *tps, int r, int threads
     fflush(stdout);
 }
 
+/* ---- bench --grammar ---- */
+
+static char *read_all(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *p = malloc(cap);
+    for (size_t r; p && (r = fread(p + len, 1, cap - len - 1, f)) > 0;) {
+        len += r;
+        if (len + 1 == cap) {
+            char *q = cap < (64u << 20) ? realloc(p, cap * 2) : NULL;
+            if (!q) {
+                free(p);
+                p = NULL;
+                break;
+            }
+            p = q;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (p) {
+        p[len] = 0;
+        *n = len;
+    }
+    return p;
+}
+
+static int bench_grammars(const char *model, const char *const *files, int n, int rounds, int json)
+{
+    char err[512];
+    struct eng_vocab *ev;
+    if (eng_vocab_open(model, NULL, &ev, err, sizeof(err))) {
+        fprintf(stderr, "cinfer bench: %s: %s\n", model, err);
+        return CLI_EXIT_BADINPUT;
+    }
+    if (!json)
+        printf("| grammar | vocab | rules | positions | compile ms | tables MiB | tokens | "
+               "first doc mean / p99 / max us | all rounds mean / p50 / p99 / max us |\n"
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n");
+    int status = 0;
+    for (int i = 0; i < n && !status; i++) {
+        size_t len;
+        char *text = read_all(files[i], &len);
+        cJSON *doc = text ? cJSON_ParseWithLength(text, len) : NULL;
+        free(text);
+        const cJSON *schema = cJSON_GetObjectItemCaseSensitive(doc, "schema");
+        const cJSON *source = cJSON_GetObjectItemCaseSensitive(doc, "source");
+        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "kind");
+        const cJSON *docs = cJSON_GetObjectItemCaseSensitive(doc, "docs");
+        int nd = cJSON_IsArray(docs) ? cJSON_GetArraySize(docs) : 0;
+        const char **dv = nd ? calloc((size_t)nd, sizeof(*dv)) : NULL;
+        int k = 0;
+        for (const cJSON *d = docs ? docs->child : NULL; dv && d; d = d->next)
+            if (cJSON_IsString(d))
+                dv[k++] = d->valuestring;
+        char *src = schema ? cJSON_PrintUnformatted(schema)
+                           : cJSON_IsString(source) ? strdup(source->valuestring) : NULL;
+        if (!doc || !src || !k || k != nd) {
+            fprintf(stderr,
+                    "cinfer bench: %s: needs a JSON object with \"schema\" (or \"kind\" and "
+                    "\"source\") and \"docs\", an array of strings\n",
+                    files[i]);
+            status = CLI_EXIT_BADINPUT;
+        } else {
+            struct eng_gbench r;
+            const char *kd = cJSON_IsString(kind) ? kind->valuestring : "json_schema";
+            int rc = eng_grammar_bench(ev, kd, src, strlen(src), dv, k, rounds, &r, err,
+                                       sizeof(err));
+            const char *name = strrchr(files[i], '/') ? strrchr(files[i], '/') + 1 : files[i];
+            if (rc) {
+                fprintf(stderr, "cinfer bench: %s: %s\n", files[i], err);
+                status = rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
+            } else if (json)
+                printf("{\"grammar\":\"%s\",\"n_vocab\":%d,\"rules\":%d,\"positions\":%d,"
+                       "\"compile_ms\":%.1f,\"tables_ms\":%.1f,\"table_mib\":%.2f,\"tokens\":%d,"
+                       "\"first_mean_us\":%.2f,\"first_p99_us\":%.2f,\"first_max_us\":%.2f,"
+                       "\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,\"max_us\":%.2f}\n",
+                       name, r.n_vocab, r.rules, r.positions, r.compile_ms, r.tables_ms,
+                       r.table_mib, r.all.n, r.first_doc.mean_us, r.first_doc.p99_us,
+                       r.first_doc.max_us, r.all.mean_us, r.all.p50_us, r.all.p99_us,
+                       r.all.max_us);
+            else
+                printf("| %s | %d | %d | %d | %.1f | %.2f | %d | %.1f / %.1f / %.1f | %.1f / %.1f / "
+                       "%.1f / %.1f |\n",
+                       name, r.n_vocab, r.rules, r.positions, r.compile_ms, r.table_mib, r.all.n,
+                       r.first_doc.mean_us, r.first_doc.p99_us, r.first_doc.max_us, r.all.mean_us,
+                       r.all.p50_us, r.all.p99_us, r.all.max_us);
+        }
+        free(src);
+        free(dv);
+        cJSON_Delete(doc);
+    }
+    eng_vocab_close(ev);
+    return status;
+}
+
 int cli_bench(int argc, char **argv)
 {
-    enum { O_BATCH = 256, O_JSON, O_DEV, O_KERN, O_VERSION };
+    enum { O_BATCH = 256, O_JSON, O_DEV, O_KERN, O_VERSION, O_GRAMMAR };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"batch", required_argument, 0, O_BATCH},
@@ -186,8 +291,11 @@ int cli_bench(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {"kernels", required_argument, 0, O_KERN},
         {"version", no_argument, 0, O_VERSION},
+        {"grammar", required_argument, 0, O_GRAMMAR},
         {0, 0, 0, 0},
     };
+    const char *grammars[64];
+    int n_grammars = 0, reps_given = 0;
     const char *model = NULL, *device = cli_default_device(), *kernels = NULL;
     int pp = 512, tg = 128, reps = 5, batch = 1, threads = 0, json = 0, depth = 0, c;
     double v;
@@ -213,6 +321,12 @@ int cli_bench(int argc, char **argv)
             if (cli_parse_num(optarg, 1, 1000, &v))
                 return cli_usage("bench", "-r takes a number from 1 to 1000");
             reps = (int)v;
+            reps_given = 1;
+            break;
+        case O_GRAMMAR:
+            if (n_grammars == 64)
+                return cli_usage("bench", "at most 64 --grammar files");
+            grammars[n_grammars++] = optarg;
             break;
         case O_BATCH:
             if (cli_parse_num(optarg, 1, 4096, &v))
@@ -247,6 +361,8 @@ int cli_bench(int argc, char **argv)
     }
     if (!model)
         return cli_usage("bench", "-m MODEL is required");
+    if (n_grammars)
+        return bench_grammars(model, grammars, n_grammars, reps_given ? reps : 3, json);
     struct bench_ctx b = {0};
     if (threads <= 0) { /* found once: the backend runs it, the table reports it */
         struct util_cpus cpus;

@@ -69,6 +69,7 @@ struct eng_config {
 
 struct engine;
 struct eng_req;
+struct gram;
 
 /* What a loaded engine serves. */
 struct eng_info {
@@ -172,7 +173,48 @@ struct eng_params {
     int n_stop;
     int logprobs;              /* 1: report each token's logprob and sp.n_logprobs alternatives */
     struct eng_notify *notify; /* also signalled on each event, or NULL */
+    /*
+     * The grammar the output must follow (eng_grammar_compile), or NULL.
+     * Each sampled token is one the grammar allows next; an end token only
+     * where the grammar may end; the sequence ends ("stop") as soon as the
+     * grammar is complete.  Logprobs stay the model's raw distribution.
+     * The engine takes its own reference.
+     */
+    struct gram *grammar;
 };
+
+/*
+ * Compiles a constraint for this engine's vocabulary: kind "json_schema"
+ * (src: the schema's JSON text), "json_object" (any object; src ignored),
+ * "regex", "choice" (a JSON array of strings) or "gbnf".  Thread-safe;
+ * recent sources are cached.  Returns 0 with *out (release it with
+ * eng_grammar_release once submitted or given up), or a negative code with a
+ * one-line message naming the problem (for a schema, its JSON pointer).
+ */
+int eng_grammar_compile(struct engine *e, const char *kind, const char *src, size_t len,
+                        struct gram **out, char *err, size_t errlen);
+void eng_grammar_release(struct gram *g);
+
+/*
+ * For `cinfer bench --grammar`: compiles src for the vocabulary of ev, then
+ * walks each document's tokens (rounds times, a fresh matcher each time, the
+ * grammar's caches kept as a server keeps them) timing each token's mask.
+ * Returns 0, or a negative code with a message (a document that does not
+ * follow the grammar is an error).
+ */
+struct eng_gbench_times {
+    int n;
+    double mean_us, p50_us, p99_us, max_us;
+};
+struct eng_gbench {
+    int n_vocab, rules, positions;
+    double compile_ms, tables_ms, table_mib;
+    struct eng_gbench_times first_doc; /* the first document, with nothing cached */
+    struct eng_gbench_times all;       /* every token of every round */
+};
+int eng_grammar_bench(const struct eng_vocab *ev, const char *kind, const char *src, size_t len,
+                      const char *const *docs, int n_docs, int rounds, struct eng_gbench *out,
+                      char *err, size_t errlen);
 
 enum eng_finish {
     ENG_FINISH_NONE = 0,

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine/sched.h"
+#include "grammar/gram.h"
 #include "util/clock.h"
 #include "util/errmsg.h"
 #include "util/quant.h"
@@ -43,9 +44,21 @@ int eng_step(struct engine *e)
     double t0 = util_now_s();
     int rc = model_forward(e->m, &e->kv, &b.mb, e->logits);
     double took = util_now_s() - t0;
-    for (int j = 0; !rc && j < b.n_rows; j++)
-        if (smp_sample(&b.rows[j]->smp, e->logits + (size_t)j * e->info.n_vocab, &e->b_res[j]))
+    for (int j = 0; !rc && j < b.n_rows; j++) {
+        struct eng_req *r = b.rows[j];
+        r->smp.allow = NULL;
+        if (r->gm) { /* the grammar's mask, then sampling among what it allows */
+            int mrc = req_constrain_mask(e, r);
+            if (mrc) {
+                e->b_res[j].token = mrc == -ENOENT ? -2 : -1;
+                continue;
+            }
+            r->smp.allow = r->mask;
+        }
+        if (smp_sample(&r->smp, e->logits + (size_t)j * e->info.n_vocab, &e->b_res[j]))
             e->b_res[j].token = -1;
+        r->smp.allow = NULL;
+    }
     return sched_update(e, &b, rc, took, e->b_res);
 }
 
@@ -208,6 +221,7 @@ void eng_destroy(struct engine *e)
         uv_loop_close(&e->loop);
     }
     pthread_mutex_destroy(&e->mu);
+    eng_constrain_free(e);
     free(e->active);
     free(e->b_tokens);
     free(e->b_pos);
@@ -307,6 +321,7 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     }
     rc = rc ? rc : gguf_open(path, &e->g, err, errlen);
     rc = rc ? rc : eng_tokenizer_load(e->g, NULL, &e->tok, err, errlen);
+    rc = rc ? rc : eng_constrain_init(e, err, errlen);
     rc = rc ? rc : model_load(e->g, &e->dev, &e->m, err, errlen);
     if (!rc)
         sched_cost_init(e);
@@ -454,6 +469,7 @@ static int req_build(struct engine *e, const struct eng_sub *sub, struct eng_req
     r->ignore_eos = p->ignore_eos;
     r->logprobs = p->logprobs;
     r->notify = p->notify;
+    r->grammar = gram_ref(p->grammar);
     r->t_submit = util_now_s();
     *out = r;
     return 0;

@@ -81,7 +81,7 @@ enum eng_finish out_token(struct eng_req *r, const struct smp_result *res, int e
         return ENG_FINISH_STOP;
     }
     int rc = tok_detok_feed(&r->detok, res->token, &r->pending);
-    int last = r->n_gen >= r->max_tokens;
+    int last = r->n_gen >= r->max_tokens || r->gram_done;
     if (!rc && last)
         rc = tok_detok_flush(&r->detok, &r->pending);
     if (rc)
@@ -110,6 +110,8 @@ enum eng_finish out_token(struct eng_req *r, const struct smp_result *res, int e
     }
     req_push(r, &ev);
     if (hit)
+        return ENG_FINISH_STOP;
+    if (r->gram_done) /* the grammar is complete: nothing else may follow */
         return ENG_FINISH_STOP;
     return last ? ENG_FINISH_LENGTH : ENG_FINISH_NONE;
 }

@@ -115,6 +115,8 @@ void req_unref(struct eng_req *r)
     free(r->bias);
     if (r->smp_ready)
         smp_free(&r->smp);
+    req_constrain_free(r); /* only when never admitted: the engine freed it at the end */
+    eng_grammar_release(r->grammar);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -215,6 +217,7 @@ void eng_req_release(struct eng_req *r)
 void req_release_engine_state(struct engine *e, struct eng_req *r)
 {
     kv_free_seq(e->pool, &r->seq);
+    req_constrain_free(r);
     if (r->smp_ready) {
         smp_free(&r->smp);
         r->smp_ready = 0;

@@ -163,6 +163,23 @@ static void select_top(int32_t *idx, int n, int k, const float *v)
     }
 }
 
+/* The drawn token with its log-probability and the alternatives, all from the raw logits. */
+static int finish_result(const struct smp *s, const float *logits, float lse, int want_lp,
+                         int32_t tok, struct smp_result *out)
+{
+    out->token = tok;
+    out->logprob = want_lp ? logits[tok] - lse : 0.0f;
+    if (s->p.n_logprobs > 0) {
+        int32_t best[SMP_MAX_LOGPROBS];
+        out->n_top = top_n(logits, s->n_vocab, s->p.n_logprobs, best);
+        for (int i = 0; i < out->n_top; i++) {
+            out->top[i].token = best[i];
+            out->top[i].logprob = logits[best[i]] - lse;
+        }
+    }
+    return 0;
+}
+
 int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
 {
     const struct smp_params *p = &s->p;
@@ -188,7 +205,18 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
                     p->frequency_penalty != 0.0f;
     float *w = s->work;
     const float *adj = logits;
-    if (p->n_bias || penalties || p->temperature != 0.0f) {
+    const uint32_t *allow = s->allow;
+    if (allow && p->temperature == 0.0f && !p->n_bias && !penalties) {
+        /* greedy under a mask: the best allowed logit, read in place */
+        int32_t best = -1;
+        for (int i = 0; i < V; i++)
+            if (((allow[i >> 5] >> (i & 31)) & 1) && (best < 0 || logits[i] > logits[best]))
+                best = i;
+        if (best < 0)
+            return -EINVAL;
+        return finish_result(s, logits, lse, want_lp, best, out);
+    }
+    if (p->n_bias || penalties || p->temperature != 0.0f || allow) {
         memcpy(w, logits, (size_t)V * sizeof(*w));
         for (int i = 0; i < p->n_bias; i++)
             w[p->bias[i].token] += p->bias[i].bias;
@@ -203,16 +231,22 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
 
     int32_t tok = 0;
     if (p->temperature == 0.0f) {
-        for (int i = 1; i < V; i++)
-            if (adj[i] > adj[tok])
-                tok = i;
-    } else {
-        /* candidates: all tokens, or the top k */
-        int n = V;
+        tok = -1;
         for (int i = 0; i < V; i++)
-            s->idx[i] = i;
-        if (p->top_k > 0 && p->top_k < V) {
-            select_top(s->idx, V, p->top_k, w);
+            if ((!allow || ((allow[i >> 5] >> (i & 31)) & 1)) && (tok < 0 || adj[i] > adj[tok]))
+                tok = i;
+        if (tok < 0)
+            return -EINVAL;
+    } else {
+        /* candidates: all tokens (those allowed), or the top k of them */
+        int n = 0;
+        for (int i = 0; i < V; i++)
+            if (!allow || ((allow[i >> 5] >> (i & 31)) & 1))
+                s->idx[n++] = i;
+        if (!n)
+            return -EINVAL;
+        if (p->top_k > 0 && p->top_k < n) {
+            select_top(s->idx, n, p->top_k, w);
             n = p->top_k;
         }
         int need_sorted = p->top_p < 1.0f || p->min_p > 0.0f;
@@ -254,15 +288,5 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
             }
         }
     }
-    out->token = tok;
-    out->logprob = want_lp ? logits[tok] - lse : 0.0f;
-    if (p->n_logprobs > 0) {
-        int32_t best[SMP_MAX_LOGPROBS];
-        out->n_top = top_n(logits, V, p->n_logprobs, best);
-        for (int i = 0; i < out->n_top; i++) {
-            out->top[i].token = best[i];
-            out->top[i].logprob = logits[best[i]] - lse;
-        }
-    }
-    return 0;
+    return finish_result(s, logits, lse, want_lp, tok, out);
 }

@@ -55,6 +55,14 @@ struct smp {
     uint8_t *in_prompt; /* per token: seen in the prompt */
     float *work;        /* n_vocab */
     int32_t *idx;       /* n_vocab */
+    /*
+     * Set by the caller before smp_sample, or NULL: the tokens that may be
+     * drawn (bit i of allow[i / 32]), e.g. a grammar's mask.  Applied after
+     * bias and penalties, before top-k, top-p, min-p and temperature;
+     * log-probabilities stay those of the raw distribution.  At least one
+     * token must be allowed.
+     */
+    const uint32_t *allow;
 };
 
 /* Fills defaults: greedy off (temperature 1), no filters, no penalties, logprobs on. */

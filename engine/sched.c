@@ -199,6 +199,11 @@ static void admit(struct engine *e, double now)
         if (!e->wait_head)
             e->wait_tail = NULL;
         r->next = NULL;
+        if (req_constrain_start(e, r)) {
+            const char *m = "the grammar's matcher could not be made (out of memory or a limit)";
+            finish(e, r, ENG_FINISH_ERROR, m, strlen(m));
+            continue;
+        }
         if (!r->admitted) {
             if (smp_init(&r->smp, &r->sp, e->info.n_vocab, r->tokens, r->n_prompt)) {
                 finish(e, r, ENG_FINISH_ERROR, "out of memory for the sampler", 29);
@@ -453,7 +458,13 @@ int sched_update(struct engine *e, const struct sched_batch *b, int rc, double t
             struct out_end end = {0};
             if (t < 0) {
                 f = ENG_FINISH_ERROR;
-                end.text = "sampling failed";
+                end.text = t == -2 ? "the grammar allows no token here (the vocabulary cannot "
+                                     "spell what must come next)"
+                                   : "sampling failed";
+                end.n = strlen(end.text);
+            } else if (!(!r->ignore_eos && tok_is_eog(e->tok, t)) && req_constrain_accept(r, t)) {
+                f = ENG_FINISH_ERROR;
+                end.text = "the grammar refused a token it had allowed";
                 end.n = strlen(end.text);
             } else {
                 int eog = !r->ignore_eos && tok_is_eog(e->tok, t);

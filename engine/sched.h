@@ -20,6 +20,9 @@
 #include "engine/vocab.h"
 #include "kv-cache/kv.h"
 
+struct gram_matcher;
+struct eng_constrain;
+
 struct eng_req {
     struct engine *e;
     atomic_int refs;   /* the caller's handle and the engine's */
@@ -54,7 +57,11 @@ struct eng_req {
     char **stop;
     int n_stop;
     struct tok_detok detok;
-    struct buf pending; /* text not yet released */
+    struct buf pending;      /* text not yet released */
+    struct gram *grammar;    /* the constraint, or NULL (a reference) */
+    struct gram_matcher *gm; /* its matcher, made at admission (engine thread) */
+    uint32_t *mask;          /* the tokens it allows next, one bit each */
+    int gram_done;           /* the grammar is complete: the sequence stops */
     double t_submit, t_scheduled, t_first;
 };
 
@@ -65,6 +72,7 @@ struct engine {
     _Atomic double beat_s, max_step_s;
     struct gguf_file *g;
     struct tok *tok;
+    struct eng_constrain *constrain; /* grammar vocabulary and compile cache */
     struct dev dev;
     struct model *m;
     struct model_kv kv;
@@ -172,5 +180,16 @@ void req_unref(struct eng_req *r);
 int req_push(struct eng_req *r, struct eng_event *ev);
 /* Frees the engine-side state (block table, sampler, text); e->pool gets the blocks. */
 void req_release_engine_state(struct engine *e, struct eng_req *r);
+
+/* ---- constrained decoding (engine/constrain.c) ---- */
+int eng_constrain_init(struct engine *e, char *err, size_t errlen);
+void eng_constrain_free(struct engine *e);
+/* At admission: the matcher made, or rebuilt from the tokens so far.  0, -ENOMEM, -EINVAL. */
+int req_constrain_start(struct engine *e, struct eng_req *r);
+/* r->mask for the next token (end tokens where the grammar may end): 0, -ENOENT (none), < 0. */
+int req_constrain_mask(struct engine *e, struct eng_req *r);
+/* After a sampled token: the matcher advanced (sets gram_done); 0 or -EINVAL. */
+int req_constrain_accept(struct eng_req *r, int32_t token);
+void req_constrain_free(struct eng_req *r);
 
 #endif

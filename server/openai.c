@@ -649,26 +649,79 @@ static uint64_t random_seed(void)
  * each is a 400 naming the field.  response_format {"type": "text"}, and
  * tool_choice "none" without tools, ask for nothing more and pass.
  */
-static int parse_unhonoured(const cJSON *root, struct srv_error *err)
+/*
+ * The output constraint, at most one of: response_format json_object /
+ * json_schema (OpenAI), structured_outputs {json, regex, choice, grammar,
+ * json_object} (vLLM), guided_json / guided_regex / guided_choice /
+ * guided_grammar (vLLM's older fields), grammar (GBNF) and json_schema
+ * (llama-server).  Compiled here, on the server's thread, so that a bad
+ * schema is a 400 naming what is wrong before anything is queued.
+ */
+struct constraint {
+    const char *field; /* where it came from, for messages */
+    const char *kind;  /* eng_grammar_compile's kind */
+    const cJSON *v;    /* the schema (object or boolean) or the string / array */
+};
+
+static int add_constraint(struct constraint *c, int *n, const char *field, const char *kind,
+                          const cJSON *v, struct srv_error *err)
 {
-#define GRAMMAR "constrain its output to a grammar"
-#define TOOLS "call tools"
-    static const struct {
-        const char *name, *why;
-    } fields[] = {
-        {"guided_json", GRAMMAR},
-        {"guided_regex", GRAMMAR},
-        {"guided_choice", GRAMMAR},
-        {"guided_grammar", GRAMMAR},
-        {"structured_outputs", GRAMMAR},
-        {"grammar", GRAMMAR},
-        {"json_schema", GRAMMAR},
-        {"tools", TOOLS},
-        {"functions", TOOLS},
-        {"function_call", TOOLS},
-    };
-#undef GRAMMAR
-#undef TOOLS
+    if (*n)
+        return srv_fail(err, 400, field, NULL, "%s and %s both constrain the output; give only one",
+                        c->field, field);
+    *c = (struct constraint){field, kind, v};
+    *n = 1;
+    return 0;
+}
+
+static int parse_structured_outputs(const cJSON *so, struct constraint *c, int *n,
+                                    struct srv_error *err)
+{
+    if (!cJSON_IsObject(so))
+        return srv_fail(err, 400, "structured_outputs", NULL,
+                        "structured_outputs must be an object with one of json, regex, choice, "
+                        "grammar, json_object");
+    for (const cJSON *k = so->child; k; k = k->next) {
+        const char *name = k->string;
+        if (cJSON_IsNull(k))
+            continue;
+        int rc = 0;
+        if (!strcmp(name, "json"))
+            rc = add_constraint(c, n, "structured_outputs.json", "json_schema", k, err);
+        else if (!strcmp(name, "regex") && cJSON_IsString(k))
+            rc = add_constraint(c, n, "structured_outputs.regex", "regex", k, err);
+        else if (!strcmp(name, "choice") && cJSON_IsArray(k))
+            rc = add_constraint(c, n, "structured_outputs.choice", "choice", k, err);
+        else if (!strcmp(name, "grammar") && cJSON_IsString(k))
+            rc = add_constraint(c, n, "structured_outputs.grammar", "gbnf", k, err);
+        else if (!strcmp(name, "json_object") && cJSON_IsBool(k)) {
+            if (cJSON_IsTrue(k))
+                rc = add_constraint(c, n, "structured_outputs.json_object", "json_object", k, err);
+        } else {
+            char param[96];
+            snprintf(param, sizeof(param), "structured_outputs.%.60s", name);
+            char *clean = srv_utf8_dup(name, strnlen(name, 60));
+            rc = srv_fail(err, 400, param, NULL,
+                          "structured_outputs.%s is not supported (cinfer takes json, regex, "
+                          "choice, grammar and json_object, of the right types)",
+                          clean ? clean : "");
+            free(clean);
+        }
+        if (rc)
+            return rc;
+    }
+    if (!*n)
+        return srv_fail(err, 400, "structured_outputs", NULL,
+                        "structured_outputs names no constraint (json, regex, choice, grammar or "
+                        "json_object)");
+    return 0;
+}
+
+static int parse_constraint(const cJSON *root, struct engine *e, struct srv_request *r,
+                            struct srv_error *err)
+{
+    struct constraint c = {0};
+    int n = 0, rc = 0;
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
     if (rf && !cJSON_IsNull(rf)) {
         const cJSON *t = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
@@ -676,36 +729,111 @@ static int parse_unhonoured(const cJSON *root, struct srv_error *err)
             return srv_fail(err, 400, "response_format", NULL,
                             "response_format must be an object with a type: text, json_object or "
                             "json_schema");
-        if (!strcmp(t->valuestring, "json_object") || !strcmp(t->valuestring, "json_schema"))
-            return srv_fail(err, 400, "response_format", NULL,
-                            "response_format type '%s' is not supported yet (cinfer cannot "
-                            "constrain its output to JSON); it is refused rather than answered "
-                            "with free text",
-                            t->valuestring);
-        if (strcmp(t->valuestring, "text")) {
+        if (!strcmp(t->valuestring, "json_object"))
+            rc = add_constraint(&c, &n, "response_format", "json_object", rf, err);
+        else if (!strcmp(t->valuestring, "json_schema")) {
+            const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+            const cJSON *schema =
+                cJSON_IsObject(js) ? cJSON_GetObjectItemCaseSensitive(js, "schema") : NULL;
+            const cJSON *name =
+                cJSON_IsObject(js) ? cJSON_GetObjectItemCaseSensitive(js, "name") : NULL;
+            const cJSON *strict =
+                cJSON_IsObject(js) ? cJSON_GetObjectItemCaseSensitive(js, "strict") : NULL;
+            if (!cJSON_IsObject(js))
+                return srv_fail(err, 400, "response_format.json_schema", NULL,
+                                "response_format type json_schema needs a json_schema object "
+                                "with the schema");
+            if (!schema || !(cJSON_IsObject(schema) || cJSON_IsBool(schema)))
+                return srv_fail(err, 400, "response_format.json_schema.schema", NULL,
+                                "response_format.json_schema.schema must be a JSON schema "
+                                "(an object)");
+            if (name && !cJSON_IsString(name))
+                return srv_fail(err, 400, "response_format.json_schema.name", NULL,
+                                "response_format.json_schema.name must be a string");
+            if (strict && !cJSON_IsBool(strict) && !cJSON_IsNull(strict))
+                return srv_fail(err, 400, "response_format.json_schema.strict", NULL,
+                                "response_format.json_schema.strict must be a boolean");
+            rc = add_constraint(&c, &n, "response_format", "json_schema", schema, err);
+        } else if (strcmp(t->valuestring, "text")) {
             char *clean = srv_utf8_dup(t->valuestring, strnlen(t->valuestring, 40));
-            int rc = srv_fail(err, 400, "response_format", NULL,
-                              "response_format type '%s' is not one of text, json_object, "
-                              "json_schema",
-                              clean ? clean : "");
+            rc = srv_fail(err, 400, "response_format", NULL,
+                          "response_format type '%s' is not one of text, json_object, "
+                          "json_schema",
+                          clean ? clean : "");
             free(clean);
-            return rc;
         }
     }
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, fields[i].name);
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "structured_outputs");
+    if (!rc && so && !cJSON_IsNull(so)) {
+        struct constraint c2 = {0};
+        int n2 = 0;
+        rc = parse_structured_outputs(so, &c2, &n2, err);
+        if (!rc)
+            rc = add_constraint(&c, &n, c2.field, c2.kind, c2.v, err);
+    }
+    static const struct {
+        const char *field, *kind;
+        int json_type; /* what the value must be */
+    } fields[] = {
+        {"guided_json", "json_schema", cJSON_Object},
+        {"guided_regex", "regex", cJSON_String},
+        {"guided_choice", "choice", cJSON_Array},
+        {"guided_grammar", "gbnf", cJSON_String},
+        {"grammar", "gbnf", cJSON_String},
+        {"json_schema", "json_schema", cJSON_Object},
+    };
+    for (size_t i = 0; !rc && i < sizeof fields / sizeof fields[0]; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, fields[i].field);
+        if (!f || cJSON_IsNull(f))
+            continue;
+        /* a schema may also come as its JSON text (vLLM takes both) */
+        int ok = (f->type & 0xFF) == fields[i].json_type ||
+                 (fields[i].json_type == cJSON_Object && (cJSON_IsString(f) || cJSON_IsBool(f)));
+        if (!ok)
+            return srv_fail(err, 400, fields[i].field, NULL, "%s must be %s", fields[i].field,
+                            fields[i].json_type == cJSON_Object  ? "a JSON schema"
+                            : fields[i].json_type == cJSON_Array ? "an array of strings"
+                                                                 : "a string");
+        rc = add_constraint(&c, &n, fields[i].field, fields[i].kind, f, err);
+    }
+    static const struct {
+        const char *name;
+    } tools[] = {{"tools"}, {"functions"}, {"function_call"}};
+    for (size_t i = 0; !rc && i < sizeof tools / sizeof tools[0]; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, tools[i].name);
         if (!f || cJSON_IsNull(f) || (cJSON_IsArray(f) && !cJSON_GetArraySize(f)))
             continue;
-        return srv_fail(err, 400, fields[i].name, NULL,
-                        "%s is not supported yet (cinfer cannot %s); it is refused rather than "
-                        "ignored",
-                        fields[i].name, fields[i].why);
+        return srv_fail(err, 400, tools[i].name, NULL,
+                        "%s is not supported yet (cinfer cannot call tools); it is refused rather "
+                        "than ignored",
+                        tools[i].name);
     }
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    if (tc && !cJSON_IsNull(tc) && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")))
+    if (!rc && tc && !cJSON_IsNull(tc) && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")))
         return srv_fail(err, 400, "tool_choice", NULL,
                         "tool_choice is not supported yet (only \"none\"): cinfer cannot call "
                         "tools");
+    if (rc || !n)
+        return rc;
+    /* the source text the compiler reads */
+    char *text = NULL;
+    const char *src = "";
+    if (cJSON_IsString(c.v) && strcmp(c.kind, "json_object"))
+        src = c.v->valuestring;
+    else if (strcmp(c.kind, "json_object")) {
+        text = cJSON_PrintUnformatted(c.v);
+        if (!text)
+            return srv_fail(err, 500, NULL, NULL, "out of memory");
+        src = text;
+    }
+    char msg[400];
+    int crc = eng_grammar_compile(e, c.kind, src, strlen(src), &r->grammar, msg, sizeof(msg));
+    free(text);
+    if (crc == -ENOMEM)
+        return srv_fail(err, 500, c.field, NULL, "out of memory compiling %s", c.field);
+    if (crc)
+        return srv_fail(err, 400, c.field, NULL, "%s: %s", c.field, msg);
+    r->p.grammar = r->grammar;
     return 0;
 }
 
@@ -816,7 +944,7 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         rc = srv_fail(err, 400, "user", NULL, "user must be a string");
     rc = rc ? rc : parse_stop(root, r, err);
     rc = rc ? rc : parse_bias(root, info.n_vocab, r, err);
-    rc = rc ? rc : parse_unhonoured(root, err);
+    rc = rc ? rc : parse_constraint(root, e, r, err);
     /* the prompts */
     if (!rc)
         rc = kind == SRV_CHAT ? parse_messages(root, e, r, err)
@@ -856,6 +984,7 @@ void srv_request_free(struct srv_request *r)
     free(r->stop);
     free((void *)r->p.sp.bias);
     free(r->model);
+    eng_grammar_release(r->grammar);
     memset(r, 0, sizeof(*r));
 }
 

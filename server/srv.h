@@ -106,7 +106,8 @@ struct srv_request {
     int max_tokens_given;
     int top_logprobs; /* alternatives (chat top_logprobs, completions logprobs) */
     char **stop;
-    char *model; /* the name the client asked for */
+    char *model;          /* the name the client asked for */
+    struct gram *grammar; /* the output constraint, compiled (p.grammar), or NULL */
 };
 
 struct srv_model {
