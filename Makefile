@@ -206,7 +206,7 @@ asan: deps model
 	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" integration check
 
 # libFuzzer targets, built with clang; each runs for FUZZ_TIME seconds.
-FUZZ_TARGETS := gguf tok_bpe tok_spm request
+FUZZ_TARGETS := gguf tok_bpe tok_spm request grammar
 FUZZ_SAN  := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
 fuzz: deps model
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(CLANG) CXX=$(CLANGXX) \

@@ -238,8 +238,9 @@ static int bench_grammars(const char *model, const char *const *files, int n, in
         for (const cJSON *d = docs ? docs->child : NULL; dv && d; d = d->next)
             if (cJSON_IsString(d))
                 dv[k++] = d->valuestring;
-        char *src = schema ? cJSON_PrintUnformatted(schema)
-                           : cJSON_IsString(source) ? strdup(source->valuestring) : NULL;
+        char *src = schema                   ? cJSON_PrintUnformatted(schema)
+                    : cJSON_IsString(source) ? strdup(source->valuestring)
+                                             : NULL;
         if (!doc || !src || !k || k != nd) {
             fprintf(stderr,
                     "cinfer bench: %s: needs a JSON object with \"schema\" (or \"kind\" and "
@@ -249,8 +250,8 @@ static int bench_grammars(const char *model, const char *const *files, int n, in
         } else {
             struct eng_gbench r;
             const char *kd = cJSON_IsString(kind) ? kind->valuestring : "json_schema";
-            int rc = eng_grammar_bench(ev, kd, src, strlen(src), dv, k, rounds, &r, err,
-                                       sizeof(err));
+            int rc =
+                eng_grammar_bench(ev, kd, src, strlen(src), dv, k, rounds, &r, err, sizeof(err));
             const char *name = strrchr(files[i], '/') ? strrchr(files[i], '/') + 1 : files[i];
             if (rc) {
                 fprintf(stderr, "cinfer bench: %s: %s\n", files[i], err);
@@ -262,14 +263,14 @@ static int bench_grammars(const char *model, const char *const *files, int n, in
                        "\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,\"max_us\":%.2f}\n",
                        name, r.n_vocab, r.rules, r.positions, r.compile_ms, r.tables_ms,
                        r.table_mib, r.all.n, r.first_doc.mean_us, r.first_doc.p99_us,
-                       r.first_doc.max_us, r.all.mean_us, r.all.p50_us, r.all.p99_us,
-                       r.all.max_us);
+                       r.first_doc.max_us, r.all.mean_us, r.all.p50_us, r.all.p99_us, r.all.max_us);
             else
-                printf("| %s | %d | %d | %d | %.1f | %.2f | %d | %.1f / %.1f / %.1f | %.1f / %.1f / "
-                       "%.1f / %.1f |\n",
-                       name, r.n_vocab, r.rules, r.positions, r.compile_ms, r.table_mib, r.all.n,
-                       r.first_doc.mean_us, r.first_doc.p99_us, r.first_doc.max_us, r.all.mean_us,
-                       r.all.p50_us, r.all.p99_us, r.all.max_us);
+                printf(
+                    "| %s | %d | %d | %d | %.1f | %.2f | %d | %.1f / %.1f / %.1f | %.1f / %.1f / "
+                    "%.1f / %.1f |\n",
+                    name, r.n_vocab, r.rules, r.positions, r.compile_ms, r.table_mib, r.all.n,
+                    r.first_doc.mean_us, r.first_doc.p99_us, r.first_doc.max_us, r.all.mean_us,
+                    r.all.p50_us, r.all.p99_us, r.all.max_us);
         }
         free(src);
         free(dv);

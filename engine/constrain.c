@@ -259,7 +259,8 @@ int eng_grammar_bench(const struct eng_vocab *ev, const char *kind, const char *
             }
             if ((size_t)(n_all + n) > cap) {
                 cap = (size_t)(n_all + n) * 2;
-                double *a = realloc(all, sizeof(*a) * cap), *f = a ? realloc(first, sizeof(*f) * cap) : NULL;
+                double *a = realloc(all, sizeof(*a) * cap),
+                       *f = a ? realloc(first, sizeof(*f) * cap) : NULL;
                 if (a)
                     all = a;
                 if (f)
