@@ -18,6 +18,7 @@
 #include "cli/cli.h"
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "util/buf.h"
 #include "util/clock.h"
 #include "util/cpus.h"
 #include "util/quant.h"
@@ -182,32 +183,24 @@ static void bench_report(const char *name, const double *tps, int r, int threads
 
 /* ---- bench --grammar ---- */
 
+/* A file's bytes (NUL-terminated, the caller frees them), or NULL. */
 static char *read_all(const char *path, size_t *n)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *p = malloc(cap);
-    for (size_t r; p && (r = fread(p + len, 1, cap - len - 1, f)) > 0;) {
-        len += r;
-        if (len + 1 == cap) {
-            char *q = cap < (64u << 20) ? realloc(p, cap * 2) : NULL;
-            if (!q) {
-                free(p);
-                p = NULL;
-                break;
-            }
-            p = q;
-            cap *= 2;
-        }
-    }
+    struct buf b = {0};
+    char chunk[4096];
+    int rc = 0;
+    for (size_t k; !rc && (k = fread(chunk, 1, sizeof(chunk), f)) > 0;)
+        rc = buf_append(&b, chunk, k);
     fclose(f);
-    if (p) {
-        p[len] = 0;
-        *n = len;
+    if (rc || !b.p) {
+        free(b.p);
+        return NULL;
     }
-    return p;
+    *n = b.n;
+    return b.p;
 }
 
 static int bench_grammars(const char *model, const char *const *files, int n, int rounds, int json)

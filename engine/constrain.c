@@ -26,6 +26,8 @@ struct cache_entry {
 
 struct eng_constrain {
     struct gram_vocab *v;
+    int32_t *eog; /* the end-of-generation tokens, allowed where the grammar may end */
+    int n_eog;
     pthread_mutex_t mu;
     struct cache_entry cache[CACHE_SIZE];
     uint64_t tick;
@@ -37,14 +39,18 @@ int eng_constrain_init(struct engine *e, char *err, size_t errlen)
     const char **bytes = calloc((size_t)n, sizeof(*bytes));
     size_t *lens = calloc((size_t)n, sizeof(*lens));
     struct eng_constrain *c = calloc(1, sizeof(*c));
-    if (!bytes || !lens || !c) {
+    int32_t *eog = calloc((size_t)n, sizeof(*eog));
+    if (!bytes || !lens || !c || !eog) {
         free(bytes);
         free(lens);
         free(c);
+        free(eog);
         return errmsg(err, errlen, -ENOMEM, "out of memory for the grammar vocabulary");
     }
     for (int i = 0; i < n; i++) {
         enum tok_type t = tok_type(e->tok, i);
+        if (tok_is_eog(e->tok, i))
+            eog[c->n_eog++] = i;
         /* control, unknown and end tokens are never text a grammar can take */
         if (t == TOK_TYPE_CONTROL || t == TOK_TYPE_UNKNOWN || t == TOK_TYPE_UNUSED ||
             tok_is_eog(e->tok, i))
@@ -55,9 +61,11 @@ int eng_constrain_init(struct engine *e, char *err, size_t errlen)
     free(bytes);
     free(lens);
     if (rc) {
+        free(eog);
         free(c);
         return rc;
     }
+    c->eog = eog;
     pthread_mutex_init(&c->mu, NULL);
     e->constrain = c;
     return 0;
@@ -73,6 +81,7 @@ void eng_constrain_free(struct engine *e)
         gram_unref(c->cache[i].g);
     }
     gram_vocab_destroy(c->v);
+    free(c->eog);
     pthread_mutex_destroy(&c->mu);
     free(c);
     e->constrain = NULL;
@@ -165,15 +174,13 @@ int req_constrain_mask(struct engine *e, struct eng_req *r)
     int any = gram_mask(r->gm, r->mask);
     if (any < 0)
         return any;
-    int can_end = gram_can_end(r->gm);
-    if (can_end && !r->ignore_eos) {
-        int n = (int)tok_n_vocab(e->tok);
-        for (int t = 0; t < n; t++)
-            if (tok_is_eog(e->tok, t)) {
-                r->mask[t >> 5] |= 1u << (t & 31);
-                any = 1;
-            }
-    }
+    const struct eng_constrain *c = e->constrain;
+    if (gram_can_end(r->gm) && !r->ignore_eos)
+        for (int i = 0; i < c->n_eog; i++) {
+            int32_t t = c->eog[i];
+            r->mask[t >> 5] |= 1u << (t & 31);
+            any = 1;
+        }
     return any ? 0 : -ENOENT;
 }
 

@@ -57,7 +57,6 @@ int eng_step(struct engine *e)
         }
         if (smp_sample(&r->smp, e->logits + (size_t)j * e->info.n_vocab, &e->b_res[j]))
             e->b_res[j].token = -1;
-        r->smp.allow = NULL;
     }
     return sched_update(e, &b, rc, took, e->b_res);
 }

@@ -115,7 +115,7 @@ void req_unref(struct eng_req *r)
     free(r->bias);
     if (r->smp_ready)
         smp_free(&r->smp);
-    req_constrain_free(r); /* only when never admitted: the engine freed it at the end */
+    req_constrain_free(r); /* a safety net: finish() frees it on the engine thread */
     eng_grammar_release(r->grammar);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);

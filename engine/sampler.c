@@ -206,17 +206,7 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
     float *w = s->work;
     const float *adj = logits;
     const uint32_t *allow = s->allow;
-    if (allow && p->temperature == 0.0f && !p->n_bias && !penalties) {
-        /* greedy under a mask: the best allowed logit, read in place */
-        int32_t best = -1;
-        for (int i = 0; i < V; i++)
-            if (((allow[i >> 5] >> (i & 31)) & 1) && (best < 0 || logits[i] > logits[best]))
-                best = i;
-        if (best < 0)
-            return -EINVAL;
-        return finish_result(s, logits, lse, want_lp, best, out);
-    }
-    if (p->n_bias || penalties || p->temperature != 0.0f || allow) {
+    if (p->n_bias || penalties || p->temperature != 0.0f) {
         memcpy(w, logits, (size_t)V * sizeof(*w));
         for (int i = 0; i < p->n_bias; i++)
             w[p->bias[i].token] += p->bias[i].bias;

@@ -462,18 +462,20 @@ int sched_update(struct engine *e, const struct sched_batch *b, int rc, double t
                                      "spell what must come next)"
                                    : "sampling failed";
                 end.n = strlen(end.text);
-            } else if (!(!r->ignore_eos && tok_is_eog(e->tok, t)) && req_constrain_accept(r, t)) {
-                f = ENG_FINISH_ERROR;
-                end.text = "the grammar refused a token it had allowed";
-                end.n = strlen(end.text);
             } else {
                 int eog = !r->ignore_eos && tok_is_eog(e->tok, t);
-                if (!eog) {
-                    smp_accept(&r->smp, t);
-                    r->n_gen++;
-                    r->tokens[r->n_tokens++] = t;
+                if (!eog && req_constrain_accept(r, t)) {
+                    f = ENG_FINISH_ERROR;
+                    end.text = "the grammar refused a token it had allowed";
+                    end.n = strlen(end.text);
+                } else {
+                    if (!eog) {
+                        smp_accept(&r->smp, t);
+                        r->n_gen++;
+                        r->tokens[r->n_tokens++] = t;
+                    }
+                    f = out_token(r, &res[j], eog, now, &end);
                 }
-                f = out_token(r, &res[j], eog, now, &end);
             }
             if (f == ENG_FINISH_NONE)
                 continue;

@@ -796,17 +796,15 @@ static int parse_constraint(const cJSON *root, struct engine *e, struct srv_requ
                                                                  : "a string");
         rc = add_constraint(&c, &n, fields[i].field, fields[i].kind, f, err);
     }
-    static const struct {
-        const char *name;
-    } tools[] = {{"tools"}, {"functions"}, {"function_call"}};
+    static const char *const tools[] = {"tools", "functions", "function_call"};
     for (size_t i = 0; !rc && i < sizeof tools / sizeof tools[0]; i++) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, tools[i].name);
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, tools[i]);
         if (!f || cJSON_IsNull(f) || (cJSON_IsArray(f) && !cJSON_GetArraySize(f)))
             continue;
-        return srv_fail(err, 400, tools[i].name, NULL,
+        return srv_fail(err, 400, tools[i], NULL,
                         "%s is not supported yet (cinfer cannot call tools); it is refused rather "
                         "than ignored",
-                        tools[i].name);
+                        tools[i]);
     }
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
     if (!rc && tc && !cJSON_IsNull(tc) && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")))

@@ -231,3 +231,12 @@ def pytest_runtest_makereport(item, call):
             tail = srv.stderr_text(tail=4000)
             if tail:
                 item.add_report_section("call", f"{srv.name} stderr (tail)", tail)
+
+
+def err_obj(exc):
+    """The `error` object of an APIStatusError (the SDK unwraps it into .body)."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    assert isinstance(body, dict), f"error body is not a JSON object: {body!r}"
+    return body

@@ -8,20 +8,11 @@ import math
 import openai
 import pytest
 
-from conftest import API_KEY, make_client
+from conftest import API_KEY, err_obj, make_client
 
 QUESTION = "What is 2+2?"
 PROMPT = "The capital of France is"
 PROMPT2 = "Once upon a time"
-
-
-def err_obj(exc):
-    """The `error` object of an APIStatusError (the SDK unwraps it into .body)."""
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body["error"]
-    assert isinstance(body, dict), f"error body is not a JSON object: {body!r}"
-    return body
 
 
 def chat(client, model_id, content=QUESTION, **kw):

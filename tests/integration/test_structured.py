@@ -21,6 +21,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from conftest import err_obj
+
 MAX_TOKENS = 300
 PET_PROMPT = "Describe a pet as a JSON object."
 
@@ -53,15 +55,6 @@ POINT_SCHEMA = {
 
 def rf_schema(schema, name="pet", strict=True):
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
-
-
-def err_obj(exc):
-    """The `error` object of an APIStatusError (the SDK unwraps it into .body)."""
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body["error"]
-    assert isinstance(body, dict), f"error body is not a JSON object: {body!r}"
-    return body
 
 
 def chat(client, model_id, content=PET_PROMPT, **kw):
