@@ -8,7 +8,9 @@
  * Covered: chunked prefill (order, positions, the logits row on the last
  * chunk only); decode tokens first and prefill in what the budget leaves;
  * the token budget and the sequence cap; preemption with bit-exact
- * recompute; prefix-cache hits; n > 1 choices sharing their prompt's
+ * recompute, under a JSON schema too (the matcher rebuilt from the
+ * tokens), and a schema on one sequence leaving its neighbours' tokens
+ * alone; prefix-cache hits; n > 1 choices sharing their prompt's
  * blocks; stop strings across token boundaries; cancelling queued and
  * running requests; a failed forward pass.  max_step_ms is -1 throughout,
  * so chunk sizes follow the token budget alone and are deterministic.
@@ -20,6 +22,7 @@
 #include <string.h>
 
 #include "engine/sched.h"
+#include "grammar/gram.h"
 #include "tests/unit/suites.h"
 #include "util/clock.h"
 
@@ -160,14 +163,31 @@ static int run_all(struct engine *e)
     return steps;
 }
 
-/* The greedy text of prompt alone on a fresh engine without a prefix cache. */
-static void solo(const int32_t *ids, int n, int max_tokens, struct out *o)
+/* schema (JSON text) compiled for e's vocabulary */
+static struct gram *schema_for(struct engine *e, const char *schema)
+{
+    char err[512];
+    struct gram *g = NULL;
+    ck_assert_msg(
+        eng_grammar_compile(e, "json_schema", schema, strlen(schema), &g, err, sizeof(err)) == 0,
+        "%s", err);
+    return g;
+}
+
+/*
+ * The greedy text of prompt alone on a fresh engine without a prefix
+ * cache, under schema when not NULL; it must run to max_tokens.
+ */
+static void solo_schema(const int32_t *ids, int n, int max_tokens, const char *schema,
+                        struct out *o)
 {
     struct eng_config cfg = cfg_base();
     cfg.no_prefix_cache = 1;
     struct engine *e = engine_open(&cfg);
     struct eng_params p = params_greedy(max_tokens);
+    p.grammar = schema ? schema_for(e, schema) : NULL;
     struct eng_req *r = submit(e, ids, n, &p);
+    eng_grammar_release(p.grammar);
     run_all(e);
     memset(o, 0, sizeof(*o));
     out_read(r, o);
@@ -175,6 +195,11 @@ static void solo(const int32_t *ids, int n, int max_tokens, struct out *o)
     ck_assert_int_eq(o->n_tokens, max_tokens);
     eng_req_release(r);
     eng_destroy(e);
+}
+
+static void solo(const int32_t *ids, int n, int max_tokens, struct out *o)
+{
+    solo_schema(ids, n, max_tokens, NULL, o);
 }
 
 /* Which sequence of b the request r is, or -1. */
@@ -426,6 +451,108 @@ START_TEST(preempted_sequence_resumes_bit_exact)
     ck_assert_str_eq(ob.text, ref.text);
     solo(a_ids, na, gen, &ref);
     ck_assert_str_eq(oa.text, ref.text);
+    eng_req_release(a);
+    eng_req_release(b);
+    eng_destroy(e);
+}
+END_TEST
+
+/* No document of 24 tokens completes it, so constrained requests run to max_tokens. */
+#define LONG_SCHEMA                                                                                \
+    "{\"type\":\"object\",\"properties\":{\"notes\":{\"type\":\"array\",\"items\":"                \
+    "{\"type\":\"string\"},\"minItems\":40}},\"required\":[\"notes\"]}"
+
+/* 1 when text is a prefix of a document g accepts */
+static int grammar_takes(struct gram *g, const char *text)
+{
+    struct gram_matcher *m = NULL;
+    ck_assert_int_eq(gram_matcher_create(g, &m), 0);
+    int ok = gram_feed(m, text, strlen(text)) == 0;
+    gram_matcher_destroy(m);
+    return ok;
+}
+
+START_TEST(preempted_constrained_sequence_resumes_bit_exact)
+{
+    /* as preempted_sequence_resumes_bit_exact, both requests under a schema:
+     * the preempted one's matcher is rebuilt from its tokens on recompute */
+    struct eng_config cfg = cfg_base();
+    cfg.kv_block = 4;
+    cfg.kv_memory_mib = 1;
+    struct engine *e = engine_open(&cfg);
+    int32_t a_ids[32], b_ids[32];
+    int na = encode(e, P_SHORT, a_ids, 32);
+    int nb = encode(e, "Hello, how are you today? I am", b_ids, 32);
+    const int gen = 24;
+    ck_assert_int_gt(sched_blocks_for(e, na + gen) + sched_blocks_for(e, nb + gen),
+                     e->info.kv_blocks);
+    struct gram *g = schema_for(e, LONG_SCHEMA);
+    struct eng_params p = params_greedy(gen);
+    p.grammar = g;
+    struct eng_req *a = submit(e, a_ids, na, &p), *b = submit(e, b_ids, nb, &p);
+    eng_take_incoming(e);
+    struct out oa = {0}, ob = {0};
+    int b_gen_at_preempt = -1, steps = 0;
+    while (eng_step(e)) {
+        out_read(a, &oa);
+        out_read(b, &ob);
+        if (e->wait_head == b && b->n_gen > 0 && b_gen_at_preempt < 0)
+            b_gen_at_preempt = b->n_gen;
+        ck_assert_int_lt(++steps, MAX_STEPS);
+    }
+    out_read(a, &oa);
+    out_read(b, &ob);
+    ck_assert_int_gt(b_gen_at_preempt, 0); /* preempted with constrained tokens already out */
+    ck_assert_int_lt(b_gen_at_preempt, gen);
+    ck_assert_int_eq(oa.finish, ENG_FINISH_LENGTH);
+    ck_assert_int_eq(ob.finish, ENG_FINISH_LENGTH);
+    ck_assert_int_eq(ob.n_tokens, gen);
+    /* both are the start of a document the schema accepts ... */
+    ck_assert_msg(grammar_takes(g, oa.text), "not the schema's: %s", oa.text);
+    ck_assert_msg(grammar_takes(g, ob.text), "not the schema's: %s", ob.text);
+    ck_assert_int_eq(ob.text[0], '{');
+    /* ... and what each would have been alone */
+    struct out ref;
+    solo_schema(b_ids, nb, gen, LONG_SCHEMA, &ref);
+    ck_assert_str_eq(ob.text, ref.text);
+    solo_schema(a_ids, na, gen, LONG_SCHEMA, &ref);
+    ck_assert_str_eq(oa.text, ref.text);
+    eng_grammar_release(g);
+    eng_req_release(a);
+    eng_req_release(b);
+    eng_destroy(e);
+}
+END_TEST
+
+START_TEST(constrained_and_plain_requests_share_passes_unchanged)
+{
+    /* batch invariance: a schema on one sequence changes none of its
+     * neighbour's tokens, and the neighbour none of its */
+    struct eng_config cfg = cfg_base();
+    struct engine *e = engine_open(&cfg);
+    int32_t a_ids[32], b_ids[32];
+    int na = encode(e, P_SHORT, a_ids, 32);
+    int nb = encode(e, "Hello, how are you today? I am", b_ids, 32);
+    const int gen = 16;
+    struct eng_params pa = params_greedy(gen), pb = params_greedy(gen);
+    pa.grammar = schema_for(e, LONG_SCHEMA);
+    struct eng_req *a = submit(e, a_ids, na, &pa), *b = submit(e, b_ids, nb, &pb);
+    eng_grammar_release(pa.grammar);
+    eng_take_incoming(e);
+    int shared = 0, steps = 0;
+    while (eng_step(e)) {
+        shared |= e->n_active == 2;
+        ck_assert_int_lt(++steps, MAX_STEPS);
+    }
+    ck_assert(shared);
+    struct out oa = {0}, ob = {0}, ref;
+    out_read(a, &oa);
+    out_read(b, &ob);
+    solo_schema(a_ids, na, gen, LONG_SCHEMA, &ref);
+    ck_assert_str_eq(oa.text, ref.text);
+    solo(b_ids, nb, gen, &ref);
+    ck_assert_str_eq(ob.text, ref.text);
+    ck_assert_int_ne(ob.text[0], '{'); /* b was not constrained */
     eng_req_release(a);
     eng_req_release(b);
     eng_destroy(e);
@@ -815,6 +942,8 @@ Suite *sched_suite(void)
     tcase_add_test(tc, budget_and_sequence_cap_hold);
     tcase_add_test(tc, admission_fits_the_pool);
     tcase_add_test(tc, preempted_sequence_resumes_bit_exact);
+    tcase_add_test(tc, preempted_constrained_sequence_resumes_bit_exact);
+    tcase_add_test(tc, constrained_and_plain_requests_share_passes_unchanged);
     tcase_add_test(tc, prefix_cache_serves_a_repeated_prompt);
     tcase_add_test(tc, choices_share_their_prompt_blocks);
     tcase_add_test(tc, stop_strings_across_token_boundaries);
