@@ -64,6 +64,7 @@ void gb_free(struct gb *b)
     free(b->exprs);
     free(b->sets);
     free(b->set_hash);
+    free(b->down);
     memset(b, 0, sizeof(*b));
 }
 
@@ -547,28 +548,92 @@ static int push_alt(struct lower *L)
     return 0;
 }
 
-/* The repetition x{0,k} (k -1: unbounded) as a rule: x1 R | x2 R | ... | empty. */
-static int rep_rule(struct lower *L, struct gx *x, int k)
+/*
+ * x repeated steps times as a chain of rules R_1 .. R_steps, each of x's
+ * alternatives followed by a reference to the next rule down (R_1: to
+ * tail, or nothing when tail is -1), plus the empty alternative when
+ * optional; loop: one rule R = x1 R | x2 R | ... instead.  Returns the top
+ * rule.  A chain keeps each repetition's continuation inside the rule
+ * being matched, so a token spanning several repetitions is decided by
+ * the position's own table (a rule per repetition holding only x would
+ * end after one, leaving nearly every token to the slow path).
+ */
+/* The fewest bytes x matches, counting a rule reference as none. */
+static long gx_min_bytes(const struct gx *x)
+{
+    long n = 0, m = -1;
+    switch (x->kind) {
+    case GX_BYTES:
+        return 1;
+    case GX_SEQ:
+        for (int i = 0; i < x->n; i++)
+            n += gx_min_bytes(x->kids[i]);
+        return n;
+    case GX_ALT:
+        for (int i = 0; i < x->n; i++) {
+            long k = gx_min_bytes(x->kids[i]);
+            m = m < 0 || k < m ? k : m;
+        }
+        return m < 0 ? 0 : m;
+    case GX_REP:
+        return x->min > 0 ? x->min * gx_min_bytes(x->kids[0]) : 0;
+    default:
+        return 0;
+    }
+}
+
+/* Records that rule r's next level down is rule d (for gram->down). */
+static void set_down(struct gb *b, int r, int d)
+{
+    if (b->rc || r < 0)
+        return;
+    if (r >= b->cap_down) {
+        int cap = b->cap_down ? b->cap_down : 256;
+        while (cap <= r)
+            cap *= 2;
+        int *n = realloc(b->down, sizeof(*n) * (size_t)cap);
+        if (!n) {
+            gb_fail(b, -ENOMEM, "out of memory compiling the grammar");
+            return;
+        }
+        memset(n + b->cap_down, 0, sizeof(*n) * (size_t)(cap - b->cap_down));
+        b->down = n;
+        b->cap_down = cap;
+    }
+    b->down[r] = d + 1;
+}
+
+static int chain_rule(struct lower *L, struct gx *x, int steps, int loop, int tail, int optional)
 {
     struct gb *b = L->b;
-    int prev = -1, r = -1;
-    int steps = k < 0 ? 1 : k;
+    int prev = tail, r = -1;
+    /* links that each take a byte at least can share their tables (gram->down) */
+    int linked = !loop && gx_min_bytes(x) >= 1;
     for (int i = 0; i < steps && !b->rc; i++) {
         r = gb_rule_new(b, b->names[L->cur]);
-        int next = k < 0 ? r : prev;
+        int next = loop ? r : prev;
         struct gx *alt = gx_alt(b);
         int n = x->kind == GX_ALT ? x->n : 1;
         for (int j = 0; j < n; j++) {
             struct gx *xi = x->kind == GX_ALT ? x->kids[j] : x;
             gx_add(b, alt, gx_seq2(b, xi, next >= 0 ? gx_ref(b, next) : gx_empty(b)));
         }
-        gx_add(b, alt, gx_empty(b));
+        if (optional)
+            gx_add(b, alt, gx_empty(b));
         gb_define(b, r, alt);
+        if (linked && i > 0)
+            set_down(b, r, prev);
         prev = r;
         if ((i & 63) == 63 && gb_check_time(b))
             break;
     }
     return r;
+}
+
+/* The repetition x{0,k} (k -1: unbounded) as a rule: x1 R | x2 R | ... | empty. */
+static int rep_rule(struct lower *L, struct gx *x, int k)
+{
+    return chain_rule(L, x, k < 0 ? 1 : k, k < 0, -1, 1);
 }
 
 static void emit(struct lower *L, struct gx *x)
@@ -602,6 +667,14 @@ static void emit(struct lower *L, struct gx *x)
         return;
     case GX_REP: {
         struct gx *k = x->kids[0];
+        if (k->kind == GX_ALT && k->n > 1 && x->min > 0) {
+            /* x{n,m} of alternatives: n mandatory links, then the optional ones */
+            int tail = x->max == x->min ? -1 : rep_rule(L, k, x->max < 0 ? -1 : x->max - x->min);
+            int r = chain_rule(L, k, x->min, 0, tail, 0);
+            if (r >= 0)
+                push_el(L, GE_REF, (uint32_t)r);
+            return;
+        }
         for (int i = 0; i < x->min && !b->rc; i++) {
             emit(L, k);
             if ((i & 255) == 255)
@@ -771,6 +844,35 @@ static void analyse_follow(struct gram *g, const uint8_t *nullable, uint8_t (*fi
     }
 }
 
+/*
+ * 1 when rule r is laid out as rule d (its level down in a chain): the same
+ * alternatives of the same elements, where a reference either names the
+ * same rule in both or names d in r and the rule chain_rule put below d
+ * in d (which need not be laid out alike: it is the chain's bottom).
+ */
+static int same_layout(const struct gram *g, const struct gb *b, int r, int d)
+{
+    uint32_t na = g->rule_alt[r + 1] - g->rule_alt[r];
+    if (na != g->rule_alt[d + 1] - g->rule_alt[d])
+        return 0;
+    int dd = d < b->cap_down ? b->down[d] - 1 : -1;
+    for (uint32_t a = 0; a < na; a++) {
+        const struct gel *x = &g->els[g->alts[g->rule_alt[r] + a]];
+        const struct gel *y = &g->els[g->alts[g->rule_alt[d] + a]];
+        for (;; x++, y++) {
+            if (x->type != y->type)
+                return 0;
+            if (x->type == GE_END)
+                break;
+            if (x->arg == y->arg)
+                continue;
+            if (x->type != GE_REF || (int)x->arg != d || dd < 0 || (int)y->arg != dd)
+                return 0;
+        }
+    }
+    return 1;
+}
+
 int gram_lower(struct gb *b, int root, struct gram **out)
 {
     *out = NULL;
@@ -834,6 +936,17 @@ int gram_lower(struct gb *b, int root, struct gram **out)
                 if (g->els[p].type == GE_END)
                     break;
             }
+    g->down = malloc(sizeof(*g->down) * (size_t)n_rules);
+    if (!g->down) {
+        free(nullable);
+        free(first);
+        gram_free(g);
+        return gb_fail(b, -ENOMEM, "out of memory compiling the grammar");
+    }
+    for (int r = 0; r < n_rules; r++) {
+        int d = r < b->cap_down ? b->down[r] - 1 : -1;
+        g->down[r] = d >= 0 && d < r && same_layout(g, b, r, d) ? d : -1;
+    }
     analyse_first(g, nullable, first);
     /* names still needed for the message: borrow them back */
     b->names = g->names;
@@ -864,6 +977,8 @@ void gram_free(struct gram *g)
     if (g->pos) {
         for (int i = 0; i < g->n_els; i++) {
             struct gpos *p = &g->pos[i];
+            if (p->shared)
+                continue;
             free(p->acc);
             free(p->acc_bits);
             free(p->unc_tok);
@@ -880,6 +995,7 @@ void gram_free(struct gram *g)
     free(g->els);
     free(g->sets);
     free(g->rule_of);
+    free(g->down);
     free(g->follow);
     free(g);
 }

@@ -46,6 +46,8 @@ struct gb {
     int set_hash_cap;
     const struct gram_limits *lim;
     int n_exprs;
+    int *down; /* per rule: chain_rule's link one level down, + 1 (0: none) */
+    int cap_down;
     int rc; /* 0, or the first error */
     char *err;
     size_t errlen;
@@ -125,6 +127,7 @@ struct gpos {
     int32_t *unc_tok;   /* token */
     uint16_t *unc_off;  /* where its suffix starts: the rule may end before that byte */
     uint16_t *unc_lcp;  /* bytes the suffix shares with the previous entry's */
+    uint8_t shared;     /* the arrays are another position's (a repetition's twin) */
 };
 
 struct gram {
@@ -140,6 +143,14 @@ struct gram {
     uint32_t root;         /* the start rule */
     uint32_t *rule_of;     /* rule of each element */
     uint8_t (*follow)[32]; /* bytes that may follow each rule */
+    /*
+     * Per rule: the rule one level down in a chain of repetitions laid
+     * out exactly like it (same alternatives and elements, its reference
+     * to the next level pointing one level lower), each level consuming a
+     * byte at least; -1 when none.  Positions deep enough in such a chain
+     * have equal tables (gram_tables_build computes them once).
+     */
+    int32_t *down;
     const struct gram_vocab *v;
     struct gpos *pos; /* per element (BYTES ones), when v */
     struct gram_limits lim;

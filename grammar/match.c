@@ -704,11 +704,34 @@ int gram_tables_build(struct gram *g, double t0, char *err, size_t errlen)
     t.ended = calloc((size_t)D, 1);
     t.kn = calloc((size_t)D, sizeof(uint16_t));
     t.kv = calloc((size_t)D, sizeof(uint16_t));
-    if (!g->pos || !t.st || !t.ended || !t.kn || !t.kv || dfa_init(&t.dfa, g))
+    /*
+     * A token spans at most max_len bytes, so a walk from a position of a
+     * repetition chain (g->down) sees no more than max_len + 1 levels below
+     * it: positions with more than that below them (depth > T) have the
+     * tables of the same position T levels above the chain's bottom.
+     */
+    int T = v->max_len + 2;
+    int32_t *depth = malloc(sizeof(*depth) * (size_t)g->n_rules);
+    int32_t *twin = malloc(sizeof(*twin) * (size_t)g->n_rules);
+    if (!g->pos || !t.st || !t.ended || !t.kn || !t.kv || !depth || !twin || dfa_init(&t.dfa, g))
         rc = -ENOMEM;
+    for (int r = 0; !rc && r < g->n_rules; r++) {
+        int d = g->down[r]; /* d < r */
+        depth[r] = d >= 0 ? depth[d] + 1 : 0;
+        twin[r] = depth[r] <= T ? r : depth[d] == T ? d : twin[d];
+        if (twin[r] != r && memcmp(g->follow[r], g->follow[twin[r]], 32))
+            twin[r] = r;
+    }
     for (int p = 0; !rc && p < g->n_els; p++) {
         if (g->els[p].type != GE_BYTES)
             continue;
+        uint32_t r = g->rule_of[p];
+        if (twin[r] != (int32_t)r) {
+            uint32_t q = (uint32_t)p - g->alts[g->rule_alt[r]] + g->alts[g->rule_alt[twin[r]]];
+            g->pos[p] = g->pos[q];
+            g->pos[p].shared = 1;
+            continue;
+        }
         rc = table_for(g, &t, (uint32_t)p);
         if (!rc && util_now_s() - t0 > g->lim.max_compile_s)
             rc = -ETIMEDOUT;
@@ -722,6 +745,8 @@ int gram_tables_build(struct gram *g, double t0, char *err, size_t errlen)
     else if (rc == -ETIMEDOUT)
         snprintf(err, errlen, "the grammar took more than %.0f s to compile (token tables)",
                  g->lim.max_compile_s);
+    free(depth);
+    free(twin);
     free(t.st);
     free(t.ended);
     free(t.kn);

@@ -362,11 +362,12 @@ static void vocab_close(struct vocab_fixture *f)
 }
 
 /*
- * Walks doc's tokens; at each step the mask must hold exactly the tokens
- * whose bytes the grammar accepts after the text so far (tried one by one).
+ * Walks doc's tokens; at every `every`-th step and the last the mask must
+ * hold exactly the tokens whose bytes the grammar accepts after the text so
+ * far (tried one by one).
  */
-static void masks_match_reference(struct vocab_fixture *f, enum gram_kind kind, const char *src,
-                                  const char *doc)
+static void masks_match_reference_every(struct vocab_fixture *f, enum gram_kind kind,
+                                        const char *src, const char *doc, int every)
 {
     char err[256];
     struct gram *g = NULL;
@@ -382,6 +383,13 @@ static void masks_match_reference(struct vocab_fixture *f, enum gram_kind kind, 
     size_t done = 0; /* bytes of doc consumed */
     for (int64_t k = 0; k < n_ids; k++) {
         ck_assert_int_ge(gram_mask(m, mask), 0);
+        if (k % every && k != n_ids - 1) {
+            ck_assert_msg((mask[ids[k] >> 5] >> (ids[k] & 31)) & 1, "token %d of %s not allowed",
+                          (int)k, doc);
+            ck_assert_int_eq(gram_accept_token(m, ids[k]), 0);
+            done += f->lens[ids[k]];
+            continue;
+        }
         int wrong = 0;
         for (int t = 0; t < f->n; t++) {
             gram_matcher_reset(ref);
@@ -405,6 +413,12 @@ static void masks_match_reference(struct vocab_fixture *f, enum gram_kind kind, 
     gram_unref(g);
 }
 
+static void masks_match_reference(struct vocab_fixture *f, enum gram_kind kind, const char *src,
+                                  const char *doc)
+{
+    masks_match_reference_every(f, kind, src, doc, 1);
+}
+
 START_TEST(masks_equal_trying_every_token)
 {
     struct vocab_fixture f;
@@ -421,6 +435,28 @@ START_TEST(masks_equal_trying_every_token)
     masks_match_reference(&f, GRAM_GBNF,
                           "root ::= item (\"\\n\" item)*\nitem ::= \"- \" [^\\n]{1,30}\n",
                           "- milk\n- eggs and ham");
+    vocab_close(&f);
+}
+END_TEST
+
+START_TEST(masks_deep_in_long_repetitions_equal_trying_every_token)
+{
+    /* repetitions longer than any token: positions more than a token's
+     * length above the chain's bottom share one table (gram_tables_build) */
+    struct vocab_fixture f;
+    vocab_open(&f);
+    char doc[512];
+    const char *words = "Forty-two quick brown foxes jumped over thirty lazy dogs, twice; ";
+    size_t n = 0;
+    doc[n++] = '"';
+    for (; n < 1 + 210; n++)
+        doc[n] = words[(n - 1) % strlen(words)];
+    doc[n++] = '"';
+    doc[n] = '\0';
+    masks_match_reference_every(
+        &f, GRAM_JSON_SCHEMA, "{\"type\":\"string\",\"minLength\":150,\"maxLength\":214}", doc, 6);
+    masks_match_reference_every(&f, GRAM_REGEX, "\"[A-Za-z ,;-]{100,200}[a-z ,;-]{0,300}\"", doc,
+                                6);
     vocab_close(&f);
 }
 END_TEST
@@ -476,6 +512,7 @@ Suite *grammar_suite(void)
     TCase *tm = tcase_create("masks");
     tcase_set_timeout(tm, 600);
     tcase_add_test(tm, masks_equal_trying_every_token);
+    tcase_add_test(tm, masks_deep_in_long_repetitions_equal_trying_every_token);
     tcase_add_test(tm, masks_hold_only_tokens_the_grammar_takes_and_end_tokens_never);
     suite_add_tcase(s, tm);
     return s;
