@@ -222,17 +222,34 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
     int32_t tok = 0;
     if (p->temperature == 0.0f) {
         tok = -1;
-        for (int i = 0; i < V; i++)
-            if ((!allow || ((allow[i >> 5] >> (i & 31)) & 1)) && (tok < 0 || adj[i] > adj[tok]))
-                tok = i;
+        if (!allow) {
+            tok = 0;
+            for (int i = 1; i < V; i++)
+                if (adj[i] > adj[tok])
+                    tok = i;
+        } else { /* the allowed tokens only, word by word (structure allows few) */
+            for (int wd = 0; wd < (V + 31) / 32; wd++)
+                for (uint32_t bits = allow[wd]; bits; bits &= bits - 1) {
+                    int i = wd * 32 + __builtin_ctz(bits);
+                    if (i < V && (tok < 0 || adj[i] > adj[tok]))
+                        tok = i;
+                }
+        }
         if (tok < 0)
             return -EINVAL;
     } else {
         /* candidates: all tokens (those allowed), or the top k of them */
         int n = 0;
-        for (int i = 0; i < V; i++)
-            if (!allow || ((allow[i >> 5] >> (i & 31)) & 1))
+        if (!allow)
+            for (int i = 0; i < V; i++)
                 s->idx[n++] = i;
+        else
+            for (int wd = 0; wd < (V + 31) / 32; wd++)
+                for (uint32_t bits = allow[wd]; bits; bits &= bits - 1) {
+                    int i = wd * 32 + __builtin_ctz(bits);
+                    if (i < V)
+                        s->idx[n++] = i;
+                }
         if (!n)
             return -EINVAL;
         if (p->top_k > 0 && p->top_k < n) {

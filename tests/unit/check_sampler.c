@@ -1,6 +1,7 @@
 /*
  * tests/unit/check_sampler.c - the sampler: greedy, seeds, each filter and
- * penalty changing the outcome the way its definition says, raw logprobs,
+ * penalty changing the outcome the way its definition says, an allow mask
+ * (a grammar's) limiting every choice, raw logprobs,
  * and refusal of out-of-range parameters.
  */
 #include <check.h>
@@ -194,6 +195,49 @@ START_TEST(logprobs_are_the_raw_distribution)
 }
 END_TEST
 
+START_TEST(an_allow_mask_limits_every_choice)
+{
+    /* 70 tokens (three mask words, the last partly past the vocabulary) */
+    enum { V = 70 };
+    float lg[V];
+    for (int i = 0; i < V; i++)
+        lg[i] = (float)(i % 7);
+    lg[5] = 9.0f; /* the best, not allowed */
+    uint32_t allow[3] = {0};
+    int allowed[] = {3, 33, 40, 66, 69};
+    for (size_t k = 0; k < sizeof(allowed) / sizeof(*allowed); k++)
+        allow[allowed[k] >> 5] |= 1u << (allowed[k] & 31);
+    allow[2] |= 0xffffffc0u; /* bits past V: never drawn */
+    struct smp_params p;
+    smp_params_default(&p);
+    for (int mode = 0; mode < 3; mode++) {
+        p.temperature = mode == 0 ? 0.0f : 1.0f;
+        p.top_k = mode == 2 ? 2 : 0;
+        struct smp s;
+        ck_assert_int_eq(smp_init(&s, &p, V, NULL, 0), 0);
+        s.allow = allow;
+        int c[V] = {0};
+        for (int d = 0; d < 400; d++) {
+            struct smp_result r;
+            ck_assert_int_eq(smp_sample(&s, lg, &r), 0);
+            ck_assert_int_lt(r.token, V);
+            ck_assert_msg((allow[r.token >> 5] >> (r.token & 31)) & 1, "token %d", r.token);
+            c[r.token]++;
+        }
+        smp_free(&s);
+        /* allowed logits 3, 5, 5, 3, 6: greedy takes 69, the best allowed; top-k 2
+         * keeps 69 and a 5 (33 or 40); sampling reaches every allowed one */
+        if (mode == 0)
+            ck_assert_int_eq(c[69], 400);
+        else if (mode == 2)
+            ck_assert_int_eq(c[33] + c[40] + c[69], 400);
+        else
+            for (size_t k = 0; k < sizeof(allowed) / sizeof(*allowed); k++)
+                ck_assert_int_gt(c[allowed[k]], 0);
+    }
+}
+END_TEST
+
 START_TEST(bad_parameters_are_refused)
 {
     struct smp_params p;
@@ -232,6 +276,7 @@ Suite *sampler_suite(void)
     tcase_add_test(tc, top_p_and_min_p_cut_the_tail);
     tcase_add_test(tc, bias_and_penalties_move_the_choice);
     tcase_add_test(tc, logprobs_are_the_raw_distribution);
+    tcase_add_test(tc, an_allow_mask_limits_every_choice);
     tcase_add_test(tc, bad_parameters_are_refused);
     suite_add_tcase(s, tc);
     return s;
