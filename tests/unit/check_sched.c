@@ -401,7 +401,28 @@ START_TEST(admission_fits_the_pool)
 }
 END_TEST
 
-START_TEST(preempted_sequence_resumes_bit_exact)
+/* No document of 24 tokens completes it, so constrained requests run to max_tokens. */
+#define LONG_SCHEMA                                                                                \
+    "{\"type\":\"object\",\"properties\":{\"notes\":{\"type\":\"array\",\"items\":"                \
+    "{\"type\":\"string\"},\"minItems\":40}},\"required\":[\"notes\"]}"
+
+/* 1 when text is a prefix of a document g accepts */
+static int grammar_takes(struct gram *g, const char *text)
+{
+    struct gram_matcher *m = NULL;
+    ck_assert_int_eq(gram_matcher_create(g, &m), 0);
+    int ok = gram_feed(m, text, strlen(text)) == 0;
+    gram_matcher_destroy(m);
+    return ok;
+}
+
+/*
+ * Two sequences that fit the pool alone but not together, under schema
+ * when not NULL: the newer gives way (keeping its tokens), is recomputed
+ * (its matcher rebuilt from them) and its client sees what it would have
+ * alone.
+ */
+static void preemption_is_bit_exact(const char *schema)
 {
     struct eng_config cfg = cfg_base();
     cfg.kv_block = 4;
@@ -417,6 +438,8 @@ START_TEST(preempted_sequence_resumes_bit_exact)
     ck_assert_int_le(sched_blocks_for(e, na + gen), blocks);
     ck_assert_int_gt(sched_blocks_for(e, na + gen) + sched_blocks_for(e, nb + gen), blocks);
     struct eng_params p = params_greedy(gen);
+    struct gram *g = schema ? schema_for(e, schema) : NULL;
+    p.grammar = g;
     struct eng_req *a = submit(e, a_ids, na, &p), *b = submit(e, b_ids, nb, &p);
     eng_take_incoming(e);
     struct out oa = {0}, ob = {0};
@@ -438,6 +461,7 @@ START_TEST(preempted_sequence_resumes_bit_exact)
     out_read(b, &ob);
     ck_assert(b_waited);
     ck_assert_int_gt(b_gen_at_preempt, 0);
+    ck_assert_int_lt(b_gen_at_preempt, gen);
     ck_assert_uint_gt(atomic_load(&e->st_preemptions), 0);
     ck_assert_int_eq(oa.finish, ENG_FINISH_LENGTH);
     ck_assert_int_eq(ob.finish, ENG_FINISH_LENGTH);
@@ -445,82 +469,32 @@ START_TEST(preempted_sequence_resumes_bit_exact)
     ck_assert_int_eq(ob.n_tokens, gen);
     ck_assert_int_eq(ob.completion, gen);
     ck_assert_int_eq(kv_pool_n_free(e->pool), blocks);
+    if (g) { /* both are the start of a document the schema accepts */
+        ck_assert_msg(grammar_takes(g, oa.text), "not the schema's: %s", oa.text);
+        ck_assert_msg(grammar_takes(g, ob.text), "not the schema's: %s", ob.text);
+        ck_assert_int_eq(ob.text[0], '{');
+        eng_grammar_release(g);
+    }
     /* the client of the preempted sequence sees what it would have alone */
     struct out ref;
-    solo(b_ids, nb, gen, &ref);
+    solo_schema(b_ids, nb, gen, schema, &ref);
     ck_assert_str_eq(ob.text, ref.text);
-    solo(a_ids, na, gen, &ref);
+    solo_schema(a_ids, na, gen, schema, &ref);
     ck_assert_str_eq(oa.text, ref.text);
     eng_req_release(a);
     eng_req_release(b);
     eng_destroy(e);
+}
+
+START_TEST(preempted_sequence_resumes_bit_exact)
+{
+    preemption_is_bit_exact(NULL);
 }
 END_TEST
 
-/* No document of 24 tokens completes it, so constrained requests run to max_tokens. */
-#define LONG_SCHEMA                                                                                \
-    "{\"type\":\"object\",\"properties\":{\"notes\":{\"type\":\"array\",\"items\":"                \
-    "{\"type\":\"string\"},\"minItems\":40}},\"required\":[\"notes\"]}"
-
-/* 1 when text is a prefix of a document g accepts */
-static int grammar_takes(struct gram *g, const char *text)
-{
-    struct gram_matcher *m = NULL;
-    ck_assert_int_eq(gram_matcher_create(g, &m), 0);
-    int ok = gram_feed(m, text, strlen(text)) == 0;
-    gram_matcher_destroy(m);
-    return ok;
-}
-
 START_TEST(preempted_constrained_sequence_resumes_bit_exact)
 {
-    /* as preempted_sequence_resumes_bit_exact, both requests under a schema:
-     * the preempted one's matcher is rebuilt from its tokens on recompute */
-    struct eng_config cfg = cfg_base();
-    cfg.kv_block = 4;
-    cfg.kv_memory_mib = 1;
-    struct engine *e = engine_open(&cfg);
-    int32_t a_ids[32], b_ids[32];
-    int na = encode(e, P_SHORT, a_ids, 32);
-    int nb = encode(e, "Hello, how are you today? I am", b_ids, 32);
-    const int gen = 24;
-    ck_assert_int_gt(sched_blocks_for(e, na + gen) + sched_blocks_for(e, nb + gen),
-                     e->info.kv_blocks);
-    struct gram *g = schema_for(e, LONG_SCHEMA);
-    struct eng_params p = params_greedy(gen);
-    p.grammar = g;
-    struct eng_req *a = submit(e, a_ids, na, &p), *b = submit(e, b_ids, nb, &p);
-    eng_take_incoming(e);
-    struct out oa = {0}, ob = {0};
-    int b_gen_at_preempt = -1, steps = 0;
-    while (eng_step(e)) {
-        out_read(a, &oa);
-        out_read(b, &ob);
-        if (e->wait_head == b && b->n_gen > 0 && b_gen_at_preempt < 0)
-            b_gen_at_preempt = b->n_gen;
-        ck_assert_int_lt(++steps, MAX_STEPS);
-    }
-    out_read(a, &oa);
-    out_read(b, &ob);
-    ck_assert_int_gt(b_gen_at_preempt, 0); /* preempted with constrained tokens already out */
-    ck_assert_int_lt(b_gen_at_preempt, gen);
-    ck_assert_int_eq(oa.finish, ENG_FINISH_LENGTH);
-    ck_assert_int_eq(ob.finish, ENG_FINISH_LENGTH);
-    ck_assert_int_eq(ob.n_tokens, gen);
-    /* both are the start of a document the schema accepts ... */
-    ck_assert_msg(grammar_takes(g, oa.text), "not the schema's: %s", oa.text);
-    ck_assert_msg(grammar_takes(g, ob.text), "not the schema's: %s", ob.text);
-    ck_assert_int_eq(ob.text[0], '{');
-    /* ... and what each would have been alone */
-    struct out ref;
-    solo_schema(b_ids, nb, gen, LONG_SCHEMA, &ref);
-    ck_assert_str_eq(ob.text, ref.text);
-    solo_schema(a_ids, na, gen, LONG_SCHEMA, &ref);
-    ck_assert_str_eq(oa.text, ref.text);
-    eng_grammar_release(g);
-    eng_req_release(a);
-    eng_req_release(b);
-    eng_destroy(e);
+    preemption_is_bit_exact(LONG_SCHEMA);
 }
 END_TEST
 
