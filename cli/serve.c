@@ -238,6 +238,8 @@ int cli_serve(int argc, char **argv)
         .max_queue_tokens = cfg.max_queue_tokens,
         .no_prefix_cache = !cfg.prefix_cache,
         .request_timeout = (double)cfg.request_timeout,
+        /* half the HTTP workers at most, so slow schemas leave the others free */
+        .max_grammar_compiles = cfg.http_threads > 1 ? (int)cfg.http_threads / 2 : 1,
     };
     struct engine *e = NULL;
     if ((rc = eng_create(cfg.model, &ec, &e, err, sizeof(err)))) {

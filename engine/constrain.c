@@ -29,6 +29,7 @@ struct eng_constrain {
     int32_t *eog; /* the end-of-generation tokens, allowed where the grammar may end */
     int n_eog;
     pthread_mutex_t mu;
+    int compiling, max_compiling; /* (mu) */
     struct cache_entry cache[CACHE_SIZE];
     uint64_t tick;
 };
@@ -66,6 +67,7 @@ int eng_constrain_init(struct engine *e, char *err, size_t errlen)
         return rc;
     }
     c->eog = eog;
+    c->max_compiling = e->cfg.max_grammar_compiles > 0 ? e->cfg.max_grammar_compiles : 2;
     pthread_mutex_init(&c->mu, NULL);
     e->constrain = c;
     return 0;
@@ -121,10 +123,22 @@ int eng_grammar_compile(struct engine *e, const char *kind, const char *src, siz
             return 0;
         }
     }
+    if (c->compiling >= c->max_compiling) {
+        int n = c->compiling;
+        pthread_mutex_unlock(&c->mu);
+        return errmsg(err, errlen, -EBUSY,
+                      "%d other grammars are compiling; try again shortly (compiled ones are "
+                      "cached)",
+                      n);
+    }
+    c->compiling++;
     pthread_mutex_unlock(&c->mu);
     /* compiled outside the lock: it may take a while, and other threads go on */
     struct gram *g = NULL;
     int rc = gram_compile((enum gram_kind)k, src, len, c->v, NULL, &g, err, errlen);
+    pthread_mutex_lock(&c->mu);
+    c->compiling--;
+    pthread_mutex_unlock(&c->mu);
     if (rc)
         return rc;
     char *copy = malloc(len + 1);

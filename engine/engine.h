@@ -60,6 +60,12 @@ struct eng_config {
     int no_prefix_cache;      /* 1: do not reuse cached prompt blocks */
     double request_timeout;   /* seconds from submit to the end; 0: none */
     /*
+     * Grammars compiling at once at most (eng_grammar_compile runs on its
+     * caller's thread, e.g. an HTTP worker; past this, -EBUSY at once, so
+     * that slow schemas cannot take every worker); 0: 2.
+     */
+    int max_grammar_compiles;
+    /*
      * Tests only: no engine thread.  The caller drives the engine on its own
      * thread through engine/sched.h (eng_take_incoming, sched_step,
      * sched_update or eng_step); eng_destroy ends what is left.
@@ -189,7 +195,9 @@ struct eng_params {
  * "regex", "choice" (a JSON array of strings) or "gbnf".  Thread-safe;
  * recent sources are cached.  Returns 0 with *out (release it with
  * eng_grammar_release once submitted or given up), or a negative code with a
- * one-line message naming the problem (for a schema, its JSON pointer).
+ * one-line message naming the problem (for a schema, its JSON pointer);
+ * -EBUSY when max_grammar_compiles others are compiling (a cached source
+ * is always served).
  */
 int eng_grammar_compile(struct engine *e, const char *kind, const char *src, size_t len,
                         struct gram **out, char *err, size_t errlen);

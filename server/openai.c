@@ -829,6 +829,11 @@ static int parse_constraint(const cJSON *root, struct engine *e, struct srv_requ
     free(text);
     if (crc == -ENOMEM)
         return srv_fail(err, 500, c.field, NULL, "out of memory compiling %s", c.field);
+    if (crc == -EBUSY) { /* the compiler's slots are taken: as a full queue */
+        srv_fail(err, 429, c.field, "rate_limit_exceeded", "%s: %s", c.field, msg);
+        err->retry_after = 1;
+        return -1;
+    }
     if (crc)
         return srv_fail(err, 400, c.field, NULL, "%s: %s", c.field, msg);
     r->p.grammar = r->grammar;

@@ -12,7 +12,9 @@ and the request finishes with "stop"."""
 
 import json
 import math
+import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Literal
 
@@ -21,7 +23,10 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from conftest import err_obj
+from conftest import Server, err_obj
+
+# make asan sets it: a sanitizer build runs about 4x slower
+SLOWDOWN = float(os.environ.get("CINFER_SLOWDOWN", "1"))
 
 MAX_TOKENS = 300
 PET_PROMPT = "Describe a pet as a JSON object."
@@ -473,3 +478,48 @@ def test_schema_result_same_alone_and_beside_other_requests(client, model_id):
     check_document(together.message.content, PET_SCHEMA)
     check_document(stop_choice(side[0]), POINT_SCHEMA)
     assert stop_choice(side[2]) in COLORS
+
+
+# --------------------------------------------------------------------------
+
+
+def test_slow_schemas_leave_the_front_door_open():
+    """Grammars compile on the HTTP worker that took the request, at most
+    half the workers at once: schemas that take seconds to compile are
+    turned away with a 429 naming the field past that, and the other
+    workers answer /health and plain requests meanwhile."""
+    srv = Server(["--http-threads", "2"], "compile_slots").start()  # one compile slot
+    try:
+        def slow(i):
+            schema = {"type": "object", "required": ["title", "body"], "properties": {
+                "title": {"type": "string", "maxLength": 1000 + i},
+                "body": {"type": "string", "maxLength": 500}}}
+            st, body = srv.json("POST", "/v1/completions", {
+                "prompt": "A title and a body:", "max_tokens": 1,
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "post", "schema": schema}}},
+                timeout=120)
+            return st, body, time.monotonic()
+
+        with ThreadPoolExecutor(3) as ex:
+            futs = [ex.submit(slow, i) for i in range(3)]
+            time.sleep(0.3 * SLOWDOWN)  # all three are in: one compiles (seconds), two refused
+            hs, _ = srv.json("GET", "/health", timeout=60)
+            ps, pb = srv.json("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2},
+                              timeout=60)
+            answered = time.monotonic()
+            res = [f.result() for f in futs]
+        assert hs == 200
+        assert ps == 200 and pb["usage"]["completion_tokens"] == 2
+        busy = [r for r in res if r[0] == 429]
+        compiled = [r for r in res if r[0] != 429]
+        assert len(busy) == 2 and len(compiled) == 1, [r[:2] for r in res]
+        for _, body, _ in busy:
+            assert body["error"]["param"] == "response_format"
+            assert "compiling" in body["error"]["message"]
+        # 200, or 400 where this machine took past the compile limit
+        st, body, done = compiled[0]
+        assert st == 200 or (st == 400 and "to compile" in body["error"]["message"]), body
+        assert answered < done  # the others were served while it compiled
+    finally:
+        assert srv.stop() == 0
