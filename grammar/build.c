@@ -326,6 +326,8 @@ struct gx *gx_rep(struct gb *b, struct gx *x, int min, int max)
     if (max < 0 && x->kind == GX_REP && x->min <= 1)
         return gx_rep(b, x->kids[0], min > 0 && x->min > 0 ? 1 : 0, -1);
     struct gx *r = gx_new(b, GX_REP);
+    if (r == &k_dummy) /* shared by every compile, on any thread: never written */
+        return r;
     r->min = min;
     r->max = max;
     gx_add(b, r, x);

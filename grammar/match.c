@@ -30,11 +30,10 @@
 
 /* ---- vocabulary ---- */
 
-static const struct gram_vocab *g_sort_vocab; /* qsort has no context argument */
-
-static int cmp_tok(const void *a, const void *b)
+/* qsort_r's comparators take the vocabulary as their context: grammars compile on many threads */
+static int cmp_tok(const void *a, const void *b, void *ctx)
 {
-    const struct gram_vocab *v = g_sort_vocab;
+    const struct gram_vocab *v = ctx;
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     uint32_t lx = v->len[x], ly = v->len[y];
     int c = memcmp(v->blob + v->off[x], v->blob + v->off[y], lx < ly ? lx : ly);
@@ -96,9 +95,7 @@ int gram_vocab_create(int n_vocab, const char *const *bytes, const size_t *lens,
         if ((int)n > v->max_len)
             v->max_len = (int)n;
     }
-    g_sort_vocab = v;
-    qsort(v->sorted, (size_t)ns, sizeof(int32_t), cmp_tok);
-    g_sort_vocab = NULL;
+    qsort_r(v->sorted, (size_t)ns, sizeof(int32_t), cmp_tok, v);
     /* the trie in preorder: one node per distinct prefix */
     uint32_t *path = malloc(sizeof(uint32_t) * ((size_t)v->max_len + 1));
     if (!path) {
@@ -401,11 +398,9 @@ struct unc {
     uint16_t off;
 };
 
-static const struct gram_vocab *g_unc_vocab;
-
-static int cmp_unc(const void *a, const void *b)
+static int cmp_unc(const void *a, const void *b, void *ctx)
 {
-    const struct gram_vocab *v = g_unc_vocab;
+    const struct gram_vocab *v = ctx;
     const struct unc *x = a, *y = b;
     const char *sx = v->blob + v->off[x->tok] + x->off, *sy = v->blob + v->off[y->tok] + y->off;
     uint32_t lx = v->len[x->tok] - x->off, ly = v->len[y->tok] - y->off;
@@ -664,9 +659,7 @@ static int table_for(struct gram *g, struct tbuild *t, uint32_t p)
         g->st.table_bytes += (size_t)t->acc.n * 4;
     }
     if (t->n_unc) {
-        g_unc_vocab = v;
-        qsort(t->unc, t->n_unc, sizeof(*t->unc), cmp_unc);
-        g_unc_vocab = NULL;
+        qsort_r(t->unc, t->n_unc, sizeof(*t->unc), cmp_unc, (void *)v);
         size_t n = t->n_unc;
         gp->unc_tok = malloc(sizeof(int32_t) * n);
         gp->unc_off = malloc(sizeof(uint16_t) * n);

@@ -7,6 +7,7 @@
  * that tries every token of the real vocabulary.
  */
 #include <check.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -461,6 +462,81 @@ START_TEST(masks_deep_in_long_repetitions_equal_trying_every_token)
 }
 END_TEST
 
+struct compile_job {
+    const struct gram_vocab *v;
+    const char *src;
+    struct gram *g[3];
+    int rc;
+};
+
+static void *compile_thread(void *arg)
+{
+    struct compile_job *j = arg;
+    char err[256];
+    for (int i = 0; i < 3 && !j->rc; i++)
+        j->rc = gram_compile(GRAM_JSON_SCHEMA, j->src, strlen(j->src), j->v, NULL, &j->g[i], err,
+                             sizeof(err));
+    return NULL;
+}
+
+START_TEST(grammars_compile_on_two_threads_at_once)
+{
+    /* the server compiles on several HTTP workers at once: the same tables as alone */
+    struct vocab_fixture f;
+    vocab_open(&f);
+    const char *src[2] = {
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":30},"
+        "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}}},\"required\":[\"name\"]}",
+        "{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":-50,\"maximum\":5000},"
+        "\"minItems\":2,\"maxItems\":12}"};
+    const char *doc[2] = {"{\"name\": \"Ann Lee\", \"tags\": [\"a\", \"b c\"]}", "[12, -7, 4999]"};
+    struct compile_job jobs[2] = {{f.v, src[0], {0}, 0}, {f.v, src[1], {0}, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&th[i], NULL, compile_thread, &jobs[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    uint32_t *want = malloc(sizeof(uint32_t) * (size_t)((f.n + 31) / 32));
+    uint32_t *got = malloc(sizeof(uint32_t) * (size_t)((f.n + 31) / 32));
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(jobs[i].rc, 0);
+        struct compile_job alone = {f.v, src[i], {0}, 0};
+        compile_thread(&alone);
+        ck_assert_int_eq(alone.rc, 0);
+        struct gram_stats a, b;
+        gram_get_stats(alone.g[0], &a);
+        int32_t *ids = NULL;
+        int64_t n_ids = tok_encode_alloc(f.t, doc[i], strlen(doc[i]), 0, &ids);
+        ck_assert_int_gt(n_ids, 0);
+        for (int k = 0; k < 3; k++) {
+            gram_get_stats(jobs[i].g[k], &b);
+            ck_assert_int_eq(b.positions, a.positions);
+            ck_assert_int_eq(b.uncertain, a.uncertain);
+            ck_assert_uint_eq(b.table_bytes, a.table_bytes);
+            /* the same masks along a document */
+            struct gram_matcher *ma, *mb;
+            ck_assert_int_eq(gram_matcher_create(alone.g[0], &ma), 0);
+            ck_assert_int_eq(gram_matcher_create(jobs[i].g[k], &mb), 0);
+            for (int64_t t = 0; t < n_ids; t++) {
+                ck_assert_int_eq(gram_mask(ma, want), 1);
+                ck_assert_int_eq(gram_mask(mb, got), 1);
+                ck_assert(!memcmp(want, got, sizeof(uint32_t) * (size_t)((f.n + 31) / 32)));
+                ck_assert_int_eq(gram_accept_token(ma, ids[t]), 0);
+                ck_assert_int_eq(gram_accept_token(mb, ids[t]), 0);
+            }
+            gram_matcher_destroy(ma);
+            gram_matcher_destroy(mb);
+            gram_unref(jobs[i].g[k]);
+        }
+        free(ids);
+        gram_unref(alone.g[0]);
+    }
+    free(want);
+    free(got);
+    vocab_close(&f);
+}
+END_TEST
+
 START_TEST(masks_hold_only_tokens_the_grammar_takes_and_end_tokens_never)
 {
     struct vocab_fixture f;
@@ -513,6 +589,7 @@ Suite *grammar_suite(void)
     tcase_set_timeout(tm, 600);
     tcase_add_test(tm, masks_equal_trying_every_token);
     tcase_add_test(tm, masks_deep_in_long_repetitions_equal_trying_every_token);
+    tcase_add_test(tm, grammars_compile_on_two_threads_at_once);
     tcase_add_test(tm, masks_hold_only_tokens_the_grammar_takes_and_end_tokens_never);
     suite_add_tcase(s, tm);
     return s;
