@@ -529,7 +529,8 @@ START_TEST(grammars_compile_on_two_threads_at_once)
             gram_unref(jobs[i].g[k]);
         }
         free(ids);
-        gram_unref(alone.g[0]);
+        for (int k = 0; k < 3; k++)
+            gram_unref(alone.g[k]);
     }
     free(want);
     free(got);
