@@ -33,7 +33,7 @@ ALL_CFLAGS   := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SAN) -I. $(PKG_CFLAGS
 ALL_CXXFLAGS := -std=c++17 $(WARN) $(CXXFLAGS) $(SAN) -I. $(PKG_CFLAGS) -MMD -MP
 LDLIBS   := $(PKG_LIBS) -lstdc++ -lm -lpthread
 
-MODULES  := util engine tokenizer grammar kv-cache device device/cpu server cli
+MODULES  := util engine tokenizer template grammar kv-cache device device/cpu server cli
 LIB_C    := $(filter-out cli/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIB_CC   := $(foreach m,$(MODULES),$(wildcard $(m)/*.cc))
 LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CC:%.cc=$(BUILD)/%.o)

@@ -20,6 +20,7 @@
 
 #include "cli/cli.h"
 #include "server/srv.h"
+#include "template/template.h"
 #include "util/clock.h"
 #include "util/cpus.h"
 
@@ -254,20 +255,39 @@ int cli_serve(int argc, char **argv)
     }
     struct eng_info info;
     eng_get_info(e, &info);
-    if (!info.chat_known)
-        srv_log("warning: the model's chat template is not one cinfer knows; using chatml");
+    struct srv_chat chat;
+    if ((rc = srv_chat_load(&chat, e, cfg.chat_template, err, sizeof(err)))) {
+        if (*cfg.chat_template || rc == -ENOMEM) {
+            fprintf(stderr, "cinfer serve: %s\n", err);
+            pthread_mutex_lock(&g_sig_mu);
+            g_srv = NULL;
+            pthread_mutex_unlock(&g_sig_mu);
+            srv_stop(s);
+            eng_destroy(e);
+            srv_chat_free(&chat);
+            free(id);
+            srv_config_free(&cfg);
+            return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
+        }
+        /* the GGUF's own template is broken: say so, and use the format its markers name */
+        srv_log("warning: %s; using the built-in %s format", err, tok_chat_name(info.chat));
+        tpl_destroy(chat.tpl);
+        chat.tpl = NULL;
+        snprintf(chat.origin, sizeof chat.origin, "built-in %s (the model's template failed)",
+                 tok_chat_name(info.chat));
+    }
     if (info.device_note[0])
         srv_log("%s; running on the CPU", info.device_note);
-    srv_set_engine(s, e);
+    srv_set_engine(s, e, &chat);
     pthread_mutex_lock(&g_sig_mu);
     g_engine = e;
     if (g_signum) /* it came while the model loaded */
         eng_drain(e);
     pthread_mutex_unlock(&g_sig_mu);
     srv_log("ready in %.2f s: model %s (%s), context %d, KV cache %d blocks of %d tokens, "
-            "device %s (kernels %s), chat format %s",
+            "device %s (kernels %s), chat: %s",
             util_now_s() - t0, model.id, info.arch, info.n_ctx, info.kv_blocks, info.kv_block,
-            info.backend, info.kernels, tok_chat_name(info.chat));
+            info.backend, info.kernels, chat.origin);
 
     pthread_mutex_lock(&g_sig_mu);
     while (!g_signum)
@@ -290,6 +310,7 @@ int cli_serve(int argc, char **argv)
     pthread_mutex_unlock(&g_sig_mu);
     srv_stop(s);
     eng_destroy(e);
+    srv_chat_free(&chat);
     free(id);
     srv_config_free(&cfg);
     srv_log("stopped");

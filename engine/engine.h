@@ -87,6 +87,8 @@ struct eng_info {
     const char *kernels;   /* the backend's kernels: "avx2", "scalar"... */
     enum tok_chat chat;    /* the model's chat format (chatml when unknown) */
     int chat_known;        /* 0: the template was not recognised */
+    const char *chat_template; /* tokenizer.chat_template (not NUL-terminated), or NULL */
+    size_t chat_template_len;
     char device_note[160]; /* why --device auto passed over a built-in PPU ("" when it did not) */
 };
 

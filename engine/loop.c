@@ -345,8 +345,11 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
                         tok_n_vocab(e->tok), hp->n_vocab);
         struct gguf_str t;
         e->info.chat = TOK_CHAT_CHATML;
-        e->info.chat_known = gguf_get_str(e->g, "tokenizer.chat_template", &t) == 0 &&
-                             tok_chat_detect(t.p, t.n, &e->info.chat) == 0;
+        if (gguf_get_str(e->g, "tokenizer.chat_template", &t) == 0) {
+            e->info.chat_template = t.p;
+            e->info.chat_template_len = (size_t)t.n;
+            e->info.chat_known = tok_chat_detect(t.p, t.n, &e->info.chat) == 0;
+        }
     }
     int64_t nb = rc ? 0 : pool_blocks(e, err, errlen);
     if (nb < 0)

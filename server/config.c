@@ -39,6 +39,8 @@ static const struct setting k_settings[] = {
     {"api_key", K_STR, S(api_key), 0, 0, "", "KEY", "require 'Authorization: Bearer KEY'", NULL},
     {"api_key_file", K_STR, S(api_key_file), 0, 0, "", "FILE", "read the API key from FILE", NULL},
     {"model_alias", K_STR, S(model_alias), 0, 0, "", "NAME", "another name clients may use", NULL},
+    {"chat_template", K_STR, S(chat_template), 0, 0, "", "FILE",
+     "a Jinja chat template to use instead of the model's", NULL},
     {"device", K_STR, S(device), 0, 0, "auto", "NAME",
      "backend: auto (a PPU when built in and present, else the CPU), cpu or ppu", "auto|cpu|ppu"},
     {"kernels", K_STR, S(kernels), 0, 0, "auto", "NAME",
@@ -88,7 +90,8 @@ static const char *const k_serve_help_head =
     "usage: cinfer serve -m MODEL [options]\n"
     "\n"
     "Serves the OpenAI HTTP API (/v1/chat/completions, /v1/completions,\n"
-    "/v1/models, /tokenize, /detokenize, /health, /metrics, /version).\n"
+    "/v1/models, /tokenize, /detokenize, /apply-template, /health, /metrics,\n"
+    "/version).\n"
     "Every option is also a CINFER_<NAME> environment variable and a key of a\n"
     "JSON config file (--config); flags > environment > file > defaults.\n"
     "\n";

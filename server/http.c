@@ -560,6 +560,32 @@ static enum MHD_Result do_tokenize(struct MHD_Connection *mc, struct conn *c, st
     return reply_json(mc, c, 200, r);
 }
 
+/* llama-server's route: a chat body's messages -> {"prompt": the text the model would see}. */
+static enum MHD_Result do_apply_template(struct MHD_Connection *mc, struct conn *c)
+{
+    struct srv_error err;
+    memset(&err, 0, sizeof err);
+    cJSON *o = parse_body(c, &err);
+    if (!o)
+        return reply_error(mc, c, &err);
+    struct buf prompt = {0};
+    int add_bos = 0;
+    int rc = srv_chat_prompt(c->s->model.chat, o, &prompt, &add_bos, &err);
+    cJSON_Delete(o);
+    if (rc) {
+        free(prompt.p);
+        return reply_error(mc, c, &err);
+    }
+    cJSON *r = cJSON_CreateObject();
+    if (!r || !cJSON_AddStringToObject(r, "prompt", prompt.p ? prompt.p : "")) {
+        free(prompt.p);
+        cJSON_Delete(r);
+        return fail(mc, c, 500, NULL, NULL, "out of memory");
+    }
+    free(prompt.p);
+    return reply_json(mc, c, 200, r);
+}
+
 static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, struct engine *e)
 {
     struct srv_error err;
@@ -614,7 +640,8 @@ enum route_id {
     R_CHAT,
     R_COMPL,
     R_TOKENIZE,
-    R_DETOKENIZE
+    R_DETOKENIZE,
+    R_APPLY_TEMPLATE
 };
 
 static const struct {
@@ -627,7 +654,7 @@ static const struct {
     {"/metrics", R_METRICS, 0, 1},       {"/version", R_VERSION, 0, 0},
     {"/v1/models", R_MODELS, 0, 0},      {"/v1/chat/completions", R_CHAT, 1, 0},
     {"/v1/completions", R_COMPL, 1, 0},  {"/tokenize", R_TOKENIZE, 1, 0},
-    {"/detokenize", R_DETOKENIZE, 1, 0},
+    {"/detokenize", R_DETOKENIZE, 1, 0}, {"/apply-template", R_APPLY_TEMPLATE, 1, 0},
 };
 
 static int find_route(const char *url, int *idx)
@@ -936,6 +963,8 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
         return do_completion(mc, c, e, SRV_COMPLETION);
     case R_TOKENIZE:
         return do_tokenize(mc, c, e);
+    case R_APPLY_TEMPLATE:
+        return do_apply_template(mc, c);
     default:
         return do_detokenize(mc, c, e);
     }
@@ -1150,8 +1179,9 @@ int srv_set_api_key(struct srv *s, const char *key)
     return key && *key && !s->api_key ? -ENOMEM : 0;
 }
 
-void srv_set_engine(struct srv *s, struct engine *e)
+void srv_set_engine(struct srv *s, struct engine *e, const struct srv_chat *chat)
 {
+    s->model.chat = chat; /* published by the store below */
     atomic_store(&s->e, e);
 }
 

@@ -480,98 +480,19 @@ static int parse_prompt(const cJSON *root, const struct srv_ids *runs, struct en
     return 0;
 }
 
-/* Message content: a string, null, or an array of text parts, joined. */
-static int content_text(const cJSON *c, int i, struct buf *out, struct srv_error *err)
+/* The chat messages rendered by the model's template (server/chat.c), then tokenized. */
+static int parse_messages(const cJSON *root, struct engine *e, const struct srv_model *model,
+                          struct srv_request *r, struct srv_error *err)
 {
-    char param[64];
-    snprintf(param, sizeof(param), "messages[%d].content", i);
-    if (!c || cJSON_IsNull(c))
-        return 0;
-    if (cJSON_IsString(c))
-        return buf_append(out, c->valuestring, strlen(c->valuestring)) ? -1 : 0;
-    if (!cJSON_IsArray(c))
-        return srv_fail(err, 400, param, NULL, "%s must be a string or an array of parts", param);
-    int j = 0;
-    for (const cJSON *part = c->child; part; part = part->next, j++) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsObject(part) || !cJSON_IsString(type))
-            return srv_fail(err, 400, param, NULL, "%s[%d] must be an object with a \"type\"",
-                            param, j);
-        if (strcmp(type->valuestring, "text"))
-            return srv_fail(err, 400, param, NULL,
-                            "content part type '%.40s' is not supported (only 'text')",
-                            type->valuestring);
-        if (!cJSON_IsString(text))
-            return srv_fail(err, 400, param, NULL, "%s[%d].text must be a string", param, j);
-        if (buf_append(out, text->valuestring, strlen(text->valuestring)))
-            return srv_fail(err, 500, NULL, NULL, "out of memory");
-    }
-    return 0;
-}
-
-static int parse_messages(const cJSON *root, struct engine *e, struct srv_request *r,
-                          struct srv_error *err)
-{
-    static const char *const roles[] = {"system", "developer", "user", "assistant", "tool"};
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (!cJSON_IsArray(msgs) || !msgs->child)
-        return srv_fail(err, 400, "messages", NULL, "messages must be a non-empty array");
-    int n = cJSON_GetArraySize(msgs), rc = 0;
-    struct tok_msg *m = calloc((size_t)n, sizeof(*m));
-    struct buf *texts = calloc((size_t)n, sizeof(*texts));
-    if (!m || !texts)
-        rc = srv_fail(err, 500, NULL, NULL, "out of memory");
-    int i = 0;
-    for (const cJSON *v = msgs->child; v && !rc; v = v->next, i++) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(v, "role");
-        char param[48];
-        snprintf(param, sizeof(param), "messages[%d].role", i);
-        if (!cJSON_IsObject(v)) {
-            rc = srv_fail(err, 400, "messages", NULL, "messages[%d] must be an object", i);
-            break;
-        }
-        if (!cJSON_IsString(role)) {
-            rc = srv_fail(err, 400, param, NULL, "%s must be a string", param);
-            break;
-        }
-        m[i].role = NULL;
-        for (size_t k = 0; k < sizeof(roles) / sizeof(roles[0]); k++)
-            if (!strcmp(role->valuestring, roles[k]))
-                m[i].role = roles[k];
-        if (!m[i].role) {
-            char *clean = srv_utf8_dup(role->valuestring, strnlen(role->valuestring, 40));
-            rc = srv_fail(err, 400, param, NULL,
-                          "%s '%s' is not one of system, developer, user, assistant, tool", param,
-                          clean ? clean : "?");
-            free(clean);
-            break;
-        }
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(v, "content");
-        if ((!content || cJSON_IsNull(content)) && strcmp(m[i].role, "assistant")) {
-            rc = srv_fail(err, 400, "messages", NULL, "messages[%d].content is required", i);
-            break;
-        }
-        rc = content_text(content, i, &texts[i], err);
-        if (!rc && buf_append(&texts[i], "", 1))
-            rc = srv_fail(err, 500, NULL, NULL, "out of memory");
-        m[i].content = texts[i].p;
-    }
-    struct eng_info info;
-    eng_get_info(e, &info);
+    if (!model->chat)
+        return srv_fail(err, 503, NULL, NULL, "the model is still loading");
     struct buf prompt = {0};
-    if (!rc && tok_chat_render(info.chat, m, n, 1, &prompt))
-        rc = srv_fail(err, 400, "messages", NULL, "the messages cannot be rendered");
-    if (!rc) {
-        const struct tok *t = eng_tok(e);
-        rc = encode(t, prompt.p ? prompt.p : "", prompt.n,
-                    TOK_PARSE_SPECIAL | (tok_add_bos(t) ? TOK_ADD_BOS : 0), r, err);
-    }
+    int add_bos = 0;
+    int rc = srv_chat_prompt(model->chat, root, &prompt, &add_bos, err);
+    if (!rc)
+        rc = encode(eng_tok(e), prompt.p ? prompt.p : "", prompt.n,
+                    TOK_PARSE_SPECIAL | (add_bos ? TOK_ADD_BOS : 0), r, err);
     free(prompt.p);
-    for (int k = 0; texts && k < n; k++)
-        free(texts[k].p);
-    free(texts);
-    free(m);
     return rc;
 }
 
@@ -950,7 +871,7 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     rc = rc ? rc : parse_constraint(root, e, r, err);
     /* the prompts */
     if (!rc)
-        rc = kind == SRV_CHAT ? parse_messages(root, e, r, err)
+        rc = kind == SRV_CHAT ? parse_messages(root, e, model, r, err)
                               : parse_prompt(root, &runs, e, r, err);
     for (int i = 0; !rc && i < r->n_prompts; i++) {
         int np = r->n_prompt[i];

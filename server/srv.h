@@ -23,6 +23,7 @@ struct srv_config {
     char *api_key;
     char *api_key_file;
     char *model_alias;
+    char *chat_template;
     char *device;
     char *kernels;
     int64_t threads;
@@ -110,10 +111,12 @@ struct srv_request {
     struct gram *grammar; /* the output constraint, compiled (p.grammar), or NULL */
 };
 
+struct srv_chat;
 struct srv_model {
     const char *id;    /* the GGUF's basename without .gguf */
     const char *alias; /* --model-alias, or NULL */
     long created;
+    const struct srv_chat *chat; /* how chat messages become a prompt; set with the engine */
 };
 
 /*
@@ -186,8 +189,8 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
               char *err, size_t errlen);
 /* Requires 'Authorization: Bearer key' on every route but /health and /metrics (NULL: none). */
 int srv_set_api_key(struct srv *s, const char *key);
-/* Hands the loaded engine to the server; from now on requests are served. */
-void srv_set_engine(struct srv *s, struct engine *e);
+/* Hands the loaded engine and its chat template to the server; from now on requests are served. */
+void srv_set_engine(struct srv *s, struct engine *e, const struct srv_chat *chat);
 unsigned srv_port(const struct srv *s);
 /* The connection limit in effect (--max-connections, or less when the open-file limit says so). */
 unsigned srv_max_connections(const struct srv *s);
@@ -200,6 +203,32 @@ void srv_stop(struct srv *s);
 
 /* Appends to a log line in the configured format (server/http.c). */
 void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- chat templates (server/chat.c) ---------------------------------------- */
+
+struct srv_chat {
+    struct tpl *tpl;       /* the Jinja template, or NULL: the built-in format */
+    enum tok_chat builtin; /* the fallback for a GGUF without a template */
+    char origin[320];      /* where the template came from, for logs */
+    char *bos, *eos;       /* the texts of the model's BOS and EOS tokens ("" if none) */
+    int add_bos;           /* the model wants a BOS first */
+};
+/*
+ * The chat template of the engine's model, or of file when set (the
+ * --chat-template override).  0, or a negative code with a one-line message
+ * (a file that cannot be read, a template that does not compile).
+ */
+int srv_chat_load(struct srv_chat *c, struct engine *e, const char *file, char *err,
+                  size_t errlen);
+void srv_chat_free(struct srv_chat *c);
+/*
+ * A chat request body's messages (with tools, chat_template_kwargs and
+ * add_generation_prompt) rendered to prompt text; *add_bos says whether
+ * the tokenizer should put a BOS first.  0, or -1 with err set (400 naming
+ * the field, or what the template said).
+ */
+int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *prompt, int *add_bos,
+                    struct srv_error *err);
 
 /* ---- text (server/openai.c) ------------------------------------------------- */
 

@@ -14,17 +14,22 @@
 #include "tests/unit/suites.h"
 
 static struct engine *g_e;
-static const struct srv_model k_model = {.id = "m", .alias = "alias", .created = 1};
+static struct srv_chat g_chat;
+static struct srv_model k_model = {.id = "m", .alias = "alias", .created = 1};
 
 static void setup(void)
 {
     char err[512];
     struct eng_config cfg = {.threads = 1, .ctx = 256, .kv_memory_mib = 8};
     ck_assert_msg(eng_create(test_model_path(), &cfg, &g_e, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(srv_chat_load(&g_chat, g_e, NULL, err, sizeof(err)) == 0, "%s", err);
+    k_model.chat = &g_chat;
 }
 
 static void teardown(void)
 {
+    srv_chat_free(&g_chat);
+    k_model.chat = NULL;
     eng_destroy(g_e);
     g_e = NULL;
 }

@@ -37,6 +37,7 @@ int main(void)
     srunner_add_suite(sr, gguf_suite());
     srunner_add_suite(sr, cpus_suite());
     srunner_add_suite(sr, grammar_suite());
+    srunner_add_suite(sr, template_suite());
     srunner_add_suite(sr, tok_suite());
     srunner_add_suite(sr, spm_suite());
     srunner_add_suite(sr, cli_suite());

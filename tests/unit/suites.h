@@ -20,6 +20,7 @@ Suite *openai_suite(void);
 Suite *sched_suite(void);
 Suite *cpus_suite(void);
 Suite *grammar_suite(void);
+Suite *template_suite(void);
 
 /* Path helpers shared by the suites: the default model (env CINFER_MODEL) and the binary. */
 const char *test_model_path(void);
