@@ -1,7 +1,7 @@
 /*
  * cli/cli.h - the subcommands of bin/cinfer: tokenize (main.c), run
- * (run.c), bench (bench.c), serve (serve.c), health (health.c).  Each returns the process exit
- * status: 0, 1 (failure), or 2 (bad input: usage, a model that does not
+ * (run.c), bench (bench.c), serve (serve.c), health (health.c), template (template.c).  Each
+ * returns the process exit status: 0, 1 (failure), or 2 (bad input: usage, a model that does not
  * load).
  */
 #ifndef CINFER_CLI_CLI_H
@@ -13,6 +13,7 @@ int cli_run(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_health(int argc, char **argv);
+int cli_template(int argc, char **argv);
 
 /* Shared by the subcommands: prints "cinfer VERSION". */
 void cli_print_version(void);

@@ -4,6 +4,7 @@
  *   cinfer tokenize -m MODEL [--stdin] [--bos] [--special] [--pieces] TEXT
  *   cinfer run                   (cli/run.c: through the engine, like a client)
  *   cinfer bench                 (cli/bench.c: the model alone, one shape at a time)
+ *   cinfer template              (cli/template.c: the chat prompt, by server/chat.c)
  *   cinfer serve                 (cli/serve.c over server/)
  *
  * Exit status: 0 on success, 2 for bad input (usage, a model that does not
@@ -28,6 +29,7 @@ static const char *const k_main_help =
     "  tokenize   print the token ids of a text for a GGUF model\n"
     "  run        generate text from a prompt\n"
     "  bench      measure prompt and generation speed (like llama-bench)\n"
+    "  template   print the prompt a chat request's messages become\n"
     "  serve      serve the OpenAI HTTP API\n"
     "  health     ask a server's /health (exit 0 on 200): a probe without curl\n"
     "\n"
@@ -265,6 +267,8 @@ int main(int argc, char **argv)
         return cli_run(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0)
         return cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "template") == 0)
+        return cli_template(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0)
         return cli_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "health") == 0)

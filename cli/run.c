@@ -3,6 +3,7 @@
  * stdout.  It drives the engine through eng_submit like any client: the
  * same scheduler, batching and sampling as `cinfer serve`, no second loop.
  */
+#include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@
 
 #include "cli/cli.h"
 #include "engine/engine.h"
+#include "server/srv.h"
+#include "template/template.h"
 #include "util/clock.h"
 
 static const char *const k_run_help =
@@ -25,8 +28,9 @@ static const char *const k_run_help =
     "  -m, --model FILE        GGUF model (required)\n"
     "  -p, --prompt TEXT       the prompt (raw text; BOS added as the model says)\n"
     "  -n, --n-predict N       tokens to generate at most (default 256; the context may cut it)\n"
-    "      --chat              wrap the prompt in the model's chat template\n"
-    "      --chat-template T   chatml, llama2, llama3, mistral or gemma\n"
+    "      --chat              wrap the prompt in the model's own chat template\n"
+    "      --chat-template T   a Jinja template FILE instead (implies --chat), or a\n"
+    "                          built-in format: chatml, llama2, llama3, mistral, gemma\n"
     "      --system TEXT       a system message (with --chat)\n"
     "      --temp T            temperature (default 0.8; 0 = greedy)\n"
     "      --top-k K           (default 40; 0 = off)\n"
@@ -200,6 +204,55 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
     return 0;
 }
 
+/*
+ * The chat prompt, by the server's own code (server/chat.c): the model's
+ * template, a --chat-template FILE, or a built-in format named by it.
+ */
+static int run_chat_text(const struct run_opts *o, struct engine *e, struct buf *text,
+                         unsigned *flags)
+{
+    enum tok_chat fmt;
+    int builtin = o->chat_name && !tok_chat_from_name(o->chat_name, &fmt);
+    char err[512];
+    struct srv_chat chat;
+    int rc = srv_chat_load(&chat, e, builtin ? NULL : o->chat_name, err, sizeof(err));
+    if (rc) {
+        fprintf(stderr, "cinfer run: %s\n", err);
+        srv_chat_free(&chat);
+        return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
+    }
+    if (builtin) {
+        tpl_destroy(chat.tpl);
+        chat.tpl = NULL;
+        chat.builtin = fmt;
+    }
+    cJSON *root = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(root, "messages");
+    for (int i = 0; i < 2 && msgs; i++) {
+        const char *content = i ? o->prompt : o->system;
+        cJSON *m = content ? cJSON_CreateObject() : NULL;
+        if (!content)
+            continue;
+        if (!m || !cJSON_AddStringToObject(m, "role", i ? "user" : "system") ||
+            !cJSON_AddStringToObject(m, "content", content) || !cJSON_AddItemToArray(msgs, m)) {
+            cJSON_Delete(m);
+            msgs = NULL;
+        }
+    }
+    struct srv_error se = {0};
+    int add_bos = 0;
+    if (!msgs) {
+        fprintf(stderr, "cinfer run: out of memory\n");
+        rc = EXIT_FAILURE;
+    } else if (srv_chat_prompt(&chat, root, text, &add_bos, &se)) {
+        fprintf(stderr, "cinfer run: %s\n", se.message);
+        rc = se.status >= 500 ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
+    }
+    *flags = TOK_PARSE_SPECIAL | (add_bos ? TOK_ADD_BOS : 0);
+    cJSON_Delete(root);
+    srv_chat_free(&chat);
+    return rc;
+}
+
 /* The prompt as token ids (malloc'd); 0 or an exit status. */
 static int run_prompt(const struct run_opts *o, struct engine *e, int32_t **ids, int *n)
 {
@@ -208,28 +261,10 @@ static int run_prompt(const struct run_opts *o, struct engine *e, int32_t **ids,
     unsigned flags = tok_add_bos(tk) ? TOK_ADD_BOS : 0;
     int rc = 0;
     if (o->chat) {
-        struct eng_info info;
-        eng_get_info(e, &info);
-        enum tok_chat fmt = info.chat;
-        if (o->chat_name) {
-            if (tok_chat_from_name(o->chat_name, &fmt)) {
-                fprintf(stderr,
-                        "cinfer run: unknown chat template '%s' (chatml, llama2, llama3, "
-                        "mistral, gemma)\n",
-                        o->chat_name);
-                return CLI_EXIT_BADINPUT;
-            }
-        } else if (!info.chat_known) {
-            fprintf(stderr, "cinfer run: warning: the model's chat template is not one cinfer "
-                            "knows; using chatml\n");
+        if ((rc = run_chat_text(o, e, &text, &flags))) {
+            free(text.p);
+            return rc;
         }
-        struct tok_msg msgs[2];
-        int nm = 0;
-        if (o->system)
-            msgs[nm++] = (struct tok_msg){"system", o->system};
-        msgs[nm++] = (struct tok_msg){"user", o->prompt};
-        rc = tok_chat_render(fmt, msgs, nm, 1, &text);
-        flags |= TOK_PARSE_SPECIAL;
     } else {
         rc = buf_append(&text, o->prompt, strlen(o->prompt));
     }

@@ -10,6 +10,7 @@ template refuses (raise_exception) is a 400 carrying its message.
 """
 
 import importlib.util
+import json
 import subprocess
 
 import openai
@@ -162,3 +163,22 @@ def test_a_template_that_does_not_compile_is_refused_at_start(tmp_path):
     p = subprocess.run([str(CINFER_BIN), "serve", "-m", str(CINFER_MODEL), "--port", "0",
                         "--chat-template", str(missing)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "missing.jinja" in p.stderr
+
+
+@pytest.mark.parametrize("name", ["multi-turn", "a tool result"])
+def test_cinfer_template_prints_the_servers_prompt(server, name, tmp_path):
+    messages = CONVERSATIONS[name]
+    f = tmp_path / "messages.json"
+    f.write_text(json.dumps(messages))
+    r = subprocess.run([str(CINFER_BIN), "template", "-m", str(CINFER_MODEL), "--messages", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == oracle(messages)
+    status, tok = server.json("POST", "/tokenize", {"content": r.stdout})
+    assert status == 200
+    assert f"cinfer template: {tok['count']} prompt tokens" in r.stderr
+    # a request body (here with add_generation_prompt) works too
+    f.write_text(json.dumps({"messages": messages, "add_generation_prompt": False}))
+    r = subprocess.run([str(CINFER_BIN), "template", "-m", str(CINFER_MODEL), "--messages", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == oracle(messages, add_generation_prompt=False)

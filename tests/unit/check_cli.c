@@ -109,8 +109,8 @@ START_TEST(help_and_version_everywhere)
     ck_assert_int_eq(r.status, 0);
     ck_assert_str_eq(r.out, "cinfer " CINFER_VERSION "\n");
     result_free(&r);
-    static const char *const cmds[] = {"tokenize", "serve", "run", "bench"};
-    for (int i = 0; i < 4; i++) {
+    static const char *const cmds[] = {"tokenize", "serve", "run", "bench", "template"};
+    for (int i = 0; i < 5; i++) {
         r = run("", 0, ARGS(cmds[i], "--help"));
         ck_assert_msg(r.status == 0, "cinfer %s --help: %d", cmds[i], r.status);
         ck_assert_ptr_nonnull(strstr(r.out, cmds[i]));
@@ -135,6 +135,10 @@ START_TEST(usage_errors_exit_2)
         ARGS("tokenize", "-m", m, "--frobnicate", "a"),
         ARGS("tokenize", "-m"),
         ARGS("tokenize", "-m", "/nonexistent.gguf", "a"),
+        ARGS("template", "-m", m),
+        ARGS("template", "--messages", "-"),
+        ARGS("template", "-m", m, "--messages", "/nonexistent.json"),
+        ARGS("template", "-m", m, "--messages", "-", "--chat-template", "/nonexistent.jinja"),
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         struct result r = run("", 0, cases[i]);
@@ -369,7 +373,7 @@ START_TEST(run_seed_repeats)
     result_free(&c);
     /* a chat prompt answers and stops at the end of its turn */
     struct result d = run("", 0,
-                          ARGS("run", "-m", m, "-p", "What is the capital of France?", "--chat",
+                          ARGS("run", "-m", m, "-p", "Name the capital of France.", "--chat",
                                "--temp", "0", "-n", "64"));
     ck_assert_int_eq(d.status, 0);
     ck_assert_ptr_nonnull(strstr(d.out, "Paris"));
