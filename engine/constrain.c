@@ -98,6 +98,7 @@ static const struct {
     {"regex", GRAM_REGEX},
     {"choice", GRAM_CHOICE},
     {"gbnf", GRAM_GBNF},
+    {"tool_calls", GRAM_TOOL_CALLS},
 };
 
 int eng_grammar_compile(struct engine *e, const char *kind, const char *src, size_t len,

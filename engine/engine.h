@@ -194,7 +194,8 @@ struct eng_params {
 /*
  * Compiles a constraint for this engine's vocabulary: kind "json_schema"
  * (src: the schema's JSON text), "json_object" (any object; src ignored),
- * "regex", "choice" (a JSON array of strings) or "gbnf".  Thread-safe;
+ * "regex", "choice" (a JSON array of strings), "gbnf" or "tool_calls" (the
+ * spec of GRAM_TOOL_CALLS in grammar/gram.h).  Thread-safe;
  * recent sources are cached.  Returns 0 with *out (release it with
  * eng_grammar_release once submitted or given up), or a negative code with a
  * one-line message naming the problem (for a schema, its JSON pointer);

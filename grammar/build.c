@@ -1135,6 +1135,9 @@ int gram_compile(enum gram_kind kind, const char *src, size_t len, const struct 
     case GRAM_CHOICE:
         root = gram_choice_compile(&b, src, len);
         break;
+    case GRAM_TOOL_CALLS:
+        root = gram_tools_compile(&b, src, len);
+        break;
     default:
         gb_fail(&b, -EINVAL, "unknown grammar kind %d", (int)kind);
     }

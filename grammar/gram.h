@@ -37,6 +37,15 @@ enum gram_kind {
     GRAM_JSON_OBJECT, /* any JSON object (response_format json_object); src is ignored */
     GRAM_REGEX,       /* a regular expression the whole output must match */
     GRAM_CHOICE,      /* a JSON array of strings: the output is one of them */
+    /*
+     * Tool calls, from a JSON spec: {"tools": [{"name": N, "parameters":
+     * SCHEMA}, ...], "min": 1, "max": 1 (-1: no bound), "prefix", "suffix"
+     * (around the whole list), "call_prefix", "call_suffix" (around each
+     * call), "sep" (between calls), "name_key" ("name"), "args_key"
+     * ("arguments")}.  A call is {"NAME_KEY": "N", "ARGS_KEY": <JSON that
+     * satisfies N's SCHEMA>} for one of the tools, spaced as json.dumps.
+     */
+    GRAM_TOOL_CALLS,
 };
 
 struct gram_limits {

@@ -109,6 +109,8 @@ struct gx *gram_regex_parse(struct gb *b, const char *src, size_t len, int json_
 int gram_schema_compile(struct gb *b, const char *src, size_t len);
 int gram_json_object(struct gb *b);
 int gram_choice_compile(struct gb *b, const char *src, size_t len);
+/* GRAM_TOOL_CALLS: the spec of gram.h's comment; the calls' arguments by schema.c. */
+int gram_tools_compile(struct gb *b, const char *src, size_t len);
 
 /* ---- the compiled grammar ---- */
 

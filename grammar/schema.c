@@ -1416,3 +1416,87 @@ int gram_choice_compile(struct gb *b, const char *src, size_t len)
     cJSON_Delete(doc);
     return b->rc ? -1 : root;
 }
+
+/* A string member of the tool-calls spec, or dflt when absent; NULL when it is not a string. */
+static const char *spec_str(const cJSON *spec, const char *key, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(spec, key);
+    return !v ? dflt : cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int gram_tools_compile(struct gb *b, const char *src, size_t len)
+{
+    cJSON *spec = cJSON_ParseWithLength(src, len);
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(spec, "tools");
+    const char *prefix = spec_str(spec, "prefix", ""), *suffix = spec_str(spec, "suffix", "");
+    const char *cpre = spec_str(spec, "call_prefix", ""), *csuf = spec_str(spec, "call_suffix", "");
+    const char *sep = spec_str(spec, "sep", ""), *nkey = spec_str(spec, "name_key", "name");
+    const char *akey = spec_str(spec, "args_key", "arguments");
+    const cJSON *jmin = cJSON_GetObjectItemCaseSensitive(spec, "min");
+    const cJSON *jmax = cJSON_GetObjectItemCaseSensitive(spec, "max");
+    int min = cJSON_IsNumber(jmin) ? jmin->valueint : 1;
+    int max = cJSON_IsNumber(jmax) ? jmax->valueint : 1;
+    if (!cJSON_IsObject(spec) || !cJSON_IsArray(tools) || !tools->child || !prefix || !suffix ||
+        !cpre || !csuf || !sep || !nkey || !akey || min < 1 || (max != -1 && max < min)) {
+        cJSON_Delete(spec);
+        gb_fail(b, -EINVAL,
+                "tool_calls: the spec must be an object with a non-empty tools array, string "
+                "markers and 1 <= min <= max (or max -1)");
+        return -1;
+    }
+    struct sc s;
+    sc_init(&s, b);
+    /* one call: {"<name_key>": "<name>", "<args_key>": <its parameters>} for any of the tools */
+    struct gx *alt = gx_alt(b);
+    int i = 0;
+    for (const cJSON *t = tools->child; t && !b->rc; t = t->next, i++) {
+        const char *name = spec_str(t, "name", NULL);
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(t, "parameters");
+        if (!name || (params && !cJSON_IsObject(params) && !cJSON_IsBool(params))) {
+            gb_fail(b, -EINVAL, "tool_calls: tools[%d] needs a name and an object of parameters",
+                    i);
+            break;
+        }
+        struct gx *x = gx_seq(b);
+        gx_add(b, x, gx_str(b, "{"));
+        gx_add(b, x, string_lit(&s, nkey));
+        gx_add(b, x, gx_str(b, ": "));
+        gx_add(b, x, string_lit(&s, name));
+        gx_add(b, x, gx_str(b, ", "));
+        gx_add(b, x, string_lit(&s, akey));
+        gx_add(b, x, gx_str(b, ": "));
+        /* each tool's schema is a document of its own: its $refs resolve inside it */
+        for (int k = 0; k < s.n_refs; k++)
+            free(s.refs[k].ref);
+        s.n_refs = 0;
+        char seg[16];
+        snprintf(seg, sizeof seg, "%d", i);
+        size_t old = path_push(&s, "tools");
+        path_push(&s, seg);
+        path_push(&s, "parameters");
+        s.doc = (cJSON *)params;
+        gx_add(b, x, params ? sv(&s, params) : any_object(&s));
+        path_pop(&s, old);
+        gx_add(b, x, gx_str(b, "}"));
+        gx_add(b, alt, x);
+    }
+    int call = gb_rule(b, "tool-call", 9);
+    struct gx *one = gx_seq(b);
+    gx_add(b, one, gx_str(b, cpre));
+    gx_add(b, one, alt);
+    gx_add(b, one, gx_str(b, csuf));
+    gb_define(b, call, one);
+    int root = gb_rule(b, "root", 4);
+    struct gx *x = gx_seq(b);
+    gx_add(b, x, gx_str(b, prefix));
+    gx_add(b, x, gx_ref(b, call));
+    if (max != 1) {
+        struct gx *more = gx_seq2(b, gx_str(b, sep), gx_ref(b, call));
+        gx_add(b, x, gx_rep(b, more, min - 1, max < 0 ? -1 : max - 1));
+    }
+    gx_add(b, x, gx_str(b, suffix));
+    gb_define(b, root, x);
+    sc_free(&s);
+    cJSON_Delete(spec);
+    return b->rc ? -1 : root;
+}

@@ -84,6 +84,7 @@ int srv_chat_load(struct srv_chat *c, struct engine *e, const char *file, char *
                  tok_chat_name(info.chat));
         return 0;
     }
+    srv_chat_detect(c, src ? src : info.chat_template, n);
     char msg[300];
     int rc = tpl_compile(src ? src : info.chat_template, n, &c->tpl, msg, sizeof msg);
     free(src);
@@ -302,6 +303,47 @@ static int render_builtin(const struct srv_chat *c, const cJSON *msgs, int gen, 
     return rc;
 }
 
+/*
+ * The generic fallback for a template that does not render tools: they
+ * are described in the system message (appended to the first one, or a
+ * new one first), with the generic call format server/tools.c parses.
+ */
+static int tools_in_system(cJSON *msgs, const cJSON *tools)
+{
+    struct buf b = {0};
+    int rc = buf_printf(&b, "You can call the functions below. To call one or more, answer with "
+                            "only this JSON: {\"tool_calls\": [{\"name\": <function name>, "
+                            "\"arguments\": <an object of its arguments>}]}\n\nFunctions:");
+    for (const cJSON *t = tools->child; t && !rc; t = t->next) {
+        char *s = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(t, "function"));
+        rc = s ? buf_printf(&b, "\n%s", s) : -ENOMEM;
+        free(s);
+    }
+    cJSON *first = msgs->child;
+    const cJSON *role = first ? cJSON_GetObjectItemCaseSensitive(first, "role") : NULL;
+    const cJSON *content = first ? cJSON_GetObjectItemCaseSensitive(first, "content") : NULL;
+    if (!rc && cJSON_IsString(role) && !strcmp(role->valuestring, "system") &&
+        cJSON_IsString(content)) {
+        struct buf t = {0};
+        rc = buf_printf(&t, "%s\n\n%.*s", content->valuestring, (int)b.n, b.p);
+        rc =
+            rc || !cJSON_ReplaceItemInObjectCaseSensitive(first, "content", cJSON_CreateString(t.p))
+                ? -ENOMEM
+                : 0;
+        free(t.p);
+    } else if (!rc) {
+        cJSON *m = cJSON_CreateObject();
+        rc = buf_append(&b, "", 1);
+        if (rc || !m || !cJSON_AddStringToObject(m, "role", "system") ||
+            !cJSON_AddStringToObject(m, "content", b.p) || !cJSON_InsertItemInArray(msgs, 0, m)) {
+            cJSON_Delete(m);
+            rc = -ENOMEM;
+        }
+    }
+    free(b.p);
+    return rc;
+}
+
 int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *prompt, int *add_bos,
                     struct srv_error *err)
 {
@@ -324,7 +366,11 @@ int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *pro
     if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
         return srv_fail(err, 400, "chat_template_kwargs", NULL,
                         "chat_template_kwargs must be an object");
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    /* tool_choice "none": the model is not told about the tools */
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    const cJSON *tools = cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")
+                             ? NULL
+                             : cJSON_GetObjectItemCaseSensitive(root, "tools");
     cJSON *msgs = messages_for_template(cJSON_GetObjectItemCaseSensitive(root, "messages"), err);
     if (!msgs)
         return -1;
@@ -361,7 +407,12 @@ int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *pro
         cJSON_AddItemToObject(ctx, "messages", msgs);
     else
         cJSON_Delete(msgs);
-    if (!rc && cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
+    if (!rc && cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0 &&
+        !tpl_uses(c->tpl, "tools")) { /* a template that knows nothing of tools */
+        rc = tools_in_system(cJSON_GetObjectItemCaseSensitive(ctx, "messages"), tools)
+                 ? srv_fail(err, 500, NULL, NULL, "out of memory")
+                 : 0;
+    } else if (!rc && cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
         cJSON *d = cJSON_Duplicate(tools, 1);
         if (!d || !cJSON_AddItemToObject(ctx, "tools", d))
             rc = srv_fail(err, 500, NULL, NULL, "out of memory");

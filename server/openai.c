@@ -134,8 +134,6 @@ cJSON *srv_parse_json(const char *body, size_t len, struct srv_error *err)
     return parse_checked(body, len, err);
 }
 
-static uint64_t random_seed(void);
-
 /* ---- token-id arrays without a cJSON node per id ------------------------------ */
 
 /*
@@ -287,7 +285,7 @@ cJSON *srv_parse_json_ids(const char *body, size_t len, struct srv_ids *ids, str
             memcpy(copy, body, len);
             uint64_t nonce = 0;
             if (getrandom(&nonce, sizeof(nonce), GRND_NONBLOCK) != (ssize_t)sizeof(nonce))
-                nonce = random_seed();
+                nonce = srv_random();
             snprintf(ids->key, sizeof(ids->key), "ids-%016llx", (unsigned long long)nonce);
         }
         if (ids_take(ids, p, end, n)) {
@@ -489,6 +487,14 @@ static int parse_messages(const cJSON *root, struct engine *e, const struct srv_
     struct buf prompt = {0};
     int add_bos = 0;
     int rc = srv_chat_prompt(model->chat, root, &prompt, &add_bos, err);
+    /* the template opened the reasoning (R1); a forced call starts at once */
+    if (!rc && r->reasoning && r->tool_mode != SRV_TOOL_REQUIRED &&
+        r->tool_mode != SRV_TOOL_NAMED) {
+        size_t n = prompt.n;
+        while (n && (prompt.p[n - 1] == '\n' || prompt.p[n - 1] == ' '))
+            n--;
+        r->think_open = n >= 7 && !memcmp(prompt.p + n - 7, "<think>", 7);
+    }
     if (!rc)
         rc = encode(eng_tok(e), prompt.p ? prompt.p : "", prompt.n,
                     TOK_PARSE_SPECIAL | (add_bos ? TOK_ADD_BOS : 0), r, err);
@@ -553,7 +559,7 @@ static int parse_bias(const cJSON *root, int n_vocab, struct srv_request *r, str
     return 0;
 }
 
-static uint64_t random_seed(void)
+uint64_t srv_random(void)
 {
     static _Atomic uint64_t counter;
     struct timespec ts;
@@ -563,20 +569,13 @@ static uint64_t random_seed(void)
 }
 
 /*
- * Fields a client sends to get something cinfer does not do yet: constrained
- * output (response_format json_object / json_schema; vLLM's guided_* and
- * structured_outputs; llama-server's grammar and json_schema) and tool calls.
- * Answering them with free text would be a silently different answer, so
- * each is a 400 naming the field.  response_format {"type": "text"}, and
- * tool_choice "none" without tools, ask for nothing more and pass.
- */
-/*
  * The output constraint, at most one of: response_format json_object /
  * json_schema (OpenAI), structured_outputs {json, regex, choice, grammar,
  * json_object} (vLLM), guided_json / guided_regex / guided_choice /
  * guided_grammar (vLLM's older fields), grammar (GBNF) and json_schema
  * (llama-server).  Compiled here, on the server's thread, so that a bad
- * schema is a 400 naming what is wrong before anything is queued.
+ * schema is a 400 naming what is wrong before anything is queued.  On chat,
+ * tool_choice required or a named function is one too (server/tools.c).
  */
 struct constraint {
     const char *field; /* where it came from, for messages */
@@ -638,7 +637,8 @@ static int parse_structured_outputs(const cJSON *so, struct constraint *c, int *
     return 0;
 }
 
-static int parse_constraint(const cJSON *root, struct engine *e, struct srv_request *r,
+static int parse_constraint(const cJSON *root, struct engine *e, enum srv_kind kind,
+                            const struct srv_chat *chat, struct srv_request *r,
                             struct srv_error *err)
 {
     struct constraint c = {0};
@@ -717,23 +717,25 @@ static int parse_constraint(const cJSON *root, struct engine *e, struct srv_requ
                                                                  : "a string");
         rc = add_constraint(&c, &n, fields[i].field, fields[i].kind, f, err);
     }
-    static const char *const tools[] = {"tools", "functions", "function_call"};
-    for (size_t i = 0; !rc && i < sizeof tools / sizeof tools[0]; i++) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, tools[i]);
-        if (!f || cJSON_IsNull(f) || (cJSON_IsArray(f) && !cJSON_GetArraySize(f)))
-            continue;
-        return srv_fail(err, 400, tools[i], NULL,
-                        "%s is not supported yet (cinfer cannot call tools); it is refused rather "
-                        "than ignored",
-                        tools[i]);
+    cJSON *spec = NULL; /* tool_choice required or named: the calls' grammar */
+    if (!rc && kind == SRV_CHAT) {
+        rc = srv_tools_request(root, chat, r, &spec, err);
+        if (!rc && spec)
+            rc = add_constraint(&c, &n, "tool_choice", "tool_calls", spec, err);
+    } else if (!rc) {
+        static const char *const tools[] = {"tools", "tool_choice", "functions", "function_call"};
+        for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++) {
+            const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, tools[i]);
+            if (f && !cJSON_IsNull(f))
+                return srv_fail(err, 400, tools[i], NULL,
+                                "%s is a chat field: tools are called on /v1/chat/completions",
+                                tools[i]);
+        }
     }
-    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    if (!rc && tc && !cJSON_IsNull(tc) && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")))
-        return srv_fail(err, 400, "tool_choice", NULL,
-                        "tool_choice is not supported yet (only \"none\"): cinfer cannot call "
-                        "tools");
-    if (rc || !n)
+    if (rc || !n) {
+        cJSON_Delete(spec);
         return rc;
+    }
     /* the source text the compiler reads */
     char *text = NULL;
     const char *src = "";
@@ -748,6 +750,7 @@ static int parse_constraint(const cJSON *root, struct engine *e, struct srv_requ
     char msg[400];
     int crc = eng_grammar_compile(e, c.kind, src, strlen(src), &r->grammar, msg, sizeof(msg));
     free(text);
+    cJSON_Delete(spec);
     if (crc == -ENOMEM)
         return srv_fail(err, 500, c.field, NULL, "out of memory compiling %s", c.field);
     if (crc == -EBUSY) { /* the compiler's slots are taken: as a full queue */
@@ -820,7 +823,7 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     k = 1;
     if (!rc && !(rc = get_int(root, "n", 1, MAX_N, &k, err)))
         r->n = (int)k;
-    r->p.sp.seed = random_seed();
+    r->p.sp.seed = srv_random();
     k = 0;
     if (!rc && !(rc = get_int(root, "seed", -9.2e18, 9.2e18, &k, err)) &&
         cJSON_GetObjectItemCaseSensitive(root, "seed") &&
@@ -868,7 +871,7 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         rc = srv_fail(err, 400, "user", NULL, "user must be a string");
     rc = rc ? rc : parse_stop(root, r, err);
     rc = rc ? rc : parse_bias(root, info.n_vocab, r, err);
-    rc = rc ? rc : parse_constraint(root, e, r, err);
+    rc = rc ? rc : parse_constraint(root, e, kind, model->chat, r, err);
     /* the prompts */
     if (!rc)
         rc = kind == SRV_CHAT ? parse_messages(root, e, model, r, err)
@@ -908,6 +911,9 @@ void srv_request_free(struct srv_request *r)
     free(r->stop);
     free((void *)r->p.sp.bias);
     free(r->model);
+    for (int i = 0; i < r->n_tool_names; i++)
+        free(r->tool_names[i]);
+    free(r->tool_names);
     eng_grammar_release(r->grammar);
     memset(r, 0, sizeof(*r));
 }
@@ -936,6 +942,7 @@ struct choice {
     int cached_tokens;
     double t_last;
     char *error;
+    struct srv_outp outp; /* chat: content, reasoning and tool calls apart */
 };
 
 struct srv_job {
@@ -991,6 +998,7 @@ void srv_job_free(struct srv_job *j)
         for (int k = 0; k < 4; k++)
             free(j->c[i].lpt[k].p);
         free(j->c[i].error);
+        srv_outp_free(&j->c[i].outp);
     }
     free(j->c);
     eng_notify_destroy(&j->notify);
@@ -1018,7 +1026,7 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
     j->c = c;
     j->n_choices = n;
     j->created = (long)time(NULL);
-    uint64_t rnd = random_seed();
+    uint64_t rnd = srv_random();
     snprintf(j->id, sizeof(j->id), "%s-%016llx%08x", j->req.kind == SRV_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)rnd, (unsigned)(rnd >> 17));
     struct eng_info info;
@@ -1041,6 +1049,8 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
     }
     for (int i = 0; i < n; i++) {
         c[i].prompt = i / j->req.n;
+        if (j->req.kind == SRV_CHAT)
+            srv_outp_init(&c[i].outp, &j->req);
         p[i] = j->req.p;
         p[i].notify = &j->notify;
         p[i].sp.seed = j->req.p.sp.seed + (uint64_t)(i % j->req.n);
@@ -1206,26 +1216,23 @@ static int sse(struct buf *out, cJSON *o)
     return rc;
 }
 
-/* One streamed chunk for choice i: text (may be NULL), its logprobs, a finish reason. */
-static int stream_chunk(struct srv_job *j, int i, const char *text, size_t n, cJSON *lp,
-                        const char *finish, int role, struct buf *out)
+/* One streamed chunk for choice i: chat's delta (taken; NULL for completions), text, logprobs,
+ * finish. */
+static int delta_chunk(struct srv_job *j, int i, cJSON *delta, const char *text, size_t n,
+                       cJSON *lp, const char *finish, struct buf *out)
 {
     int chat = j->req.kind == SRV_CHAT;
     cJSON *o = envelope(j, chat ? "chat.completion.chunk" : "text_completion");
     cJSON *arr = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
     cJSON_AddItemToArray(arr, c);
     cJSON_AddNumberToObject(c, "index", i);
-    char *clean = text ? srv_utf8_dup(text, n) : NULL;
     if (chat) {
-        cJSON *d = cJSON_AddObjectToObject(c, "delta");
-        if (role)
-            cJSON_AddStringToObject(d, "role", "assistant");
-        if (text || role)
-            cJSON_AddStringToObject(d, "content", clean ? clean : "");
+        cJSON_AddItemToObject(c, "delta", delta ? delta : cJSON_CreateObject());
     } else {
+        char *clean = srv_utf8_dup(text ? text : "", text ? n : 0);
         cJSON_AddStringToObject(c, "text", clean ? clean : "");
+        free(clean);
     }
-    free(clean);
     if (lp)
         cJSON_AddItemToObject(c, "logprobs", lp);
     else
@@ -1239,6 +1246,78 @@ static int stream_chunk(struct srv_job *j, int i, const char *text, size_t n, cJ
     return sse(out, o);
 }
 
+/* A chat delta {"KEY": text} (text NULL: no member). */
+static cJSON *text_delta(const char *key, const char *text, size_t n)
+{
+    cJSON *d = cJSON_CreateObject();
+    if (text) {
+        char *clean = srv_utf8_dup(text, n);
+        cJSON_AddStringToObject(d, key, clean ? clean : "");
+        free(clean);
+    }
+    return d;
+}
+
+/* One streamed chunk for choice i: text (may be NULL), its logprobs, a finish reason. */
+static int stream_chunk(struct srv_job *j, int i, const char *text, size_t n, cJSON *lp,
+                        const char *finish, int role, struct buf *out)
+{
+    cJSON *d = NULL;
+    if (j->req.kind == SRV_CHAT) {
+        d = text_delta("content", text || role ? (text ? text : "") : NULL, n);
+        if (role)
+            cJSON_AddStringToObject(d, "role", "assistant");
+    }
+    return delta_chunk(j, i, d, text, n, lp, finish, out);
+}
+
+/*
+ * What the output parser released for choice i, as chunks: reasoning_content,
+ * content, then each tool call as OpenAI streams one - its index, id, type
+ * and name with empty arguments, then the arguments.  lp (taken) rides on
+ * the first chunk, or on an empty delta.
+ */
+static int stream_outp(struct srv_job *j, int i, struct srv_outp_out *o, cJSON *lp, struct buf *out)
+{
+    int rc = 0;
+    if (o->reasoning.n) {
+        rc = delta_chunk(j, i, text_delta("reasoning_content", o->reasoning.p, o->reasoning.n),
+                         NULL, 0, lp, NULL, out);
+        lp = NULL;
+    }
+    if (!rc && o->content.n) {
+        rc = delta_chunk(j, i, text_delta("content", o->content.p, o->content.n), NULL, 0, lp, NULL,
+                         out);
+        lp = NULL;
+    }
+    int k = j->c[i].outp.n_calls - cJSON_GetArraySize(o->calls);
+    for (const cJSON *c = o->calls ? o->calls->child : NULL; c && !rc; c = c->next, k++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
+        for (int part = 0; part < 2 && !rc; part++) {
+            cJSON *d = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(d, "tool_calls");
+            cJSON *x = cJSON_CreateObject(), *xf;
+            cJSON_AddItemToArray(list, x);
+            cJSON_AddNumberToObject(x, "index", k);
+            if (!part) {
+                cJSON_AddStringToObject(x, "id", cJSON_GetObjectItem(c, "id")->valuestring);
+                cJSON_AddStringToObject(x, "type", "function");
+            }
+            xf = cJSON_AddObjectToObject(x, "function");
+            if (!part)
+                cJSON_AddStringToObject(xf, "name", cJSON_GetObjectItem(f, "name")->valuestring);
+            cJSON_AddStringToObject(xf, "arguments",
+                                    part ? cJSON_GetObjectItem(f, "arguments")->valuestring : "");
+            rc = delta_chunk(j, i, d, NULL, 0, lp, NULL, out);
+            lp = NULL;
+        }
+    }
+    if (!rc && lp)
+        rc = delta_chunk(j, i, NULL, NULL, 0, lp, NULL, out);
+    else
+        cJSON_Delete(lp);
+    return rc;
+}
+
 /* The prompt's text, for echo. */
 static int prompt_text(struct srv_job *j, int p, struct buf *out)
 {
@@ -1250,9 +1329,42 @@ static int prompt_text(struct srv_job *j, int p, struct buf *out)
     return tok_detok_flush(&d, out);
 }
 
-static const char *finish_name(enum eng_finish f)
+static const char *finish_name(const struct choice *c)
 {
-    return f == ENG_FINISH_LENGTH ? "length" : "stop";
+    return c->finish == ENG_FINISH_LENGTH ? "length" : c->outp.n_calls ? "tool_calls" : "stop";
+}
+
+/* A chat message from the whole text, split by the output parser; 0 or -ENOMEM. */
+static int message_json(struct choice *c, cJSON *m)
+{
+    struct srv_outp_out o = {0};
+    int rc = srv_outp_feed(&c->outp, c->text.p ? c->text.p : "", c->text.n, &o);
+    rc = rc ? rc : srv_outp_finish(&c->outp, &o);
+    char *content = rc ? NULL : srv_utf8_dup(o.content.p ? o.content.p : "", o.content.n);
+    char *reasoning = rc ? NULL : srv_utf8_dup(o.reasoning.p ? o.reasoning.p : "", o.reasoning.n);
+    if (!content || !reasoning) {
+        rc = -ENOMEM;
+    } else {
+        cJSON_AddStringToObject(m, "role", "assistant");
+        if (o.calls && !o.content.n) /* OpenAI: a message of calls has no content */
+            cJSON_AddNullToObject(m, "content");
+        else
+            cJSON_AddStringToObject(m, "content", content);
+        if (c->outp.reasoning) {
+            if (o.reasoning.n)
+                cJSON_AddStringToObject(m, "reasoning_content", reasoning);
+            else
+                cJSON_AddNullToObject(m, "reasoning_content");
+        }
+        if (o.calls) {
+            cJSON_AddItemToObject(m, "tool_calls", o.calls);
+            o.calls = NULL;
+        }
+    }
+    free(content);
+    free(reasoning);
+    srv_outp_out_free(&o);
+    return rc;
 }
 
 /* The whole non-streamed response. */
@@ -1267,7 +1379,14 @@ static int final_json(struct srv_job *j, struct buf *out)
         cJSON_AddItemToArray(arr, x);
         cJSON_AddNumberToObject(x, "index", i);
         char *clean = srv_utf8_dup(c->text.p ? c->text.p : "", c->text.n);
-        if (chat) {
+        if (chat && srv_outp_active(&c->outp)) {
+            cJSON *m = cJSON_AddObjectToObject(x, "message");
+            if (!m || message_json(c, m)) {
+                free(clean);
+                cJSON_Delete(o);
+                return -ENOMEM;
+            }
+        } else if (chat) {
             cJSON *m = cJSON_AddObjectToObject(x, "message");
             cJSON_AddStringToObject(m, "role", "assistant");
             cJSON_AddStringToObject(m, "content", clean ? clean : "");
@@ -1289,7 +1408,7 @@ static int final_json(struct srv_job *j, struct buf *out)
         } else {
             cJSON_AddNullToObject(x, "logprobs");
         }
-        cJSON_AddStringToObject(x, "finish_reason", finish_name(c->finish));
+        cJSON_AddStringToObject(x, "finish_reason", finish_name(c));
     }
     cJSON_AddItemToObject(o, "usage", usage_json(j));
     char *s = cJSON_PrintUnformatted(o);
@@ -1358,7 +1477,14 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
                     lp = c->lp;
                 }
                 c->lp = NULL;
-                rc = stream_chunk(j, i, ev->text, ev->n_text, lp, NULL, 0, out);
+                if (srv_outp_active(&c->outp)) {
+                    struct srv_outp_out o = {0};
+                    rc = srv_outp_feed(&c->outp, ev->text, ev->n_text, &o);
+                    rc = rc ? (cJSON_Delete(lp), rc) : stream_outp(j, i, &o, lp, out);
+                    srv_outp_out_free(&o);
+                } else {
+                    rc = stream_chunk(j, i, ev->text, ev->n_text, lp, NULL, 0, out);
+                }
             }
             c->text.n += ev->n_text; /* only the length matters when streaming */
         } else {
@@ -1378,14 +1504,20 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
                                 ev->n_text ? ev->n_text : 25);
         return 0;
     }
-    if (ev->n_text) {
+    if (j->req.stream && srv_outp_active(&c->outp)) {
+        struct srv_outp_out o = {0};
+        rc = srv_outp_feed(&c->outp, ev->text, ev->n_text, &o);
+        rc = rc ? rc : srv_outp_finish(&c->outp, &o);
+        rc = rc ? rc : stream_outp(j, i, &o, NULL, out);
+        srv_outp_out_free(&o);
+    } else if (ev->n_text) {
         if (j->req.stream)
             rc = stream_chunk(j, i, ev->text, ev->n_text, NULL, NULL, 0, out);
         else
             rc = buf_append(&c->text, ev->text, ev->n_text);
     }
     if (!rc && j->req.stream)
-        rc = stream_chunk(j, i, NULL, 0, NULL, finish_name(ev->finish), 0, out);
+        rc = stream_chunk(j, i, NULL, 0, NULL, finish_name(c), 0, out);
     return rc;
 }
 

@@ -95,6 +95,11 @@ char *srv_error_json(const struct srv_error *err);
 
 enum srv_kind { SRV_CHAT, SRV_COMPLETION };
 
+/* How a model writes tool calls (server/tools.c), chosen from its chat template. */
+enum srv_tool_fmt { SRV_TOOLS_GENERIC = 0, SRV_TOOLS_HERMES, SRV_TOOLS_LLAMA3, SRV_TOOLS_MISTRAL };
+/* tool_choice: none (no tools rendered, none parsed), auto, required, a named function. */
+enum srv_tool_mode { SRV_TOOL_NONE = 0, SRV_TOOL_AUTO, SRV_TOOL_REQUIRED, SRV_TOOL_NAMED };
+
 /* One validated completion request: its prompts and generation settings. */
 struct srv_request {
     enum srv_kind kind;
@@ -109,6 +114,14 @@ struct srv_request {
     char **stop;
     char *model;          /* the name the client asked for */
     struct gram *grammar; /* the output constraint, compiled (p.grammar), or NULL */
+    /* chat: tool calls and reasoning in the output (server/tools.c) */
+    enum srv_tool_mode tool_mode;
+    enum srv_tool_fmt tool_fmt;
+    int parallel_tool_calls;
+    char **tool_names; /* the functions of tools (for tool_mode other than none) */
+    int n_tool_names;
+    int reasoning;  /* split <think>...</think> into reasoning_content */
+    int think_open; /* the prompt ends inside <think>: the output starts as reasoning */
 };
 
 struct srv_chat;
@@ -207,19 +220,20 @@ void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* ---- chat templates (server/chat.c) ---------------------------------------- */
 
 struct srv_chat {
-    struct tpl *tpl;       /* the Jinja template, or NULL: the built-in format */
-    enum tok_chat builtin; /* the fallback for a GGUF without a template */
-    char origin[320];      /* where the template came from, for logs */
-    char *bos, *eos;       /* the texts of the model's BOS and EOS tokens ("" if none) */
-    int add_bos;           /* the model wants a BOS first */
+    struct tpl *tpl;            /* the Jinja template, or NULL: the built-in format */
+    enum tok_chat builtin;      /* the fallback for a GGUF without a template */
+    char origin[320];           /* where the template came from, for logs */
+    char *bos, *eos;            /* the texts of the model's BOS and EOS tokens ("" if none) */
+    int add_bos;                /* the model wants a BOS first */
+    enum srv_tool_fmt tool_fmt; /* how its template has the model call tools */
+    int think;                  /* its template knows <think> ... </think> */
 };
 /*
  * The chat template of the engine's model, or of file when set (the
  * --chat-template override).  0, or a negative code with a one-line message
  * (a file that cannot be read, a template that does not compile).
  */
-int srv_chat_load(struct srv_chat *c, struct engine *e, const char *file, char *err,
-                  size_t errlen);
+int srv_chat_load(struct srv_chat *c, struct engine *e, const char *file, char *err, size_t errlen);
 void srv_chat_free(struct srv_chat *c);
 /*
  * A chat request body's messages (with tools, chat_template_kwargs and
@@ -230,7 +244,50 @@ void srv_chat_free(struct srv_chat *c);
 int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *prompt, int *add_bos,
                     struct srv_error *err);
 
+/* ---- tool calls and reasoning (server/tools.c) -------------------------------- */
+
+/* Sets c->tool_fmt and c->think from a template's source. */
+void srv_chat_detect(struct srv_chat *c, const char *src, size_t n);
+const char *srv_tools_fmt_name(enum srv_tool_fmt f);
+/*
+ * A chat body's tools, tool_choice and parallel_tool_calls, into r; for
+ * tool_choice required or a named function *spec is the GRAM_TOOL_CALLS
+ * spec (kind "tool_calls") to compile (caller frees).  0 or -1 with err set.
+ */
+int srv_tools_request(const cJSON *root, const struct srv_chat *chat, struct srv_request *r,
+                      cJSON **spec, struct srv_error *err);
+
+/* One choice's output, split as it streams into content, reasoning and tool calls. */
+struct srv_outp {
+    enum srv_tool_fmt fmt;
+    int tools, reasoning, max_calls; /* max_calls -1: no bound */
+    int state;
+    int started;        /* content other than space has been released */
+    const char *marker; /* what opened the call being held */
+    struct buf hold;    /* text not yet decided */
+    int n_calls;
+    const char *const *names; /* the request's functions (its srv_request outlives this) */
+    int n_names;
+};
+/* What one feed released: text to append, and the calls ({id, type, function}) now whole. */
+struct srv_outp_out {
+    struct buf content, reasoning;
+    cJSON *calls; /* an array, or NULL */
+};
+void srv_outp_init(struct srv_outp *p, const struct srv_request *r);
+/* 1 when the request asks for any splitting at all. */
+int srv_outp_active(const struct srv_outp *p);
+/* 0 or -ENOMEM; the output goes to o (appended). */
+int srv_outp_feed(struct srv_outp *p, const char *text, size_t n, struct srv_outp_out *o);
+/* The end: what was held is decided.  0 or -ENOMEM. */
+int srv_outp_finish(struct srv_outp *p, struct srv_outp_out *o);
+void srv_outp_free(struct srv_outp *p);
+void srv_outp_out_free(struct srv_outp_out *o);
+
 /* ---- text (server/openai.c) ------------------------------------------------- */
+
+/* 64 bits from the clock, the pid and a counter: ids and default seeds. */
+uint64_t srv_random(void);
 
 /* A NUL-terminated copy of n bytes as strict UTF-8 (see tok_utf8_clean); NULL on no memory. */
 char *srv_utf8_dup(const char *p, size_t n);

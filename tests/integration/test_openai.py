@@ -543,15 +543,15 @@ def test_error_json_shape(server, keyed_server, model_id):
 
 
 def test_fields_cinfer_cannot_honour_are_refused(client, model_id):
-    """Tool calls are not built yet: each field that asks for them is a 400
-    naming it, never an answer in free text; so is a response_format type
-    cinfer does not know.  The requests that ask for nothing more
-    (response_format text, tool_choice none) pass.  (Structured output is
-    honoured: tests/integration/test_structured.py.)"""
+    """Each field that asks for what cinfer does not do is a 400 naming it,
+    never an answer in free text: a response_format type it does not know,
+    tool_choice required without tools, OpenAI's deprecated functions.  The
+    requests that ask for nothing more (response_format text, tool_choice
+    none) pass.  (Structured output: tests/integration/test_structured.py;
+    tools: tests/integration/test_tools.py.)"""
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     asks = [
         ("response_format", {"response_format": {"type": "yaml"}}),
-        ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}),
         ("tool_choice", {"tool_choice": "required"}),
         ("functions", {"extra_body": {"functions": [{"name": "f", "parameters": schema}]}}),
     ]

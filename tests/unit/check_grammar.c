@@ -275,6 +275,73 @@ START_TEST(choices_and_json_object)
 }
 END_TEST
 
+#define MATCHES(g, s) matches(g, s, strlen(s))
+
+START_TEST(tool_calls_follow_the_tools_schemas)
+{
+    char err[256];
+    const char *weather = "{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", "
+                          "\"properties\": {\"city\": {\"type\": \"string\"}, \"unit\": {\"enum\": "
+                          "[\"c\", \"f\"]}}, \"required\": [\"city\", \"unit\"]}}";
+    char src[1024];
+    /* Hermes: each call in its tags, parallel calls on their own lines */
+    snprintf(src, sizeof src,
+             "{\"tools\": [%s, {\"name\": \"now\"}], \"call_prefix\": \"<tool_call>\\n\", "
+             "\"call_suffix\": \"\\n</tool_call>\", \"sep\": \"\\n\", \"min\": 1, \"max\": -1}",
+             weather);
+    struct gram *g = compile(GRAM_TOOL_CALLS, src, err, sizeof(err));
+    ck_assert_msg(g, "%s", err);
+    const char *one =
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", "
+        "\"unit\": \"c\"}}\n</tool_call>";
+    ck_assert(MATCHES(g, one));
+    char two[512];
+    snprintf(two, sizeof two,
+             "%s\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>", one);
+    ck_assert(MATCHES(g, two));
+    ck_assert(!MATCHES(g, "")); /* min 1 */
+    ck_assert(!MATCHES(g, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+                          "\"Paris\"}}\n</tool_call>")); /* unit is required */
+    ck_assert(
+        !MATCHES(g, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>"));
+    ck_assert(
+        !MATCHES(g, "Sure! <tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>"));
+    gram_unref(g);
+    /* Mistral: one list after a marker; a named choice allows one call only */
+    snprintf(src, sizeof src,
+             "{\"tools\": [%s], \"prefix\": \"[TOOL_CALLS][\", \"suffix\": \"]\", \"sep\": \", \", "
+             "\"max\": 1}",
+             weather);
+    g = compile(GRAM_TOOL_CALLS, src, err, sizeof(err));
+    ck_assert_msg(g, "%s", err);
+    ck_assert(
+        MATCHES(g, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", "
+                   "\"unit\": \"f\"}}]"));
+    ck_assert(!MATCHES(g, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+                          "\"Oslo\", \"unit\": \"f\"}}, {\"name\": \"get_weather\", \"arguments\": "
+                          "{\"city\": \"Oslo\", \"unit\": \"f\"}}]"));
+    gram_unref(g);
+    /* Llama 3: "parameters" instead of "arguments" */
+    snprintf(src, sizeof src, "{\"tools\": [%s], \"args_key\": \"parameters\"}", weather);
+    g = compile(GRAM_TOOL_CALLS, src, err, sizeof(err));
+    ck_assert_msg(g, "%s", err);
+    ck_assert(MATCHES(g,
+                      "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\", \"unit\": "
+                      "\"c\"}}"));
+    gram_unref(g);
+    /* bad specs and bad schemas name the problem */
+    ck_assert(!compile(GRAM_TOOL_CALLS, "{\"tools\": []}", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "non-empty tools"), "%s", err);
+    ck_assert(!compile(GRAM_TOOL_CALLS, "{\"tools\": [{\"parameters\": {}}]}", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "tools[0] needs a name"), "%s", err);
+    ck_assert(!compile(GRAM_TOOL_CALLS,
+                       "{\"tools\": [{\"name\": \"a\", \"parameters\": {\"type\": \"object\", "
+                       "\"propertyNames\": {}}}]}",
+                       err, sizeof(err)));
+    ck_assert_msg(strstr(err, "/tools/0/parameters"), "%s", err);
+}
+END_TEST
+
 START_TEST(limits_are_errors_not_hangs)
 {
     char err[256];
@@ -579,6 +646,7 @@ Suite *grammar_suite(void)
     TCase *tc = tcase_create("compile");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, schemas_accept_and_reject_what_jsonschema_says);
+    tcase_add_test(tc, tool_calls_follow_the_tools_schemas);
     tcase_add_test(tc, regexes_accept_and_reject_what_python_re_says);
     tcase_add_test(tc, unsupported_schema_keywords_are_refused_by_name_and_path);
     tcase_add_test(tc, gbnf_grammars_in_llama_cpp_syntax);

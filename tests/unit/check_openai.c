@@ -243,6 +243,91 @@ START_TEST(non_streamed_answers_have_the_sdk_shape)
 }
 END_TEST
 
+/* Everything one parse released, as "C:content|R:reasoning|name=args;..." */
+static char *split_all(enum srv_tool_fmt fmt, int think_open, const char *text, size_t step)
+{
+    char *names[] = {"get_weather", "get_time"};
+    struct srv_request r = {.tool_mode = SRV_TOOL_AUTO,
+                            .tool_fmt = fmt,
+                            .parallel_tool_calls = 1,
+                            .reasoning = 1,
+                            .think_open = think_open,
+                            .tool_names = names,
+                            .n_tool_names = 2};
+    struct srv_outp p;
+    srv_outp_init(&p, &r);
+    struct buf content = {0}, reasoning = {0}, calls = {0};
+    size_t n = strlen(text);
+    for (size_t at = 0; at <= n; at += step) {
+        struct srv_outp_out o = {0};
+        size_t k = at + step <= n ? step : n - at;
+        ck_assert_int_eq(srv_outp_feed(&p, text + at, k, &o), 0);
+        if (at + step > n)
+            ck_assert_int_eq(srv_outp_finish(&p, &o), 0);
+        buf_append(&content, o.content.p ? o.content.p : "", o.content.n);
+        buf_append(&reasoning, o.reasoning.p ? o.reasoning.p : "", o.reasoning.n);
+        for (const cJSON *c = o.calls ? o.calls->child : NULL; c; c = c->next) {
+            const cJSON *f = cJSON_GetObjectItem(c, "function");
+            buf_printf(&calls, "%s=%s;", cJSON_GetObjectItem(f, "name")->valuestring,
+                       cJSON_GetObjectItem(f, "arguments")->valuestring);
+        }
+        srv_outp_out_free(&o);
+    }
+    struct buf all = {0};
+    buf_printf(&all, "C:%.*s|R:%.*s|%.*s", (int)content.n, content.p ? content.p : "",
+               (int)reasoning.n, reasoning.p ? reasoning.p : "", (int)calls.n,
+               calls.p ? calls.p : "");
+    free(content.p), free(reasoning.p), free(calls.p);
+    srv_outp_free(&p);
+    return all.p;
+}
+
+START_TEST(output_splits_the_same_however_the_text_arrives)
+{
+    static const struct {
+        enum srv_tool_fmt fmt;
+        int think_open;
+        const char *text, *want;
+    } cases[] = {
+        {SRV_TOOLS_HERMES, 0,
+         "<think>a < b</think>Hi <tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": "
+         "\"</tool\"}}\n</tool_call>",
+         "C:Hi |R:a < b|get_time={\"zone\":\"</tool\"};"},
+        {SRV_TOOLS_HERMES, 0, "x <tool_call>{broken</tool_call> y",
+         "C:x <tool_call>{broken</tool_call> y|R:|"},
+        {SRV_TOOLS_HERMES, 0, "  {\"name\": \"get_time\", \"arguments\": {}}",
+         "C:|R:|get_time={};"},
+        {SRV_TOOLS_HERMES, 0, "{\"name\": \"other\", \"arguments\": {}}",
+         "C:{\"name\": \"other\", \"arguments\": {}}|R:|"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}",
+         "C:|R:|get_time={};"}, /* cut off before its closing tag, yet whole */
+        {SRV_TOOLS_HERMES, 1, "plan</think>done <tool", "C:done <tool|R:plan|"},
+        {SRV_TOOLS_LLAMA3, 0,
+         "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": "
+         "\"get_time\", \"parameters\": {\"zone\": \"UTC\"}}",
+         "C:|R:|get_weather={\"city\":\"Oslo\"};get_time={\"zone\":\"UTC\"};"},
+        {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS]get_time[ARGS]{\"zone\": \"CET\"}",
+         "C:|R:|get_time={\"zone\":\"CET\"};"},
+        {SRV_TOOLS_MISTRAL, 0, "ok [TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": \"{}\"}]",
+         "C:ok |R:|get_time={};"},
+        {SRV_TOOLS_GENERIC, 0,
+         "{\"tool_calls\": [{\"name\": \"get_time\", \"arguments\": {\"zone\": \"é\"}}]}",
+         "C:|R:|get_time={\"zone\":\"é\"};"},
+        {SRV_TOOLS_GENERIC, 0, "Just text, <think> not at the start.",
+         "C:Just text, <think> not at the start.|R:|"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = strlen(cases[i].text);
+        for (size_t step = 1; step <= n; step++) {
+            char *got = split_all(cases[i].fmt, cases[i].think_open, cases[i].text, step);
+            ck_assert_msg(!strcmp(got, cases[i].want), "case %zu in steps of %zu: %s, not %s", i,
+                          step, got, cases[i].want);
+            free(got);
+        }
+    }
+}
+END_TEST
+
 Suite *openai_suite(void)
 {
     Suite *s = suite_create("openai");
@@ -252,6 +337,7 @@ Suite *openai_suite(void)
     tcase_add_loop_test(tc, each_bad_field_is_a_400_naming_it, 0,
                         (int)(sizeof(k_bad) / sizeof(k_bad[0])));
     tcase_add_test(tc, a_good_request_parses_into_its_settings);
+    tcase_add_test(tc, output_splits_the_same_however_the_text_arrives);
     tcase_add_test(tc, non_streamed_answers_have_the_sdk_shape);
     suite_add_tcase(s, tc);
     return s;
