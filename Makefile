@@ -60,11 +60,11 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model model-qwen test check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test deploy-check
+.PHONY: all deps model model-qwen test test-models check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test deploy-check
 all: $(BIN)
 
 help:
-	@echo "make run | make test | make deps | make model | make asan | make fuzz | make format | make clean"
+	@echo "make run | make test | make test-models | make deps | make model | make asan | make fuzz | make format | make clean"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -176,6 +176,10 @@ integration: $(BIN)
 	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/integration/run.sh
 	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/smoke.sh
 
+# Tool calling on the second real model, with its figures printed (also part of make test).
+test-models: deps model model-qwen $(BIN)
+	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/integration/run.sh tests/integration/test_qwen_tools.py -s
+
 # The unit suites run last, so the output ends with Check's summary line.
 test: deps model model-qwen
 	@$(MAKE) --no-print-directory integration
@@ -206,7 +210,7 @@ asan: deps model
 	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" integration check
 
 # libFuzzer targets, built with clang; each runs for FUZZ_TIME seconds.
-FUZZ_TARGETS := gguf tok_bpe tok_spm request grammar
+FUZZ_TARGETS := gguf tok_bpe tok_spm request grammar template
 FUZZ_SAN  := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
 fuzz: deps model
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(CLANG) CXX=$(CLANGXX) \

@@ -28,6 +28,7 @@ for t in "$@"; do
         gguf) python3 tests/fuzz/make_gguf_seeds.py "$corpus" "$CINFER_MODEL" ;;
         request) python3 tests/fuzz/make_request_seeds.py "$corpus" ;;
         grammar) python3 tests/fuzz/make_grammar_seeds.py "$corpus" ;;
+        template) python3 tests/fuzz/make_template_seeds.py "$corpus" ;;
         *) python3 -c "
 import json, os, sys
 for i, s in enumerate(json.load(open('tests/fixtures/tokenizer_corpus.json'))):

@@ -37,6 +37,7 @@ struct ctx {
     struct arena ar;
     struct tpl_limits lim;
     uint64_t steps;
+    struct tv_walk walk; /* walks over values: steps shared with the render's */
     size_t out_bytes;
     int depth;
     int ctl;
@@ -71,8 +72,33 @@ static int oom(struct ctx *c, int line)
     return errmsg(c->err, c->errlen, -ENOMEM, "line %d: out of memory", line);
 }
 
+/* A walk over a value (c->walk) went past a bound. */
+static int walk_fail(struct ctx *c, int line)
+{
+    if (!strcmp(c->walk.over, "depth"))
+        return errmsg(c->err, c->errlen, -E2BIG, "line %d: a value nested over %d deep", line,
+                      TV_WALK_DEPTH);
+    if (!strcmp(c->walk.over, "bytes"))
+        return errmsg(c->err, c->errlen, -E2BIG,
+                      "line %d: the template made more than %zu bytes of values", line,
+                      c->lim.max_memory);
+    return errmsg(c->err, c->errlen, -E2BIG,
+                  "line %d: the template ran over its budget of %llu steps", line,
+                  (unsigned long long)c->lim.max_steps);
+}
+
+/* A failed value.c call (rc < 0) as the render's error. */
+static int val_fail(struct ctx *c, int line, int rc)
+{
+    if (c->walk.over)
+        return walk_fail(c, line);
+    return rc == -ENOMEM ? oom(c, line) : rc;
+}
+
 static int step(struct ctx *c, int line)
 {
+    if (c->walk.over) /* sticky: a caller that could not say so at once */
+        return walk_fail(c, line);
     if (++c->steps > c->lim.max_steps)
         return errmsg(c->err, c->errlen, -E2BIG,
                       "line %d: the template ran over its budget of %llu steps", line,
@@ -89,6 +115,17 @@ static int emit(struct ctx *c, int line, struct buf *out, const char *s, size_t 
                       "line %d: the template's output went over %zu bytes", line,
                       c->lim.max_output);
     return buf_append(out, s, n) ? oom(c, line) : 0;
+}
+
+/* Appends to a buffer that becomes a value, within the memory budget: a join, a replace or a
+   format can make far more than its inputs hold. */
+static int vbuf_append(struct ctx *c, int line, struct buf *b, const char *s, size_t n)
+{
+    if (n > c->lim.max_memory - (b->n < c->lim.max_memory ? b->n : c->lim.max_memory))
+        return errmsg(c->err, c->errlen, -E2BIG,
+                      "line %d: the template made more than %zu bytes of values", line,
+                      c->lim.max_memory);
+    return buf_append(b, s, n) ? oom(c, line) : 0;
 }
 
 /* ---- making values ------------------------------------------------------ */
@@ -113,6 +150,10 @@ static int str_from_buf(struct ctx *c, int line, const struct buf *b, struct tv 
 
 static struct tlist *new_list(struct ctx *c, size_t n)
 {
+    if (n > SIZE_MAX / sizeof(struct tv)) { /* the size would wrap: over any budget */
+        c->ar.over = 1;
+        return NULL;
+    }
     struct tlist *l = arena_alloc(&c->ar, sizeof(*l));
     if (l && !(l->v = arena_alloc(&c->ar, (n ? n : 1) * sizeof(*l->v))))
         return NULL;
@@ -155,9 +196,18 @@ static int to_str(struct ctx *c, int line, const struct tv *v, struct tv *out)
         return 0;
     }
     struct buf b = {0};
-    int rc = tv_str_append(&b, v) ? oom(c, line) : str_from_buf(c, line, &b, out);
+    int rc = tv_str_append(&b, v, &c->walk);
+    rc = rc ? val_fail(c, line, rc) : str_from_buf(c, line, &b, out);
     free(b.p);
     return rc;
+}
+
+/* str(v) appended to a buffer that becomes a value, within the memory budget. */
+static int vbuf_append_str(struct ctx *c, int line, struct buf *b, const struct tv *v)
+{
+    struct tv s;
+    int rc = to_str(c, line, v, &s);
+    return rc ? rc : vbuf_append(c, line, b, s.s, s.n);
 }
 
 /* ---- variables ---------------------------------------------------------- */
@@ -176,7 +226,8 @@ static const struct tv *lookup(struct ctx *c, struct frame *f, const char *name)
 static int assign(struct ctx *c, int line, struct frame *f, const char *name, const struct tv *v)
 {
     struct tv k = tv_str(name, strlen(name));
-    return tv_dict_set(&c->ar, &f->vars, &k, v) ? oom(c, line) : 0;
+    int rc = tv_dict_set(&c->ar, &f->vars, &k, v, &c->walk);
+    return rc ? val_fail(c, line, rc) : 0;
 }
 
 /* ---- UTF-8 -------------------------------------------------------------- */
@@ -428,7 +479,9 @@ static int get_item(struct ctx *c, int line, const struct tv *v, const struct tv
         break;
     case TV_DICT:
     case TV_NS: {
-        const struct tv *m = tv_dict_find(v->d, k);
+        const struct tv *m = tv_dict_find(v->d, k, &c->walk);
+        if (c->walk.over)
+            return walk_fail(c, line);
         if (m) {
             *out = *m;
             return 0;
@@ -479,10 +532,11 @@ static int get_slice(struct ctx *c, int line, const struct tv *v, const struct t
     int64_t lo = a->t == TV_INT ? clamp_slice(a->i, n, st < 0) : st > 0 ? 0 : n - 1;
     int64_t hi = b->t == TV_INT ? clamp_slice(b->i, n, st < 0) : st > 0 ? n : -1;
     size_t cnt = 0;
+    /* in uint64_t: the step may be as big as INT64_MAX or INT64_MIN */
     if (st > 0 && hi > lo)
-        cnt = (size_t)((hi - lo + st - 1) / st);
+        cnt = (size_t)((uint64_t)(hi - lo - 1) / (uint64_t)st + 1);
     else if (st < 0 && lo > hi)
-        cnt = (size_t)((lo - hi + (-st) - 1) / (-st));
+        cnt = (size_t)((uint64_t)(lo - hi - 1) / (0 - (uint64_t)st) + 1);
     if (is_str) {
         /* code point offsets once, then the bytes of each chosen one */
         size_t *off = malloc(((size_t)n + 1) * sizeof(*off));
@@ -689,12 +743,12 @@ static int contains(struct ctx *c, int line, const struct tv *item, const struct
     case TV_LIST:
         *out = 0;
         for (size_t i = 0; i < seq->l->n && !*out; i++)
-            *out = tv_equal(&seq->l->v[i], item);
-        return 0;
+            *out = tv_equal(&seq->l->v[i], item, &c->walk);
+        return c->walk.over ? walk_fail(c, line) : 0;
     case TV_DICT:
     case TV_NS:
-        *out = tv_dict_find(seq->d, item) != NULL;
-        return 0;
+        *out = tv_dict_find(seq->d, item, &c->walk) != NULL;
+        return c->walk.over ? walk_fail(c, line) : 0;
     case TV_UNDEF:
         *out = 0;
         return 0;
@@ -709,11 +763,9 @@ static int compare(struct ctx *c, int line, int op, const struct tv *a, const st
     int k;
     switch (op) {
     case OP_EQ:
-        *res = tv_equal(a, b);
-        return 0;
     case OP_NE:
-        *res = !tv_equal(a, b);
-        return 0;
+        *res = tv_equal(a, b, &c->walk) == (op == OP_EQ);
+        return c->walk.over ? walk_fail(c, line) : 0;
     case OP_IN:
         return contains(c, line, a, b, res);
     case OP_NOTIN: {
@@ -726,7 +778,10 @@ static int compare(struct ctx *c, int line, int op, const struct tv *a, const st
             return undef_error(c, line, a);
         if (b->t == TV_UNDEF)
             return undef_error(c, line, b);
-        if (tv_compare(a, b, &k))
+        int rc = tv_compare(a, b, &k, &c->walk);
+        if (rc == -E2BIG)
+            return walk_fail(c, line);
+        if (rc)
             return rt_fail(c, line, "'%s' not supported between instances of '%s' and '%s'",
                            op == OP_LT   ? "<"
                            : op == OP_LE ? "<="
@@ -1027,11 +1082,12 @@ struct sort_item {
     size_t idx;
 };
 static _Thread_local int t_sort_failed;
+static _Thread_local struct tv_walk *t_sort_walk;
 static int sort_cmp(const void *x, const void *y)
 {
     const struct sort_item *a = x, *b = y;
     int k = 0;
-    if (tv_compare(&a->key, &b->key, &k))
+    if (tv_compare(&a->key, &b->key, &k, t_sort_walk))
         t_sort_failed = 1;
     return k ? k : (a->idx > b->idx) - (a->idx < b->idx);
 }
@@ -1049,8 +1105,11 @@ static int sorted(struct ctx *c, int line, struct tlist *l, const struct tv *att
         rc = sort_key(c, line, &l->v[i], attr, cs, &it[i].key);
     }
     t_sort_failed = 0;
+    t_sort_walk = &c->walk;
     if (!rc)
         qsort(it, l->n, sizeof(*it), sort_cmp);
+    if (!rc && c->walk.over)
+        rc = walk_fail(c, line);
     if (!rc && t_sort_failed)
         rc = rt_fail(c, line, "sort: the values cannot be ordered");
     struct tlist *o = rc ? NULL : new_list(c, l->n);
@@ -1086,10 +1145,10 @@ static int filter_join(struct ctx *c, int line, const struct tv *v, const struct
         struct tv item = l->v[i], s;
         if (attr && (rc = attr_path(c, line, &l->v[i], attr, &item)))
             break;
-        if (i && buf_append(&b, sv.s, sv.n))
-            rc = oom(c, line);
-        if (!rc && !(rc = to_str(c, line, &item, &s)) && buf_append(&b, s.s, s.n))
-            rc = oom(c, line);
+        if (i)
+            rc = vbuf_append(c, line, &b, sv.s, sv.n);
+        if (!rc && !(rc = to_str(c, line, &item, &s)))
+            rc = vbuf_append(c, line, &b, s.s, s.n);
     }
     if (!rc)
         rc = str_from_buf(c, line, &b, out);
@@ -1196,11 +1255,12 @@ static int filter_tojson(struct ctx *c, int line, const struct tv *v, const stru
     }
     struct buf b = {0};
     const char *bad = NULL;
-    int rc = tv_json_append(&b, v, indent, ip, kp, sk && tv_truthy(sk), ea && tv_truthy(ea), &bad);
+    int rc = tv_json_append(&b, v, indent, ip, kp, sk && tv_truthy(sk), ea && tv_truthy(ea), &bad,
+                            &c->walk);
     if (rc == -EINVAL)
         rc = rt_fail(c, line, "Object of type %s is not JSON serializable", bad);
     else if (rc)
-        rc = oom(c, line);
+        rc = val_fail(c, line, rc);
     if (!rc)
         rc = str_from_buf(c, line, &b, out);
     free(b.p);
@@ -1234,12 +1294,12 @@ static int filter_indent(struct ctx *c, int line, const struct tv *s, const stru
         if (!nl && i >= s->n)
             break; /* the "\n" appended ends the last line */
         int ind_this = (nline > 0 || first) && (blank || len > 0);
-        if (nline && buf_append(&b, "\n", 1))
-            rc = oom(c, line);
-        if (!rc && ind_this && buf_append(&b, ind.s, ind.n))
-            rc = oom(c, line);
-        if (!rc && buf_append(&b, p, len))
-            rc = oom(c, line);
+        if (nline)
+            rc = vbuf_append(c, line, &b, "\n", 1);
+        if (!rc && ind_this) /* a string indent may be long, and the lines many */
+            rc = vbuf_append(c, line, &b, ind.s, ind.n);
+        if (!rc)
+            rc = vbuf_append(c, line, &b, p, len);
         nline++;
         i += len + 1;
         if (!nl)
@@ -1440,7 +1500,9 @@ static int apply_filter(struct ctx *c, int line, const char *name, const struct 
                 return rc;
             int seen = 0;
             for (size_t j = 0; j < keys->n && !seen; j++)
-                seen = tv_equal(&keys->v[j], &k);
+                seen = tv_equal(&keys->v[j], &k, &c->walk);
+            if (c->walk.over)
+                return walk_fail(c, line);
             if (!seen) {
                 keys->v[keys->n++] = k;
                 o->v[o->n++] = l->v[i];
@@ -1513,6 +1575,8 @@ static int apply_filter(struct ctx *c, int line, const char *name, const struct 
     if (!strcmp(name, "abs")) {
         if (v->t == TV_FLOAT)
             *out = tv_float(fabs(v->f));
+        else if (is_int(v) && inum(v) == INT64_MIN)
+            return rt_fail(c, line, "integer overflow in 'abs'");
         else if (is_int(v))
             *out = tv_int(inum(v) < 0 ? -inum(v) : inum(v));
         else
@@ -1612,7 +1676,8 @@ static int apply_filter(struct ctx *c, int line, const char *name, const struct 
     }
     if (!strcmp(name, "pprint")) {
         struct buf b = {0};
-        rc = tv_repr_append(&b, v) ? oom(c, line) : str_from_buf(c, line, &b, out);
+        rc = tv_repr_append(&b, v, &c->walk);
+        rc = rc ? val_fail(c, line, rc) : str_from_buf(c, line, &b, out);
         free(b.p);
         return rc;
     }
@@ -1686,7 +1751,8 @@ static int apply_test(struct ctx *c, int line, const char *name, const struct tv
     } else if (!strcmp(name, "divisibleby")) {
         if (!is_int(v) || !x || !is_int(x) || !inum(x))
             return rt_fail(c, line, "divisibleby needs two integers, the second not zero");
-        *res = inum(v) % inum(x) == 0;
+        /* INT64_MIN % -1 traps; every number is divisible by -1 */
+        *res = inum(x) == -1 || inum(v) % inum(x) == 0;
     } else if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
         int any = 0, ok = v->t == TV_STR;
         for (size_t i = 0; ok && i < v->n; i++) {
@@ -1843,28 +1909,30 @@ static int str_method(struct ctx *c, int line, const struct tv *s, const char *n
         if (!x->n) { /* "ab".replace("", "-") == "-a-b-" */
             for (size_t k = 0; k <= s->n && !rc; k++) {
                 if (left != 0 && (k == s->n || ((unsigned char)s->s[k] & 0xC0) != 0x80)) {
-                    rc = buf_append(&b, y->s, y->n);
+                    rc = vbuf_append(c, line, &b, y->s, y->n);
                     if (left > 0)
                         left--;
                 }
                 if (!rc && k < s->n)
-                    rc = buf_append(&b, &s->s[k], 1);
+                    rc = vbuf_append(c, line, &b, &s->s[k], 1);
             }
         } else {
             while (!rc) {
                 const char *hit = left != 0 ? mem_find(s->s + i, s->n - i, x->s, x->n) : NULL;
                 if (!hit) {
-                    rc = buf_append(&b, s->s + i, s->n - i);
+                    rc = vbuf_append(c, line, &b, s->s + i, s->n - i);
                     break;
                 }
-                rc = buf_append(&b, s->s + i, (size_t)(hit - s->s) - i) ||
-                     buf_append(&b, y->s, y->n);
+                rc = vbuf_append(c, line, &b, s->s + i, (size_t)(hit - s->s) - i);
+                if (!rc)
+                    rc = vbuf_append(c, line, &b, y->s, y->n);
                 i = (size_t)(hit - s->s) + x->n;
                 if (left > 0)
                     left--;
             }
         }
-        rc = rc ? oom(c, line) : str_from_buf(c, line, &b, out);
+        if (!rc)
+            rc = str_from_buf(c, line, &b, out);
         free(b.p);
         return rc;
     }
@@ -1906,8 +1974,8 @@ static int str_method(struct ctx *c, int line, const struct tv *s, const char *n
             if (l->v[i].t != TV_STR)
                 rc = rt_fail(c, line, "sequence item %zu: expected str instance, %s found", i,
                              tv_type_name(&l->v[i]));
-            else if ((i && buf_append(&b, s->s, s->n)) || buf_append(&b, l->v[i].s, l->v[i].n))
-                rc = oom(c, line);
+            else if (!i || !(rc = vbuf_append(c, line, &b, s->s, s->n)))
+                rc = vbuf_append(c, line, &b, l->v[i].s, l->v[i].n);
         }
         if (!rc)
             rc = str_from_buf(c, line, &b, out);
@@ -1983,7 +2051,7 @@ static int str_method(struct ctx *c, int line, const struct tv *s, const char *n
                             rc = rt_fail(c, line, "format: no argument '%s'", f);
                             break;
                         }
-                        rc = tv_str_append(&b, kv) ? oom(c, line) : 0;
+                        rc = vbuf_append_str(c, line, &b, kv);
                         i = (size_t)(close - s->s);
                         continue;
                     }
@@ -1993,7 +2061,7 @@ static int str_method(struct ctx *c, int line, const struct tv *s, const char *n
                     rc = rt_fail(c, line, "format: replacement index %d out of range", idx);
                     break;
                 }
-                rc = tv_str_append(&b, av) ? oom(c, line) : 0;
+                rc = vbuf_append_str(c, line, &b, av);
                 i = (size_t)(close - s->s);
             } else
                 rc = buf_append(&b, &ch, 1) ? oom(c, line) : 0;
@@ -2019,7 +2087,9 @@ static int call_method(struct ctx *c, int line, const struct tv *self, const cha
         const struct tdict *d = self->d;
         if (!strcmp(name, "get")) {
             const struct tv *def = arg(a, 1, "default");
-            const struct tv *v = x ? tv_dict_find(d, x) : NULL;
+            const struct tv *v = x ? tv_dict_find(d, x, &c->walk) : NULL;
+            if (c->walk.over)
+                return walk_fail(c, line);
             *out = v ? *v : def ? *def : tv_none();
             return 0;
         }
@@ -2059,11 +2129,13 @@ static int call_method(struct ctx *c, int line, const struct tv *self, const cha
             return rt_fail(c, line, "%s needs an argument", name);
         int64_t n = 0, first = -1;
         for (size_t i = 0; i < self->l->n; i++)
-            if (tv_equal(&self->l->v[i], x)) {
+            if (tv_equal(&self->l->v[i], x, &c->walk)) {
                 n++;
                 if (first < 0)
                     first = (int64_t)i;
             }
+        if (c->walk.over)
+            return walk_fail(c, line);
         if (!strcmp(name, "index") && first < 0)
             return rt_fail(c, line, "the value is not in the list");
         *out = tv_int(name[0] == 'i' ? first : n);
@@ -2102,18 +2174,25 @@ static int call_global(struct ctx *c, int line, int fn, const struct args *a, st
         }
         if (!v[2])
             return rt_fail(c, line, "range() arg 3 must not be zero");
-        double cnt = v[2] > 0 ? ceil(((double)v[1] - (double)v[0]) / (double)v[2])
-                              : ceil(((double)v[0] - (double)v[1]) / (double)-v[2]);
-        if (cnt < 0)
-            cnt = 0;
-        if (cnt > (double)c->lim.max_steps)
+        /* the exact count, in uint64_t: the bounds may be INT64_MIN and INT64_MAX */
+        uint64_t cnt = 0;
+        if (v[2] > 0 && v[1] > v[0])
+            cnt = ((uint64_t)v[1] - (uint64_t)v[0] - 1) / (uint64_t)v[2] + 1;
+        else if (v[2] < 0 && v[0] > v[1])
+            cnt = ((uint64_t)v[0] - (uint64_t)v[1] - 1) / (0 - (uint64_t)v[2]) + 1;
+        if (cnt > c->lim.max_steps)
             return errmsg(c->err, c->errlen, -E2BIG,
-                          "line %d: range of %.0f items is over the step budget", line, cnt);
+                          "line %d: range of %llu items is over the step budget", line,
+                          (unsigned long long)cnt);
         struct tlist *l = new_list(c, (size_t)cnt);
         if (!l)
             return oom(c, line);
-        for (size_t i = 0; i < (size_t)cnt; i++)
-            l->v[l->n++] = tv_int(v[0] + (int64_t)i * v[2]);
+        int64_t x = v[0];
+        for (uint64_t i = 0; i < cnt; i++) {
+            l->v[l->n++] = tv_int(x);
+            if (i + 1 < cnt)
+                x += v[2]; /* the next item: within the bounds, no overflow */
+        }
         *out = list_val(l);
         return 0;
     }
@@ -2125,14 +2204,15 @@ static int call_global(struct ctx *c, int line, int fn, const struct args *a, st
         if (a->n > 1 || (a->n == 1 && a->v[0].t != TV_DICT && a->v[0].t != TV_NS))
             return rt_fail(c, line, "%s() takes a mapping and keyword arguments",
                            fn == FN_DICT ? "dict" : "namespace");
-        for (size_t i = 0; a->n && i < a->v[0].d->n; i++)
-            if (tv_dict_set(&c->ar, d, &a->v[0].d->k[i], &a->v[0].d->v[i]))
-                return oom(c, line);
-        for (int i = 0; i < a->nkw; i++) {
+        int rc = 0;
+        for (size_t i = 0; a->n && i < a->v[0].d->n && !rc; i++)
+            rc = tv_dict_set(&c->ar, d, &a->v[0].d->k[i], &a->v[0].d->v[i], &c->walk);
+        for (int i = 0; i < a->nkw && !rc; i++) {
             struct tv k = tv_str(a->kwn[i], strlen(a->kwn[i]));
-            if (tv_dict_set(&c->ar, d, &k, &a->kw[i]))
-                return oom(c, line);
+            rc = tv_dict_set(&c->ar, d, &k, &a->kw[i], &c->walk);
         }
+        if (rc)
+            return val_fail(c, line, rc);
         *out = (struct tv){.t = fn == FN_DICT ? TV_DICT : TV_NS, .d = d};
         return 0;
     }
@@ -2307,16 +2387,16 @@ static int eval(struct ctx *c, struct frame *f, const struct expr *e, struct tv 
         }
         for (int i = 0; i + 1 < e->nargs && !rc; i += 2)
             if (!(rc = eval(c, f, e->args[i], &a)) && !(rc = eval(c, f, e->args[i + 1], &b)) &&
-                tv_dict_set(&c->ar, dd, &a, &b))
-                rc = oom(c, line);
+                (rc = tv_dict_set(&c->ar, dd, &a, &b, &c->walk)))
+                rc = val_fail(c, line, rc);
         *out = (struct tv){.t = TV_DICT, .d = dd};
         break;
     }
     case E_CONCAT: {
         struct buf cb = {0};
         if (!(rc = eval(c, f, e->a, &a)) && !(rc = eval(c, f, e->b, &b))) {
-            if (tv_str_append(&cb, &a) || tv_str_append(&cb, &b))
-                rc = oom(c, line);
+            if ((rc = tv_str_append(&cb, &a, &c->walk)) || (rc = tv_str_append(&cb, &b, &c->walk)))
+                rc = val_fail(c, line, rc);
             else
                 rc = str_from_buf(c, line, &cb, out);
         }
@@ -2446,7 +2526,8 @@ static int exec_stmt(struct ctx *c, struct frame *f, const struct stmt *s, struc
         if (v.t == TV_STR)
             return emit(c, s->line, out, v.s, v.n);
         struct buf b = {0};
-        rc = tv_str_append(&b, &v) ? oom(c, s->line) : emit(c, s->line, out, b.p ? b.p : "", b.n);
+        rc = tv_str_append(&b, &v, &c->walk);
+        rc = rc ? val_fail(c, s->line, rc) : emit(c, s->line, out, b.p ? b.p : "", b.n);
         free(b.p);
         return rc;
     }
@@ -2464,7 +2545,8 @@ static int exec_stmt(struct ctx *c, struct frame *f, const struct stmt *s, struc
             if (!ns || ns->t != TV_NS)
                 return rt_fail(c, s->line, "cannot assign attribute on non-namespace object");
             struct tv k = tv_str(s->attr, strlen(s->attr));
-            return tv_dict_set(&c->ar, ns->d, &k, &v) ? oom(c, s->line) : 0;
+            rc = tv_dict_set(&c->ar, ns->d, &k, &v, NULL); /* a string key */
+            return rc ? val_fail(c, s->line, rc) : 0;
         }
         return unpack(c, s->line, f, s->ntargets, s->targets, &v);
     case S_SETBLK:
@@ -2546,12 +2628,14 @@ int tpl_render(const struct tpl *t, const cJSON *ctxj, const struct tpl_limits *
     if (!c.lim.max_depth)
         c.lim.max_depth = 200;
     c.ar.limit = c.lim.max_memory;
+    c.walk = (struct tv_walk){
+        .steps = &c.steps, .max_steps = c.lim.max_steps, .max_bytes = c.lim.max_memory};
     if (ctxj && !cJSON_IsObject(ctxj))
         return errmsg(err, errlen, -EINVAL, "the template's variables must be a JSON object");
     int rc = 0;
     for (const cJSON *j = ctxj ? ctxj->child : NULL; j && !rc; j = j->next) {
         struct tv k = tv_str(j->string, strlen(j->string)), v;
-        if (tv_from_json(&c.ar, j, &v) || tv_dict_set(&c.ar, &c.globals, &k, &v))
+        if (tv_from_json(&c.ar, j, &v) || tv_dict_set(&c.ar, &c.globals, &k, &v, NULL))
             rc = oom(&c, 0);
     }
     struct frame root = {0};

@@ -109,19 +109,38 @@ static inline struct tv tv_str(const char *s, size_t n)
     return (struct tv){.t = TV_STR, .s = s, .n = n};
 }
 
+/*
+ * The bounds of one walk over a value (==, <, str(), repr(), tojson, a dict
+ * lookup by a key that is not a string).  Values may share elements - each
+ * [x, x] doubles what a walk visits - and a namespace may hold itself, so
+ * each element a walk reaches is one step of the render (*steps, up to
+ * max_steps), a walk goes at most TV_WALK_DEPTH deep, and writes at most
+ * about max_bytes.  Past a bound the walk stops: over names the bound and
+ * stays set, the function returns -E2BIG (tv_equal: 0, tv_dict_find: NULL).
+ * A NULL walk is unbounded: only for string keys and values without lists
+ * or dicts in them.
+ */
+#define TV_WALK_DEPTH 1000
+struct tv_walk {
+    uint64_t *steps, max_steps;
+    size_t max_bytes;
+    const char *over; /* "steps", "depth", "bytes", or NULL */
+};
+
 /* value.c */
 int tv_truthy(const struct tv *v);
 /* Python's ==. */
-int tv_equal(const struct tv *a, const struct tv *b);
-/* <0, 0, >0 into *out for numbers, strings and lists; -EINVAL for other pairs. */
-int tv_compare(const struct tv *a, const struct tv *b, int *out);
-/* str(v) appended; lists and dicts as Python's repr.  0 or -ENOMEM. */
-int tv_str_append(struct buf *b, const struct tv *v);
-int tv_repr_append(struct buf *b, const struct tv *v);
+int tv_equal(const struct tv *a, const struct tv *b, struct tv_walk *w);
+/* <0, 0, >0 into *out for numbers, strings and lists; -EINVAL for other pairs, -E2BIG. */
+int tv_compare(const struct tv *a, const struct tv *b, int *out, struct tv_walk *w);
+/* str(v) appended; lists and dicts as Python's repr.  0, -ENOMEM or -E2BIG. */
+int tv_str_append(struct buf *b, const struct tv *v, struct tv_walk *w);
+int tv_repr_append(struct buf *b, const struct tv *v, struct tv_walk *w);
 /* json.dumps(v, ensure_ascii, indent, separators, sort_keys); indent < 0: none.
-   -EINVAL (with the type name in *bad) for a value JSON cannot hold. */
+   -EINVAL (with the type name in *bad) for a value JSON cannot hold; -ENOMEM, -E2BIG. */
 int tv_json_append(struct buf *b, const struct tv *v, int indent, const char *item_sep,
-                   const char *key_sep, int sort_keys, int ascii, const char **bad);
+                   const char *key_sep, int sort_keys, int ascii, const char **bad,
+                   struct tv_walk *w);
 const char *tv_type_name(const struct tv *v);
 /* Python float repr of f. */
 int tv_float_append(struct buf *b, double f);
@@ -129,9 +148,10 @@ int tv_float_append(struct buf *b, double f);
 int tv_from_json(struct arena *a, const cJSON *j, struct tv *out);
 /* d[key] of a dict or namespace; NULL when absent. */
 struct tv *tv_dict_get(const struct tdict *d, const char *key, size_t n);
-struct tv *tv_dict_find(const struct tdict *d, const struct tv *key);
-/* d[key] = v (key copied by value); 0 or -ENOMEM. */
-int tv_dict_set(struct arena *a, struct tdict *d, const struct tv *key, const struct tv *v);
+struct tv *tv_dict_find(const struct tdict *d, const struct tv *key, struct tv_walk *w);
+/* d[key] = v (key copied by value); 0, -ENOMEM or -E2BIG. */
+int tv_dict_set(struct arena *a, struct tdict *d, const struct tv *key, const struct tv *v,
+                struct tv_walk *w);
 /* Number of code points in a UTF-8 string (invalid bytes count one each). */
 size_t tv_utf8_len(const char *s, size_t n);
 /* Byte offset of code point i (i <= len). */

@@ -19,6 +19,10 @@ struct arena_chunk {
 
 void *arena_alloc(struct arena *a, size_t n)
 {
+    if (n > SIZE_MAX - 15 - sizeof(struct arena_chunk)) { /* rounding up would wrap */
+        a->over = a->limit != 0;
+        return NULL;
+    }
     n = (n + 15) & ~(size_t)15;
     if (!n)
         n = 16;
@@ -89,8 +93,28 @@ static int64_t inum(const struct tv *v)
     return v->t == TV_INT ? v->i : v->b;
 }
 
-int tv_equal(const struct tv *a, const struct tv *b)
+/* One element reached by a walk at depth; 0, or -E2BIG with w->over set past a bound (out: the
+   text written so far, or NULL). */
+static int walk_step(struct tv_walk *w, const struct buf *out, int depth)
 {
+    if (!w)
+        return 0;
+    if (!w->over && ++*w->steps > w->max_steps)
+        w->over = "steps";
+    if (!w->over && depth > TV_WALK_DEPTH)
+        w->over = "depth";
+    if (!w->over && out && out->n > w->max_bytes)
+        w->over = "bytes";
+    return w->over ? -E2BIG : 0;
+}
+
+static struct tv *dict_find(const struct tdict *d, const struct tv *key, struct tv_walk *w,
+                            int depth);
+
+static int equal(const struct tv *a, const struct tv *b, struct tv_walk *w, int depth)
+{
+    if (walk_step(w, NULL, depth))
+        return 0;
     if (is_num(a) && is_num(b)) {
         if (a->t != TV_FLOAT && b->t != TV_FLOAT)
             return inum(a) == inum(b);
@@ -108,7 +132,7 @@ int tv_equal(const struct tv *a, const struct tv *b)
         if (a->l->n != b->l->n || a->l->tuple != b->l->tuple)
             return 0;
         for (size_t i = 0; i < a->l->n; i++)
-            if (!tv_equal(&a->l->v[i], &b->l->v[i]))
+            if (!equal(&a->l->v[i], &b->l->v[i], w, depth + 1))
                 return 0;
         return 1;
     case TV_DICT:
@@ -116,8 +140,8 @@ int tv_equal(const struct tv *a, const struct tv *b)
         if (a->d->n != b->d->n)
             return 0;
         for (size_t i = 0; i < a->d->n; i++) {
-            const struct tv *o = tv_dict_find(b->d, &a->d->k[i]);
-            if (!o || !tv_equal(&a->d->v[i], o))
+            const struct tv *o = dict_find(b->d, &a->d->k[i], w, depth + 1);
+            if (!o || !equal(&a->d->v[i], o, w, depth + 1))
                 return 0;
         }
         return 1;
@@ -130,8 +154,15 @@ int tv_equal(const struct tv *a, const struct tv *b)
     }
 }
 
-int tv_compare(const struct tv *a, const struct tv *b, int *out)
+int tv_equal(const struct tv *a, const struct tv *b, struct tv_walk *w)
 {
+    return equal(a, b, w, 0);
+}
+
+static int compare(const struct tv *a, const struct tv *b, int *out, struct tv_walk *w, int depth)
+{
+    if (walk_step(w, NULL, depth))
+        return -E2BIG;
     if (is_num(a) && is_num(b)) {
         if (a->t != TV_FLOAT && b->t != TV_FLOAT)
             *out = (inum(a) > inum(b)) - (inum(a) < inum(b));
@@ -147,14 +178,21 @@ int tv_compare(const struct tv *a, const struct tv *b, int *out)
     }
     if (a->t == TV_LIST && b->t == TV_LIST) {
         for (size_t i = 0; i < a->l->n && i < b->l->n; i++) {
-            if (tv_equal(&a->l->v[i], &b->l->v[i]))
+            if (equal(&a->l->v[i], &b->l->v[i], w, depth + 1))
                 continue;
-            return tv_compare(&a->l->v[i], &b->l->v[i], out);
+            if (w && w->over)
+                return -E2BIG;
+            return compare(&a->l->v[i], &b->l->v[i], out, w, depth + 1);
         }
         *out = (a->l->n > b->l->n) - (a->l->n < b->l->n);
         return 0;
     }
     return -EINVAL;
+}
+
+int tv_compare(const struct tv *a, const struct tv *b, int *out, struct tv_walk *w)
+{
+    return compare(a, b, out, w, 0);
 }
 
 const char *tv_type_name(const struct tv *v)
@@ -291,9 +329,13 @@ static int str_repr(struct buf *b, const char *s, size_t n)
     return buf_append(b, &q, 1);
 }
 
-int tv_repr_append(struct buf *b, const struct tv *v)
+static int str_append(struct buf *b, const struct tv *v, struct tv_walk *w, int depth);
+
+static int repr_append(struct buf *b, const struct tv *v, struct tv_walk *w, int depth)
 {
-    int rc = 0;
+    int rc = walk_step(w, b, depth);
+    if (rc)
+        return rc;
     switch (v->t) {
     case TV_STR:
         return str_repr(b, v->s, v->n);
@@ -303,7 +345,7 @@ int tv_repr_append(struct buf *b, const struct tv *v)
             if (i)
                 rc = put(b, ", ");
             if (!rc)
-                rc = tv_repr_append(b, &v->l->v[i]);
+                rc = repr_append(b, &v->l->v[i], w, depth + 1);
         }
         if (!rc && v->l->tuple && v->l->n == 1)
             rc = put(b, ",");
@@ -316,20 +358,25 @@ int tv_repr_append(struct buf *b, const struct tv *v)
             if (i)
                 rc = put(b, ", ");
             if (!rc)
-                rc = tv_repr_append(b, &v->d->k[i]);
+                rc = repr_append(b, &v->d->k[i], w, depth + 1);
             if (!rc)
                 rc = put(b, ": ");
             if (!rc)
-                rc = tv_repr_append(b, &v->d->v[i]);
+                rc = repr_append(b, &v->d->v[i], w, depth + 1);
         }
         return rc ? rc : put(b, v->t == TV_NS ? "}>" : "}");
     }
     default:
-        return tv_str_append(b, v);
+        return str_append(b, v, w, depth);
     }
 }
 
-int tv_str_append(struct buf *b, const struct tv *v)
+int tv_repr_append(struct buf *b, const struct tv *v, struct tv_walk *w)
+{
+    return repr_append(b, v, w, 0);
+}
+
+static int str_append(struct buf *b, const struct tv *v, struct tv_walk *w, int depth)
 {
     char n[32];
     switch (v->t) {
@@ -349,7 +396,7 @@ int tv_str_append(struct buf *b, const struct tv *v)
     case TV_LIST:
     case TV_DICT:
     case TV_NS:
-        return tv_repr_append(b, v);
+        return repr_append(b, v, w, depth);
     case TV_MACRO:
         return put(b, "<Macro>");
     case TV_FUNC:
@@ -360,6 +407,11 @@ int tv_str_append(struct buf *b, const struct tv *v)
         return put(b, "<LoopContext>");
     }
     return 0;
+}
+
+int tv_str_append(struct buf *b, const struct tv *v, struct tv_walk *w)
+{
+    return str_append(b, v, w, 0);
 }
 
 static int json_str(struct buf *b, const char *s, size_t n, int ascii)
@@ -436,12 +488,13 @@ static int key_cmp(const void *x, const void *y)
 {
     const struct tv *a = *(const struct tv *const *)x, *b = *(const struct tv *const *)y;
     int c = 0;
-    tv_compare(a, b, &c);
+    tv_compare(a, b, &c, NULL); /* string keys: no walk to bound */
     return c;
 }
 
 static int json_value(struct buf *b, const struct tv *v, int indent, const char *isep,
-                      const char *ksep, int sort, int ascii, const char **bad, int level)
+                      const char *ksep, int sort, int ascii, const char **bad, int level,
+                      struct tv_walk *w)
 {
     char n[32];
     int rc = 0;
@@ -449,6 +502,8 @@ static int json_value(struct buf *b, const struct tv *v, int indent, const char 
         *bad = "a value nested over 1000 deep";
         return -EINVAL;
     }
+    if ((rc = walk_step(w, b, level)))
+        return rc;
     switch (v->t) {
     case TV_NONE:
         return put(b, "null");
@@ -475,7 +530,7 @@ static int json_value(struct buf *b, const struct tv *v, int indent, const char 
             if (!rc)
                 rc = json_nl(b, indent, level + 1);
             if (!rc)
-                rc = json_value(b, &v->l->v[i], indent, isep, ksep, sort, ascii, bad, level + 1);
+                rc = json_value(b, &v->l->v[i], indent, isep, ksep, sort, ascii, bad, level + 1, w);
         }
         if (!rc)
             rc = json_nl(b, indent, level);
@@ -511,7 +566,7 @@ static int json_value(struct buf *b, const struct tv *v, int indent, const char 
                 rc = json_str(b, k->s, k->n, ascii);
             else if (k->t == TV_INT || k->t == TV_FLOAT || k->t == TV_BOOL || k->t == TV_NONE) {
                 struct buf kb = {0};
-                rc = json_value(&kb, k, -1, isep, ksep, sort, ascii, bad, level + 1);
+                rc = json_value(&kb, k, -1, isep, ksep, sort, ascii, bad, level + 1, w);
                 if (!rc)
                     rc = json_str(b, kb.p ? kb.p : "", kb.n, ascii);
                 free(kb.p);
@@ -522,7 +577,7 @@ static int json_value(struct buf *b, const struct tv *v, int indent, const char 
             if (!rc)
                 rc = put(b, ksep);
             if (!rc)
-                rc = json_value(b, val, indent, isep, ksep, sort, ascii, bad, level + 1);
+                rc = json_value(b, val, indent, isep, ksep, sort, ascii, bad, level + 1, w);
         }
         free(keys);
         if (!rc)
@@ -536,13 +591,14 @@ static int json_value(struct buf *b, const struct tv *v, int indent, const char 
 }
 
 int tv_json_append(struct buf *b, const struct tv *v, int indent, const char *item_sep,
-                   const char *key_sep, int sort_keys, int ascii, const char **bad)
+                   const char *key_sep, int sort_keys, int ascii, const char **bad,
+                   struct tv_walk *w)
 {
     if (!item_sep)
         item_sep = indent >= 0 ? "," : ", ";
     if (!key_sep)
         key_sep = ": ";
-    return json_value(b, v, indent, item_sep, key_sep, sort_keys, ascii, bad, 0);
+    return json_value(b, v, indent, item_sep, key_sep, sort_keys, ascii, bad, 0, w);
 }
 
 struct tv *tv_dict_get(const struct tdict *d, const char *key, size_t n)
@@ -553,19 +609,28 @@ struct tv *tv_dict_get(const struct tdict *d, const char *key, size_t n)
     return NULL;
 }
 
-struct tv *tv_dict_find(const struct tdict *d, const struct tv *key)
+static struct tv *dict_find(const struct tdict *d, const struct tv *key, struct tv_walk *w,
+                            int depth)
 {
     if (key->t == TV_STR)
         return tv_dict_get(d, key->s, key->n);
-    for (size_t i = 0; i < d->n; i++)
-        if (tv_equal(&d->k[i], key))
+    for (size_t i = 0; i < d->n && !(w && w->over); i++)
+        if (equal(&d->k[i], key, w, depth))
             return &d->v[i];
     return NULL;
 }
 
-int tv_dict_set(struct arena *a, struct tdict *d, const struct tv *key, const struct tv *v)
+struct tv *tv_dict_find(const struct tdict *d, const struct tv *key, struct tv_walk *w)
 {
-    struct tv *old = tv_dict_find(d, key);
+    return dict_find(d, key, w, 0);
+}
+
+int tv_dict_set(struct arena *a, struct tdict *d, const struct tv *key, const struct tv *v,
+                struct tv_walk *w)
+{
+    struct tv *old = tv_dict_find(d, key, w);
+    if (w && w->over)
+        return -E2BIG;
     if (old) {
         *old = *v;
         return 0;
@@ -623,7 +688,7 @@ int tv_from_json(struct arena *a, const cJSON *j, struct tv *out)
             struct tv k = tv_str(c->string, strlen(c->string)), v;
             int rc = tv_from_json(a, c, &v);
             if (!rc)
-                rc = tv_dict_set(a, d, &k, &v);
+                rc = tv_dict_set(a, d, &k, &v, NULL); /* string keys */
             if (rc)
                 return rc;
         }

@@ -161,6 +161,26 @@ START_TEST(hostile_templates_end_within_their_budget)
         {"{% for i in range(1000000) %}{{ 'y' * 100 }}{% endfor %}", -E2BIG, "output"},
         /* a range too long to make */
         {"{{ range(1000000000000)|length }}", -E2BIG, "range"},
+        /* a batch size whose list would wrap size_t */
+        {"{{ [1]|batch(4611686018427387904, 'x')|length }}", -E2BIG, "bytes"},
+        /* a namespace that holds itself, printed and compared */
+        {"{% set ns = namespace(a=1) %}{% set ns.x = ns %}{{ ns }}", -E2BIG, "deep"},
+        {"{% set ns = namespace(a=1) %}{% set ns.x = ns %}{{ ns == ns }}", -E2BIG, "deep"},
+        /* a list nested 5000 deep */
+        {"{% set ns = namespace(x=1) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}"
+         "{% endfor %}{{ ns.x|string|length }}",
+         -E2BIG, "deep"},
+        /* lists that share their items: 2^40 elements to compare, to print */
+        {"{% set ns = namespace(a=[1], b=[1]) %}{% for i in range(40) %}"
+         "{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}{{ ns.a == ns.b }}",
+         -E2BIG, "steps"},
+        {"{% set ns = namespace(a=['x']) %}{% for i in range(40) %}{% set ns.a = [ns.a, ns.a] %}"
+         "{% endfor %}{{ ns.a|tojson|length }}",
+         -E2BIG, "steps"},
+        /* a join, a replace, an indent that make far more than their inputs */
+        {"{% set s = 'y' * 1000000 %}{{ ([s] * 1000)|join|length }}", -E2BIG, "bytes"},
+        {"{{ ('x' * 10000).replace('', 'y' * 10000)|length }}", -E2BIG, "bytes"},
+        {"{{ ('\n' * 100000)|indent('y' * 1000, true, true)|length }}", -E2BIG, "bytes"},
     };
     struct tpl_limits lim = {.max_steps = 2000000, .max_output = 1 << 20, .max_memory = 64 << 20};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -175,6 +195,31 @@ START_TEST(hostile_templates_end_within_their_budget)
     char err[300] = "", *out;
     ck_assert_int_eq(render(cases[0].src, NULL, NULL, &out, err, sizeof err), -E2BIG);
     free(out);
+}
+END_TEST
+
+START_TEST(integer_edges_are_exact_or_refused)
+{
+    char err[300] = "", *out;
+    /* slices and ranges with steps and bounds at INT64_MIN and INT64_MAX, as Python has them */
+    ck_assert_int_eq(render("{{ [1, 2, 3][::9223372036854775807] }}|"
+                            "{{ 'abc'[::-9223372036854775807 - 1] }}|"
+                            "{{ [1, 2, 3][-9223372036854775807 - 1:9223372036854775807] }}|"
+                            "{{ range(0, 10, 9223372036854775807)|list }}|"
+                            "{{ range(0, 1, -9223372036854775807 - 1)|list }}|"
+                            "{{ range(-9223372036854775807 - 1, 9223372036854775807, "
+                            "4611686018427387904)|list }}|"
+                            "{{ (-9223372036854775807 - 1) is divisibleby(-1) }}",
+                            NULL, NULL, &out, err, sizeof err),
+                     0);
+    ck_assert_str_eq(out, "[1]|c|[1, 2, 3]|[0]|[]|"
+                          "[-9223372036854775808, -4611686018427387904, 0, 4611686018427387904]|"
+                          "True");
+    free(out);
+    /* Python's abs(-2**63) needs a bigger int than we have */
+    int rc = render("{{ (-9223372036854775807 - 1)|abs }}", NULL, NULL, &out, err, sizeof err);
+    free(out);
+    ck_assert_msg(rc == -EINVAL && strstr(err, "overflow"), "rc %d %s", rc, err);
 }
 END_TEST
 
@@ -266,6 +311,7 @@ Suite *template_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, conformance_with_jinja2);
     tcase_add_test(tc, hostile_templates_end_within_their_budget);
+    tcase_add_test(tc, integer_edges_are_exact_or_refused);
     tcase_add_test(tc, parse_errors_name_the_line);
     tcase_add_test(tc, runtime_errors_name_the_line_and_raise_exception_its_message);
     tcase_add_test(tc, values_come_from_json_and_the_source_is_scanned);
