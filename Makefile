@@ -204,7 +204,7 @@ run: deps model
 # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer, in
 # their own build tree (LeakSanitizer included).
 # CINFER_SLOWDOWN: the tests' timing bounds stretch by this factor for a sanitizer build.
-asan: deps model
+asan: deps model model-qwen
 	@CINFER_SLOWDOWN=4 $(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/cinfer \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" integration check
