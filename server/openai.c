@@ -1290,26 +1290,23 @@ static int stream_outp(struct srv_job *j, int i, struct srv_outp_out *o, cJSON *
                          out);
         lp = NULL;
     }
-    int k = j->c[i].outp.n_calls - cJSON_GetArraySize(o->calls);
-    for (const cJSON *c = o->calls ? o->calls->child : NULL; c && !rc; c = c->next, k++) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
-        for (int part = 0; part < 2 && !rc; part++) {
-            cJSON *d = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(d, "tool_calls");
-            cJSON *x = cJSON_CreateObject(), *xf;
-            cJSON_AddItemToArray(list, x);
-            cJSON_AddNumberToObject(x, "index", k);
-            if (!part) {
-                cJSON_AddStringToObject(x, "id", cJSON_GetObjectItem(c, "id")->valuestring);
-                cJSON_AddStringToObject(x, "type", "function");
-            }
-            xf = cJSON_AddObjectToObject(x, "function");
-            if (!part)
-                cJSON_AddStringToObject(xf, "name", cJSON_GetObjectItem(f, "name")->valuestring);
-            cJSON_AddStringToObject(xf, "arguments",
-                                    part ? cJSON_GetObjectItem(f, "arguments")->valuestring : "");
-            rc = delta_chunk(j, i, d, NULL, 0, lp, NULL, out);
-            lp = NULL;
+    for (const cJSON *c = o->calls ? o->calls->child : NULL; c && !rc; c = c->next) {
+        const cJSON *id = cJSON_GetObjectItem(c, "id"), *name = cJSON_GetObjectItem(c, "name");
+        const cJSON *args = cJSON_GetObjectItem(c, "arguments");
+        cJSON *d = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(d, "tool_calls");
+        cJSON *x = cJSON_CreateObject(), *xf;
+        cJSON_AddItemToArray(list, x);
+        cJSON_AddNumberToObject(x, "index", cJSON_GetObjectItem(c, "index")->valuedouble);
+        if (id) {
+            cJSON_AddStringToObject(x, "id", id->valuestring);
+            cJSON_AddStringToObject(x, "type", "function");
         }
+        xf = cJSON_AddObjectToObject(x, "function");
+        if (name)
+            cJSON_AddStringToObject(xf, "name", name->valuestring);
+        cJSON_AddStringToObject(xf, "arguments", args ? args->valuestring : "");
+        rc = delta_chunk(j, i, d, NULL, 0, lp, NULL, out);
+        lp = NULL;
     }
     if (!rc && lp)
         rc = delta_chunk(j, i, NULL, NULL, 0, lp, NULL, out);
@@ -1334,6 +1331,41 @@ static const char *finish_name(const struct choice *c)
     return c->finish == ENG_FINISH_LENGTH ? "length" : c->outp.n_calls ? "tool_calls" : "stop";
 }
 
+/* The message's tool_calls from the parser's deltas (srv_outp_out); 0 or -ENOMEM. */
+static int calls_json(const cJSON *deltas, cJSON *m)
+{
+    cJSON *list = cJSON_AddArrayToObject(m, "tool_calls");
+    struct buf args = {0};
+    int rc = list ? 0 : -ENOMEM;
+    for (const cJSON *d = deltas->child; d && !rc; d = d->next) {
+        const cJSON *id = cJSON_GetObjectItem(d, "id");
+        const cJSON *a = cJSON_GetObjectItem(d, "arguments");
+        if (id) { /* a new call: the one before is whole */
+            cJSON *c = cJSON_CreateObject(), *f = NULL;
+            const char *name = cJSON_GetObjectItem(d, "name")->valuestring;
+            if (!c || !cJSON_AddStringToObject(c, "id", id->valuestring) ||
+                !cJSON_AddStringToObject(c, "type", "function") ||
+                !(f = cJSON_AddObjectToObject(c, "function")) ||
+                !cJSON_AddStringToObject(f, "name", name) ||
+                !cJSON_AddStringToObject(f, "arguments", "") || !cJSON_AddItemToArray(list, c)) {
+                cJSON_Delete(c);
+                rc = -ENOMEM;
+            }
+        } else if (a) { /* calls are opened in index order: index k is list item k */
+            int k = cJSON_GetObjectItem(d, "index")->valueint;
+            cJSON *f = cJSON_GetObjectItem(cJSON_GetArrayItem(list, k), "function");
+            const char *old = f ? cJSON_GetObjectItem(f, "arguments")->valuestring : NULL;
+            args.n = 0;
+            rc = !old || buf_printf(&args, "%s%s", old, a->valuestring) ||
+                         !cJSON_ReplaceItemInObject(f, "arguments", cJSON_CreateString(args.p))
+                     ? -ENOMEM
+                     : 0;
+        }
+    }
+    free(args.p);
+    return rc;
+}
+
 /* A chat message from the whole text, split by the output parser; 0 or -ENOMEM. */
 static int message_json(struct choice *c, cJSON *m)
 {
@@ -1356,10 +1388,8 @@ static int message_json(struct choice *c, cJSON *m)
             else
                 cJSON_AddNullToObject(m, "reasoning_content");
         }
-        if (o.calls) {
-            cJSON_AddItemToObject(m, "tool_calls", o.calls);
-            o.calls = NULL;
-        }
+        if (o.calls && (rc = calls_json(o.calls, m)))
+            rc = -ENOMEM;
     }
     free(content);
     free(reasoning);

@@ -268,11 +268,17 @@ struct srv_outp {
     int n_calls;
     const char *const *names; /* the request's functions (its srv_request outlives this) */
     int n_names;
+    /* a call the grammar forces (hermes), streamed as it comes: see forced_call */
+    int forced, inc_stage, inc_index, inc_depth, inc_str, inc_esc;
+    size_t inc_pos, inc_sent;
 };
-/* What one feed released: text to append, and the calls ({id, type, function}) now whole. */
+/*
+ * What one feed released: text to append, and call deltas: {"index", "id",
+ * "name"} opens a call, {"index", "arguments"} adds to its arguments.
+ */
 struct srv_outp_out {
     struct buf content, reasoning;
-    cJSON *calls; /* an array, or NULL */
+    cJSON *calls; /* an array of deltas, or NULL */
 };
 void srv_outp_init(struct srv_outp *p, const struct srv_request *r);
 /* 1 when the request asks for any splitting at all. */

@@ -10,7 +10,9 @@
  * reasoning (between <think> and </think>) and tool calls, as the text
  * streams.  Text that may still be the start of a marker is held back; a
  * call is released whole, when its closing marker (or the end) shows that
- * it parses.  A call that does not parse is given back as content.
+ * it parses - except a hermes call the grammar forces, whose arguments
+ * stream as they come (forced_call).  A call that does not parse is given
+ * back as content.
  *
  * The formats, chosen from the chat template's text:
  *  - hermes (Hermes, Qwen2.5, Qwen3): <tool_call>\n{"name": N, "arguments": {...}}\n</tool_call>
@@ -284,6 +286,7 @@ void srv_outp_init(struct srv_outp *p, const struct srv_request *r)
     p->tools = r->tool_mode != SRV_TOOL_NONE;
     p->reasoning = r->reasoning;
     p->max_calls = r->parallel_tool_calls ? -1 : 1;
+    p->forced = r->tool_mode == SRV_TOOL_REQUIRED || r->tool_mode == SRV_TOOL_NAMED;
     p->state = r->reasoning && r->think_open ? P_THINK : P_TEXT;
     p->marker = "";
     p->names = (const char *const *)r->tool_names;
@@ -358,7 +361,39 @@ static void call_id(enum srv_tool_fmt fmt, char *out, size_t cap)
     out[at] = 0;
 }
 
-/* One call object ({"name", "arguments" | "parameters"}) into o->calls; 0, -EINVAL or -ENOMEM. */
+/*
+ * A call delta into calls: {"index", "id", "name"} opens call index (with
+ * empty arguments), {"index", "arguments"} adds argument text to it - as
+ * OpenAI streams them.  0 or -ENOMEM.
+ */
+static int add_delta(cJSON *calls, int index, const char *id, const char *name, const char *args,
+                     size_t n)
+{
+    cJSON *d = cJSON_CreateObject();
+    char *a = args ? strndup(args, n) : NULL;
+    int ok = d && (!args || a) && cJSON_AddNumberToObject(d, "index", index) &&
+             (!id || cJSON_AddStringToObject(d, "id", id)) &&
+             (!name || cJSON_AddStringToObject(d, "name", name)) &&
+             (!a || cJSON_AddStringToObject(d, "arguments", a)) && cJSON_AddItemToArray(calls, d);
+    free(a);
+    if (!ok) {
+        cJSON_Delete(d);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Opens a call named name: its index, or -ENOMEM. */
+static int open_call(struct srv_outp *p, cJSON *calls, const char *name)
+{
+    char id[40];
+    call_id(p->fmt, id, sizeof id);
+    if (add_delta(calls, p->n_calls, id, name, NULL, 0))
+        return -ENOMEM;
+    return p->n_calls++;
+}
+
+/* One call object ({"name", "arguments" | "parameters"}) into calls; 0, -EINVAL or -ENOMEM. */
 static int add_call(struct srv_outp *p, const cJSON *x, cJSON *calls)
 {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(x, "name");
@@ -380,21 +415,95 @@ static int add_call(struct srv_outp *p, const cJSON *x, cJSON *calls)
     char *text = !args                  ? strdup("{}")
                  : cJSON_IsString(args) ? strdup(args->valuestring)
                                         : cJSON_PrintUnformatted(args);
-    char id[40];
-    call_id(p->fmt, id, sizeof id);
-    cJSON *c = cJSON_CreateObject(), *f = NULL;
-    int ok = text && c && cJSON_AddStringToObject(c, "id", id) &&
-             cJSON_AddStringToObject(c, "type", "function") &&
-             (f = cJSON_AddObjectToObject(c, "function")) &&
-             cJSON_AddStringToObject(f, "name", name->valuestring) &&
-             cJSON_AddStringToObject(f, "arguments", text) && cJSON_AddItemToArray(calls, c);
+    int k = text ? open_call(p, calls, name->valuestring) : -ENOMEM;
+    int rc = k < 0 ? k : add_delta(calls, k, NULL, NULL, text, strlen(text));
     free(text);
-    if (!ok) {
-        cJSON_Delete(c);
-        return -ENOMEM;
+    return rc;
+}
+
+/*
+ * A forced hermes call (tool_choice required or named: the grammar wrote
+ * it, so it parses) streams its arguments as they come.  After
+ * <tool_call>: space, {"name": "N", "arguments": then the arguments' JSON,
+ * whose end the bracket depth tells, then } and </tool_call>.  Returns 1
+ * when the call is done, 0 for more text, -EINVAL when the text is not
+ * that shape (nothing was released then), -ENOMEM.
+ */
+static int forced_call(struct srv_outp *p, struct srv_outp_out *o, int final)
+{
+    const char *h = p->hold.p;
+    size_t n = p->hold.n;
+    if (p->inc_stage == 0) {
+        static const char pre[] = "{\"name\": \"", mid[] = "\", \"arguments\": ";
+        size_t i = 0;
+        while (i < n && isspace((unsigned char)h[i]))
+            i++;
+        size_t k = 0;
+        for (; k < sizeof pre - 1 && i + k < n; k++)
+            if (h[i + k] != pre[k])
+                return -EINVAL;
+        if (k < sizeof pre - 1)
+            return final ? -EINVAL : 0;
+        const char *q = memchr(h + i + k, '"', n - i - k);
+        if (!q)
+            return final ? -EINVAL : 0;
+        size_t at = (size_t)(q - h) + 1;
+        for (k = 1; k < sizeof mid - 1 && at + k - 1 < n; k++)
+            if (h[at + k - 1] != mid[k])
+                return -EINVAL;
+        if (k < sizeof mid - 1)
+            return final ? -EINVAL : 0;
+        char *name = strndup(h + i + sizeof pre - 1, (size_t)(q - h) - i - (sizeof pre - 1));
+        if (!o->calls)
+            o->calls = cJSON_CreateArray();
+        int idx = name && o->calls ? open_call(p, o->calls, name) : -ENOMEM;
+        free(name);
+        if (idx < 0)
+            return idx;
+        p->inc_index = idx;
+        p->inc_stage = 1;
+        p->inc_depth = p->inc_str = p->inc_esc = 0;
+        p->inc_pos = p->inc_sent = at + sizeof mid - 2;
     }
-    p->n_calls++;
-    return 0;
+    if (p->inc_stage == 1) { /* the arguments, up to where their brackets close */
+        size_t i = p->inc_pos, end = 0;
+        for (; i < n && !end; i++) {
+            char c = h[i];
+            if (p->inc_str) {
+                if (p->inc_esc)
+                    p->inc_esc = 0;
+                else if (c == '\\')
+                    p->inc_esc = 1;
+                else if (c == '"')
+                    p->inc_str = 0;
+            } else if (c == '"') {
+                p->inc_str = 1;
+            } else if (c == '{' || c == '[') {
+                p->inc_depth++;
+            } else if ((c == '}' || c == ']') && --p->inc_depth == 0) {
+                end = i + 1;
+            } else if (p->inc_depth == 0 && isspace((unsigned char)c) && i == p->inc_sent) {
+                p->inc_sent++; /* space before the arguments is not theirs */
+            }
+        }
+        p->inc_pos = i;
+        size_t upto = end ? end : i;
+        if (upto > p->inc_sent &&
+            add_delta(o->calls, p->inc_index, NULL, NULL, h + p->inc_sent, upto - p->inc_sent))
+            return -ENOMEM;
+        p->inc_sent = upto;
+        if (!end && final)
+            p->hold.n = 0; /* cut off (max_tokens): what came is what there is */
+        if (!end)
+            return final;
+        p->inc_stage = 2;
+    }
+    /* the rest of the call's object, up to its closing tag */
+    const char *at = memmem(h + p->inc_sent, n - p->inc_sent, k_tag_close, sizeof k_tag_close - 1);
+    if (!at && !final)
+        return 0;
+    hold_drop(p, at ? (size_t)(at - h) + sizeof k_tag_close - 1 : n);
+    return 1;
 }
 
 /*
@@ -506,6 +615,24 @@ static int run(struct srv_outp *p, struct srv_outp_out *o, int final)
             hold_drop(p, n - keep);
             return rc;
         }
+        if (p->state == P_CALL && p->forced && p->inc_stage >= 0) {
+            if (!o->calls && !(o->calls = cJSON_CreateArray()))
+                return -ENOMEM;
+            rc = forced_call(p, o, final);
+            if (rc == 0)
+                return 0;
+            if (rc == 1) {
+                p->state = P_TEXT;
+                p->inc_stage = 0;
+                rc = 0;
+                continue;
+            }
+            if (rc == -ENOMEM)
+                return rc;
+            p->inc_stage = -1; /* not the grammar's shape: as an unforced call */
+            rc = 0;
+            continue;
+        }
         if (p->state == P_CALL) {
             char *at = n ? memmem(h, n, k_tag_close, sizeof k_tag_close - 1) : NULL;
             if (!at && !final)
@@ -516,6 +643,7 @@ static int run(struct srv_outp *p, struct srv_outp_out *o, int final)
                 rc = give_back(p, o, k_tag_open, h, body, at ? k_tag_close : "");
             hold_drop(p, at ? body + sizeof k_tag_close - 1 : n);
             p->state = P_TEXT;
+            p->inc_stage = 0;
             continue;
         }
         if (p->state == P_REST) {

@@ -236,6 +236,12 @@ def test_required_in_each_familys_format(family, tpl):
     assert msg.tool_calls and all(c.function.name in ("get_weather", "get_time") for c in msg.tool_calls)
     for c in msg.tool_calls:
         jsonschema.validate(json.loads(c.function.arguments), schema_of(c.function.name))
+    kw = dict(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
+              max_tokens=200, temperature=0)
+    whole = client.chat.completions.create(**kw).choices[0].message
+    got = streamed(client, **kw).choices[0].message
+    assert [(c.function.name, c.function.arguments) for c in got.tool_calls] == \
+        [(c.function.name, c.function.arguments) for c in whole.tool_calls]
 
 
 def test_a_tool_call_turn_renders_back_in_mistrals_template(family):

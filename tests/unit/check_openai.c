@@ -244,10 +244,12 @@ START_TEST(non_streamed_answers_have_the_sdk_shape)
 END_TEST
 
 /* Everything one parse released, as "C:content|R:reasoning|name=args;..." */
-static char *split_all(enum srv_tool_fmt fmt, int think_open, const char *text, size_t step)
+static char *split_all(enum srv_tool_fmt fmt, int think_open, int forced, const char *text,
+                       size_t step)
 {
+    int n_calls = 0;
     char *names[] = {"get_weather", "get_time"};
-    struct srv_request r = {.tool_mode = SRV_TOOL_AUTO,
+    struct srv_request r = {.tool_mode = forced ? SRV_TOOL_REQUIRED : SRV_TOOL_AUTO,
                             .tool_fmt = fmt,
                             .parallel_tool_calls = 1,
                             .reasoning = 1,
@@ -267,12 +269,17 @@ static char *split_all(enum srv_tool_fmt fmt, int think_open, const char *text, 
         buf_append(&content, o.content.p ? o.content.p : "", o.content.n);
         buf_append(&reasoning, o.reasoning.p ? o.reasoning.p : "", o.reasoning.n);
         for (const cJSON *c = o.calls ? o.calls->child : NULL; c; c = c->next) {
-            const cJSON *f = cJSON_GetObjectItem(c, "function");
-            buf_printf(&calls, "%s=%s;", cJSON_GetObjectItem(f, "name")->valuestring,
-                       cJSON_GetObjectItem(f, "arguments")->valuestring);
+            const cJSON *name = cJSON_GetObjectItem(c, "name");
+            const cJSON *args = cJSON_GetObjectItem(c, "arguments");
+            if (name)
+                buf_printf(&calls, "%s%s=", n_calls++ ? ";" : "", name->valuestring);
+            if (args)
+                buf_printf(&calls, "%s", args->valuestring);
         }
         srv_outp_out_free(&o);
     }
+    if (n_calls)
+        buf_printf(&calls, ";");
     struct buf all = {0};
     buf_printf(&all, "C:%.*s|R:%.*s|%.*s", (int)content.n, content.p ? content.p : "",
                (int)reasoning.n, reasoning.p ? reasoning.p : "", (int)calls.n,
@@ -286,40 +293,53 @@ START_TEST(output_splits_the_same_however_the_text_arrives)
 {
     static const struct {
         enum srv_tool_fmt fmt;
-        int think_open;
+        int think_open, forced;
         const char *text, *want;
     } cases[] = {
-        {SRV_TOOLS_HERMES, 0,
+        {SRV_TOOLS_HERMES, 0, 0,
          "<think>a < b</think>Hi <tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": "
          "\"</tool\"}}\n</tool_call>",
          "C:Hi |R:a < b|get_time={\"zone\":\"</tool\"};"},
-        {SRV_TOOLS_HERMES, 0, "x <tool_call>{broken</tool_call> y",
+        {SRV_TOOLS_HERMES, 0, 0, "x <tool_call>{broken</tool_call> y",
          "C:x <tool_call>{broken</tool_call> y|R:|"},
-        {SRV_TOOLS_HERMES, 0, "  {\"name\": \"get_time\", \"arguments\": {}}",
+        {SRV_TOOLS_HERMES, 0, 0, "  {\"name\": \"get_time\", \"arguments\": {}}",
          "C:|R:|get_time={};"},
-        {SRV_TOOLS_HERMES, 0, "{\"name\": \"other\", \"arguments\": {}}",
+        {SRV_TOOLS_HERMES, 0, 0, "{\"name\": \"other\", \"arguments\": {}}",
          "C:{\"name\": \"other\", \"arguments\": {}}|R:|"},
-        {SRV_TOOLS_HERMES, 0, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}",
+        {SRV_TOOLS_HERMES, 0, 0, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}",
          "C:|R:|get_time={};"}, /* cut off before its closing tag, yet whole */
-        {SRV_TOOLS_HERMES, 1, "plan</think>done <tool", "C:done <tool|R:plan|"},
-        {SRV_TOOLS_LLAMA3, 0,
+        {SRV_TOOLS_HERMES, 1, 0, "plan</think>done <tool", "C:done <tool|R:plan|"},
+        {SRV_TOOLS_LLAMA3, 0, 0,
          "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": "
          "\"get_time\", \"parameters\": {\"zone\": \"UTC\"}}",
          "C:|R:|get_weather={\"city\":\"Oslo\"};get_time={\"zone\":\"UTC\"};"},
-        {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS]get_time[ARGS]{\"zone\": \"CET\"}",
+        {SRV_TOOLS_MISTRAL, 0, 0, "[TOOL_CALLS]get_time[ARGS]{\"zone\": \"CET\"}",
          "C:|R:|get_time={\"zone\":\"CET\"};"},
-        {SRV_TOOLS_MISTRAL, 0, "ok [TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": \"{}\"}]",
+        {SRV_TOOLS_MISTRAL, 0, 0,
+         "ok [TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": \"{}\"}]",
          "C:ok |R:|get_time={};"},
-        {SRV_TOOLS_GENERIC, 0,
+        {SRV_TOOLS_GENERIC, 0, 0,
          "{\"tool_calls\": [{\"name\": \"get_time\", \"arguments\": {\"zone\": \"é\"}}]}",
          "C:|R:|get_time={\"zone\":\"é\"};"},
-        {SRV_TOOLS_GENERIC, 0, "Just text, <think> not at the start.",
+        {SRV_TOOLS_GENERIC, 0, 0, "Just text, <think> not at the start.",
          "C:Just text, <think> not at the start.|R:|"},
+        /* forced (the grammar's shape): the arguments stream as they come, raw */
+        {SRV_TOOLS_HERMES, 0, 1,
+         "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a}\\\"{\", "
+         "\"n\": [1, {}]}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": "
+         "{}}\n</tool_call>",
+         "C:|R:|get_weather={\"city\": \"a}\\\"{\", \"n\": [1, {}]};get_time={};"},
+        {SRV_TOOLS_HERMES, 0, 1,
+         "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"CE",
+         "C:|R:|get_time={\"zone\": \"CE;"}, /* cut off by max_tokens */
+        {SRV_TOOLS_HERMES, 0, 1, "<tool_call>\n{\"name\": \"get_time\", \"argu",
+         "C:<tool_call>\n{\"name\": \"get_time\", \"argu|R:|"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = strlen(cases[i].text);
         for (size_t step = 1; step <= n; step++) {
-            char *got = split_all(cases[i].fmt, cases[i].think_open, cases[i].text, step);
+            char *got =
+                split_all(cases[i].fmt, cases[i].think_open, cases[i].forced, cases[i].text, step);
             ck_assert_msg(!strcmp(got, cases[i].want), "case %zu in steps of %zu: %s, not %s", i,
                           step, got, cases[i].want);
             free(got);
