@@ -183,26 +183,6 @@ static void bench_report(const char *name, const double *tps, int r, int threads
 
 /* ---- bench --grammar ---- */
 
-/* A file's bytes (NUL-terminated, the caller frees them), or NULL. */
-static char *read_all(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    struct buf b = {0};
-    char chunk[4096];
-    int rc = 0;
-    for (size_t k; !rc && (k = fread(chunk, 1, sizeof(chunk), f)) > 0;)
-        rc = buf_append(&b, chunk, k);
-    fclose(f);
-    if (rc || !b.p) {
-        free(b.p);
-        return NULL;
-    }
-    *n = b.n;
-    return b.p;
-}
-
 static int bench_grammars(const char *model, const char *const *files, int n, int rounds, int json)
 {
     char err[512];
@@ -218,7 +198,7 @@ static int bench_grammars(const char *model, const char *const *files, int n, in
     int status = 0;
     for (int i = 0; i < n && !status; i++) {
         size_t len;
-        char *text = read_all(files[i], &len);
+        char *text = cli_read_file(files[i], &len);
         cJSON *doc = text ? cJSON_ParseWithLength(text, len) : NULL;
         free(text);
         const cJSON *schema = cJSON_GetObjectItemCaseSensitive(doc, "schema");

@@ -24,6 +24,12 @@ const char *cli_default_device(void);
 /* Parses a number in [lo, hi]; 0 or -1. */
 int cli_parse_num(const char *s, double lo, double hi, double *out);
 
+/*
+ * The whole of a file (path NULL: standard input), NUL-terminated, its
+ * length in *len; the caller frees it.  NULL with errno set on failure.
+ */
+char *cli_read_file(const char *path, size_t *len);
+
 /* Prints "cinfer CMD: MSG (try 'cinfer CMD --help')" and returns CLI_EXIT_BADINPUT. */
 int cli_usage(const char *cmd, const char *msg);
 

@@ -79,33 +79,26 @@ int cli_usage(const char *cmd, const char *msg)
     return CLI_EXIT_BADINPUT;
 }
 
-/* Reads all of stdin; returns NULL on failure. */
-static char *read_stdin(size_t *len)
+char *cli_read_file(const char *path, size_t *len)
 {
-    size_t cap = 4096, n = 0;
-    char *p = malloc(cap);
-    while (p) {
-        if (n == cap) {
-            char *q = realloc(p, cap * 2);
-            if (!q) {
-                free(p);
-                return NULL;
-            }
-            p = q;
-            cap *= 2;
-        }
-        size_t k = fread(p + n, 1, cap - n, stdin);
-        n += k;
-        if (k == 0) {
-            if (ferror(stdin)) {
-                free(p);
-                return NULL;
-            }
-            break;
-        }
+    FILE *f = path ? fopen(path, "rb") : stdin;
+    if (!f)
+        return NULL;
+    struct buf b = {0};
+    char chunk[65536];
+    int rc = 0;
+    for (size_t k; !rc && (k = fread(chunk, 1, sizeof(chunk), f)) > 0;)
+        rc = buf_append(&b, chunk, k);
+    int bad = rc || ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (bad || buf_append(&b, "", 1)) {
+        free(b.p);
+        errno = rc ? ENOMEM : EIO;
+        return NULL;
     }
-    *len = n;
-    return p;
+    *len = b.n - 1;
+    return b.p;
 }
 
 /* The output text of one token with any broken UTF-8 shown as U+FFFD. */
@@ -223,7 +216,7 @@ static int cmd_tokenize(int argc, char **argv)
     size_t len = 0;
     char *text = NULL;
     if (use_stdin) {
-        text = read_stdin(&len);
+        text = cli_read_file(NULL, &len);
         if (!text) {
             fprintf(stderr, "cinfer tokenize: cannot read standard input\n");
             eng_vocab_close(v);

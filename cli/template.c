@@ -29,37 +29,15 @@ static const char *const k_template_help =
     "  -h, --help                this help\n"
     "      --version             the version\n";
 
-/* The whole of path ("-": stdin), NUL-terminated; NULL after saying why. */
-static char *slurp(const char *path)
-{
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) {
-        fprintf(stderr, "cinfer template: %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    struct buf b = {0};
-    char chunk[65536];
-    size_t k;
-    int bad = 0;
-    while ((k = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (buf_append(&b, chunk, k))
-            bad = 1;
-    if (ferror(f) || bad || buf_append(&b, "", 1)) {
-        fprintf(stderr, "cinfer template: %s: cannot read it\n", path);
-        free(b.p);
-        b.p = NULL;
-    }
-    if (f != stdin)
-        fclose(f);
-    return b.p;
-}
-
 /* The file's JSON as a request body; NULL after saying why. */
 static cJSON *load_body(const char *path)
 {
-    char *text = slurp(path);
-    if (!text)
+    size_t len; /* unused: the text is NUL-terminated */
+    char *text = cli_read_file(strcmp(path, "-") ? path : NULL, &len);
+    if (!text) {
+        fprintf(stderr, "cinfer template: %s: %s\n", path, strerror(errno));
         return NULL;
+    }
     cJSON *j = cJSON_Parse(text);
     free(text);
     if (!j) {

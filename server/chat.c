@@ -407,14 +407,13 @@ int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *pro
         cJSON_AddItemToObject(ctx, "messages", msgs);
     else
         cJSON_Delete(msgs);
-    if (!rc && cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0 &&
-        !tpl_uses(c->tpl, "tools")) { /* a template that knows nothing of tools */
-        rc = tools_in_system(cJSON_GetObjectItemCaseSensitive(ctx, "messages"), tools)
-                 ? srv_fail(err, 500, NULL, NULL, "out of memory")
-                 : 0;
-    } else if (!rc && cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
-        cJSON *d = cJSON_Duplicate(tools, 1);
-        if (!d || !cJSON_AddItemToObject(ctx, "tools", d))
+    if (!rc && cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
+        cJSON *d = NULL;
+        if (!tpl_uses(c->tpl, "tools")) /* a template that knows nothing of tools */
+            rc = tools_in_system(cJSON_GetObjectItemCaseSensitive(ctx, "messages"), tools);
+        else if (!(d = cJSON_Duplicate(tools, 1)) || !cJSON_AddItemToObject(ctx, "tools", d))
+            rc = -ENOMEM;
+        if (rc)
             rc = srv_fail(err, 500, NULL, NULL, "out of memory");
     }
     if (!rc) {

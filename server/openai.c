@@ -1388,8 +1388,8 @@ static int message_json(struct choice *c, cJSON *m)
             else
                 cJSON_AddNullToObject(m, "reasoning_content");
         }
-        if (o.calls && (rc = calls_json(o.calls, m)))
-            rc = -ENOMEM;
+        if (o.calls)
+            rc = calls_json(o.calls, m);
     }
     free(content);
     free(reasoning);
@@ -1408,22 +1408,23 @@ static int final_json(struct srv_job *j, struct buf *out)
         cJSON *x = cJSON_CreateObject();
         cJSON_AddItemToArray(arr, x);
         cJSON_AddNumberToObject(x, "index", i);
-        char *clean = srv_utf8_dup(c->text.p ? c->text.p : "", c->text.n);
         if (chat && srv_outp_active(&c->outp)) {
             cJSON *m = cJSON_AddObjectToObject(x, "message");
             if (!m || message_json(c, m)) {
-                free(clean);
                 cJSON_Delete(o);
                 return -ENOMEM;
             }
-        } else if (chat) {
-            cJSON *m = cJSON_AddObjectToObject(x, "message");
-            cJSON_AddStringToObject(m, "role", "assistant");
-            cJSON_AddStringToObject(m, "content", clean ? clean : "");
         } else {
-            cJSON_AddStringToObject(x, "text", clean ? clean : "");
+            char *clean = srv_utf8_dup(c->text.p ? c->text.p : "", c->text.n);
+            if (chat) {
+                cJSON *m = cJSON_AddObjectToObject(x, "message");
+                cJSON_AddStringToObject(m, "role", "assistant");
+                cJSON_AddStringToObject(m, "content", clean ? clean : "");
+            } else {
+                cJSON_AddStringToObject(x, "text", clean ? clean : "");
+            }
+            free(clean);
         }
-        free(clean);
         if (c->n_lp) {
             cJSON *l = cJSON_AddObjectToObject(x, "logprobs");
             for (int k = 0; k < (chat ? 1 : 4); k++) {

@@ -248,7 +248,6 @@ int srv_chat_prompt(const struct srv_chat *c, const cJSON *root, struct buf *pro
 
 /* Sets c->tool_fmt and c->think from a template's source. */
 void srv_chat_detect(struct srv_chat *c, const char *src, size_t n);
-const char *srv_tools_fmt_name(enum srv_tool_fmt f);
 /*
  * A chat body's tools, tool_choice and parallel_tool_calls, into r; for
  * tool_choice required or a named function *spec is the GRAM_TOOL_CALLS

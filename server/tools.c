@@ -32,13 +32,6 @@
 
 #include "server/srv.h"
 
-static const char *const k_fmt_names[] = {"generic", "hermes", "llama3", "mistral"};
-
-const char *srv_tools_fmt_name(enum srv_tool_fmt f)
-{
-    return k_fmt_names[f];
-}
-
 static int has(const char *src, size_t n, const char *needle)
 {
     return n && memmem(src, n, needle, strlen(needle)) != NULL;
@@ -454,9 +447,7 @@ static int forced_call(struct srv_outp *p, struct srv_outp_out *o, int final)
         if (k < sizeof mid - 1)
             return final ? -EINVAL : 0;
         char *name = strndup(h + i + sizeof pre - 1, (size_t)(q - h) - i - (sizeof pre - 1));
-        if (!o->calls)
-            o->calls = cJSON_CreateArray();
-        int idx = name && o->calls ? open_call(p, o->calls, name) : -ENOMEM;
+        int idx = name ? open_call(p, o->calls, name) : -ENOMEM; /* run() made o->calls */
         free(name);
         if (idx < 0)
             return idx;
