@@ -15,7 +15,6 @@
 #include "cli/cli.h"
 #include "engine/engine.h"
 #include "server/srv.h"
-#include "template/template.h"
 #include "util/clock.h"
 
 static const char *const k_run_help =
@@ -221,11 +220,8 @@ static int run_chat_text(const struct run_opts *o, struct engine *e, struct buf 
         srv_chat_free(&chat);
         return rc == -ENOMEM ? EXIT_FAILURE : CLI_EXIT_BADINPUT;
     }
-    if (builtin) {
-        tpl_destroy(chat.tpl);
-        chat.tpl = NULL;
-        chat.builtin = fmt;
-    }
+    if (builtin)
+        srv_chat_use_builtin(&chat, fmt);
     cJSON *root = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(root, "messages");
     for (int i = 0; i < 2 && msgs; i++) {
         const char *content = i ? o->prompt : o->system;

@@ -20,7 +20,6 @@
 
 #include "cli/cli.h"
 #include "server/srv.h"
-#include "template/template.h"
 #include "util/clock.h"
 #include "util/cpus.h"
 
@@ -271,8 +270,7 @@ int cli_serve(int argc, char **argv)
         }
         /* the GGUF's own template is broken: say so, and use the format its markers name */
         srv_log("warning: %s; using the built-in %s format", err, tok_chat_name(info.chat));
-        tpl_destroy(chat.tpl);
-        chat.tpl = NULL;
+        srv_chat_use_builtin(&chat, info.chat);
         snprintf(chat.origin, sizeof chat.origin, "built-in %s (the model's template failed)",
                  tok_chat_name(info.chat));
     }

@@ -103,6 +103,14 @@ void srv_chat_free(struct srv_chat *c)
     memset(c, 0, sizeof(*c));
 }
 
+void srv_chat_use_builtin(struct srv_chat *c, enum tok_chat fmt)
+{
+    tpl_destroy(c->tpl);
+    c->tpl = NULL;
+    c->builtin = fmt;
+    snprintf(c->origin, sizeof c->origin, "built-in %s", tok_chat_name(fmt));
+}
+
 static const char *const k_roles[] = {"system", "developer", "user", "assistant", "tool"};
 
 /* Message content: a string, null, or an array of text parts joined with "\n". */

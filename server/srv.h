@@ -235,6 +235,9 @@ struct srv_chat {
  */
 int srv_chat_load(struct srv_chat *c, struct engine *e, const char *file, char *err, size_t errlen);
 void srv_chat_free(struct srv_chat *c);
+/* Renders with the built-in format fmt from now on, not the template (`run --chat-template NAME`).
+ */
+void srv_chat_use_builtin(struct srv_chat *c, enum tok_chat fmt);
 /*
  * A chat request body's messages (with tools, chat_template_kwargs and
  * add_generation_prompt) rendered to prompt text; *add_bos says whether
