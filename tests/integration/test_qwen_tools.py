@@ -22,7 +22,8 @@ import pytest
 from conftest import REPO_ROOT, _finish, _start, make_client
 
 # make asan (CINFER_SLOWDOWN > 1) runs one round of each: the 50 are make test's
-ROUNDS = 5 if float(os.environ.get("CINFER_SLOWDOWN", "1")) <= 1 else 1
+SLOWDOWN = float(os.environ.get("CINFER_SLOWDOWN", "1"))
+ROUNDS = 5 if SLOWDOWN <= 1 else 1
 QWEN = REPO_ROOT / "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 WEATHER = {
@@ -48,7 +49,7 @@ def qwen():
     if not QWEN.is_file():
         pytest.fail(f"no model at {QWEN} (run make model-qwen)")
     srv = _start(["-m", str(QWEN)], "qwen")
-    client = make_client(srv)
+    client = make_client(srv).with_options(timeout=60 * SLOWDOWN)  # n=10 on Qwen under ASan
     yield client, client.models.list().data[0].id
     _finish(srv)
 
