@@ -132,7 +132,7 @@ static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, int dep
             pos[p] = p;
             want[p] = p == depth - 1;
         }
-        struct model_batch b = {depth, ids, pos, seq, want, NULL, 1, &tabs[i], &nbl[i]};
+        struct model_batch b = {depth, ids, pos, seq, want, NULL, 1, &tabs[i], &nbl[i], NULL, NULL};
         rc = model_forward(c->l.m, &c->kv, &b, c->logits);
     }
     int steps = pp ? 1 : tg;
@@ -152,7 +152,7 @@ static double bench_once(struct bench_ctx *c, int pp, int tg, int batch, int dep
                 want[i] = 1;
             }
         }
-        struct model_batch b = {n, ids, pos, seq, want, NULL, n_seq, tabs, nbl};
+        struct model_batch b = {n, ids, pos, seq, want, NULL, n_seq, tabs, nbl, NULL, NULL};
         rc = model_forward(c->l.m, &c->kv, &b, c->logits);
     }
     if (!rc)

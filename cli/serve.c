@@ -226,6 +226,7 @@ int cli_serve(int argc, char **argv)
     struct eng_config ec = {
         .device = cfg.device,
         .kernels = cfg.kernels,
+        .exact_llamacpp = cfg.exact_llamacpp != 0,
         .threads = cpus.n,
         .ctx = (int)cfg.ctx,
         .kv_block = (int)cfg.kv_block,

@@ -42,6 +42,7 @@ struct eng_config {
     const char *device;       /* backend: "cpu", "ppu" or "auto" (NULL: auto); see dev_create */
     int threads;              /* CPU worker threads; 0: the number of cores */
     const char *kernels;      /* CPU inner loops: NULL/"auto", "scalar", "avx2"... (dev_config) */
+    int exact_llamacpp;       /* CPU: llama.cpp's AVX2 arithmetic step for step (dev_config) */
     int ctx;                  /* tokens per sequence at most; 0: the model's trained context */
     int kv_block;             /* tokens per KV block; 0: ENG_DEFAULT_KV_BLOCK */
     int64_t kv_memory_mib;    /* KV pool size; 0: 4 full contexts, capped by free RAM */
@@ -81,14 +82,16 @@ struct gram;
 struct eng_info {
     int n_ctx, n_vocab;
     int kv_block;
-    int32_t kv_blocks;     /* usable blocks in the pool */
-    const char *arch;      /* "llama", "qwen2", "qwen3" */
-    const char *backend;   /* "cpu" or "ppu" */
-    const char *kernels;   /* the backend's kernels: "avx2", "scalar"... */
-    enum tok_chat chat;    /* the model's chat format (chatml when unknown) */
-    int chat_known;        /* 0: the template was not recognised */
+    int32_t kv_blocks;         /* usable blocks in the pool */
+    const char *arch;          /* "llama", "qwen2", "qwen3" */
+    const char *backend;       /* "cpu" or "ppu" */
+    const char *kernels;       /* the backend's kernels: "avx2", "scalar"... */
+    enum tok_chat chat;        /* the model's chat format (chatml when unknown) */
+    int chat_known;            /* 0: the template was not recognised */
     const char *chat_template; /* tokenizer.chat_template (not NUL-terminated), or NULL */
     size_t chat_template_len;
+    int n_embd;            /* the hidden state's width */
+    int pooling;           /* the GGUF's pooling type as enum eng_pool, or -1: it has none */
     char device_note[160]; /* why --device auto passed over a built-in PPU ("" when it did not) */
 };
 
@@ -122,6 +125,10 @@ const char *eng_kernels_here(void);
 /* The device backends this build has, space-separated ("cpu", "cpu ppu"). */
 const char *eng_devices_built(void);
 
+/* vLLM's iteration_tokens_total buckets: 1, 8, 16, 32, ... 16384 tokens. */
+#define ENG_STEP_BUCKETS 13
+#define ENG_STEP_LE(i) ((i) ? 4 << (i) : 1)
+
 /* Gauges and counters, read without stopping the engine. */
 struct eng_stats {
     int running, waiting;
@@ -129,6 +136,16 @@ struct eng_stats {
     uint64_t preemptions;
     uint64_t prefix_queries, prefix_hits; /* prompt tokens looked up / found cached */
     int draining;
+    /*
+     * Tokens per forward pass, counted as vLLM's iteration_tokens_total
+     * counts them: each token sampled, plus a sequence's whole prompt in the
+     * pass that samples its first token.  step_n[i]: the passes with more
+     * than step_le[i - 1] and at most step_le[i] (step_n[ENG_STEP_BUCKETS]:
+     * more than the last bound); step_tokens: their sum.
+     */
+    int step_le[ENG_STEP_BUCKETS];
+    uint64_t step_n[ENG_STEP_BUCKETS + 1];
+    uint64_t step_tokens;
 };
 /* Refuses new requests from now on (-ESHUTDOWN); running and queued ones go on. */
 void eng_drain(struct engine *e);
@@ -175,7 +192,7 @@ int eng_notify_wait(struct eng_notify *n, uint64_t *seen, int timeout_ms);
 /* One request's generation settings; eng_submit copies everything. */
 struct eng_params {
     struct smp_params sp;
-    int max_tokens;          /* >= 1; cut to what the context leaves */
+    int max_tokens;          /* >= 0 (0: the prompt only); cut to what the context leaves */
     int ignore_eos;          /* keep going past end-of-generation tokens */
     const char *const *stop; /* n_stop NUL-terminated stop strings (non-empty) */
     int n_stop;
@@ -189,7 +206,37 @@ struct eng_params {
      * The engine takes its own reference.
      */
     struct gram *grammar;
+    /*
+     * vLLM's extras.  min_tokens: no end-of-generation token, stop token or
+     * stop string ends the output before this many tokens.  stop_ids: tokens
+     * that end it ("stop"), even with ignore_eos; a control token's text is
+     * left out, another's is kept.  include_stop: the stop string that ends
+     * it is released with the text.  keep_special: control tokens' text
+     * appears in the output (vLLM's skip_special_tokens false).
+     */
+    int min_tokens;
+    const int32_t *stop_ids;
+    int n_stop_ids;
+    int include_stop;
+    int keep_special;
+    /*
+     * Log-probabilities of the prompt's tokens: prompt_logprobs 1 asks for
+     * an ENG_EV_PROMPT event for each prompt token after the first, in
+     * order, before any generated token, with its rank and prompt_top
+     * alternatives (0 to SMP_MAX_LOGPROBS).  Tokens found in the prefix
+     * cache are computed again where their logits are needed.
+     */
+    int prompt_logprobs, prompt_top;
+    /*
+     * Not ENG_POOL_NONE: an embedding request.  Nothing is generated
+     * (max_tokens is ignored); the END event ("stop") carries the pooled
+     * final hidden state (after the output norm), L2-normalised.
+     */
+    int pooling; /* enum eng_pool */
 };
+
+/* How an embedding request pools its tokens' hidden states. */
+enum eng_pool { ENG_POOL_NONE = 0, ENG_POOL_MEAN, ENG_POOL_CLS, ENG_POOL_LAST };
 
 /*
  * Compiles a constraint for this engine's vocabulary: kind "json_schema"
@@ -242,10 +289,11 @@ const char *eng_finish_name(enum eng_finish f); /* "stop", "length", ... */
  * token, with the text it released (possibly empty: held back as a partial
  * character or a partial stop string; possibly more than its own piece).
  * ENG_EV_END: the request is over; `text` has any text released at the end,
- * or the error message for ENG_FINISH_ERROR.  The reader owns the event
- * until eng_event_clear().
+ * or the error message for ENG_FINISH_ERROR.  ENG_EV_PROMPT: the log-
+ * probability of one prompt token (eng_params.prompt_logprobs), no text.
+ * The reader owns the event until eng_event_clear().
  */
-enum eng_ev_kind { ENG_EV_TOKEN = 1, ENG_EV_END };
+enum eng_ev_kind { ENG_EV_TOKEN = 1, ENG_EV_END, ENG_EV_PROMPT };
 struct eng_event {
     enum eng_ev_kind kind;
     char *text;
@@ -256,8 +304,12 @@ struct eng_event {
     float logprob;
     int n_top;
     struct smp_result *top; /* the sampler's result (token, logprob, alternatives) */
+    /* ENG_EV_PROMPT: token (a prompt token), logprob, rank (1: the most likely), top */
+    int rank;
     /* ENG_EV_END */
     enum eng_finish finish;
+    float *embd; /* an embedding request's vector (n_embd floats), or NULL */
+    int n_embd;
     int prompt_tokens, completion_tokens, cached_tokens;
     double t_submit, t_scheduled, t_first_token; /* 0 when it never happened */
 };

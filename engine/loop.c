@@ -7,6 +7,7 @@
  * that the loop runs one scheduler step per turn and sleeps otherwise.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@
 #define DEFAULT_MAX_QUEUE 256
 #define DEFAULT_QUEUE_CONTEXTS 64 /* default --max-queue-tokens: this many full contexts */
 #define TICK_MS 100
+/* logits rows a pass may add for prompt log-probabilities, past one row a sequence */
+#define PROMPT_LP_ROWS 64
 
 /* Closes the loop's handles; the loop then ends once it runs again. */
 static void close_handles(struct engine *e)
@@ -33,6 +36,70 @@ static void close_handles(struct engine *e)
     uv_close((uv_handle_t *)&e->idle, NULL);
     uv_close((uv_handle_t *)&e->wake, NULL);
     uv_close((uv_handle_t *)&e->timer, NULL);
+}
+
+/*
+ * A prompt row's report: the log-probability of the prompt token after
+ * position pos under the raw logits, its rank and r->plp alternatives.
+ */
+static void prompt_logprob(struct engine *e, struct eng_req *r, int pos, const float *logits)
+{
+    int V = e->info.n_vocab;
+    int32_t tok = r->tokens[pos + 1];
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0;
+    int rank = 1;
+    for (int i = 0; i < V; i++) {
+        sum += exp((double)logits[i] - mx);
+        rank += logits[i] > logits[tok];
+    }
+    float lse = mx + (float)log(sum);
+    struct eng_event ev = {.kind = ENG_EV_PROMPT, .t = util_now_s(), .token = tok, .rank = rank};
+    ev.logprob = logits[tok] - lse;
+    ev.top = calloc(1, sizeof(*ev.top));
+    ev.text = out_copy("", 0);
+    if (ev.top && ev.text) {
+        ev.top->token = tok;
+        ev.top->logprob = ev.logprob;
+        for (int k = 0; k < r->plp; k++) { /* the best, best first, ties to the lower id */
+            int32_t best = -1;
+            for (int i = 0; i < V; i++) {
+                int taken = 0;
+                for (int q = 0; q < k && !taken; q++)
+                    taken = ev.top->top[q].token == i;
+                if (!taken && (best < 0 || logits[i] > logits[best]))
+                    best = i;
+            }
+            ev.top->top[k].token = best;
+            ev.top->top[k].logprob = logits[best] - lse;
+        }
+        ev.top->n_top = ev.n_top = r->plp;
+    }
+    if (!ev.top || !ev.text || req_push(r, &ev))
+        eng_event_clear(&ev); /* out of memory: the report has a gap the reader sees */
+    r->plp_next = pos + 2;
+}
+
+/* While n_gen < min_tokens: the tokens r may draw (its grammar's, less the end tokens). */
+static const uint32_t *min_tokens_mask(struct engine *e, struct eng_req *r)
+{
+    int words = (e->info.n_vocab + 31) / 32;
+    if (!r->ban && !(r->ban = malloc(sizeof(uint32_t) * (size_t)words)))
+        return r->smp.allow;
+    if (r->smp.allow)
+        memcpy(r->ban, r->smp.allow, sizeof(uint32_t) * (size_t)words);
+    else
+        memset(r->ban, 0xff, sizeof(uint32_t) * (size_t)words);
+    for (int i = 0; !r->ignore_eos && i < e->n_eog; i++)
+        r->ban[e->eog_ids[i] / 32] &= ~(1u << (e->eog_ids[i] % 32));
+    for (int i = 0; i < r->n_stop_ids; i++)
+        r->ban[r->stop_ids[i] / 32] &= ~(1u << (r->stop_ids[i] % 32));
+    for (int w = 0; w < words; w++)
+        if (r->ban[w])
+            return r->ban;
+    return r->smp.allow; /* the grammar allows only an end: it wins */
 }
 
 int eng_step(struct engine *e)
@@ -46,6 +113,12 @@ int eng_step(struct engine *e)
     double took = util_now_s() - t0;
     for (int j = 0; !rc && j < b.n_rows; j++) {
         struct eng_req *r = b.rows[j];
+        const float *logits = e->logits + (size_t)j * e->info.n_vocab;
+        if (e->b_rpos[j] < r->n_tokens - 1) { /* a prompt row: its log-probability */
+            prompt_logprob(e, r, e->b_rpos[j], logits);
+            e->b_res[j].token = -3;
+            continue;
+        }
         r->smp.allow = NULL;
         if (r->gm) { /* the grammar's mask, then sampling among what it allows */
             int mrc = req_constrain_mask(e, r);
@@ -55,8 +128,20 @@ int eng_step(struct engine *e)
             }
             r->smp.allow = r->mask;
         }
-        if (smp_sample(&r->smp, e->logits + (size_t)j * e->info.n_vocab, &e->b_res[j]))
+        if (r->n_gen < r->min_tokens)
+            r->smp.allow = min_tokens_mask(e, r);
+        if (smp_sample(&r->smp, logits, &e->b_res[j]))
             e->b_res[j].token = -1;
+    }
+    if (!rc) { /* iteration_tokens_total: tokens sampled, and whole prompts at their first */
+        int n = 0, k = 0;
+        for (int j = 0; j < b.n_rows; j++)
+            if (e->b_res[j].token >= 0)
+                n += 1 + (b.rows[j]->t_first == 0 ? b.rows[j]->n_prompt : 0);
+        while (k < ENG_STEP_BUCKETS && n > ENG_STEP_LE(k))
+            k++;
+        atomic_fetch_add(&e->st_step_n[k], 1);
+        atomic_fetch_add(&e->st_step_tokens, (unsigned long long)n);
     }
     return sched_update(e, &b, rc, took, e->b_res);
 }
@@ -184,6 +269,12 @@ void eng_get_stats(struct engine *e, struct eng_stats *out)
     out->preemptions = atomic_load(&e->st_preemptions);
     out->prefix_queries = atomic_load(&e->st_prefix_queries);
     out->prefix_hits = atomic_load(&e->st_prefix_hits);
+    for (int i = 0; i <= ENG_STEP_BUCKETS; i++) {
+        if (i < ENG_STEP_BUCKETS)
+            out->step_le[i] = ENG_STEP_LE(i);
+        out->step_n[i] = atomic_load(&e->st_step_n[i]);
+    }
+    out->step_tokens = atomic_load(&e->st_step_tokens);
     pthread_mutex_lock(&e->mu);
     out->draining = e->draining;
     pthread_mutex_unlock(&e->mu);
@@ -231,6 +322,12 @@ void eng_destroy(struct engine *e)
     free(e->b_nblocks);
     free(e->b_res);
     free(e->b_rows);
+    free(e->b_rpos);
+    free(e->b_erows);
+    free(e->b_epos);
+    free(e->b_ewant);
+    free(e->embd);
+    free(e->eog_ids);
     free(e->b_pre);
     free(e->logits);
     kv_pool_destroy(e->pool);
@@ -281,6 +378,21 @@ static int64_t pool_blocks(struct engine *e, char *err, size_t errlen)
     return n;
 }
 
+/* The GGUF's <arch>.pooling_type as enum eng_pool, or -1 (none given, or one we lack). */
+static int pooling_type(const struct gguf_file *g)
+{
+    struct gguf_str arch;
+    char key[96];
+    int64_t v;
+    if (gguf_get_str(g, "general.architecture", &arch) || arch.n > 64)
+        return -1;
+    snprintf(key, sizeof(key), "%.*s.pooling_type", (int)arch.n, arch.p);
+    if (gguf_get_int(g, key, &v))
+        return -1;
+    /* llama.cpp's LLAMA_POOLING_TYPE_*: 1 mean, 2 cls, 3 last */
+    return v == 1 ? ENG_POOL_MEAN : v == 2 ? ENG_POOL_CLS : v == 3 ? ENG_POOL_LAST : -1;
+}
+
 int eng_create(const char *path, const struct eng_config *cfg, struct engine **out, char *err,
                size_t errlen)
 {
@@ -310,7 +422,9 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
     if (!rc && e->cfg.max_seqs > e->cfg.max_batch_tokens)
         e->cfg.max_seqs = e->cfg.max_batch_tokens; /* every sequence needs a token slot */
     if (!rc) { /* the backend first: a device the build lacks is said before any loading */
-        struct dev_config dc = {.threads = e->cfg.threads, .kernels = e->cfg.kernels};
+        struct dev_config dc = {.threads = e->cfg.threads,
+                                .kernels = e->cfg.kernels,
+                                .exact_llamacpp = e->cfg.exact_llamacpp};
         rc = dev_create(e->cfg.device, &dc, &e->dev, e->info.device_note,
                         sizeof(e->info.device_note));
         if (rc)
@@ -332,6 +446,8 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->info.arch = hp->arch == MODEL_QWEN2   ? "qwen2"
                        : hp->arch == MODEL_QWEN3 ? "qwen3"
                                                  : "llama";
+        e->info.n_embd = hp->n_embd;
+        e->info.pooling = pooling_type(e->g);
         e->info.kernels = dev_kernels_name(&e->dev);
         e->info.backend = dev_backend_name(&e->dev);
         if (e->info.n_ctx < 2 || e->info.n_ctx > hp->n_ctx_train)
@@ -373,12 +489,25 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->b_want = calloc(bt, 1);
         e->b_tables = calloc(ms, sizeof(*e->b_tables));
         e->b_nblocks = calloc(ms, sizeof(*e->b_nblocks));
-        e->b_res = calloc(ms, sizeof(*e->b_res));
-        e->b_rows = calloc(ms, sizeof(*e->b_rows));
+        /* a row per sequence, and up to PROMPT_LP_ROWS more for prompt log-probabilities */
+        size_t rows = ms + (bt - ms < PROMPT_LP_ROWS ? bt - ms : PROMPT_LP_ROWS);
+        e->cap_rows = (int)rows;
+        e->b_res = calloc(rows, sizeof(*e->b_res));
+        e->b_rows = calloc(rows, sizeof(*e->b_rows));
+        e->b_rpos = calloc(rows, sizeof(*e->b_rpos));
+        e->b_erows = calloc(bt, sizeof(*e->b_erows));
+        e->b_epos = calloc(bt, sizeof(*e->b_epos));
+        e->b_ewant = calloc(bt, 1);
+        e->embd = calloc(bt * (size_t)e->info.n_embd, sizeof(float));
         e->b_pre = calloc(ms, sizeof(*e->b_pre));
-        e->logits = calloc(ms * (size_t)e->info.n_vocab, sizeof(float));
+        e->logits = calloc(rows * (size_t)e->info.n_vocab, sizeof(float));
+        e->eog_ids = calloc((size_t)e->info.n_vocab, sizeof(*e->eog_ids));
+        for (int32_t t = 0; e->eog_ids && t < e->info.n_vocab; t++)
+            if (tok_is_eog(e->tok, t))
+                e->eog_ids[e->n_eog++] = t;
         if (!e->active || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_order || !e->b_want ||
-            !e->b_tables || !e->b_nblocks || !e->b_res || !e->b_rows || !e->b_pre || !e->logits)
+            !e->b_tables || !e->b_nblocks || !e->b_res || !e->b_rows || !e->b_rpos || !e->b_erows ||
+            !e->b_epos || !e->b_ewant || !e->embd || !e->b_pre || !e->logits || !e->eog_ids)
             rc = errmsg(err, errlen, -ENOMEM, "out of memory for the batch buffers");
     }
     if (!rc) {
@@ -420,13 +549,23 @@ static int req_build(struct engine *e, const struct eng_sub *sub, struct eng_req
         if (prompt[i] < 0 || prompt[i] >= e->info.n_vocab)
             return errmsg(err, errlen, -EINVAL, "token id %d is not in the vocabulary (0 to %d)",
                           prompt[i], e->info.n_vocab - 1);
-    if (p->max_tokens < 1)
-        return errmsg(err, errlen, -EINVAL, "max_tokens must be at least 1");
+    if (p->max_tokens < 0)
+        return errmsg(err, errlen, -EINVAL, "max_tokens must not be negative");
+    if (p->prompt_top < 0 || p->prompt_top > SMP_MAX_LOGPROBS)
+        return errmsg(err, errlen, -EINVAL, "prompt_logprobs must be 0 to %d", SMP_MAX_LOGPROBS);
+    if (p->pooling < ENG_POOL_NONE || p->pooling > ENG_POOL_LAST || p->min_tokens < 0 ||
+        p->n_stop_ids < 0)
+        return errmsg(err, errlen, -EINVAL, "pooling, min_tokens or stop_ids is out of range");
+    for (int i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] < 0 || p->stop_ids[i] >= e->info.n_vocab)
+            return errmsg(err, errlen, -EINVAL,
+                          "stop token id %d is not in the vocabulary (0 to %d)", p->stop_ids[i],
+                          e->info.n_vocab - 1);
     if (n_prompt >= e->info.n_ctx)
         return errmsg(err, errlen, -E2BIG,
                       "this model's maximum context length is %d tokens, but the prompt has %d",
                       e->info.n_ctx, n_prompt);
-    int max_tokens = p->max_tokens;
+    int max_tokens = p->pooling ? 0 : p->max_tokens;
     if (max_tokens > e->info.n_ctx - n_prompt)
         max_tokens = e->info.n_ctx - n_prompt;
     int32_t need = sched_blocks_for(e, (int64_t)n_prompt + max_tokens);
@@ -448,7 +587,12 @@ static int req_build(struct engine *e, const struct eng_sub *sub, struct eng_req
     r->tokens = malloc(sizeof(int32_t) * (size_t)r->cap_tokens);
     r->stop = p->n_stop ? calloc((size_t)p->n_stop, sizeof(char *)) : NULL;
     r->bias = p->sp.n_bias ? malloc(sizeof(*r->bias) * (size_t)p->sp.n_bias) : NULL;
-    rc = !r->tokens || (p->n_stop && !r->stop) || (p->sp.n_bias && !r->bias) ? -ENOMEM : 0;
+    r->stop_ids = p->n_stop_ids ? malloc(sizeof(int32_t) * (size_t)p->n_stop_ids) : NULL;
+    r->pool_sum = p->pooling ? calloc((size_t)e->info.n_embd, sizeof(float)) : NULL;
+    rc = !r->tokens || (p->n_stop && !r->stop) || (p->sp.n_bias && !r->bias) ||
+                 (p->n_stop_ids && !r->stop_ids) || (p->pooling && !r->pool_sum)
+             ? -ENOMEM
+             : 0;
     for (int i = 0; !rc && i < p->n_stop; i++) {
         if (!(r->stop[i] = strdup(p->stop[i])))
             rc = -ENOMEM;
@@ -470,6 +614,15 @@ static int req_build(struct engine *e, const struct eng_sub *sub, struct eng_req
     r->max_tokens = max_tokens;
     r->ignore_eos = p->ignore_eos;
     r->logprobs = p->logprobs;
+    r->min_tokens = p->min_tokens;
+    r->include_stop = p->include_stop;
+    if (p->n_stop_ids)
+        memcpy(r->stop_ids, p->stop_ids, sizeof(int32_t) * (size_t)p->n_stop_ids);
+    r->n_stop_ids = p->n_stop_ids;
+    r->plp = p->pooling || !p->prompt_logprobs ? -1 : p->prompt_top;
+    r->plp_next = 1;
+    r->pooling = p->pooling;
+    r->keep_special = p->keep_special;
     r->notify = p->notify;
     r->grammar = gram_ref(p->grammar);
     r->t_submit = util_now_s();

@@ -476,7 +476,14 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
     for (int t = 0; t < n; t++)
         if (b->want_logits[t])
             rows[n_out++] = t;
-    if ((rc = grow_logits(m, n_out)))
+    /* the hidden-state rows follow the logits rows; both are normed, only these projected */
+    int n_logit = n_out;
+    for (int t = 0; b->want_embd && t < n; t++)
+        if (b->want_embd[t] && !b->want_logits[t])
+            rows[n_out++] = t;
+    if (n_out > n_logit && !b->embd)
+        return -EINVAL;
+    if ((rc = grow_logits(m, n_logit)))
         return rc;
     /* a token is part of a chunk when its sequence has other tokens in the batch */
     for (int t = 0; t < n; t++) {
@@ -539,15 +546,21 @@ int model_forward(struct model *m, struct model_kv *kv, const struct model_batch
         rc = rc ? rc : dev_matmul(d, &ly->w_down, m->hb, n, m->xb2);
         rc = rc ? rc : dev_add(d, m->x, m->xb2, (size_t)n * e);
     }
-    // final rmsnorm and logits, only for the rows that want them; one download
+    // final rmsnorm and logits, only for the rows that want them; one download (two with
+    // hidden-state rows)
     if (!rc && n_out) {
         rc = dev_gather_rows(d, m->x, e, m->out_rows);
         rc = rc ? rc
                 : dev_rmsnorm(d, m->out_rows, m->output_norm, n_out, e, hp->rms_eps, m->out_rows);
-        rc = rc ? rc : dev_matmul(d, &m->output, m->out_rows, n_out, m->logits_dev);
-        rc = rc ? rc
-                : dev_download(d, logits, m->logits_dev,
-                               (size_t)n_out * (size_t)hp->n_vocab * sizeof(float));
+        if (!rc && n_logit) {
+            rc = dev_matmul(d, &m->output, m->out_rows, n_logit, m->logits_dev);
+            rc = rc ? rc
+                    : dev_download(d, logits, m->logits_dev,
+                                   (size_t)n_logit * (size_t)hp->n_vocab * sizeof(float));
+        }
+        if (!rc && n_out > n_logit)
+            rc = dev_download(d, b->embd, m->out_rows + (size_t)n_logit * e,
+                              (size_t)(n_out - n_logit) * e * sizeof(float));
     }
     return rc;
 }

@@ -97,6 +97,13 @@ struct model_batch {
     int n_seq;
     const int32_t *const *tables; /* n_seq block tables (kv-cache block ids) */
     const int32_t *n_blocks;      /* n_seq: each table's length */
+    /*
+     * n, or NULL: 1 for the rows whose final hidden state (after the output
+     * norm) is returned in embd, n_embd floats each, in batch order (a row
+     * wants logits or its hidden state, not both).
+     */
+    const uint8_t *want_embd;
+    float *embd;
 };
 
 /*

@@ -33,16 +33,20 @@ char *out_copy(const char *p, size_t n)
 static size_t stop_scan(const struct eng_req *r, int final, int *hit)
 {
     const char *p = r->pending.p;
-    size_t n = r->pending.n, first = SIZE_MAX;
+    size_t n = r->pending.n, first = SIZE_MAX, len_first = 0;
     *hit = 0;
+    if (r->n_gen < r->min_tokens) /* too soon for a stop string */
+        return n;
     for (int i = 0; i < r->n_stop; i++) {
         const char *at = n ? memmem(p, n, r->stop[i], strlen(r->stop[i])) : NULL;
-        if (at && (size_t)(at - p) < first)
+        if (at && (size_t)(at - p) < first) {
             first = (size_t)(at - p);
+            len_first = strlen(r->stop[i]);
+        }
     }
     if (first != SIZE_MAX) {
         *hit = 1;
-        return first;
+        return r->include_stop ? first + len_first : first;
     }
     if (final)
         return n;
@@ -81,7 +85,7 @@ enum eng_finish out_token(struct eng_req *r, const struct smp_result *res, int e
         return ENG_FINISH_STOP;
     }
     int rc = tok_detok_feed(&r->detok, res->token, &r->pending);
-    int last = r->n_gen >= r->max_tokens || r->gram_done;
+    int last = r->n_gen >= r->max_tokens || r->gram_done || r->force_last;
     if (!rc && last)
         rc = tok_detok_flush(&r->detok, &r->pending);
     if (rc)
@@ -111,7 +115,7 @@ enum eng_finish out_token(struct eng_req *r, const struct smp_result *res, int e
     req_push(r, &ev);
     if (hit)
         return ENG_FINISH_STOP;
-    if (r->gram_done) /* the grammar is complete: nothing else may follow */
+    if (r->gram_done || r->force_last) /* the grammar is complete, or a stop token */
         return ENG_FINISH_STOP;
     return last ? ENG_FINISH_LENGTH : ENG_FINISH_NONE;
 }

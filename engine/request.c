@@ -97,6 +97,7 @@ void eng_event_clear(struct eng_event *ev)
 {
     free(ev->text);
     free(ev->top);
+    free(ev->embd);
     memset(ev, 0, sizeof(*ev));
 }
 
@@ -113,6 +114,10 @@ void req_unref(struct eng_req *r)
     free(r->stop);
     free(r->pending.p);
     free(r->bias);
+    free(r->stop_ids);
+    free(r->ban);
+    free(r->pool_sum);
+    free(r->embd_out);
     if (r->smp_ready)
         smp_free(&r->smp);
     req_constrain_free(r); /* a safety net: finish() frees it on the engine thread */

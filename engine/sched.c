@@ -22,6 +22,7 @@
  * the same bits and the client sees the same text, with no gap.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +76,11 @@ static void finish(struct engine *e, struct eng_req *r, enum eng_finish f, const
     ev.t_submit = r->t_submit;
     ev.t_scheduled = r->t_scheduled;
     ev.t_first_token = r->t_first;
+    if (f == ENG_FINISH_STOP && r->embd_out) {
+        ev.embd = r->embd_out;
+        ev.n_embd = e->info.n_embd;
+        r->embd_out = NULL;
+    }
     req_release_engine_state(e, r);
     stats_refresh(e, r); /* the gauges leave r out before its client can see its end */
     req_push(r, &ev);
@@ -186,10 +192,19 @@ static void admit(struct engine *e, double now)
         }
         if (sibling_prefilling)
             break;
-        /* reuse cached blocks; at least the last token is computed for its logits */
-        int32_t matched = e->cfg.no_prefix_cache
+        /*
+         * reuse cached blocks; at least the last token is computed for its
+         * logits, and every token whose logits or hidden state is still owed
+         */
+        int32_t upto = r->n_tokens - 1;
+        if (r->plp >= 0 && r->plp_next - 1 < upto)
+            upto = r->plp_next - 1;
+        if ((r->pooling == ENG_POOL_MEAN || (r->pooling == ENG_POOL_CLS && !r->n_pooled)) &&
+            r->n_pooled < upto)
+            upto = r->n_pooled;
+        int32_t matched = e->cfg.no_prefix_cache || upto <= 0
                               ? 0
-                              : kv_match_prefix(e->pool, &r->seq, r->tokens, r->n_tokens - 1);
+                              : kv_match_prefix(e->pool, &r->seq, r->tokens, upto);
         int32_t need = sched_blocks_for(e, r->n_tokens) - r->seq.n_blocks;
         if (need > kv_pool_n_free(e->pool) - promised) {
             kv_free_seq(e->pool, &r->seq);
@@ -199,6 +214,13 @@ static void admit(struct engine *e, double now)
         if (!e->wait_head)
             e->wait_tail = NULL;
         r->next = NULL;
+        if (r->max_tokens == 0 && r->plp < 0 && !r->pooling) { /* nothing to compute */
+            kv_free_seq(e->pool, &r->seq);
+            if (!r->admitted)
+                r->t_scheduled = now;
+            finish(e, r, ENG_FINISH_LENGTH, NULL, 0);
+            continue;
+        }
         if (req_constrain_start(e, r)) {
             const char *m = "the grammar's matcher could not be made (out of memory or a limit)";
             finish(e, r, ENG_FINISH_ERROR, m, strlen(m));
@@ -211,7 +233,7 @@ static void admit(struct engine *e, double now)
             }
             r->smp_ready = 1;
             r->admitted = 1;
-            tok_detok_init(&r->detok, e->tok, 0);
+            tok_detok_init(&r->detok, e->tok, r->keep_special ? TOK_DETOK_SPECIAL : 0);
             r->t_scheduled = now;
             r->n_cached = matched;
             atomic_fetch_add(&e->st_prefix_queries, (unsigned long long)r->n_prompt);
@@ -225,8 +247,9 @@ static void admit(struct engine *e, double now)
 }
 
 /* Adds n tokens of r, from r->n_computed on, to the batch as its sequence *n_seq; -ENOSPC
- * when the pool is short. */
-static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *rows, int *n_seq)
+ * when the pool is short.  *rows and *erows count logits and hidden-state rows. */
+static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *rows, int *erows,
+                      int *n_seq)
 {
     if (kv_alloc_slots(e->pool, &r->seq, r->n_computed + n - r->seq.n_tokens))
         return -ENOSPC;
@@ -239,9 +262,21 @@ static int add_tokens(struct engine *e, struct eng_req *r, int n, int *T, int *r
         e->b_pos[*T] = pos;
         e->b_seq[*T] = s;
         e->b_order[*T] = pos < r->n_prompt && r->n_prompt > 1;
-        e->b_want[*T] = pos == r->n_tokens - 1;
-        if (e->b_want[*T])
+        /* logits: the next token's row (none when nothing is generated), prompt rows owed */
+        e->b_want[*T] = (pos == r->n_tokens - 1 && r->max_tokens > 0) ||
+                        (r->plp >= 0 && pos >= r->plp_next - 1 && pos < r->n_prompt - 1);
+        if (e->b_want[*T]) {
+            e->b_rpos[*rows] = pos;
             e->b_rows[(*rows)++] = r;
+        }
+        e->b_ewant[*T] = r->pooling == ENG_POOL_MEAN   ? pos >= r->n_pooled
+                         : r->pooling == ENG_POOL_CLS  ? pos == 0 && !r->n_pooled
+                         : r->pooling == ENG_POOL_LAST ? pos == r->n_prompt - 1
+                                                       : 0;
+        if (e->b_ewant[*T]) {
+            e->b_epos[*erows] = pos;
+            e->b_erows[(*erows)++] = r;
+        }
         (*T)++;
     }
     r->step_n = n;
@@ -332,7 +367,7 @@ int sched_step(struct engine *e, struct sched_batch *out)
     double now = util_now_s();
     end_where(e, is_cancelled, 0, ENG_FINISH_CANCELLED, NULL);
     admit(e, now);
-    int T = 0, rows = 0, n_seq = 0, budget = e->cfg.max_batch_tokens;
+    int T = 0, rows = 0, erows = 0, n_seq = 0, budget = e->cfg.max_batch_tokens;
     double units = 0, ubudget = unit_budget(e);
     for (int i = 0; i < e->n_active; i++)
         e->active[i]->step_n = 0;
@@ -342,7 +377,7 @@ int sched_step(struct engine *e, struct sched_batch *out)
         if (!r || r->n_tokens - r->n_computed != 1)
             continue;
         /* the newest is never before i, so it has nothing in the batch yet */
-        while (e->active[i] && add_tokens(e, r, 1, &T, &rows, &n_seq))
+        while (e->active[i] && add_tokens(e, r, 1, &T, &rows, &erows, &n_seq))
             preempt(e, newest_active(e));
         if (e->active[i])
             units += chunk_units(e, r->n_computed, 1, 1);
@@ -392,10 +427,20 @@ int sched_step(struct engine *e, struct sched_batch *out)
             int least = first ? (e->info.kv_block < n ? e->info.kv_block : n) : 0;
             n = lo > least ? lo : least;
         }
+        if (r->plp >= 0 && r->n_computed + n > r->plp_next - 1) {
+            /* prompt rows: as many as the logits buffer has room for, a row kept per sequence */
+            int room = e->cap_rows - rows - (e->n_active - n_seq);
+            int owed_from = r->plp_next - 1 > r->n_computed ? r->plp_next - 1 : r->n_computed;
+            if (owed_from - r->n_computed + room < n)
+                n = owed_from - r->n_computed + (room > 0 ? room : 0);
+            if (n <= 0)
+                continue;
+        }
         if (n <= 0)
             break;
         first = 0;
-        if (add_tokens(e, r, n, &T, &rows, &n_seq) == 0) /* short: it waits for blocks to free up */
+        if (add_tokens(e, r, n, &T, &rows, &erows, &n_seq) ==
+            0) /* short: it waits for blocks to free up */
             units += chunk_units(e, r->n_computed, n, n == left);
     }
     if (T == 0 && e->n_active > 0) {
@@ -420,10 +465,46 @@ int sched_step(struct engine *e, struct sched_batch *out)
     out->mb.n_seq = n_seq;
     out->mb.tables = (const int32_t *const *)e->b_tables;
     out->mb.n_blocks = e->b_nblocks;
+    out->mb.want_embd = erows ? e->b_ewant : NULL;
+    out->mb.embd = e->embd;
     out->n_rows = rows;
+    out->n_erows = erows;
     out->rows = e->b_rows;
     out->units = units;
     return 1;
+}
+
+/* Adds the step's hidden-state rows to their requests' pools. */
+static void pool_rows(struct engine *e, const struct sched_batch *b)
+{
+    int d = e->info.n_embd;
+    for (int j = 0; j < b->n_erows; j++) {
+        struct eng_req *r = e->b_erows[j];
+        const float *h = e->embd + (size_t)j * d;
+        if (r->pooling == ENG_POOL_MEAN)
+            for (int k = 0; k < d; k++)
+                r->pool_sum[k] += h[k];
+        else
+            memcpy(r->pool_sum, h, sizeof(float) * (size_t)d);
+        r->n_pooled = r->pooling == ENG_POOL_MEAN ? e->b_epos[j] + 1 : 1;
+    }
+}
+
+/* The pooled vector, L2-normalised, into r->embd_out; 0 or -ENOMEM. */
+static int pool_finish(struct engine *e, struct eng_req *r)
+{
+    int d = e->info.n_embd;
+    if (!(r->embd_out = malloc(sizeof(float) * (size_t)d)))
+        return -ENOMEM;
+    double ss = 0, scale = r->pooling == ENG_POOL_MEAN ? 1.0 / r->n_prompt : 1.0;
+    for (int k = 0; k < d; k++) {
+        double v = r->pool_sum[k] * scale;
+        ss += v * v;
+    }
+    double inv = ss > 0 ? 1.0 / sqrt(ss) : 0;
+    for (int k = 0; k < d; k++)
+        r->embd_out[k] = (float)(r->pool_sum[k] * scale * inv);
+    return 0;
 }
 
 int sched_update(struct engine *e, const struct sched_batch *b, int rc, double took,
@@ -442,6 +523,7 @@ int sched_update(struct engine *e, const struct sched_batch *b, int rc, double t
             finish(e, e->active[i], ENG_FINISH_ERROR, msg, strlen(msg));
         e->n_active = 0;
     } else {
+        pool_rows(e, b);
         for (int i = 0; i < e->n_active; i++) {
             struct eng_req *r = e->active[i];
             if (r && r->step_n) {
@@ -451,11 +533,25 @@ int sched_update(struct engine *e, const struct sched_batch *b, int rc, double t
             }
         }
         double now = util_now_s();
+        /* embeddings and prompt-only requests end once the prompt is computed */
+        for (int i = 0; i < e->n_active; i++) {
+            struct eng_req *r = e->active[i];
+            if (!r || r->n_computed < r->n_prompt || (r->max_tokens > 0 && !r->pooling))
+                continue;
+            enum eng_finish f = ENG_FINISH_LENGTH;
+            if (r->pooling)
+                f = pool_finish(e, r) ? ENG_FINISH_ERROR : ENG_FINISH_STOP;
+            const char *m = f == ENG_FINISH_ERROR ? "out of memory for the embedding" : NULL;
+            finish(e, r, f, m, m ? strlen(m) : 0);
+            e->active[i] = NULL;
+        }
         for (int j = 0; j < b->n_rows; j++) {
             struct eng_req *r = b->rows[j];
             int32_t t = res[j].token;
             enum eng_finish f;
             struct out_end end = {0};
+            if (t == -3) /* a prompt row, reported */
+                continue;
             if (t < 0) {
                 f = ENG_FINISH_ERROR;
                 end.text = t == -2 ? "the grammar allows no token here (the vocabulary cannot "
@@ -463,7 +559,13 @@ int sched_update(struct engine *e, const struct sched_batch *b, int rc, double t
                                    : "sampling failed";
                 end.n = strlen(end.text);
             } else {
-                int eog = !r->ignore_eos && tok_is_eog(e->tok, t);
+                int eog = !r->ignore_eos && tok_is_eog(e->tok, t), stop_id = 0;
+                for (int k = 0; !eog && k < r->n_stop_ids; k++)
+                    stop_id = stop_id || r->stop_ids[k] == t;
+                /* a stop token ends the output: a control token's text is left out */
+                if (stop_id && tok_type(e->tok, t) == TOK_TYPE_CONTROL && !r->keep_special)
+                    eog = 1;
+                r->force_last = stop_id;
                 if (!eog && req_constrain_accept(r, t)) {
                     f = ENG_FINISH_ERROR;
                     end.text = "the grammar refused a token it had allowed";

@@ -63,6 +63,19 @@ struct eng_req {
     uint32_t *mask;          /* the tokens it allows next, one bit each */
     int gram_done;           /* the grammar is complete: the sequence stops */
     double t_submit, t_scheduled, t_first;
+    /* vLLM's extras (eng_params) */
+    int min_tokens, include_stop;
+    int32_t *stop_ids;
+    int n_stop_ids;
+    uint32_t *ban;    /* while n_gen < min_tokens: the tokens that may be drawn (no end tokens) */
+    int force_last;   /* out_token: this token is the last (a stop token) */
+    int keep_special; /* control tokens' text is output */
+    /* prompt log-probabilities: -1 none, else alternatives; the next prompt token to report */
+    int plp, plp_next;
+    /* an embedding request (enum eng_pool); positions pooled so far and their sum */
+    int pooling, n_pooled;
+    float *pool_sum; /* n_embd */
+    float *embd_out; /* the finished vector, handed to the END event */
 };
 
 struct engine {
@@ -102,8 +115,16 @@ struct engine {
     uint8_t *b_order, *b_want;
     int32_t **b_tables, *b_nblocks; /* max_seqs: the step's block tables */
     struct eng_req **b_rows;        /* the request of each logits row */
-    struct smp_result *b_res;       /* the token sampled for each */
-    struct eng_req **b_pre;         /* the prefilling sequences, in the order they are served */
+    int32_t *b_rpos;                /* the position of each logits row */
+    int cap_rows;                   /* logits rows a pass may have */
+    struct eng_req **b_erows;       /* the request of each hidden-state row (embeddings) */
+    int32_t *b_epos;                /* its position */
+    uint8_t *b_ewant;               /* per batch token: its hidden state is wanted */
+    float *embd;                    /* (max_batch_tokens, n_embd): the step's hidden-state rows */
+    int32_t *eog_ids;               /* the vocabulary's end-of-generation tokens */
+    int n_eog;
+    struct smp_result *b_res; /* the token sampled for each */
+    struct eng_req **b_pre;   /* the prefilling sequences, in the order they are served */
     float *logits;
 
     /*
@@ -118,6 +139,7 @@ struct engine {
 
     atomic_int st_running, st_waiting, st_kv_used;
     atomic_ullong st_preemptions, st_prefix_queries, st_prefix_hits;
+    atomic_ullong st_step_n[ENG_STEP_BUCKETS + 1], st_step_tokens; /* eng_stats.step_* */
 };
 
 /* One forward pass as the scheduler built it. */
@@ -125,6 +147,7 @@ struct sched_batch {
     struct model_batch mb;
     int n_rows;            /* logits rows, in batch order */
     struct eng_req **rows; /* the request of each */
+    int n_erows;           /* hidden-state rows (embeddings), in batch order */
     double units;          /* its estimated cost (see engine.cost_*) */
 };
 /*

@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential pkg-config libpcre2-dev check libsubunit-dev libsentencepiece-dev
       sentencepiece libcjson-dev libmicrohttpd-dev libuv1-dev clang libclang-rt-14-dev
-      curl python3-venv libsimde-dev haproxy nginx-light"
+      curl python3-venv libsimde-dev haproxy nginx-light chromium"
 
 missing=""
 for p in $PKGS; do
@@ -31,6 +31,7 @@ fi
 echo "make deps: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# chromium is the headless browser of the CORS test (tests/integration/test_cors.py).
 # haproxy and nginx are here for their config checks (make test): their
 # packages must not start the services, so policy-rc.d says no while they install
 prc=/usr/sbin/policy-rc.d

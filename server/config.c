@@ -38,6 +38,10 @@ static const struct setting k_settings[] = {
     {"port", K_INT, S(port), 0, 65535, "8080", "N", "TCP port (0: any free port)", NULL},
     {"api_key", K_STR, S(api_key), 0, 0, "", "KEY", "require 'Authorization: Bearer KEY'", NULL},
     {"api_key_file", K_STR, S(api_key_file), 0, 0, "", "FILE", "read the API key from FILE", NULL},
+    {"allowed_origins", K_STR, S(allowed_origins), 0, 0, "*", "LIST",
+     "CORS: the origins whose web pages may call the API, * or a comma-separated list of "
+     "scheme://host[:port] ('': none)",
+     NULL},
     {"model_alias", K_STR, S(model_alias), 0, 0, "", "NAME", "another name clients may use", NULL},
     {"chat_template", K_STR, S(chat_template), 0, 0, "", "FILE",
      "a Jinja chat template to use instead of the model's", NULL},
@@ -47,7 +51,11 @@ static const struct setting k_settings[] = {
      "CPU inner loops: auto (the widest this CPU has), scalar, avx2, avx512, avxvnni or "
      "avx512vnni; same results",
      "auto|scalar|avx2|avx512|avxvnni|avx512vnni"},
-    {"threads", K_INT, S(threads), 0, 1024, "0", "N", "CPU threads (0: the CPUs this process may use, cgroup quota included)", NULL},
+    {"exact_llamacpp", K_BOOL, S(exact_llamacpp), 0, 1, "false", "",
+     "CPU: follow llama.cpp's AVX2 arithmetic step for step, to check results against it (slower)",
+     NULL},
+    {"threads", K_INT, S(threads), 0, 1024, "0", "N",
+     "CPU threads (0: the CPUs this process may use, cgroup quota included)", NULL},
     {"ctx", K_INT, S(ctx), 0, 1 << 24, "0", "N", "context per sequence (0: the model's)", NULL},
     {"kv_memory", K_INT, S(kv_memory), 0, 1 << 24, "0", "MIB",
      "KV cache size (0: 4 full contexts, at most half the free RAM)", NULL},
@@ -81,6 +89,13 @@ static const struct setting k_settings[] = {
      "end a request this long after it arrived (0: never)", NULL},
     {"shutdown_timeout", K_INT, S(shutdown_timeout), 0, 1 << 20, "30", "SECONDS",
      "on SIGTERM, how long open requests may take to finish", NULL},
+    {"metrics_compat", K_STR, S(metrics_compat), 0, 0, "none", "MODE",
+     "GET /metrics also under vLLM's own names (vllm:...): vllm or none", "vllm|none"},
+    {"embeddings", K_BOOL, S(embeddings), 0, 1, "false", "",
+     "serve POST /v1/embeddings (--no-embeddings: a 404 there)", NULL},
+    {"pooling", K_STR, S(pooling), 0, 0, "auto", "MODE",
+     "embeddings: auto (the model's pooling type, else mean), mean, cls or last",
+     "auto|mean|cls|last"},
     {"log_format", K_STR, S(log_format), 0, 0, "text", "FMT", "access log: text or json",
      "text|json"},
 };
@@ -90,8 +105,8 @@ static const char *const k_serve_help_head =
     "usage: cinfer serve -m MODEL [options]\n"
     "\n"
     "Serves the OpenAI HTTP API (/v1/chat/completions, /v1/completions,\n"
-    "/v1/models, /tokenize, /detokenize, /apply-template, /health, /metrics,\n"
-    "/version).\n"
+    "/v1/responses, /v1/embeddings, /v1/models, /tokenize, /detokenize,\n"
+    "/apply-template, /health, /metrics, /version).\n"
     "Every option is also a CINFER_<NAME> environment variable and a key of a\n"
     "JSON config file (--config); flags > environment > file > defaults.\n"
     "\n";
@@ -131,6 +146,81 @@ static void print_help(void)
     printf("  %-28s %s\n", "    --print-config", "print the merged settings as JSON and exit");
     printf("  %-28s %s\n", "-h, --help", "this help");
     printf("  %-28s %s\n", "    --version", "the version");
+}
+
+static int is_name_char(char ch)
+{
+    return isalnum((unsigned char)ch) || ch == '-' || ch == '.';
+}
+
+/* Whether p[0..n) is an origin: scheme://host[:port], host a name or an [IPv6] literal. */
+static int is_origin(const char *p, size_t n)
+{
+    size_t i = 0;
+    if (!n || !isalpha((unsigned char)p[0]))
+        return 0;
+    while (i < n && (is_name_char(p[i]) || p[i] == '+'))
+        i++;
+    if (n - i < 3 || strncmp(p + i, "://", 3))
+        return 0;
+    size_t h = i += 3;
+    if (i < n && p[i] == '[') {
+        while (++i < n && (isxdigit((unsigned char)p[i]) || p[i] == ':' || p[i] == '.'))
+            ;
+        if (i >= n || p[i] != ']' || i == h + 1)
+            return 0;
+        i++;
+    } else {
+        while (i < n && is_name_char(p[i]))
+            i++;
+        if (i == h)
+            return 0;
+    }
+    if (i == n)
+        return 1;
+    if (p[i] != ':' || n - i < 2 || n - i > 6)
+        return 0;
+    long port = 0;
+    for (size_t k = i + 1; k < n; k++) {
+        if (!isdigit((unsigned char)p[k]))
+            return 0;
+        port = port * 10 + (p[k] - '0');
+    }
+    return port <= 65535;
+}
+
+int srv_origins_check(const char *v, char *msg, size_t cap)
+{
+    int n = 0, star = 0;
+    if (!v[strspn(v, " ")])
+        return 0; /* no origin: CORS off */
+    for (const char *p = v;; p++) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && *a == ' ')
+            a++;
+        while (b > a && b[-1] == ' ')
+            b--;
+        if (b - a == 1 && *a == '*') {
+            star = 1;
+        } else if (!is_origin(a, (size_t)(b - a))) {
+            int k = b - a > 80 ? 80 : (int)(b - a);
+            snprintf(msg, cap,
+                     "* or origins scheme://host[:port] separated by commas ('%.*s' is "
+                     "not one)",
+                     k, a);
+            return -1;
+        }
+        n++;
+        p += len;
+        if (!*p)
+            break;
+    }
+    if (star && n > 1) {
+        snprintf(msg, cap, "* alone or a list of origins without *");
+        return -1;
+    }
+    return 0;
 }
 
 /* Sets one setting from text; `where` names the source for the error. */
@@ -174,6 +264,11 @@ static int set_value(struct srv_config *cfg, const struct setting *s, const char
             fprintf(stderr, "cinfer serve: %s must be one of %s, not '%s'\n", where, s->choices, v);
             return -1;
         }
+    }
+    char msg[160]; /* the one string with a syntax of its own */
+    if (!strcmp(s->name, "allowed_origins") && srv_origins_check(v, msg, sizeof(msg))) {
+        fprintf(stderr, "cinfer serve: %s must be %s, not '%.200s'\n", where, msg, v);
+        return -1;
     }
     char **slot = (char **)(void *)(base + s->off);
     char *dup = strdup(v);

@@ -20,6 +20,10 @@
  * Content-Length (one value, not with Transfer-Encoding), the transfer
  * coding (chunked only: 501 otherwise), the API key, and the body's size
  * against --max-body and --max-body-total.
+ *
+ * CORS (--allowed-origins): every response gets its headers in one place,
+ * add_common_headers; OPTIONS (a browser's preflight) is answered before the
+ * method and the API key are checked.  See cors_headers.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -49,6 +53,10 @@ struct conn;
 struct srv {
     struct MHD_Daemon *d;
     char *api_key; /* NULL: no key */
+    /* CORS (--allowed-origins): any origin, or the n_origins listed (0: none, CORS off) */
+    int cors_any;
+    char **origins;
+    int n_origins;
     size_t max_body;
     size_t max_body_total;
     atomic_llong body_bytes; /* bytes of request bodies held now, over all connections */
@@ -172,14 +180,89 @@ static const char *allow_for(const struct conn *c)
     return !strcmp(c->route, "/v1/models") || !strncmp(c->route, "/v1/models/", 11) ||
                    !strncmp(c->route, "/health", 7) || !strcmp(c->route, "/metrics") ||
                    !strcmp(c->route, "/version")
-               ? "GET"
-               : "POST";
+               ? "GET, HEAD, OPTIONS"
+               : "POST, OPTIONS";
+}
+
+static int is_tchar(unsigned char ch);
+
+/*
+ * CORS, close to Starlette's CORSMiddleware under vLLM (no credentials):
+ * with --allowed-origins '*' every response says Access-Control-Allow-Origin:
+ * *, also one to a request without an Origin (Starlette adds nothing there;
+ * the header is harmless and one answer then fits every client); with a
+ * list, the request's Origin is echoed when it is on the list (compared
+ * regardless of case), and every response says Vary: Origin, since what it
+ * says depends on it; with '' nothing is added.  A preflight (OPTIONS with
+ * Origin and Access-Control-Request-Method) is a 204 (Starlette: 200 "OK");
+ * from an origin not on the list it is a 400 "Disallowed CORS origin", as
+ * Starlette answers (there in plain text).
+ */
+#define CORS_MAX_AGE "600" /* seconds a browser may keep a preflight's answer (Starlette's) */
+#define CORS_ALLOW_HEADERS "Authorization, Content-Type, X-Request-Id"
+
+/* The Access-Control-Allow-Origin of c's responses, or NULL for none. */
+static const char *cors_allow_origin(const struct conn *c)
+{
+    const struct srv *s = c->s;
+    if (s->cors_any)
+        return "*";
+    const char *o =
+        s->n_origins ? MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN)
+                     : NULL;
+    for (int i = 0; o && i < s->n_origins; i++)
+        if (!strcasecmp(o, s->origins[i]))
+            return o;
+    return NULL;
+}
+
+/* Whether v is header names (tokens) separated by commas, as Access-Control-Request-Headers. */
+static int is_token_list(const char *v)
+{
+    const char *p = v;
+    for (;;) {
+        p += strspn(p, " \t");
+        size_t n = 0;
+        while (is_tchar((unsigned char)p[n]))
+            n++;
+        if (!n)
+            return 0;
+        p += n;
+        p += strspn(p, " \t");
+        if (!*p)
+            return 1;
+        if (*p++ != ',')
+            return 0;
+    }
+}
+
+static void cors_headers(struct MHD_Response *r, const struct conn *c, unsigned status)
+{
+    if (!c->s->cors_any && c->s->n_origins)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, MHD_HTTP_HEADER_ORIGIN);
+    const char *origin = cors_allow_origin(c);
+    if (!origin)
+        return;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if (status != 204 || strcmp(c->method, "OPTIONS")) {
+        /* what a page's script may read beyond the safelisted headers */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_EXPOSE_HEADERS,
+                                "X-Request-Id, Retry-After");
+        return;
+    }
+    const char *want = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND,
+                                                   MHD_HTTP_HEADER_ACCESS_CONTROL_REQUEST_HEADERS);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_HEADERS,
+                            want && is_token_list(want) ? want : CORS_ALLOW_HEADERS);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_MAX_AGE, CORS_MAX_AGE);
 }
 
 static void add_common_headers(struct MHD_Response *r, const struct conn *c, unsigned status)
 {
     MHD_add_response_header(r, "X-Request-Id", c->request_id);
-    if (status == 405)
+    cors_headers(r, c, status);
+    if (status == 405 || (status == 204 && !strcmp(c->method, "OPTIONS")))
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow_for(c));
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
@@ -197,7 +280,8 @@ static enum MHD_Result reply(struct MHD_Connection *mc, struct conn *c, unsigned
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!r)
         return MHD_NO;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (type) /* NULL: no body (204) */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     add_common_headers(r, c, status);
     c->status = status;
     enum MHD_Result ok = MHD_queue_response(mc, status, r);
@@ -444,8 +528,11 @@ static enum MHD_Result do_completion(struct MHD_Connection *mc, struct conn *c, 
 {
     struct srv_request req;
     struct srv_error err;
-    int bad =
-        srv_parse_request(kind, c->body.p ? c->body.p : "", c->body.n, e, &c->s->model, &req, &err);
+    const char *body = c->body.p ? c->body.p : "";
+    int bad = kind == SRV_EMBED ? srv_parse_embeddings(body, c->body.n, e, &c->s->model, &req, &err)
+              : kind == SRV_RESPONSES
+                  ? srv_parse_responses(body, c->body.n, e, &c->s->model, &req, &err)
+                  : srv_parse_request(kind, body, c->body.n, e, &c->s->model, &req, &err);
     body_release(c); /* parsed: the body's bytes are free for other uploads */
     if (bad) {
         srv_request_free(&req);
@@ -539,6 +626,8 @@ static enum MHD_Result do_tokenize(struct MHD_Connection *mc, struct conn *c, st
     if (!text)
         text = cJSON_GetObjectItemCaseSensitive(o, "prompt");
     const cJSON *add = cJSON_GetObjectItemCaseSensitive(o, "add_special");
+    if (!add) /* vLLM's name */
+        add = cJSON_GetObjectItemCaseSensitive(o, "add_special_tokens");
     if (!cJSON_IsString(text) || (add && !cJSON_IsBool(add) && !cJSON_IsNull(add))) {
         cJSON_Delete(o);
         return fail(mc, c, 400, cJSON_IsString(text) ? "add_special" : "content", NULL,
@@ -558,6 +647,41 @@ static enum MHD_Result do_tokenize(struct MHD_Connection *mc, struct conn *c, st
     cJSON_AddNumberToObject(r, "count", (double)n);
     free(ids);
     return reply_json(mc, c, 200, r);
+}
+
+/* A special token's text for tokenizer_info, or NULL (no such token). */
+static cJSON *token_text_json(const struct tok *t, int32_t id)
+{
+    size_t n = 0;
+    const char *p = id >= 0 ? tok_piece(t, id, 1, &n) : NULL;
+    char *clean = p ? srv_utf8_dup(p, n) : NULL;
+    cJSON *v = clean ? cJSON_CreateString(clean) : cJSON_CreateNull();
+    free(clean);
+    return v;
+}
+
+/* vLLM's GET /tokenizer_info (what lm-eval's remote tokenizer reads). */
+static enum MHD_Result do_tokenizer_info(struct MHD_Connection *mc, struct conn *c,
+                                         struct engine *e)
+{
+    const struct tok *t = eng_tok(e);
+    struct eng_info info;
+    eng_get_info(e, &info);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "bos_token", token_text_json(t, tok_add_bos(t) ? tok_bos(t) : -1));
+    cJSON_AddItemToObject(o, "eos_token", token_text_json(t, tok_eos(t)));
+    cJSON_AddNullToObject(o, "pad_token");
+    cJSON_AddBoolToObject(o, "add_bos_token", tok_add_bos(t));
+    cJSON_AddNumberToObject(o, "model_max_length", info.n_ctx);
+    cJSON_AddNumberToObject(o, "vocab_size", info.n_vocab);
+    char *tmpl =
+        info.chat_template ? srv_utf8_dup(info.chat_template, info.chat_template_len) : NULL;
+    if (tmpl)
+        cJSON_AddStringToObject(o, "chat_template", tmpl);
+    else
+        cJSON_AddNullToObject(o, "chat_template");
+    free(tmpl);
+    return reply_json(mc, c, 200, o);
 }
 
 /* llama-server's route: a chat body's messages -> {"prompt": the text the model would see}. */
@@ -623,6 +747,7 @@ static enum MHD_Result do_detokenize(struct MHD_Connection *mc, struct conn *c, 
     free(text.p);
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "content", clean ? clean : "");
+    cJSON_AddStringToObject(r, "prompt", clean ? clean : ""); /* vLLM's name */
     free(clean);
     return reply_json(mc, c, 200, r);
 }
@@ -639,6 +764,9 @@ enum route_id {
     R_MODEL,
     R_CHAT,
     R_COMPL,
+    R_RESPONSES,
+    R_EMBED,
+    R_TOKENIZER_INFO,
     R_TOKENIZE,
     R_DETOKENIZE,
     R_APPLY_TEMPLATE
@@ -650,11 +778,19 @@ static const struct {
     int post;
     int open; /* no API key needed */
 } k_routes[] = {
-    {"/health", R_HEALTH, 0, 1},         {"/health/ready", R_READY, 0, 1},
-    {"/metrics", R_METRICS, 0, 1},       {"/version", R_VERSION, 0, 0},
-    {"/v1/models", R_MODELS, 0, 0},      {"/v1/chat/completions", R_CHAT, 1, 0},
-    {"/v1/completions", R_COMPL, 1, 0},  {"/tokenize", R_TOKENIZE, 1, 0},
-    {"/detokenize", R_DETOKENIZE, 1, 0}, {"/apply-template", R_APPLY_TEMPLATE, 1, 0},
+    {"/health", R_HEALTH, 0, 1},
+    {"/health/ready", R_READY, 0, 1},
+    {"/metrics", R_METRICS, 0, 1},
+    {"/version", R_VERSION, 0, 0},
+    {"/v1/models", R_MODELS, 0, 0},
+    {"/v1/chat/completions", R_CHAT, 1, 0},
+    {"/v1/completions", R_COMPL, 1, 0},
+    {"/tokenize", R_TOKENIZE, 1, 0},
+    {"/detokenize", R_DETOKENIZE, 1, 0},
+    {"/apply-template", R_APPLY_TEMPLATE, 1, 0},
+    {"/v1/responses", R_RESPONSES, 1, 0},
+    {"/v1/embeddings", R_EMBED, 1, 0},
+    {"/tokenizer_info", R_TOKENIZER_INFO, 0, 0},
 };
 
 static int find_route(const char *url, int *idx)
@@ -826,6 +962,21 @@ static enum MHD_Result fail_body(struct MHD_Connection *mc, struct conn *c)
 }
 
 /*
+ * OPTIONS on a known route: 204 with the CORS headers (when the origin is
+ * let in) and Allow; no API key is asked for, since browsers send none with
+ * a preflight.  A preflight from an origin not let in: 400 (see cors_headers).
+ */
+static enum MHD_Result preflight(struct MHD_Connection *mc, struct conn *c)
+{
+    int cors = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN) &&
+               MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
+                                           MHD_HTTP_HEADER_ACCESS_CONTROL_REQUEST_METHOD);
+    if (cors && !cors_allow_origin(c))
+        return fail(mc, c, 400, NULL, "cors_origin_not_allowed", "Disallowed CORS origin");
+    return reply(mc, c, 204, NULL, "", 0);
+}
+
+/*
  * The checks every request passes before anything else is done with it:
  * route, method, header syntax, framing, the API key.  MHD_YES when it
  * passed; otherwise the answer is queued.
@@ -869,6 +1020,8 @@ static enum MHD_Result check_request(struct MHD_Connection *mc, struct conn *c, 
     c->route = id == R_NONE ? "other" : id == R_MODEL ? "/v1/models/{id}" : k_routes[idx].path;
     if (id == R_NONE)
         return fail(mc, c, 404, NULL, NULL, "no such route");
+    if (!strcmp(c->method, "OPTIONS"))
+        return MHD_YES; /* answered by handle(): an answer now would close the connection */
     int is_get = !strcmp(c->method, "GET") || !strcmp(c->method, "HEAD");
     int post = !strcmp(c->method, "POST");
     if ((route_post && !post) || (!route_post && !is_get))
@@ -900,6 +1053,8 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
     struct srv *s = c->s;
     int id = c->route_id;
     struct engine *e = atomic_load(&s->e);
+    if (!strcmp(c->method, "OPTIONS"))
+        return preflight(mc, c);
     switch (id) {
     case R_HEALTH:
         if (!e)
@@ -961,6 +1116,15 @@ static enum MHD_Result handle(struct MHD_Connection *mc, struct conn *c, const c
         return do_completion(mc, c, e, SRV_CHAT);
     case R_COMPL:
         return do_completion(mc, c, e, SRV_COMPLETION);
+    case R_RESPONSES:
+        return do_completion(mc, c, e, SRV_RESPONSES);
+    case R_EMBED:
+        if (!c->s->model.embeddings)
+            return fail(mc, c, 404, NULL, NULL,
+                        "embeddings are not served: start the server with --embeddings");
+        return do_completion(mc, c, e, SRV_EMBED);
+    case R_TOKENIZER_INFO:
+        return do_tokenizer_info(mc, c, e);
     case R_TOKENIZE:
         return do_tokenize(mc, c, e);
     case R_APPLY_TEMPLATE:
@@ -1081,6 +1245,49 @@ static void mhd_log_cb(void *cls, const char *fmt, va_list ap)
     srv_log("http: %s", msg);
 }
 
+/* s->cors_any and s->origins from --allowed-origins; 0, or a negative code with err set. */
+static int cors_init(struct srv *s, const char *list, char *err, size_t errlen)
+{
+    char msg[160];
+    if (srv_origins_check(list, msg, sizeof(msg))) {
+        snprintf(err, errlen, "--allowed-origins must be %s", msg);
+        return -EINVAL;
+    }
+    size_t cap = 1;
+    for (const char *p = list; *p; p++)
+        cap += *p == ',';
+    s->origins = calloc(cap, sizeof(*s->origins));
+    if (!s->origins)
+        return snprintf(err, errlen, "out of memory"), -ENOMEM;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && *a == ' ')
+            a++;
+        while (b > a && b[-1] == ' ')
+            b--;
+        if (b - a == 1 && *a == '*') {
+            s->cors_any = 1;
+        } else if (b > a) {
+            if (!(s->origins[s->n_origins] = strndup(a, (size_t)(b - a))))
+                return snprintf(err, errlen, "out of memory"), -ENOMEM;
+            s->n_origins++;
+        }
+        p += len;
+        p += *p == ',';
+    }
+    return 0;
+}
+
+static void cors_free(struct srv *s)
+{
+    for (int i = 0; i < s->n_origins; i++)
+        free(s->origins[i]);
+    free(s->origins);
+    s->origins = NULL;
+    s->n_origins = 0;
+}
+
 /* Raises the open-file limit toward what max_conn needs; returns the connections it allows. */
 static unsigned fit_fd_limit(unsigned max_conn)
 {
@@ -1117,6 +1324,12 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
     s->max_body_total = (size_t)cfg->max_body_total;
     s->nul_check = !strcmp(MHD_get_version(), "0.9.75");
     s->model = *model;
+    s->model.embeddings = cfg->embeddings != 0;
+    s->model.pooling = !cfg->pooling || !strcmp(cfg->pooling, "auto") ? ENG_POOL_NONE
+                       : !strcmp(cfg->pooling, "cls")                 ? ENG_POOL_CLS
+                       : !strcmp(cfg->pooling, "last")                ? ENG_POOL_LAST
+                                                                      : ENG_POOL_MEAN;
+    srv_metrics_configure(cfg, model);
     atomic_init(&s->e, NULL);
     atomic_init(&s->body_bytes, 0);
     atomic_init(&s->stopping, 0);
@@ -1141,6 +1354,13 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
         snprintf(err, errlen, "--host '%s' is not an IPv4 or IPv6 address", cfg->host);
         return -EINVAL;
     }
+    int rc = cors_init(s, cfg->allowed_origins ? cfg->allowed_origins : "*", err, errlen);
+    if (rc) {
+        cors_free(s);
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return rc;
+    }
     unsigned max_conn = fit_fd_limit((unsigned)cfg->max_connections);
     s->max_conn = max_conn;
     s->d = MHD_start_daemon(
@@ -1152,6 +1372,7 @@ int srv_start(const struct srv_config *cfg, const struct srv_model *model, struc
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout, MHD_OPTION_STRICT_FOR_CLIENT,
         (int)1, MHD_OPTION_END);
     if (!s->d) {
+        cors_free(s);
         pthread_mutex_destroy(&s->mu);
         free(s);
         snprintf(err, errlen, "cannot listen on %s port %lld (in use, or no permission)", cfg->host,
@@ -1224,6 +1445,7 @@ void srv_stop(struct srv *s)
     if (s->d)
         MHD_stop_daemon(s->d);
     pthread_mutex_destroy(&s->mu);
+    cors_free(s);
     free(s->api_key);
     free(s);
 }

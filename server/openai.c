@@ -436,29 +436,30 @@ static int all_ints(const cJSON *arr)
     return 1;
 }
 
-static int parse_prompt(const cJSON *root, const struct srv_ids *runs, struct engine *e,
-                        struct srv_request *r, struct srv_error *err)
+static int parse_prompt(const cJSON *root, const char *key, const struct srv_ids *runs,
+                        struct engine *e, struct srv_request *r, struct srv_error *err)
 {
     const struct tok *t = eng_tok(e);
     unsigned flags = TOK_PARSE_SPECIAL | (tok_add_bos(t) ? TOK_ADD_BOS : 0);
     int n_vocab = (int)tok_n_vocab(t);
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, key);
     const int32_t *rv;
     int rn;
     if (!p || cJSON_IsNull(p))
-        return srv_fail(err, 400, "prompt", NULL, "prompt is required");
+        return srv_fail(err, 400, key, NULL, "%s is required", key);
     if (cJSON_IsString(p))
         return encode(t, p->valuestring, strlen(p->valuestring), flags, r, err);
     if (srv_ids_get(runs, p, &rv, &rn))
-        return run_prompt(rv, rn, n_vocab, "prompt", r, err);
+        return run_prompt(rv, rn, n_vocab, key, r, err);
     if (!cJSON_IsArray(p) || !p->child)
-        return srv_fail(err, 400, "prompt", NULL,
-                        "prompt must be a string, an array of strings, an array of token ids "
-                        "or an array of such arrays (non-empty)");
+        return srv_fail(err, 400, key, NULL,
+                        "%s must be a string, an array of strings, an array of token ids "
+                        "or an array of such arrays (non-empty)",
+                        key);
     if (cJSON_IsNumber(p->child)) {
         if (!all_ints(p))
-            return srv_fail(err, 400, "prompt", NULL, "prompt mixes token ids with other values");
-        return ids_prompt(p, n_vocab, "prompt", r, err);
+            return srv_fail(err, 400, key, NULL, "%s mixes token ids with other values", key);
+        return ids_prompt(p, n_vocab, key, r, err);
     }
     int i = 0, first_ids = cJSON_IsArray(p->child) || srv_ids_get(runs, p->child, &rv, &rn);
     for (const cJSON *v = p->child; v; v = v->next, i++) {
@@ -466,12 +467,13 @@ static int parse_prompt(const cJSON *root, const struct srv_ids *runs, struct en
         if (cJSON_IsString(v) && cJSON_IsString(p->child))
             rc = encode(t, v->valuestring, strlen(v->valuestring), flags, r, err);
         else if (first_ids && srv_ids_get(runs, v, &rv, &rn))
-            rc = run_prompt(rv, rn, n_vocab, "prompt", r, err);
+            rc = run_prompt(rv, rn, n_vocab, key, r, err);
         else if (cJSON_IsArray(v) && first_ids && v->child && all_ints(v))
-            rc = ids_prompt(v, n_vocab, "prompt", r, err);
+            rc = ids_prompt(v, n_vocab, key, r, err);
         else
-            rc = srv_fail(err, 400, "prompt", NULL, "prompt[%d] must be a %s like prompt[0]", i,
-                          cJSON_IsString(p->child) ? "string" : "non-empty array of token ids");
+            rc =
+                srv_fail(err, 400, key, NULL, "%s[%d] must be a %s like %s[0]", key, i,
+                         cJSON_IsString(p->child) ? "string" : "non-empty array of token ids", key);
         if (rc)
             return rc;
     }
@@ -527,6 +529,203 @@ static int parse_stop(const cJSON *root, struct srv_request *r, struct srv_error
     }
     r->p.stop = (const char *const *)r->stop;
     return 0;
+}
+
+/* A field that is a list of token ids (a plain array, or a run srv_parse_json_ids read). */
+static int get_ids(const cJSON *root, const char *key, const struct srv_ids *runs, int n_vocab,
+                   int32_t **out, int *n_out, struct srv_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    const int32_t *rv;
+    int rn = 0;
+    *out = NULL;
+    *n_out = 0;
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    int run = srv_ids_get(runs, v, &rv, &rn);
+    if (!run && (!cJSON_IsArray(v) || !all_ints(v)))
+        return srv_fail(err, 400, key, NULL, "%s must be an array of token ids", key);
+    int n = run ? rn : cJSON_GetArraySize(v);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    if (!ids)
+        return srv_fail(err, 500, NULL, NULL, "out of memory");
+    const cJSON *c = run ? NULL : v->child;
+    for (int i = 0; i < n; i++, c = c ? c->next : NULL) {
+        if (run ? rv[i] < 0 || rv[i] >= n_vocab : !is_int(c, 0, n_vocab - 1)) {
+            free(ids);
+            return srv_fail(err, 400, key, NULL, "%s[%d] is not a token id (0 to %d)", key, i,
+                            n_vocab - 1);
+        }
+        ids[i] = run ? rv[i] : (int32_t)c->valuedouble;
+    }
+    *out = ids;
+    *n_out = n;
+    return 0;
+}
+
+/*
+ * Fields cinfer knows and cannot honour: a 400 naming each.  Fields it has
+ * never heard of are ignored (the README's field list says which are which).
+ */
+static int refuse_known(const cJSON *root, enum srv_kind kind, struct srv_error *err)
+{
+    static const struct {
+        const char *key;
+        int chat_only;
+        const char *why;
+    } k_refused[] = {
+        {"use_beam_search", 0, "beam search is not supported"},
+        {"length_penalty", 0, "length_penalty applies to beam search, which is not supported"},
+        {"truncate_prompt_tokens", 0, "prompt truncation is not supported"},
+        {"audio", 1, "audio output is not supported"},
+        {"prediction", 1, "predicted outputs are not supported"},
+        {"web_search_options", 1, "web search is not supported"},
+        {"reasoning_effort", 1, "reasoning_effort is not supported"},
+    };
+    for (size_t i = 0; i < sizeof(k_refused) / sizeof(k_refused[0]); i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, k_refused[i].key);
+        if (!v || cJSON_IsNull(v) || (k_refused[i].chat_only && kind != SRV_CHAT))
+            continue;
+        if (cJSON_IsFalse(v) && !strcmp(k_refused[i].key, "use_beam_search"))
+            continue;
+        return srv_fail(err, 400, k_refused[i].key, NULL, "%s: %s", k_refused[i].key,
+                        k_refused[i].why);
+    }
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "store");
+    if (st && !cJSON_IsNull(st) && !cJSON_IsFalse(st))
+        return srv_fail(err, 400, "store", NULL,
+                        "store: this server keeps no responses (stateless)");
+    const cJSON *mo = cJSON_GetObjectItemCaseSensitive(root, "modalities");
+    if (mo && !cJSON_IsNull(mo)) {
+        int ok = cJSON_IsArray(mo);
+        for (const cJSON *m = ok ? mo->child : NULL; m; m = m->next)
+            ok = ok && cJSON_IsString(m) && !strcmp(m->valuestring, "text");
+        if (!ok)
+            return srv_fail(err, 400, "modalities", NULL, "modalities: only [\"text\"] is served");
+    }
+    const cJSON *tier = cJSON_GetObjectItemCaseSensitive(root, "service_tier");
+    if (tier && !cJSON_IsNull(tier) &&
+        !(cJSON_IsString(tier) &&
+          (!strcmp(tier->valuestring, "auto") || !strcmp(tier->valuestring, "default"))))
+        return srv_fail(err, 400, "service_tier", NULL,
+                        "service_tier: only \"auto\" and \"default\" are served");
+    return 0;
+}
+
+/* The three FIM tokens (prefix, suffix, middle) of the vocabulary; 0, or -1 when it has none. */
+static int fim_tokens(const struct tok *t, int32_t out[3])
+{
+    static const char *const k_sets[][3] = {
+        {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"}, /* Qwen2.5-Coder */
+        {"<fim_prefix>", "<fim_suffix>", "<fim_middle>"},       /* StarCoder, SmolLM */
+        {"<|fim_begin|>", "<|fim_hole|>", "<|fim_end|>"},       /* DeepSeek-Coder (PSM order) */
+    };
+    for (size_t s = 0; s < sizeof(k_sets) / sizeof(k_sets[0]); s++) {
+        int ok = 1;
+        for (int k = 0; k < 3 && ok; k++) {
+            int32_t id[4];
+            int64_t n = tok_encode(t, k_sets[s][k], strlen(k_sets[s][k]), TOK_PARSE_SPECIAL, id, 4);
+            ok = n == 1 && (tok_type(t, id[0]) == TOK_TYPE_CONTROL ||
+                            tok_type(t, id[0]) == TOK_TYPE_USER_DEFINED);
+            out[k] = id[0];
+        }
+        if (ok)
+            return 0;
+    }
+    return -1;
+}
+
+/*
+ * completions suffix: each prompt (which must be text) becomes
+ * [BOS] <prefix> prompt <suffix> suffix <middle>, the model's fill-in-the-
+ * middle form; a 400 when the vocabulary has no FIM tokens.
+ */
+static int apply_suffix(const cJSON *root, struct engine *e, struct srv_request *r,
+                        struct srv_error *err)
+{
+    const cJSON *sfx = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (!sfx || cJSON_IsNull(sfx))
+        return 0;
+    if (!cJSON_IsString(sfx))
+        return srv_fail(err, 400, "suffix", NULL, "suffix must be a string");
+    const struct tok *t = eng_tok(e);
+    int32_t fim[3];
+    if (fim_tokens(t, fim))
+        return srv_fail(err, 400, "suffix", NULL,
+                        "suffix: this model has no fill-in-the-middle tokens");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    int texts = cJSON_IsString(p) || (cJSON_IsArray(p) && cJSON_IsString(p->child));
+    if (!texts)
+        return srv_fail(err, 400, "suffix", NULL, "suffix needs the prompt as text");
+    int32_t *sids;
+    int64_t ns = tok_encode_alloc(t, sfx->valuestring, strlen(sfx->valuestring), 0, &sids);
+    if (ns < 0)
+        return srv_fail(err, ns == -ENOMEM ? 500 : 400, "suffix", NULL,
+                        "suffix cannot be tokenized");
+    int bos = tok_add_bos(t), rc = 0;
+    const cJSON *v = cJSON_IsString(p) ? p : p->child;
+    for (int i = 0; i < r->n_prompts && v && !rc; i++, v = v->next) {
+        int32_t *pids;
+        int64_t np = tok_encode_alloc(t, v->valuestring, strlen(v->valuestring), 0, &pids);
+        int32_t *ids = np < 0 ? NULL : malloc(sizeof(int32_t) * (size_t)(np + ns + 4));
+        if (!ids) {
+            free(pids);
+            rc = srv_fail(err, 500, NULL, NULL, "out of memory");
+            break;
+        }
+        int n = 0;
+        if (bos)
+            ids[n++] = tok_bos(t);
+        ids[n++] = fim[0];
+        memcpy(ids + n, pids, sizeof(int32_t) * (size_t)np);
+        n += (int)np;
+        ids[n++] = fim[1];
+        memcpy(ids + n, sids, sizeof(int32_t) * (size_t)ns);
+        n += (int)ns;
+        ids[n++] = fim[2];
+        free(pids);
+        free(r->prompts[i]);
+        r->prompts[i] = ids;
+        r->n_prompt[i] = n;
+    }
+    free(sids);
+    return rc;
+}
+
+/* vLLM's request extras (after n, max_tokens and stream_options are read). */
+static int parse_extras(const cJSON *root, const struct srv_ids *runs, enum srv_kind kind,
+                        int n_vocab, struct srv_request *r, struct srv_error *err)
+{
+    int64_t k = -1;
+    int b;
+    int rc = refuse_known(root, kind, err);
+    rc = rc ? rc : get_int(root, "prompt_logprobs", 0, MAX_LOGPROBS, &k, err);
+    r->prompt_lp = (int)k;
+    k = 0;
+    if (!rc && !(rc = get_int(root, "min_tokens", 0, 1e9, &k, err)))
+        r->p.min_tokens = (int)k;
+    if (!rc && r->max_tokens_given && r->p.min_tokens > r->p.max_tokens)
+        rc = srv_fail(err, 400, "min_tokens", NULL, "min_tokens (%d) is more than max_tokens (%d)",
+                      r->p.min_tokens, r->p.max_tokens);
+    k = r->n;
+    if (!rc && !(rc = get_int(root, "best_of", 1, MAX_N, &k, err)) && k != r->n)
+        rc = srv_fail(err, 400, "best_of", NULL,
+                      "best_of must equal n (%d): choosing the best of several is not supported",
+                      r->n);
+    if (!rc)
+        rc = get_ids(root, "stop_token_ids", runs, n_vocab, &r->stop_ids, &r->p.n_stop_ids, err);
+    r->p.stop_ids = r->stop_ids;
+    b = 0;
+    if (!rc && !(rc = get_bool(root, "include_stop_str_in_output", &b, err)))
+        r->p.include_stop = b;
+    b = 1;
+    if (!rc && !(rc = get_bool(root, "skip_special_tokens", &b, err)))
+        r->p.keep_special = !b;
+    if (!rc && r->echo && kind == SRV_COMPLETION && r->p.logprobs)
+        r->echo_lp = 1;
+    r->p.prompt_logprobs = r->prompt_lp >= 0 || r->echo_lp;
+    r->p.prompt_top = r->prompt_lp > r->top_logprobs ? r->prompt_lp : r->top_logprobs;
+    return rc;
 }
 
 static int parse_bias(const cJSON *root, int n_vocab, struct srv_request *r, struct srv_error *err)
@@ -764,20 +963,12 @@ static int parse_constraint(const cJSON *root, struct engine *e, enum srv_kind k
     return 0;
 }
 
-int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
-                      const struct srv_model *model, struct srv_request *r, struct srv_error *err)
+/* The model a body names (one this server serves, or none: ours) into r->model. */
+static int parse_model(const cJSON *root, const struct srv_model *model, struct srv_request *r,
+                       struct srv_error *err)
 {
-    memset(r, 0, sizeof(*r));
-    r->kind = kind;
-    struct srv_ids runs;
-    cJSON *root = srv_parse_json_ids(body, len, &runs, err);
-    if (!root)
-        return -1;
     int rc = 0;
-    struct eng_info info;
-    eng_get_info(e, &info);
-    /* model */
-    const cJSON *m = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (m && !cJSON_IsNull(m)) {
         if (!cJSON_IsString(m))
             rc = srv_fail(err, 400, "model", NULL, "model must be a string");
@@ -794,6 +985,22 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
                                    : model->alias         ? model->alias
                                                           : model->id)))
         rc = srv_fail(err, 500, NULL, NULL, "out of memory");
+    return rc;
+}
+
+int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
+                      const struct srv_model *model, struct srv_request *r, struct srv_error *err)
+{
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+    struct srv_ids runs;
+    cJSON *root = srv_parse_json_ids(body, len, &runs, err);
+    if (!root)
+        return -1;
+    int rc = 0;
+    struct eng_info info;
+    eng_get_info(e, &info);
+    rc = parse_model(root, model, r, err);
     /* sampling */
     smp_params_default(&r->p.sp);
     double d;
@@ -830,11 +1037,11 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "seed")))
         r->p.sp.seed = (uint64_t)k;
     /* lengths */
-    int64_t max_tokens = 0;
-    rc = rc ? rc : get_int(root, "max_tokens", 1, 1e9, &max_tokens, err);
+    int64_t max_tokens = -1;
+    rc = rc ? rc : get_int(root, "max_tokens", 0, 1e9, &max_tokens, err);
     if (!rc && kind == SRV_CHAT)
-        rc = get_int(root, "max_completion_tokens", 1, 1e9, &max_tokens, err);
-    r->max_tokens_given = max_tokens > 0;
+        rc = get_int(root, "max_completion_tokens", 0, 1e9, &max_tokens, err);
+    r->max_tokens_given = max_tokens >= 0;
     /* output options */
     int b = 0;
     rc = rc ? rc : get_bool(root, "stream", &r->stream, err);
@@ -845,8 +1052,14 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
             rc = srv_fail(err, 400, "stream_options", NULL, "stream_options must be an object");
         else
             rc = get_bool(so, "include_usage", &r->include_usage, err);
-        if (rc == -1 && !strcmp(err->param, "include_usage"))
-            snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
+        rc = rc ? rc : get_bool(so, "continuous_usage_stats", &r->continuous_usage, err);
+        if (rc == -1 && (!strcmp(err->param, "include_usage") ||
+                         !strcmp(err->param, "continuous_usage_stats"))) {
+            const char *key = !strcmp(err->param, "include_usage") ? "stream_options.include_usage"
+                                                                   : "stream_options."
+                                                                     "continuous_usage_stats";
+            snprintf(err->param, sizeof(err->param), "%s", key);
+        }
     }
     if (!rc && kind == SRV_CHAT) {
         rc = get_bool(root, "logprobs", &b, err);
@@ -866,6 +1079,11 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         rc = rc ? rc : get_bool(root, "echo", &r->echo, err);
     }
     r->p.sp.n_logprobs = r->top_logprobs;
+    if (!rc && max_tokens == 0 && !(kind == SRV_COMPLETION && r->echo))
+        rc = srv_fail(err, 400, kind == SRV_CHAT ? "max_tokens" : "max_tokens", NULL,
+                      "max_tokens must be at least 1 (0 only with echo, for the prompt alone)");
+    r->p.max_tokens = (int)(max_tokens > 0 ? max_tokens : 0); /* for min_tokens; set again below */
+    rc = rc ? rc : parse_extras(root, &runs, kind, info.n_vocab, r, err);
     const cJSON *u = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "user");
     if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
         rc = srv_fail(err, 400, "user", NULL, "user must be a string");
@@ -875,7 +1093,9 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     /* the prompts */
     if (!rc)
         rc = kind == SRV_CHAT ? parse_messages(root, e, model, r, err)
-                              : parse_prompt(root, &runs, e, r, err);
+                              : parse_prompt(root, "prompt", &runs, e, r, err);
+    if (!rc && kind == SRV_COMPLETION)
+        rc = apply_suffix(root, e, r, err);
     for (int i = 0; !rc && i < r->n_prompts; i++) {
         int np = r->n_prompt[i];
         const char *what = kind == SRV_CHAT ? "messages" : "prompt";
@@ -900,8 +1120,86 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     return rc;
 }
 
+int srv_parse_embeddings(const char *body, size_t len, struct engine *e,
+                         const struct srv_model *model, struct srv_request *r,
+                         struct srv_error *err)
+{
+    memset(r, 0, sizeof(*r));
+    r->kind = SRV_EMBED;
+    r->n = 1;
+    struct srv_ids runs;
+    cJSON *root = srv_parse_json_ids(body, len, &runs, err);
+    if (!root)
+        return -1;
+    struct eng_info info;
+    eng_get_info(e, &info);
+    int rc = parse_model(root, model, r, err);
+    const cJSON *f = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "encoding_format");
+    if (f && !cJSON_IsNull(f)) {
+        if (cJSON_IsString(f) && !strcmp(f->valuestring, "base64"))
+            r->base64 = 1;
+        else if (!cJSON_IsString(f) || strcmp(f->valuestring, "float"))
+            rc = srv_fail(err, 400, "encoding_format", NULL,
+                          "encoding_format must be \"float\" or \"base64\"");
+    }
+    const cJSON *d = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "dimensions");
+    if (d && !cJSON_IsNull(d) && !(is_int(d, 1, 1e9) && (int)d->valuedouble == info.n_embd))
+        rc = srv_fail(err, 400, "dimensions", NULL,
+                      "dimensions: this model's embeddings have %d dimensions and cannot be "
+                      "shortened",
+                      info.n_embd);
+    const cJSON *u = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "user");
+    if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
+        rc = srv_fail(err, 400, "user", NULL, "user must be a string");
+    rc = rc ? rc : parse_prompt(root, "input", &runs, e, r, err);
+    for (int i = 0; !rc && i < r->n_prompts; i++) {
+        if (r->n_prompt[i] == 0)
+            rc = srv_fail(err, 400, "input", NULL, "input %d is empty", i);
+        else if (r->n_prompt[i] >= info.n_ctx)
+            rc = srv_fail(err, 400, "input", "context_length_exceeded",
+                          "This model's maximum context length is %d tokens. However, input %d "
+                          "has %d tokens.",
+                          info.n_ctx, i, r->n_prompt[i]);
+    }
+    smp_params_default(&r->p.sp);
+    r->p.sp.temperature = 0;
+    r->p.sp.logprobs = 0;
+    r->p.pooling = model->pooling     ? model->pooling
+                   : info.pooling > 0 ? info.pooling
+                                      : ENG_POOL_MEAN;
+    cJSON_Delete(root);
+    srv_ids_free(&runs);
+    return rc;
+}
+
+int srv_parse_responses(const char *body, size_t len, struct engine *e,
+                        const struct srv_model *model, struct srv_request *r, struct srv_error *err)
+{
+    memset(r, 0, sizeof(*r));
+    cJSON *root = srv_parse_json(body, len, err);
+    if (!root)
+        return -1;
+    cJSON *echo = NULL;
+    cJSON *chat = srv_resp_translate(root, &echo, err);
+    cJSON_Delete(root);
+    char *text = chat ? cJSON_PrintUnformatted(chat) : NULL;
+    cJSON_Delete(chat);
+    if (!text) {
+        cJSON_Delete(echo);
+        return chat ? srv_fail(err, 500, NULL, NULL, "out of memory") : -1;
+    }
+    int rc = srv_parse_request(SRV_CHAT, text, strlen(text), e, model, r, err);
+    free(text);
+    if (rc)
+        srv_resp_param(err);
+    r->kind = SRV_RESPONSES;
+    r->resp_echo = echo;
+    return rc;
+}
+
 void srv_request_free(struct srv_request *r)
 {
+    cJSON_Delete(r->resp_echo);
     for (int i = 0; i < r->n_prompts; i++)
         free(r->prompts[i]);
     free(r->prompts);
@@ -914,11 +1212,15 @@ void srv_request_free(struct srv_request *r)
     for (int i = 0; i < r->n_tool_names; i++)
         free(r->tool_names[i]);
     free(r->tool_names);
+    free(r->stop_ids);
     eng_grammar_release(r->grammar);
     memset(r, 0, sizeof(*r));
 }
 
 /* ---- jobs: engine events -> OpenAI JSON ------------------------------------- */
+
+struct srv_job;
+static int prompt_text(struct srv_job *j, int p, struct buf *out);
 
 /* The four arrays of a completions logprobs object, in the order OpenAI prints them. */
 static const char *const k_lp_keys[4] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
@@ -943,6 +1245,13 @@ struct choice {
     double t_last;
     char *error;
     struct srv_outp outp; /* chat: content, reasoning and tool calls apart */
+    int n_gen;            /* tokens generated so far (continuous usage) */
+    cJSON *plp;           /* vLLM's prompt_logprobs list, or NULL */
+    int *p_off;           /* echo with logprobs: each prompt token's offset in the echoed text */
+    int prompt_held;      /* streaming: the prompt's chunk waits for its logprobs */
+    int plp_seen;         /* prompt logprob events taken */
+    float *embd;          /* embeddings: the vector */
+    int n_embd;
 };
 
 struct srv_job {
@@ -960,6 +1269,8 @@ struct srv_job {
     int done;
     int status; /* 200, or the failed job's error status */
     int prompt_tokens, completion_tokens;
+    char msg_id[48]; /* responses: the output message's id */
+    int seq;         /* responses: the next event's sequence_number */
 };
 
 int srv_job_status(const struct srv_job *j)
@@ -999,6 +1310,9 @@ void srv_job_free(struct srv_job *j)
             free(j->c[i].lpt[k].p);
         free(j->c[i].error);
         srv_outp_free(&j->c[i].outp);
+        cJSON_Delete(j->c[i].plp);
+        free(j->c[i].p_off);
+        free(j->c[i].embd);
     }
     free(j->c);
     eng_notify_destroy(&j->notify);
@@ -1027,8 +1341,10 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
     j->n_choices = n;
     j->created = (long)time(NULL);
     uint64_t rnd = srv_random();
-    snprintf(j->id, sizeof(j->id), "%s-%016llx%08x", j->req.kind == SRV_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)rnd, (unsigned)(rnd >> 17));
+    static const char *const k_prefix[] = {"chatcmpl-", "cmpl-", "resp_", "embd-"};
+    snprintf(j->id, sizeof(j->id), "%s%016llx%08x", k_prefix[j->req.kind], (unsigned long long)rnd,
+             (unsigned)(rnd >> 17));
+    snprintf(j->msg_id, sizeof(j->msg_id), "msg_%016llx", (unsigned long long)srv_random());
     struct eng_info info;
     eng_get_info(e, &info);
     snprintf(j->fingerprint, sizeof(j->fingerprint), "cinfer-%s-%s", CINFER_VERSION, info.kernels);
@@ -1064,7 +1380,8 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
         c[i].h = h[i];
     free(p), free(subs), free(h);
     if (rc) {
-        const char *what = j->req.kind == SRV_CHAT ? "messages" : "prompt";
+        static const char *const k_what[] = {"messages", "prompt", "input", "input"};
+        const char *what = k_what[j->req.kind];
         const char *fan = j->req.n > 1 ? "n" : what; /* the field that made it too large */
         srv_job_free(j);
         if (rc == -E2BIG)
@@ -1140,6 +1457,66 @@ static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_e
     cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "top_logprobs"), top);
     cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "text_offset"),
                          cJSON_CreateNumber((double)text_offset));
+}
+
+/* The completions logprobs of a prompt's first token: its text, and null for the rest. */
+static void add_first_logprobs(struct srv_job *j, struct choice *c, int32_t token)
+{
+    if (!c->lp) {
+        c->lp = cJSON_CreateObject();
+        for (int k = 0; k < 4; k++)
+            cJSON_AddArrayToObject(c->lp, k_lp_keys[k]);
+    }
+    cJSON *e = token_entry(eng_tok(j->e), token, 0, 0);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "tokens"),
+                         cJSON_CreateString(cJSON_GetObjectItem(e, "token")->valuestring));
+    cJSON_Delete(e);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "token_logprobs"), cJSON_CreateNull());
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "top_logprobs"), cJSON_CreateNull());
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "text_offset"), cJSON_CreateNumber(0));
+}
+
+/* One token of vLLM's prompt_logprobs: {"id": {"logprob", "rank", "decoded_token"}, ...}. */
+static void add_vllm_prompt_lp(struct srv_job *j, struct choice *c, const struct eng_event *ev)
+{
+    const struct tok *t = eng_tok(j->e);
+    if (!c->plp) {
+        c->plp = cJSON_CreateArray();
+        cJSON_AddItemToArray(c->plp, cJSON_CreateNull());
+    }
+    cJSON *o = cJSON_CreateObject();
+    for (int i = -1; i < (ev->top ? ev->top->n_top : 0) && i < j->req.prompt_lp; i++) {
+        int32_t id = i < 0 ? ev->token : ev->top->top[i].token;
+        float lp = i < 0 ? ev->logprob : ev->top->top[i].logprob;
+        char key[16];
+        snprintf(key, sizeof(key), "%d", id);
+        if (cJSON_GetObjectItem(o, key))
+            continue;
+        cJSON *x = token_entry(t, id, lp, 0);
+        cJSON *tokstr = cJSON_DetachItemFromObject(x, "token");
+        cJSON_AddNumberToObject(x, "rank", i < 0 ? ev->rank : i + 1);
+        cJSON_AddItemToObject(x, "decoded_token", tokstr);
+        cJSON_AddItemToObject(o, key, x);
+    }
+    cJSON_AddItemToArray(c->plp, o);
+}
+
+/* Each prompt token's offset in the echoed prompt text (prompt_text's detokenizing). */
+static int prompt_offsets(struct srv_job *j, struct choice *c)
+{
+    int n = j->req.n_prompt[c->prompt];
+    struct buf t = {0};
+    struct tok_detok d;
+    tok_detok_init(&d, eng_tok(j->e), TOK_DETOK_SPECIAL | TOK_DETOK_STRIP_SPACE);
+    if (!(c->p_off = malloc(sizeof(int) * (size_t)n)))
+        return -ENOMEM;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        c->p_off[i] = (int)t.n;
+        rc = tok_detok_feed(&d, j->req.prompts[c->prompt][i], &t);
+    }
+    free(t.p);
+    return rc;
 }
 
 /* Moves c->lp (one token's logprobs) into c->lpt as text; 0 or -ENOMEM. */
@@ -1241,9 +1618,48 @@ static int delta_chunk(struct srv_job *j, int i, cJSON *delta, const char *text,
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
         cJSON_AddNullToObject(c, "finish_reason");
-    if (j->req.include_usage)
+    if (j->c[i].prompt_held) { /* the prompt's own chunk: its vLLM prompt_logprobs */
+        j->c[i].prompt_held = 0;
+        if (j->c[i].plp)
+            cJSON_AddItemToObject(chat ? o : c, "prompt_logprobs", j->c[i].plp);
+        j->c[i].plp = NULL;
+    }
+    if (j->req.include_usage && j->req.continuous_usage) {
+        int gen = 0;
+        for (int k = 0; k < j->n_choices; k++)
+            gen += j->c[k].n_gen;
+        cJSON *u = cJSON_AddObjectToObject(o, "usage");
+        cJSON_AddNumberToObject(u, "prompt_tokens", j->prompt_tokens);
+        cJSON_AddNumberToObject(u, "completion_tokens", gen);
+        cJSON_AddNumberToObject(u, "total_tokens", j->prompt_tokens + gen);
+    } else if (j->req.include_usage) {
         cJSON_AddNullToObject(o, "usage");
+    }
     return sse(out, o);
+}
+
+/*
+ * Streaming, once the prompt's log-probabilities are in (before the first
+ * generated token): completions' echo text with its logprobs, and vLLM's
+ * prompt_logprobs.
+ */
+static int flush_prompt(struct srv_job *j, int i, struct buf *out)
+{
+    struct choice *c = &j->c[i];
+    if (!c->prompt_held)
+        return 0;
+    struct buf t = {0};
+    int rc = j->req.echo ? prompt_text(j, c->prompt, &t) : 0;
+    cJSON *lp = c->lp;
+    c->lp = NULL;
+    if (j->req.kind == SRV_CHAT)
+        rc = rc ? rc : delta_chunk(j, i, cJSON_CreateObject(), NULL, 0, NULL, NULL, out);
+    else
+        rc = rc ? (cJSON_Delete(lp), rc)
+                : delta_chunk(j, i, NULL, t.p ? t.p : "", t.n, lp, NULL, out);
+    c->text.n += t.n; /* the generated tokens' text_offset counts from the echo's end */
+    free(t.p);
+    return rc;
 }
 
 /* A chat delta {"KEY": text} (text NULL: no member). */
@@ -1397,9 +1813,164 @@ static int message_json(struct choice *c, cJSON *m)
     return rc;
 }
 
+/* The Responses API's view of the job (one choice). */
+static struct srv_resp resp_of(const struct srv_job *j)
+{
+    return (struct srv_resp){.id = j->id,
+                             .msg_id = j->msg_id,
+                             .model = j->req.model,
+                             .created = j->created,
+                             .echo = j->req.resp_echo,
+                             .input_tokens = j->prompt_tokens,
+                             .output_tokens = j->completion_tokens,
+                             .cached_tokens = j->c[0].cached_tokens};
+}
+
+static const char *resp_status(const struct srv_job *j)
+{
+    return j->c[0].finish == ENG_FINISH_LENGTH ? "incomplete" : "completed";
+}
+
+static int print_json(cJSON *o, struct buf *out)
+{
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    int rc = s ? buf_append(out, s, strlen(s)) : -ENOMEM;
+    free(s);
+    return rc;
+}
+
+/* The streamed response's opening events: created, in_progress, the message and its part. */
+static int resp_open(struct srv_job *j, struct buf *out)
+{
+    struct srv_resp r = resp_of(j);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "in_progress", NULL, 0, NULL));
+    int rc = srv_resp_event(out, "response.created", &j->seq, o);
+    o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "in_progress", NULL, 0, NULL));
+    rc = rc ? rc : srv_resp_event(out, "response.in_progress", &j->seq, o);
+    cJSON *full = srv_resp_object(&r, "in_progress", "", 0, NULL);
+    cJSON *item = cJSON_DetachItemFromArray(cJSON_GetObjectItem(full, "output"), 0);
+    cJSON_Delete(full);
+    cJSON *part = cJSON_DetachItemFromArray(cJSON_GetObjectItem(item, "content"), 0);
+    o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "output_index", 0);
+    cJSON_AddItemToObject(o, "item", item);
+    rc = rc ? rc : srv_resp_event(out, "response.output_item.added", &j->seq, o);
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "item_id", j->msg_id);
+    cJSON_AddNumberToObject(o, "output_index", 0);
+    cJSON_AddNumberToObject(o, "content_index", 0);
+    cJSON_AddItemToObject(o, "part", part);
+    rc = rc ? rc : srv_resp_event(out, "response.content_part.added", &j->seq, o);
+    return rc;
+}
+
+static int resp_delta(struct srv_job *j, const char *text, size_t n, struct buf *out)
+{
+    if (!n)
+        return 0;
+    cJSON *o = cJSON_CreateObject();
+    char *clean = srv_utf8_dup(text, n);
+    cJSON_AddStringToObject(o, "item_id", j->msg_id);
+    cJSON_AddNumberToObject(o, "output_index", 0);
+    cJSON_AddNumberToObject(o, "content_index", 0);
+    cJSON_AddStringToObject(o, "delta", clean ? clean : "");
+    cJSON_AddArrayToObject(o, "logprobs");
+    free(clean);
+    return srv_resp_event(out, "response.output_text.delta", &j->seq, o);
+}
+
+/* The closing events: text done, part done, item done, then completed (or incomplete). */
+static int resp_close(struct srv_job *j, struct buf *out)
+{
+    struct srv_resp r = resp_of(j);
+    const struct buf *t = &j->c[0].text;
+    const char *status = resp_status(j);
+    cJSON *full = srv_resp_object(&r, status, t->p ? t->p : "", t->n, NULL);
+    cJSON *item = cJSON_Duplicate(cJSON_GetArrayItem(cJSON_GetObjectItem(full, "output"), 0), 1);
+    cJSON *part = cJSON_Duplicate(cJSON_GetArrayItem(cJSON_GetObjectItem(item, "content"), 0), 1);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "item_id", j->msg_id);
+    cJSON_AddNumberToObject(o, "output_index", 0);
+    cJSON_AddNumberToObject(o, "content_index", 0);
+    cJSON_AddItemToObject(o, "text", cJSON_Duplicate(cJSON_GetObjectItem(part, "text"), 1));
+    cJSON_AddArrayToObject(o, "logprobs");
+    int rc = srv_resp_event(out, "response.output_text.done", &j->seq, o);
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "item_id", j->msg_id);
+    cJSON_AddNumberToObject(o, "output_index", 0);
+    cJSON_AddNumberToObject(o, "content_index", 0);
+    cJSON_AddItemToObject(o, "part", part);
+    rc = rc ? rc : srv_resp_event(out, "response.content_part.done", &j->seq, o);
+    o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "output_index", 0);
+    cJSON_AddItemToObject(o, "item", item);
+    rc = rc ? rc : srv_resp_event(out, "response.output_item.done", &j->seq, o);
+    o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "response", full);
+    rc = rc ? rc
+            : srv_resp_event(
+                  out, !strcmp(status, "completed") ? "response.completed" : "response.incomplete",
+                  &j->seq, o);
+    return rc;
+}
+
+/* /v1/embeddings: {"object": "list", "data": [{"embedding": floats or base64}], usage}. */
+static int embed_json(struct srv_job *j, struct buf *out)
+{
+    static const char k_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int rc = buf_printf(out, "{\"object\":\"list\",\"data\":[");
+    for (int i = 0; !rc && i < j->n_choices; i++) {
+        const struct choice *c = &j->c[i];
+        rc = buf_printf(out,
+                        "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":", i ? "," : "", i);
+        if (!rc && j->req.base64) { /* the floats' little-endian bytes, as the SDK decodes */
+            const unsigned char *b = (const unsigned char *)c->embd;
+            size_t n = sizeof(float) * (size_t)c->n_embd;
+            rc = buf_append(out, "\"", 1);
+            for (size_t k = 0; !rc && k < n; k += 3) {
+                unsigned v = (unsigned)b[k] << 16 | (k + 1 < n ? (unsigned)b[k + 1] << 8 : 0) |
+                             (k + 2 < n ? b[k + 2] : 0);
+                char q[4] = {k_b64[v >> 18], k_b64[(v >> 12) & 63],
+                             k + 1 < n ? k_b64[(v >> 6) & 63] : '=',
+                             k + 2 < n ? k_b64[v & 63] : '='};
+                rc = buf_append(out, q, 4);
+            }
+            rc = rc ? rc : buf_append(out, "\"", 1);
+        } else {
+            rc = rc ? rc : buf_append(out, "[", 1);
+            for (int k = 0; !rc && k < c->n_embd; k++)
+                rc = buf_printf(out, "%s%.9g", k ? "," : "", (double)c->embd[k]);
+            rc = rc ? rc : buf_append(out, "]", 1);
+        }
+        rc = rc ? rc : buf_append(out, "}", 1);
+    }
+    char *model = srv_utf8_dup(j->req.model, strlen(j->req.model));
+    cJSON *m = cJSON_CreateString(model ? model : "");
+    free(model);
+    char *ms = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    rc = rc || !ms ? (rc ? rc : -ENOMEM)
+                   : buf_printf(out,
+                                "],\"model\":%s,\"usage\":{\"prompt_tokens\":%d,"
+                                "\"total_tokens\":%d}}",
+                                ms, j->prompt_tokens, j->prompt_tokens);
+    free(ms);
+    return rc;
+}
+
 /* The whole non-streamed response. */
 static int final_json(struct srv_job *j, struct buf *out)
 {
+    if (j->req.kind == SRV_EMBED)
+        return embed_json(j, out);
+    if (j->req.kind == SRV_RESPONSES) {
+        struct srv_resp r = resp_of(j);
+        const struct buf *t = &j->c[0].text;
+        return print_json(srv_resp_object(&r, resp_status(j), t->p ? t->p : "", t->n, NULL), out);
+    }
     int chat = j->req.kind == SRV_CHAT;
     cJSON *o = envelope(j, chat ? "chat.completion" : "text_completion");
     cJSON *arr = cJSON_AddArrayToObject(o, "choices");
@@ -1440,6 +2011,15 @@ static int final_json(struct srv_job *j, struct buf *out)
             cJSON_AddNullToObject(x, "logprobs");
         }
         cJSON_AddStringToObject(x, "finish_reason", finish_name(c));
+        if (!chat && j->req.prompt_lp >= 0) {
+            cJSON_AddItemToObject(x, "prompt_logprobs", c->plp ? c->plp : cJSON_CreateArray());
+            c->plp = NULL;
+        }
+    }
+    if (chat && j->req.prompt_lp >= 0) { /* one prompt: the first choice's */
+        cJSON_AddItemToObject(o, "prompt_logprobs",
+                              j->c[0].plp ? j->c[0].plp : cJSON_CreateArray());
+        j->c[0].plp = NULL;
     }
     cJSON_AddItemToObject(o, "usage", usage_json(j));
     char *s = cJSON_PrintUnformatted(o);
@@ -1470,7 +2050,8 @@ static int final_json(struct srv_job *j, struct buf *out)
     return rc;
 }
 
-static void observe_end(const struct eng_event *ev)
+/* The END of choice i (already marked ended) into the metrics, as vLLM counts a request. */
+static void observe_end(const struct srv_job *j, int i, const struct eng_event *ev)
 {
     if (ev->finish == ENG_FINISH_STOP || ev->finish == ENG_FINISH_LENGTH)
         srv_metrics_finished(eng_finish_name(ev->finish));
@@ -1482,6 +2063,23 @@ static void observe_end(const struct eng_event *ev)
     if (ev->t_scheduled > 0)
         srv_metrics_observe(SRV_H_QUEUE, ev->t_scheduled - ev->t_submit);
     srv_metrics_observe(SRV_H_E2E, ev->t - ev->t_submit);
+    if (ev->t_scheduled > 0 && ev->t_first_token > 0) { /* prefill + decode = inference */
+        srv_metrics_observe(SRV_H_PREFILL, ev->t_first_token - ev->t_scheduled);
+        srv_metrics_observe(SRV_H_DECODE, ev->t - ev->t_first_token);
+        srv_metrics_observe(SRV_H_INFERENCE, ev->t - ev->t_scheduled);
+    }
+    srv_metrics_observe(SRV_H_PROMPT_TOKENS, ev->prompt_tokens);
+    srv_metrics_observe(SRV_H_GENERATION_TOKENS, ev->completion_tokens);
+    /* once per prompt, when the last of its n choices ends: the most any generated */
+    int most = 0, open = 0;
+    for (int k = 0; k < j->n_choices; k++) {
+        if (j->c[k].prompt != j->c[i].prompt)
+            continue;
+        open += !j->c[k].ended;
+        most = j->c[k].completion_tokens > most ? j->c[k].completion_tokens : most;
+    }
+    if (!open)
+        srv_metrics_observe(SRV_H_MAX_GENERATION, most);
 }
 
 /* Takes in one event of choice i; streamed output goes to out. */
@@ -1489,7 +2087,32 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
 {
     struct choice *c = &j->c[i];
     int rc = 0;
+    if (ev->kind == ENG_EV_PROMPT) {
+        /* ev->token is prompt token k; its entry goes after those of tokens 0..k-1 */
+        if (j->req.prompt_lp >= 0)
+            add_vllm_prompt_lp(j, c, ev);
+        if (j->req.echo_lp) {
+            int k = c->plp_seen++ + 1;
+            if (k == 1) {
+                add_first_logprobs(j, c, j->req.prompts[c->prompt][0]);
+                if (!j->req.stream && (rc = lp_to_text(j, c)))
+                    return rc;
+            }
+            add_logprobs(j, c, ev, c->p_off ? (size_t)c->p_off[k] : 0);
+            if (!j->req.stream && (rc = lp_to_text(j, c)))
+                return rc;
+        }
+        return 0;
+    }
+    if (c->prompt_held && (rc = flush_prompt(j, i, out)))
+        return rc;
+    if (ev->kind == ENG_EV_TOKEN && j->req.kind == SRV_RESPONSES) {
+        c->n_gen++;
+        rc = j->req.stream ? resp_delta(j, ev->text, ev->n_text, out) : 0;
+        return rc ? rc : buf_append(&c->text, ev->text, ev->n_text);
+    }
     if (ev->kind == ENG_EV_TOKEN) {
+        c->n_gen++;
         if (c->t_last > 0)
             srv_metrics_observe(SRV_H_ITL, ev->t - c->t_last);
         c->t_last = ev->t;
@@ -1525,14 +2148,28 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
     }
     c->ended = 1;
     c->finish = ev->finish;
+    if (ev->embd) { /* an embedding: the vector is the output */
+        c->embd = ev->embd;
+        c->n_embd = ev->n_embd;
+        ev->embd = NULL;
+    }
     c->completion_tokens = ev->completion_tokens;
     c->cached_tokens = ev->cached_tokens;
     j->completion_tokens += ev->completion_tokens;
-    observe_end(ev);
+    observe_end(j, i, ev);
     if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED ||
         ev->finish == ENG_FINISH_TIMEOUT) {
         c->error = srv_utf8_dup(ev->n_text ? ev->text : "the request was cancelled",
                                 ev->n_text ? ev->n_text : 25);
+        return 0;
+    }
+    if (j->req.kind == SRV_RESPONSES) {
+        rc = j->req.stream ? resp_delta(j, ev->text, ev->n_text, out) : 0;
+        return rc ? rc : buf_append(&c->text, ev->text, ev->n_text);
+    }
+    if (j->req.kind == SRV_EMBED && !c->embd) {
+        c->finish = ENG_FINISH_ERROR;
+        c->error = srv_utf8_dup("the embedding was not made", 26);
         return 0;
     }
     if (j->req.stream && srv_outp_active(&c->outp)) {
@@ -1554,14 +2191,20 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
 
 static int start_stream(struct srv_job *j, struct buf *out)
 {
+    if (j->req.kind == SRV_RESPONSES)
+        return resp_open(j, out);
     int rc = 0;
     for (int i = 0; i < j->n_choices && !rc; i++) {
         if (j->req.kind == SRV_CHAT) {
             rc = stream_chunk(j, i, NULL, 0, NULL, NULL, 1, out);
+            j->c[i].prompt_held = j->req.prompt_lp >= 0;
+        } else if (j->req.echo_lp || j->req.prompt_lp >= 0) {
+            j->c[i].prompt_held = 1; /* the echo waits for the prompt's logprobs */
         } else if (j->req.echo) {
             struct buf t = {0};
             rc = prompt_text(j, j->c[i].prompt, &t);
             rc = rc ? rc : stream_chunk(j, i, t.p ? t.p : "", t.n, NULL, NULL, 0, out);
+            j->c[i].text.n += t.n;
             free(t.p);
         }
     }
@@ -1575,6 +2218,16 @@ int srv_job_pump(struct srv_job *j, struct buf *out, int timeout_ms)
     int rc = 0;
     if (!j->started) {
         j->started = 1;
+        for (int i = 0; i < j->n_choices && !rc; i++) {
+            struct choice *c = &j->c[i];
+            if (j->req.echo_lp)
+                rc = prompt_offsets(j, c);
+            if (!rc && j->req.echo_lp && j->req.n_prompt[c->prompt] == 1) {
+                add_first_logprobs(j, c, j->req.prompts[c->prompt][0]); /* no events follow */
+                if (!j->req.stream)
+                    rc = lp_to_text(j, c);
+            }
+        }
         if (!j->req.stream && j->req.echo)
             for (int i = 0; i < j->n_choices && !rc; i++)
                 rc = prompt_text(j, j->c[i].prompt, &j->c[i].text);
@@ -1626,8 +2279,22 @@ int srv_job_pump(struct srv_job *j, struct buf *out, int timeout_ms)
             j->status = timeout ? 504 : 500;
             srv_fail(&e, j->status, NULL, timeout ? "timeout" : NULL, "%s", error);
             char *s = srv_error_json(&e);
-            rc = s ? buf_printf(out, j->req.stream ? "data: %s\n\n" : "%s", s) : -ENOMEM;
+            if (j->req.stream && j->req.kind == SRV_RESPONSES) { /* response.failed, then error */
+                struct srv_resp r = resp_of(j);
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "failed", NULL, 0, error));
+                rc = srv_resp_event(out, "response.failed", &j->seq, o);
+                o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "code", timeout ? "timeout" : "server_error");
+                cJSON_AddStringToObject(o, "message", error);
+                cJSON_AddNullToObject(o, "param");
+                rc = rc ? rc : srv_resp_event(out, "error", &j->seq, o);
+            } else {
+                rc = s ? buf_printf(out, j->req.stream ? "data: %s\n\n" : "%s", s) : -ENOMEM;
+            }
             free(s);
+        } else if (j->req.stream && j->req.kind == SRV_RESPONSES) {
+            rc = resp_close(j, out);
         } else if (j->req.stream) {
             if (j->req.include_usage) {
                 cJSON *o = envelope(j, j->req.kind == SRV_CHAT ? "chat.completion.chunk"

@@ -22,10 +22,12 @@ struct srv_config {
     int64_t port;
     char *api_key;
     char *api_key_file;
+    char *allowed_origins; /* CORS: "*", "" or origins separated by commas */
     char *model_alias;
     char *chat_template;
     char *device;
     char *kernels;
+    int64_t exact_llamacpp; /* bool */
     int64_t threads;
     int64_t ctx;
     int64_t kv_memory;
@@ -45,6 +47,9 @@ struct srv_config {
     int64_t prefix_cache; /* bool */
     int64_t request_timeout;
     int64_t shutdown_timeout;
+    char *metrics_compat; /* "vllm": /metrics also under vLLM's names; "none" */
+    int64_t embeddings;   /* bool: serve /v1/embeddings */
+    char *pooling;        /* "auto", "mean", "cls" or "last" */
     char *log_format;
 };
 
@@ -63,13 +68,41 @@ int srv_usage(const char *msg);
 void srv_config_free(struct srv_config *cfg);
 /* The settings as a JSON object (for --print-config); NULL on no memory. */
 cJSON *srv_config_json(const struct srv_config *cfg);
+/*
+ * Whether v is a valid --allowed-origins: "*", "" (no origin: CORS off), or
+ * origins scheme://host[:port] separated by commas (spaces around them are
+ * ignored).  0, or -1 with what the value must be in msg.
+ */
+int srv_origins_check(const char *v, char *msg, size_t cap);
 
 /* ---- metrics (server/metrics.c) -------------------------------------------- */
 
-enum srv_hist { SRV_H_TTFT, SRV_H_ITL, SRV_H_E2E, SRV_H_QUEUE, SRV_H_N };
+/* The histograms fed per token or per request (vLLM's series of the same names). */
+enum srv_hist {
+    SRV_H_TTFT,              /* time_to_first_token_seconds: submit to first token */
+    SRV_H_ITL,               /* inter_token_latency_seconds: between two tokens of a request */
+    SRV_H_E2E,               /* e2e_request_latency_seconds: submit to end */
+    SRV_H_QUEUE,             /* request_queue_time_seconds: submit to scheduled */
+    SRV_H_PREFILL,           /* request_prefill_time_seconds: scheduled to first token */
+    SRV_H_DECODE,            /* request_decode_time_seconds: first token to end */
+    SRV_H_INFERENCE,         /* request_inference_time_seconds: scheduled to end */
+    SRV_H_PROMPT_TOKENS,     /* request_prompt_tokens: a request's prompt */
+    SRV_H_GENERATION_TOKENS, /* request_generation_tokens: a request's output */
+    SRV_H_MAX_GENERATION,    /* request_max_num_generation_tokens: the most of a prompt's n */
+    SRV_H_N
+};
 
 void srv_metrics_init(void);
-void srv_metrics_observe(enum srv_hist h, double seconds);
+struct srv_model;
+/*
+ * What every series says of the server: model_name="<served name>" (the
+ * model's alias, else its id: the first name /v1/models lists), the KV
+ * cache settings (cache_config_info), and cfg->metrics_compat.  Call before
+ * serving; srv_start does.
+ */
+void srv_metrics_configure(const struct srv_config *cfg, const struct srv_model *model);
+/* One observation: seconds, or tokens for the *_TOKENS / MAX_GENERATION histograms. */
+void srv_metrics_observe(enum srv_hist h, double value);
 void srv_metrics_tokens(int prompt, int generated);
 void srv_metrics_finished(const char *reason);
 void srv_metrics_http(const char *route, unsigned status);
@@ -93,7 +126,8 @@ int srv_fail(struct srv_error *err, unsigned status, const char *param, const ch
 /* {"error": {...}} as text (malloc'd). */
 char *srv_error_json(const struct srv_error *err);
 
-enum srv_kind { SRV_CHAT, SRV_COMPLETION };
+/* The routes that run the model: chat, completions, responses (chat underneath), embeddings. */
+enum srv_kind { SRV_CHAT, SRV_COMPLETION, SRV_RESPONSES, SRV_EMBED };
 
 /* How a model writes tool calls (server/tools.c), chosen from its chat template. */
 enum srv_tool_fmt { SRV_TOOLS_GENERIC = 0, SRV_TOOLS_HERMES, SRV_TOOLS_LLAMA3, SRV_TOOLS_MISTRAL };
@@ -122,6 +156,15 @@ struct srv_request {
     int n_tool_names;
     int reasoning;  /* split <think>...</think> into reasoning_content */
     int think_open; /* the prompt ends inside <think>: the output starts as reasoning */
+    /* vLLM's extras */
+    int prompt_lp;        /* prompt_logprobs: alternatives, or -1 */
+    int echo_lp;          /* completions echo with logprobs: the prompt's logprobs too */
+    int continuous_usage; /* stream_options.continuous_usage_stats */
+    int32_t *stop_ids;    /* stop_token_ids (p.stop_ids) */
+    /* responses: the request's settings the response object repeats (srv_resp_translate) */
+    cJSON *resp_echo;
+    /* embeddings: base64 (else float arrays) */
+    int base64;
 };
 
 struct srv_chat;
@@ -130,6 +173,8 @@ struct srv_model {
     const char *alias; /* --model-alias, or NULL */
     long created;
     const struct srv_chat *chat; /* how chat messages become a prompt; set with the engine */
+    int embeddings;              /* --embeddings: /v1/embeddings is served */
+    int pooling;                 /* --pooling as enum eng_pool; ENG_POOL_NONE: auto */
 };
 
 /*
@@ -159,7 +204,43 @@ void srv_ids_free(struct srv_ids *ids);
 int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct engine *e,
                       const struct srv_model *model, struct srv_request *req,
                       struct srv_error *err);
+/* A /v1/embeddings body (input, encoding_format, dimensions); 0, or -1 with err set. */
+int srv_parse_embeddings(const char *body, size_t len, struct engine *e,
+                         const struct srv_model *model, struct srv_request *req,
+                         struct srv_error *err);
+/* A /v1/responses body, checked as the chat body it becomes (srv_resp_translate). */
+int srv_parse_responses(const char *body, size_t len, struct engine *e,
+                        const struct srv_model *model, struct srv_request *req,
+                        struct srv_error *err);
 void srv_request_free(struct srv_request *req);
+
+/* ---- the Responses API (server/responses.c) ---------------------------------- */
+
+/*
+ * A /v1/responses body as the chat completions body that runs it: input
+ * (a string or a list of messages with text parts) and instructions become
+ * messages; max_output_tokens, temperature, top_p, stream and text.format
+ * map to their chat fields.  *echo gets the settings the response object
+ * repeats.  NULL with a 400 in err naming a field cinfer cannot honour
+ * (store true, previous_response_id, tools, background...).
+ */
+cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err);
+/* The chat field a parse error named, as the Responses field ("messages" -> "input"). */
+void srv_resp_param(struct srv_error *err);
+/*
+ * The response object: status "in_progress", "completed", "incomplete"
+ * (max_output_tokens) or "failed"; text NULL: no output item yet.
+ */
+struct srv_resp {
+    const char *id, *msg_id, *model;
+    long created;
+    const cJSON *echo;
+    int input_tokens, output_tokens, cached_tokens;
+};
+cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const char *text, size_t n,
+                       const char *error);
+/* One streamed event: `event: TYPE` and `data: {"type": TYPE, "sequence_number": N, ...o}`. */
+int srv_resp_event(struct buf *out, const char *type, int *seq, cJSON *o);
 
 /*
  * A running completion: every choice of a request submitted to the engine,
@@ -200,7 +281,10 @@ struct srv;
 /* Starts listening (the engine may still be loading: /health says 503). */
 int srv_start(const struct srv_config *cfg, const struct srv_model *model, struct srv **out,
               char *err, size_t errlen);
-/* Requires 'Authorization: Bearer key' on every route but /health and /metrics (NULL: none). */
+/*
+ * Requires 'Authorization: Bearer key' on every route but /health and /metrics, never of
+ * OPTIONS (a CORS preflight); NULL: no key.
+ */
 int srv_set_api_key(struct srv *s, const char *key);
 /* Hands the loaded engine and its chat template to the server; from now on requests are served. */
 void srv_set_engine(struct srv *s, struct engine *e, const struct srv_chat *chat);

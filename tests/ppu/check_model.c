@@ -90,7 +90,7 @@ static int pass(struct side *s, int n, const int *slot, int32_t *const *toks, co
             order[T] = p < n_prompt[i]; /* as the scheduler: prompt GEMM order, generated lone */
         }
     }
-    struct model_batch b = {T, ids, pos, seq, want, order, n, tabs, nb};
+    struct model_batch b = {T, ids, pos, seq, want, order, n, tabs, nb, NULL, NULL};
     return model_forward(s->m, &s->kv, &b, logits);
 }
 
@@ -170,7 +170,7 @@ static int mixed_run(struct side *s, struct model_kv *kv, int nb, int V, float *
         }
         if (!T)
             continue;
-        struct model_batch b = {T, ids, pos, seq, want, order, nb, tp, nbk};
+        struct model_batch b = {T, ids, pos, seq, want, order, nb, tp, nbk, NULL, NULL};
         rc = model_forward(s->m, kv, &b, lg);
         if (!rc && step >= 0) /* the probe's row is its sequence's first: row 0 */
             memcpy(out + (size_t)step * V, lg, sizeof(float) * (size_t)V);

@@ -128,7 +128,7 @@ static void tabs_put(struct tabs *tb, int i, const struct kv_seq *s, int32_t pos
 static struct model_batch tabs_batch(const struct tabs *tb, int n, const int32_t *ids,
                                      const uint8_t *want)
 {
-    return (struct model_batch){n, ids, tb->pos, tb->seq, want, NULL, tb->n, tb->t, tb->nb};
+    return (struct model_batch){n, ids, tb->pos, tb->seq, want, NULL, tb->n, tb->t, tb->nb, NULL, NULL};
 }
 
 /* the whole of s's tokens in one batch, as the reference ran; logits of the last */

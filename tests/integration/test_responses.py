@@ -1,0 +1,178 @@
+"""The Responses API (POST /v1/responses) through the official openai
+package: client.responses.create streamed and not, the event sequence, the
+response object the SDK parses, text.format, and the 400s for what a
+stateless server cannot honour."""
+
+import json
+
+import openai
+import pytest
+
+QUESTION = "Name the capital of France."
+
+
+def test_create_returns_a_response_the_sdk_reads(client, model_id):
+    r = client.responses.create(
+        model=model_id, input=QUESTION, max_output_tokens=30, temperature=0
+    )
+    assert r.object == "response" and r.id.startswith("resp_")
+    assert r.status == "completed"
+    assert "Paris" in r.output_text
+    msg = r.output[0]
+    assert msg.type == "message" and msg.role == "assistant"
+    assert msg.content[0].type == "output_text" and msg.content[0].text == r.output_text
+    assert r.usage.input_tokens > 0 and 0 < r.usage.output_tokens <= 30
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    # the same prompt through chat: the same tokens (greedy)
+    c = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": QUESTION}], max_tokens=30,
+        temperature=0,
+    )
+    assert c.choices[0].message.content == r.output_text
+    assert c.usage.prompt_tokens == r.usage.input_tokens
+
+
+def test_instructions_and_message_list(client, model_id):
+    r = client.responses.create(
+        model=model_id,
+        instructions="You answer in one word.",
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "Hello"}]},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Hi."}]},
+            {"role": "developer", "content": "Be brief."},
+            {"type": "message", "role": "user", "content": QUESTION},
+        ],
+        max_output_tokens=8,
+        temperature=0,
+    )
+    assert r.instructions == "You answer in one word."
+    assert r.status in ("completed", "incomplete") and r.output_text
+    c = client.chat.completions.create(
+        model=model_id,
+        messages=[
+            {"role": "system", "content": "You answer in one word."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": QUESTION},
+        ],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert c.usage.prompt_tokens == r.usage.input_tokens
+    assert c.choices[0].message.content == r.output_text
+
+
+def test_max_output_tokens_makes_it_incomplete(client, model_id):
+    r = client.responses.create(model=model_id, input=QUESTION, max_output_tokens=3, temperature=0)
+    assert r.status == "incomplete"
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage.output_tokens == 3
+
+
+def test_stream_event_sequence(client, model_id):
+    events = list(
+        client.responses.create(
+            model=model_id, input=QUESTION, max_output_tokens=30, temperature=0, stream=True
+        )
+    )
+    types = [e.type for e in events]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) >= 2 and set(types[4:-4]) == {"response.output_text.delta"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1].response
+    assert "".join(deltas) == done.output_text == events[-4].text
+    assert done.status == "completed" and done.usage.output_tokens > 0
+    plain = client.responses.create(model=model_id, input=QUESTION, max_output_tokens=30, temperature=0)
+    assert plain.output_text == done.output_text
+
+
+def test_sdk_stream_helper(client, model_id):
+    with client.responses.stream(
+        model=model_id, input=QUESTION, max_output_tokens=30, temperature=0
+    ) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text and "Paris" in text
+
+
+def test_text_format_json_schema(client, model_id):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    r = client.responses.create(
+        model=model_id,
+        input=QUESTION + " Answer as JSON.",
+        max_output_tokens=60,
+        temperature=0,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}},
+    )
+    doc = json.loads(r.output_text)
+    assert set(doc) == {"city"} and isinstance(doc["city"], str)
+    assert r.text.format.type == "json_schema"
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"store": True}, "store"),
+        ({"previous_response_id": "resp_123"}, "previous_response_id"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, "tools"),
+        ({"background": True}, "background"),
+        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"truncation": "auto"}, "truncation"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"temperature": 5}, "temperature"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
+    ],
+)
+def test_what_cannot_be_honoured_is_a_400_naming_it(client, model_id, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model_id, input=QUESTION, **extra)
+    assert e.value.body["param"] == param, e.value.body
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({}, "input"),
+        ({"input": []}, "input"),
+        ({"input": 5}, "input"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+         "input"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
+        ({"input": [{"role": "tool", "content": "x"}]}, "input"),
+        ({"input": "hi", "instructions": 3}, "instructions"),
+    ],
+)
+def test_bad_input_is_a_400(server, body, param):
+    status, out = server.json("POST", "/v1/responses", body)
+    assert status == 400, out
+    assert out["error"]["param"] == param
+
+
+def test_store_false_and_unknown_fields_are_fine(server):
+    status, out = server.json(
+        "POST",
+        "/v1/responses",
+        {"input": QUESTION, "store": False, "metadata": {"k": "v"}, "max_output_tokens": 4,
+         "some_field_we_never_heard_of": 1},
+    )
+    assert status == 200, out
+    assert out["store"] is False and out["metadata"] == {"k": "v"}
