@@ -169,6 +169,16 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
         !(cJSON_IsString(tr) && !strcmp(tr->valuestring, "disabled")))
         rc = srv_fail(err, 400, "truncation", NULL,
                       "truncation: only \"disabled\" is served (a prompt too long is a 400)");
+    const cJSON *md = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+    if (!rc && md && !cJSON_IsNull(md)) {
+        int ok = cJSON_IsObject(md) && cJSON_GetArraySize(md) <= 16;
+        for (const cJSON *v = ok ? md->child : NULL; v; v = v->next)
+            ok = ok && cJSON_IsString(v) && strlen(v->string) <= 64 && strlen(v->valuestring) <= 512;
+        if (!ok)
+            rc = srv_fail(err, 400, "metadata", NULL,
+                          "metadata must be an object of at most 16 strings (keys up to 64 "
+                          "characters, values up to 512)");
+    }
     const cJSON *input = cJSON_GetObjectItemCaseSensitive(root, "input");
     const cJSON *instr = cJSON_GetObjectItemCaseSensitive(root, "instructions");
     if (!rc && (!input || cJSON_IsNull(input)))
