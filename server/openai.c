@@ -1194,6 +1194,7 @@ int srv_parse_responses(const char *body, size_t len, struct engine *e,
         srv_resp_param(err);
     r->kind = SRV_RESPONSES;
     r->resp_echo = echo;
+    r->reasoning = r->think_open = 0; /* the text stays whole: no reasoning item is made */
     return rc;
 }
 
@@ -1271,6 +1272,16 @@ struct srv_job {
     int prompt_tokens, completion_tokens;
     char msg_id[48]; /* responses: the output message's id */
     int seq;         /* responses: the next event's sequence_number */
+    struct srv_responses_stream {
+        int n_items;     /* output items opened */
+        int msg;         /* the message item: 0 not yet, 1 open, 2 closed */
+        int msg_index;   /* its output_index */
+        struct buf text; /* its text so far */
+        cJSON *call;     /* the open function_call item, or NULL */
+        int call_index;  /* its output_index */
+        struct buf args; /* its arguments so far */
+        cJSON *items;    /* the closed items, for response.completed */
+    } rs;
 };
 
 int srv_job_status(const struct srv_job *j)
@@ -1315,6 +1326,10 @@ void srv_job_free(struct srv_job *j)
         free(j->c[i].embd);
     }
     free(j->c);
+    free(j->rs.text.p);
+    free(j->rs.args.p);
+    cJSON_Delete(j->rs.call);
+    cJSON_Delete(j->rs.items);
     eng_notify_destroy(&j->notify);
     srv_request_free(&j->req);
     free(j);
@@ -1365,7 +1380,7 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
     }
     for (int i = 0; i < n; i++) {
         c[i].prompt = i / j->req.n;
-        if (j->req.kind == SRV_CHAT)
+        if (j->req.kind == SRV_CHAT || j->req.kind == SRV_RESPONSES)
             srv_outp_init(&c[i].outp, &j->req);
         p[i] = j->req.p;
         p[i].notify = &j->notify;
@@ -1840,81 +1855,216 @@ static int print_json(cJSON *o, struct buf *out)
     return rc;
 }
 
-/* The streamed response's opening events: created, in_progress, the message and its part. */
-static int resp_open(struct srv_job *j, struct buf *out)
+/* o's common members of an item event: item_id (when given), output_index, content_index */
+static cJSON *item_event(const char *item_id, int index, int content)
 {
-    struct srv_resp r = resp_of(j);
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "in_progress", NULL, 0, NULL));
-    int rc = srv_resp_event(out, "response.created", &j->seq, o);
-    o = cJSON_CreateObject();
-    cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "in_progress", NULL, 0, NULL));
-    rc = rc ? rc : srv_resp_event(out, "response.in_progress", &j->seq, o);
-    cJSON *full = srv_resp_object(&r, "in_progress", "", 0, NULL);
-    cJSON *item = cJSON_DetachItemFromArray(cJSON_GetObjectItem(full, "output"), 0);
-    cJSON_Delete(full);
-    cJSON *part = cJSON_DetachItemFromArray(cJSON_GetObjectItem(item, "content"), 0);
-    o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "output_index", 0);
-    cJSON_AddItemToObject(o, "item", item);
-    rc = rc ? rc : srv_resp_event(out, "response.output_item.added", &j->seq, o);
-    o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "item_id", j->msg_id);
-    cJSON_AddNumberToObject(o, "output_index", 0);
-    cJSON_AddNumberToObject(o, "content_index", 0);
-    cJSON_AddItemToObject(o, "part", part);
-    rc = rc ? rc : srv_resp_event(out, "response.content_part.added", &j->seq, o);
-    return rc;
+    if (item_id)
+        cJSON_AddStringToObject(o, "item_id", item_id);
+    cJSON_AddNumberToObject(o, "output_index", index);
+    if (content)
+        cJSON_AddNumberToObject(o, "content_index", 0);
+    return o;
 }
 
-static int resp_delta(struct srv_job *j, const char *text, size_t n, struct buf *out)
+/* The message item of the streamed output: added (with its empty part) on its first text. */
+static int resp_msg_open(struct srv_job *j, struct buf *out)
 {
+    struct srv_responses_stream *st = &j->rs;
+    st->msg_index = st->n_items++;
+    st->msg = 1;
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddStringToObject(item, "type", "message");
+    cJSON_AddStringToObject(item, "id", j->msg_id);
+    cJSON_AddStringToObject(item, "status", "in_progress");
+    cJSON_AddStringToObject(item, "role", "assistant");
+    cJSON_AddArrayToObject(item, "content");
+    cJSON *o = item_event(NULL, st->msg_index, 0);
+    cJSON_AddItemToObject(o, "item", item);
+    int rc = srv_resp_event(out, "response.output_item.added", &j->seq, o);
+    cJSON *part = cJSON_CreateObject();
+    cJSON_AddStringToObject(part, "type", "output_text");
+    cJSON_AddStringToObject(part, "text", "");
+    cJSON_AddArrayToObject(part, "annotations");
+    o = item_event(j->msg_id, st->msg_index, 1);
+    cJSON_AddItemToObject(o, "part", part);
+    return rc ? rc : srv_resp_event(out, "response.content_part.added", &j->seq, o);
+}
+
+static int resp_msg_delta(struct srv_job *j, const char *text, size_t n, struct buf *out)
+{
+    struct srv_responses_stream *st = &j->rs;
     if (!n)
         return 0;
-    cJSON *o = cJSON_CreateObject();
+    if (st->msg == 2) { /* text after a call: a message item of its own */
+        snprintf(j->msg_id, sizeof(j->msg_id), "msg_%016llx", (unsigned long long)srv_random());
+        st->text.n = 0;
+    }
+    int rc = st->msg == 1 ? 0 : resp_msg_open(j, out);
+    if (rc)
+        return rc;
     char *clean = srv_utf8_dup(text, n);
-    cJSON_AddStringToObject(o, "item_id", j->msg_id);
-    cJSON_AddNumberToObject(o, "output_index", 0);
-    cJSON_AddNumberToObject(o, "content_index", 0);
-    cJSON_AddStringToObject(o, "delta", clean ? clean : "");
+    if (!clean || buf_append(&st->text, clean, strlen(clean))) {
+        free(clean);
+        return -ENOMEM;
+    }
+    cJSON *o = item_event(j->msg_id, st->msg_index, 1);
+    cJSON_AddStringToObject(o, "delta", clean);
     cJSON_AddArrayToObject(o, "logprobs");
     free(clean);
     return srv_resp_event(out, "response.output_text.delta", &j->seq, o);
 }
 
-/* The closing events: text done, part done, item done, then completed (or incomplete). */
-static int resp_close(struct srv_job *j, struct buf *out)
+/* text done, part done, item done; the item kept for response.completed */
+static int resp_msg_close(struct srv_job *j, const char *status, struct buf *out)
 {
+    struct srv_responses_stream *st = &j->rs;
+    if (st->msg != 1)
+        return 0;
+    st->msg = 2;
+    cJSON *msg = cJSON_CreateObject();
+    cJSON_AddStringToObject(msg, "content", st->text.p ? st->text.p : "");
     struct srv_resp r = resp_of(j);
-    const struct buf *t = &j->c[0].text;
-    const char *status = resp_status(j);
-    cJSON *full = srv_resp_object(&r, status, t->p ? t->p : "", t->n, NULL);
-    cJSON *item = cJSON_Duplicate(cJSON_GetArrayItem(cJSON_GetObjectItem(full, "output"), 0), 1);
-    cJSON *part = cJSON_Duplicate(cJSON_GetArrayItem(cJSON_GetObjectItem(item, "content"), 0), 1);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "item_id", j->msg_id);
-    cJSON_AddNumberToObject(o, "output_index", 0);
-    cJSON_AddNumberToObject(o, "content_index", 0);
-    cJSON_AddItemToObject(o, "text", cJSON_Duplicate(cJSON_GetObjectItem(part, "text"), 1));
+    cJSON *full = srv_resp_object(&r, status, msg, NULL);
+    cJSON_Delete(msg);
+    cJSON *item = cJSON_DetachItemFromArray(cJSON_GetObjectItem(full, "output"), 0);
+    cJSON_Delete(full);
+    cJSON *part = cJSON_GetArrayItem(cJSON_GetObjectItem(item, "content"), 0);
+    cJSON *o = item_event(j->msg_id, st->msg_index, 1);
+    cJSON_AddStringToObject(o, "text", st->text.p ? st->text.p : "");
     cJSON_AddArrayToObject(o, "logprobs");
     int rc = srv_resp_event(out, "response.output_text.done", &j->seq, o);
-    o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "item_id", j->msg_id);
-    cJSON_AddNumberToObject(o, "output_index", 0);
-    cJSON_AddNumberToObject(o, "content_index", 0);
-    cJSON_AddItemToObject(o, "part", part);
+    o = item_event(j->msg_id, st->msg_index, 1);
+    cJSON_AddItemToObject(o, "part", cJSON_Duplicate(part, 1));
     rc = rc ? rc : srv_resp_event(out, "response.content_part.done", &j->seq, o);
-    o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "output_index", 0);
-    cJSON_AddItemToObject(o, "item", item);
+    o = item_event(NULL, st->msg_index, 0);
+    cJSON_AddItemToObject(o, "item", cJSON_Duplicate(item, 1));
     rc = rc ? rc : srv_resp_event(out, "response.output_item.done", &j->seq, o);
+    cJSON_AddItemToArray(st->items, item);
+    return rc;
+}
+
+static int resp_call_close(struct srv_job *j, const char *status, struct buf *out)
+{
+    struct srv_responses_stream *st = &j->rs;
+    if (!st->call)
+        return 0;
+    cJSON *item = st->call;
+    st->call = NULL;
+    const char *id = cJSON_GetObjectItem(item, "id")->valuestring;
+    cJSON_ReplaceItemInObject(item, "status", cJSON_CreateString(status));
+    cJSON_ReplaceItemInObject(item, "arguments", cJSON_CreateString(st->args.p ? st->args.p : ""));
+    cJSON *o = item_event(id, st->call_index, 0);
+    cJSON_AddStringToObject(o, "name", cJSON_GetObjectItem(item, "name")->valuestring);
+    cJSON_AddStringToObject(o, "arguments", st->args.p ? st->args.p : "");
+    int rc = srv_resp_event(out, "response.function_call_arguments.done", &j->seq, o);
+    o = item_event(NULL, st->call_index, 0);
+    cJSON_AddItemToObject(o, "item", cJSON_Duplicate(item, 1));
+    rc = rc ? rc : srv_resp_event(out, "response.output_item.done", &j->seq, o);
+    cJSON_AddItemToArray(st->items, item);
+    st->args.n = 0;
+    return rc;
+}
+
+/* What the tool parser released, as Responses events: text, then function_call items. */
+static int resp_outp(struct srv_job *j, const struct srv_outp_out *po, struct buf *out)
+{
+    struct srv_responses_stream *st = &j->rs;
+    int rc = resp_msg_delta(j, po->content.p, po->content.n, out);
+    for (const cJSON *d = po->calls ? po->calls->child : NULL; d && !rc; d = d->next) {
+        const cJSON *id = cJSON_GetObjectItem(d, "id"), *a = cJSON_GetObjectItem(d, "arguments");
+        if (id) { /* a new call: whatever was open is whole */
+            rc = resp_msg_close(j, "completed", out);
+            rc = rc ? rc : resp_call_close(j, "completed", out);
+            const cJSON *name = cJSON_GetObjectItem(d, "name");
+            st->call = srv_resp_call_item(id->valuestring, name->valuestring, "", "in_progress");
+            st->call_index = st->n_items++;
+            cJSON *o = item_event(NULL, st->call_index, 0);
+            cJSON_AddItemToObject(o, "item", cJSON_Duplicate(st->call, 1));
+            rc = rc ? rc : srv_resp_event(out, "response.output_item.added", &j->seq, o);
+        }
+        if (!rc && a && st->call && *a->valuestring) {
+            rc = buf_append(&st->args, a->valuestring, strlen(a->valuestring));
+            cJSON *o =
+                item_event(cJSON_GetObjectItem(st->call, "id")->valuestring, st->call_index, 0);
+            cJSON_AddStringToObject(o, "delta", a->valuestring);
+            rc =
+                rc ? rc : srv_resp_event(out, "response.function_call_arguments.delta", &j->seq, o);
+        }
+    }
+    return rc;
+}
+
+/* The streamed response's opening events: created, in_progress (and the message, without tools). */
+static int resp_open(struct srv_job *j, struct buf *out)
+{
+    struct srv_resp r = resp_of(j);
+    if (!(j->rs.items = cJSON_CreateArray()))
+        return -ENOMEM;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "in_progress", NULL, NULL));
+    int rc = srv_resp_event(out, "response.created", &j->seq, o);
     o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "in_progress", NULL, NULL));
+    rc = rc ? rc : srv_resp_event(out, "response.in_progress", &j->seq, o);
+    if (!rc && !srv_outp_active(&j->c[0].outp))
+        rc = resp_msg_open(j, out);
+    return rc;
+}
+
+/* The text of an event, through the tool parser when it is on. */
+static int resp_text(struct srv_job *j, const char *text, size_t n, int last, struct buf *out)
+{
+    struct choice *c = &j->c[0];
+    int rc = buf_append(&c->text, text, n);
+    if (rc || !j->req.stream)
+        return rc;
+    if (!srv_outp_active(&c->outp))
+        return resp_msg_delta(j, text, n, out);
+    struct srv_outp_out o = {0};
+    rc = srv_outp_feed(&c->outp, text, n, &o);
+    rc = rc || !last ? rc : srv_outp_finish(&c->outp, &o);
+    rc = rc ? rc : resp_outp(j, &o, out);
+    srv_outp_out_free(&o);
+    return rc;
+}
+
+/* The closing events: what is open closes, then response.completed (or .incomplete). */
+static int resp_close(struct srv_job *j, struct buf *out)
+{
+    const char *status = resp_status(j);
+    const char *item_status = !strcmp(status, "completed") ? "completed" : "incomplete";
+    int rc = resp_msg_close(j, item_status, out);
+    rc = rc ? rc : resp_call_close(j, item_status, out);
+    struct srv_resp r = resp_of(j);
+    cJSON *full = srv_resp_object(&r, status, NULL, NULL);
+    cJSON_ReplaceItemInObject(full, "output", j->rs.items);
+    j->rs.items = NULL;
+    cJSON *o = cJSON_CreateObject();
     cJSON_AddItemToObject(o, "response", full);
     rc = rc ? rc
             : srv_resp_event(
                   out, !strcmp(status, "completed") ? "response.completed" : "response.incomplete",
                   &j->seq, o);
     return rc;
+}
+
+/* The non-streamed response's output: the chat message the text makes. */
+static cJSON *resp_message(struct srv_job *j)
+{
+    struct choice *c = &j->c[0];
+    cJSON *m = cJSON_CreateObject();
+    if (m && srv_outp_active(&c->outp)) {
+        if (message_json(c, m)) {
+            cJSON_Delete(m);
+            return NULL;
+        }
+        return m;
+    }
+    char *clean = srv_utf8_dup(c->text.p ? c->text.p : "", c->text.n);
+    cJSON_AddStringToObject(m, "content", clean ? clean : "");
+    free(clean);
+    return m;
 }
 
 /* /v1/embeddings: {"object": "list", "data": [{"embedding": floats or base64}], usage}. */
@@ -1968,8 +2118,10 @@ static int final_json(struct srv_job *j, struct buf *out)
         return embed_json(j, out);
     if (j->req.kind == SRV_RESPONSES) {
         struct srv_resp r = resp_of(j);
-        const struct buf *t = &j->c[0].text;
-        return print_json(srv_resp_object(&r, resp_status(j), t->p ? t->p : "", t->n, NULL), out);
+        cJSON *m = resp_message(j);
+        cJSON *o = m ? srv_resp_object(&r, resp_status(j), m, NULL) : NULL;
+        cJSON_Delete(m);
+        return print_json(o, out);
     }
     int chat = j->req.kind == SRV_CHAT;
     cJSON *o = envelope(j, chat ? "chat.completion" : "text_completion");
@@ -2108,8 +2260,7 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
         return rc;
     if (ev->kind == ENG_EV_TOKEN && j->req.kind == SRV_RESPONSES) {
         c->n_gen++;
-        rc = j->req.stream ? resp_delta(j, ev->text, ev->n_text, out) : 0;
-        return rc ? rc : buf_append(&c->text, ev->text, ev->n_text);
+        return resp_text(j, ev->text, ev->n_text, 0, out);
     }
     if (ev->kind == ENG_EV_TOKEN) {
         c->n_gen++;
@@ -2164,8 +2315,7 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
         return 0;
     }
     if (j->req.kind == SRV_RESPONSES) {
-        rc = j->req.stream ? resp_delta(j, ev->text, ev->n_text, out) : 0;
-        return rc ? rc : buf_append(&c->text, ev->text, ev->n_text);
+        return resp_text(j, ev->text, ev->n_text, 1, out);
     }
     if (j->req.kind == SRV_EMBED && !c->embd) {
         c->finish = ENG_FINISH_ERROR;
@@ -2282,7 +2432,7 @@ int srv_job_pump(struct srv_job *j, struct buf *out, int timeout_ms)
             if (j->req.stream && j->req.kind == SRV_RESPONSES) { /* response.failed, then error */
                 struct srv_resp r = resp_of(j);
                 cJSON *o = cJSON_CreateObject();
-                cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "failed", NULL, 0, error));
+                cJSON_AddItemToObject(o, "response", srv_resp_object(&r, "failed", NULL, error));
                 rc = srv_resp_event(out, "response.failed", &j->seq, o);
                 o = cJSON_CreateObject();
                 cJSON_AddStringToObject(o, "code", timeout ? "timeout" : "server_error");

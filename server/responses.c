@@ -5,9 +5,11 @@
  * output is written back as a response object or its event stream.
  *
  * Stateless: nothing is stored, so `store: true` and `previous_response_id`
- * are refused, as is every field whose effect cinfer cannot give (tools,
- * background runs, reasoning settings).  Fields it has never heard of are
- * ignored, as on the other routes.
+ * are refused, as is every field whose effect cinfer cannot give (built-in
+ * tools, background runs, reasoning settings).  Function tools map to chat's
+ * tools; function_call and function_call_output input items to the
+ * assistant's tool_calls and tool messages.  Fields it has never heard of
+ * are ignored, as on the other routes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +66,62 @@ static int add_message(cJSON *messages, const char *role, const char *text, size
     return 0;
 }
 
+/* A string member of an input item, or NULL with a 400. */
+static const char *item_str(const cJSON *m, const char *key, int i, struct srv_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, key);
+    if (cJSON_IsString(v))
+        return v->valuestring;
+    srv_fail(err, 400, "input", NULL, "input[%d].%s must be a string", i, key);
+    return NULL;
+}
+
+/*
+ * A function_call item: a tool call of the assistant message before it
+ * (one made for it when the item before is not the assistant's); a
+ * function_call_output item: a tool message answering it.
+ */
+static int add_call_item(const cJSON *m, int output, int i, cJSON *messages, struct srv_error *err)
+{
+    const char *call_id = item_str(m, "call_id", i, err);
+    if (!call_id)
+        return -1;
+    if (output) {
+        const char *out = item_str(m, "output", i, err);
+        if (!out)
+            return -1;
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "role", "tool");
+        cJSON_AddStringToObject(t, "tool_call_id", call_id);
+        cJSON_AddStringToObject(t, "content", out);
+        cJSON_AddItemToArray(messages, t);
+        return 0;
+    }
+    const char *name = item_str(m, "name", i, err);
+    const char *args = name ? item_str(m, "arguments", i, err) : NULL;
+    if (!args)
+        return -1;
+    cJSON *last = cJSON_GetArrayItem(messages, cJSON_GetArraySize(messages) - 1);
+    const cJSON *role = last ? cJSON_GetObjectItemCaseSensitive(last, "role") : NULL;
+    if (!(cJSON_IsString(role) && !strcmp(role->valuestring, "assistant"))) {
+        last = cJSON_CreateObject();
+        cJSON_AddStringToObject(last, "role", "assistant");
+        cJSON_AddNullToObject(last, "content");
+        cJSON_AddItemToArray(messages, last);
+    }
+    cJSON *calls = cJSON_GetObjectItemCaseSensitive(last, "tool_calls");
+    if (!calls)
+        calls = cJSON_AddArrayToObject(last, "tool_calls");
+    cJSON *c = cJSON_CreateObject(), *f;
+    cJSON_AddStringToObject(c, "id", call_id);
+    cJSON_AddStringToObject(c, "type", "function");
+    f = cJSON_AddObjectToObject(c, "function");
+    cJSON_AddStringToObject(f, "name", name);
+    cJSON_AddStringToObject(f, "arguments", args);
+    cJSON_AddItemToArray(calls, c);
+    return 0;
+}
+
 static int parse_input(const cJSON *input, cJSON *messages, struct srv_error *err)
 {
     if (cJSON_IsString(input))
@@ -75,11 +133,18 @@ static int parse_input(const cJSON *input, cJSON *messages, struct srv_error *er
     for (const cJSON *m = input->child; m; m = m->next, i++) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(m, "type");
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        if (!cJSON_IsObject(m) ||
-            (type && !(cJSON_IsString(type) && !strcmp(type->valuestring, "message"))))
-            return srv_fail(
-                err, 400, "input", NULL,
-                "input[%d]: only messages are served (no function calls or other items)", i);
+        const char *t = cJSON_IsString(type) ? type->valuestring : NULL;
+        if (cJSON_IsObject(m) && t &&
+            (!strcmp(t, "function_call") || !strcmp(t, "function_call_output"))) {
+            if (add_call_item(m, !strcmp(t, "function_call_output"), i, messages, err))
+                return -1;
+            continue;
+        }
+        if (!cJSON_IsObject(m) || (type && !(t && !strcmp(t, "message"))))
+            return srv_fail(err, 400, "input", NULL,
+                            "input[%d]: only messages, function_call and function_call_output "
+                            "items are served",
+                            i);
         const char *r = cJSON_IsString(role) ? role->valuestring : "";
         if (!strcmp(r, "developer"))
             r = "system";
@@ -127,6 +192,57 @@ static int parse_format(const cJSON *text, cJSON *chat, struct srv_error *err)
     return 0;
 }
 
+/* tools: function tools {type, name, description, parameters, strict} as chat's */
+static int parse_tools(const cJSON *root, cJSON *chat, struct srv_error *err)
+{
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    if (tools && !cJSON_IsNull(tools)) {
+        if (!cJSON_IsArray(tools))
+            return srv_fail(err, 400, "tools", NULL, "tools must be an array of function tools");
+        cJSON *list = cJSON_AddArrayToObject(chat, "tools");
+        int i = 0;
+        for (const cJSON *t = tools->child; t; t = t->next, i++) {
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
+            if (!cJSON_IsObject(t) || !cJSON_IsString(type) ||
+                strcmp(type->valuestring, "function"))
+                return srv_fail(err, 400, "tools", NULL,
+                                "tools[%d]: only function tools are served (no built-in tools)", i);
+            cJSON *c = cJSON_CreateObject(), *f;
+            cJSON_AddStringToObject(c, "type", "function");
+            f = cJSON_AddObjectToObject(c, "function");
+            static const char *const k_keys[] = {"name", "description", "parameters", "strict"};
+            for (size_t k = 0; k < sizeof(k_keys) / sizeof(k_keys[0]); k++) {
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, k_keys[k]);
+                if (v && !cJSON_IsNull(v))
+                    cJSON_AddItemToObject(f, k_keys[k], cJSON_Duplicate(v, 1));
+            }
+            cJSON_AddItemToArray(list, c);
+        }
+    }
+    if (tc && !cJSON_IsNull(tc)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(tc, "type");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(tc, "name");
+        if (cJSON_IsString(tc)) {
+            cJSON_AddItemToObject(chat, "tool_choice", cJSON_Duplicate(tc, 1));
+        } else if (cJSON_IsObject(tc) && cJSON_IsString(type) &&
+                   !strcmp(type->valuestring, "function") && cJSON_IsString(name)) {
+            cJSON *c = cJSON_AddObjectToObject(chat, "tool_choice");
+            cJSON_AddStringToObject(c, "type", "function");
+            cJSON_AddStringToObject(cJSON_AddObjectToObject(c, "function"), "name",
+                                    name->valuestring);
+        } else {
+            return srv_fail(err, 400, "tool_choice", NULL,
+                            "tool_choice must be auto, none, required or {\"type\": "
+                            "\"function\", \"name\": ...}");
+        }
+    }
+    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
+    if (ptc)
+        cJSON_AddItemToObject(chat, "parallel_tool_calls", cJSON_Duplicate(ptc, 1));
+    return 0;
+}
+
 /* A field that is refused unless absent, null, or (when `empty_ok`) false / empty. */
 static int refuse(const cJSON *root, const char *key, const char *why, struct srv_error *err)
 {
@@ -143,19 +259,11 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
     rc = rc ? rc
             : refuse(root, "previous_response_id",
                      "this server keeps no responses; send the whole conversation as input", err);
-    rc = rc ? rc
-            : refuse(root, "tools",
-                     "tools are not served on /v1/responses; use /v1/chat/completions", err);
     rc = rc ? rc : refuse(root, "background", "background responses are not supported", err);
     rc = rc ? rc : refuse(root, "conversation", "this server keeps no conversations", err);
     rc = rc ? rc : refuse(root, "prompt", "stored prompts are not supported", err);
     rc = rc ? rc : refuse(root, "include", "no extra output items can be included", err);
     rc = rc ? rc : refuse(root, "top_logprobs", "log-probabilities are not served here", err);
-    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    if (!rc && tc && !cJSON_IsNull(tc) &&
-        !(cJSON_IsString(tc) &&
-          (!strcmp(tc->valuestring, "none") || !strcmp(tc->valuestring, "auto"))))
-        rc = srv_fail(err, 400, "tool_choice", NULL, "tool_choice: no tools are served here");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "reasoning");
     if (!rc && rs && !cJSON_IsNull(rs)) {
         int empty = cJSON_IsObject(rs);
@@ -173,7 +281,8 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
     if (!rc && md && !cJSON_IsNull(md)) {
         int ok = cJSON_IsObject(md) && cJSON_GetArraySize(md) <= 16;
         for (const cJSON *v = ok ? md->child : NULL; v; v = v->next)
-            ok = ok && cJSON_IsString(v) && strlen(v->string) <= 64 && strlen(v->valuestring) <= 512;
+            ok =
+                ok && cJSON_IsString(v) && strlen(v->string) <= 64 && strlen(v->valuestring) <= 512;
         if (!ok)
             rc = srv_fail(err, 400, "metadata", NULL,
                           "metadata must be an object of at most 16 strings (keys up to 64 "
@@ -193,6 +302,7 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
         rc = add_message(messages, "system", instr->valuestring, strlen(instr->valuestring), err);
     rc = rc ? rc : parse_input(input, messages, err);
     rc = rc ? rc : parse_format(cJSON_GetObjectItemCaseSensitive(root, "text"), chat, err);
+    rc = rc ? rc : parse_tools(root, chat, err);
     /* the fields chat has under the same name, or another */
     static const char *const k_same[][2] = {
         {"model", "model"},
@@ -202,7 +312,6 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
         {"max_output_tokens", "max_completion_tokens"},
         {"user", "user"},
         {"service_tier", "service_tier"},
-        {"parallel_tool_calls", ""},
         {"metadata", ""},
     };
     for (size_t i = 0; !rc && i < sizeof(k_same) / sizeof(k_same[0]); i++) {
@@ -226,9 +335,12 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
         if (v)
             cJSON_AddItemToObject(e, k_echo[i], cJSON_Duplicate(v, 1));
     }
-    const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");
-    if (cJSON_IsObject(text))
-        cJSON_AddItemToObject(e, "text", cJSON_Duplicate(text, 1));
+    static const char *const k_echo_any[] = {"text", "tools", "tool_choice", "parallel_tool_calls"};
+    for (size_t i = 0; i < sizeof(k_echo_any) / sizeof(k_echo_any[0]); i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, k_echo_any[i]);
+        if (v && !cJSON_IsNull(v))
+            cJSON_AddItemToObject(e, k_echo_any[i], cJSON_Duplicate(v, 1));
+    }
     *echo = e;
     return chat;
 }
@@ -258,7 +370,23 @@ static void echo_field(cJSON *o, const cJSON *echo, const char *key, cJSON *def)
     }
 }
 
-cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const char *text, size_t n,
+/* A tool call of a chat message as a function_call output item (id fc_ + the call's suffix). */
+cJSON *srv_resp_call_item(const char *call_id, const char *name, const char *args,
+                          const char *status)
+{
+    cJSON *it = cJSON_CreateObject();
+    char id[80];
+    snprintf(id, sizeof(id), "fc_%s", !strncmp(call_id, "call_", 5) ? call_id + 5 : call_id);
+    cJSON_AddStringToObject(it, "type", "function_call");
+    cJSON_AddStringToObject(it, "id", id);
+    cJSON_AddStringToObject(it, "call_id", call_id);
+    cJSON_AddStringToObject(it, "name", name);
+    cJSON_AddStringToObject(it, "arguments", args);
+    cJSON_AddStringToObject(it, "status", status);
+    return it;
+}
+
+cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON *msg,
                        const char *error)
 {
     cJSON *o = cJSON_CreateObject();
@@ -282,29 +410,40 @@ cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const char 
     echo_field(o, r->echo, "max_output_tokens", NULL);
     cJSON_AddStringToObject(o, "model", r->model);
     cJSON *out = cJSON_AddArrayToObject(o, "output");
-    if (text) {
+    const cJSON *content = msg ? cJSON_GetObjectItemCaseSensitive(msg, "content") : NULL;
+    const cJSON *calls = msg ? cJSON_GetObjectItemCaseSensitive(msg, "tool_calls") : NULL;
+    const char *item_status = !strcmp(status, "in_progress") ? "in_progress"
+                              : !strcmp(status, "completed") ? "completed"
+                                                             : "incomplete";
+    /* the message, unless it is only tool calls */
+    if (msg && (cJSON_IsString(content) ? *content->valuestring || !calls : !calls)) {
         cJSON *m = cJSON_CreateObject();
         cJSON_AddItemToArray(out, m);
         cJSON_AddStringToObject(m, "type", "message");
         cJSON_AddStringToObject(m, "id", r->msg_id);
-        cJSON_AddStringToObject(m, "status",
-                                !strcmp(status, "in_progress") ? "in_progress"
-                                : !strcmp(status, "completed") ? "completed"
-                                                               : "incomplete");
+        cJSON_AddStringToObject(m, "status", item_status);
         cJSON_AddStringToObject(m, "role", "assistant");
         cJSON *parts = cJSON_AddArrayToObject(m, "content");
         cJSON *p = cJSON_CreateObject();
         cJSON_AddItemToArray(parts, p);
         cJSON_AddStringToObject(p, "type", "output_text");
-        char *clean = srv_utf8_dup(text, n);
-        cJSON_AddStringToObject(p, "text", clean ? clean : "");
-        free(clean);
+        cJSON_AddStringToObject(p, "text", cJSON_IsString(content) ? content->valuestring : "");
         cJSON_AddArrayToObject(p, "annotations");
     }
-    cJSON_AddBoolToObject(o, "parallel_tool_calls", 1);
+    for (const cJSON *c = calls ? calls->child : NULL; c; c = c->next) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(f, "arguments");
+        cJSON_AddItemToArray(out, srv_resp_call_item(cJSON_IsString(id) ? id->valuestring : "",
+                                                     cJSON_IsString(name) ? name->valuestring : "",
+                                                     cJSON_IsString(args) ? args->valuestring : "",
+                                                     item_status));
+    }
+    echo_field(o, r->echo, "parallel_tool_calls", cJSON_CreateTrue());
     echo_field(o, r->echo, "temperature", cJSON_CreateNumber(1));
-    cJSON_AddStringToObject(o, "tool_choice", "auto");
-    cJSON_AddArrayToObject(o, "tools");
+    echo_field(o, r->echo, "tool_choice", cJSON_CreateString("auto"));
+    echo_field(o, r->echo, "tools", cJSON_CreateArray());
     echo_field(o, r->echo, "top_p", cJSON_CreateNumber(1));
     cJSON *reasoning = cJSON_AddObjectToObject(o, "reasoning");
     cJSON_AddNullToObject(reasoning, "effort");

@@ -229,7 +229,9 @@ cJSON *srv_resp_translate(const cJSON *root, cJSON **echo, struct srv_error *err
 void srv_resp_param(struct srv_error *err);
 /*
  * The response object: status "in_progress", "completed", "incomplete"
- * (max_output_tokens) or "failed"; text NULL: no output item yet.
+ * (max_output_tokens) or "failed"; msg: the chat message the output is
+ * ({"content", "tool_calls"}: a message item unless it is only calls, then
+ * a function_call item per call), or NULL: no output yet.
  */
 struct srv_resp {
     const char *id, *msg_id, *model;
@@ -237,8 +239,11 @@ struct srv_resp {
     const cJSON *echo;
     int input_tokens, output_tokens, cached_tokens;
 };
-cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const char *text, size_t n,
+cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON *msg,
                        const char *error);
+/* A function_call output item for a tool call (its id: fc_ and the call id's suffix). */
+cJSON *srv_resp_call_item(const char *call_id, const char *name, const char *args,
+                          const char *status);
 /* One streamed event: `event: TYPE` and `data: {"type": TYPE, "sequence_number": N, ...o}`. */
 int srv_resp_event(struct buf *out, const char *type, int *seq, cJSON *o);
 

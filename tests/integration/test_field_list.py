@@ -127,7 +127,7 @@ def test_tools_are_refused_on_completions(srv):
 def test_ignored_fields_and_unknown_ones_are_accepted(srv, route):
     path, base = route
     # user is checked as a string everywhere; /v1/responses repeats metadata back, so checks it
-    skip = {"user", "parallel_tool_calls"} | ({"metadata"} if path == "/v1/responses" else set())
+    skip = {"user"} | ({"metadata"} if path == "/v1/responses" else set())
     extra = {f: WRONG for f in listed("Accepted and ignored") if f not in skip}
     extra["a_field_nobody_ever_heard_of"] = WRONG
     status, out = srv.json("POST", path, {**base, **extra})

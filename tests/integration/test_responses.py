@@ -132,7 +132,8 @@ def test_text_format_json_schema(client, model_id):
     [
         ({"store": True}, "store"),
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"tool_choice": {"type": "file_search"}}, "tool_choice"),
         ({"background": True}, "background"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"include": ["message.output_text.logprobs"]}, "include"),
@@ -156,7 +157,9 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(client, model_id, extra, par
         ({"input": 5}, "input"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
          "input"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
+        ({"input": [{"type": "function_call", "call_id": "c"}]}, "input"),
+        ({"input": [{"type": "function_call_output", "call_id": 5, "output": "x"}]}, "input"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input"),
         ({"input": "hi", "instructions": 3}, "instructions"),
     ],
@@ -176,3 +179,70 @@ def test_store_false_and_unknown_fields_are_fine(server):
     )
     assert status == 200, out
     assert out["store"] is False and out["metadata"] == {"k": "v"}
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather of a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+ASK = "What is the weather in Paris?"
+
+
+def test_function_tools_give_function_call_items(client, model_id):
+    r = client.responses.create(
+        model=model_id, input=ASK, tools=[WEATHER], tool_choice="required",
+        max_output_tokens=60, temperature=0,
+    )
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert calls and r.status == "completed"
+    c = calls[0]
+    assert c.name == "get_weather" and c.call_id.startswith("call_") and c.id.startswith("fc_")
+    args = json.loads(c.arguments)
+    assert set(args) == {"city"}
+    assert r.tools[0].name == "get_weather" and r.tool_choice == "required"
+    # the same request through chat: the same call
+    chat = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": ASK}], max_tokens=60, temperature=0,
+        tools=[{"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}],
+        tool_choice="required",
+    )
+    assert json.loads(chat.choices[0].message.tool_calls[0].function.arguments) == args
+
+    # the next turn: the call and its output go back as input items
+    r2 = client.responses.create(
+        model=model_id,
+        input=[{"role": "user", "content": ASK},
+               {"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments},
+               {"type": "function_call_output", "call_id": c.call_id, "output": '{"temp_c": 21}'}],
+        tools=[WEATHER], max_output_tokens=30, temperature=0,
+    )
+    assert r2.status in ("completed", "incomplete") and r2.usage.input_tokens > r.usage.input_tokens
+
+
+def test_function_call_streamed(client, model_id):
+    events = list(client.responses.create(
+        model=model_id, input=ASK, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=60, temperature=0, stream=True,
+    ))
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert added and added[0].item.type == "function_call" and added[0].item.arguments == ""
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    done = [e for e in events if e.type == "response.function_call_arguments.done"][0]
+    assert done.arguments == deltas and set(json.loads(deltas)) == {"city"}
+    final = events[-1].response
+    assert final.output[0].type == "function_call" and final.output[0].arguments == deltas
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    plain = client.responses.create(
+        model=model_id, input=ASK, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=60, temperature=0,
+    )
+    assert plain.output[0].arguments == deltas
