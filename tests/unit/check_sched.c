@@ -12,11 +12,14 @@
  * tokens), and a schema on one sequence leaving its neighbours' tokens
  * alone; prefix-cache hits; n > 1 choices sharing their prompt's
  * blocks; stop strings across token boundaries; cancelling queued and
- * running requests; a failed forward pass.  max_step_ms is -1 throughout,
+ * running requests; a failed forward pass; prompt log-probabilities and
+ * embeddings the same through chunks, the prefix cache and preemption;
+ * min_tokens and stop token ids.  max_step_ms is -1 throughout,
  * so chunk sizes follow the token budget alone and are deterministic.
  */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -888,6 +891,228 @@ END_TEST
  * /health's liveness: an engine thread silent for over ENG_STALL_MIN_S, and
  * over ENG_STALL_STEPS of its longest step, is stalled; a slow step is not.
  */
+/* The prompt log-probability events of r (read to its end), and its generated tokens. */
+struct plp_out {
+    int n;
+    int32_t token[128];
+    float logprob[128];
+    int rank[128];
+    struct smp_result top[128];
+    int n_gen_events, prompt_after_gen;
+    enum eng_finish finish;
+    float *embd;
+    int n_embd;
+};
+
+static void plp_read(struct eng_req *r, struct plp_out *o)
+{
+    struct eng_event ev;
+    while (eng_req_next(r, &ev, 0) == 0) {
+        if (ev.kind == ENG_EV_PROMPT) {
+            ck_assert_int_lt(o->n, 128);
+            o->prompt_after_gen |= o->n_gen_events > 0;
+            o->token[o->n] = ev.token;
+            o->logprob[o->n] = ev.logprob;
+            o->rank[o->n] = ev.rank;
+            ck_assert_ptr_nonnull(ev.top);
+            o->top[o->n++] = *ev.top;
+        } else if (ev.kind == ENG_EV_TOKEN) {
+            o->n_gen_events++;
+        } else {
+            o->finish = ev.finish;
+            if (ev.embd) {
+                o->embd = ev.embd;
+                o->n_embd = ev.n_embd;
+                ev.embd = NULL;
+            }
+        }
+        eng_event_clear(&ev);
+    }
+}
+
+/* The prompt's log-probabilities alone on a fresh engine: one pass, no cache. */
+static void plp_solo(const int32_t *ids, int n, struct plp_out *o, int pooling)
+{
+    struct eng_config cfg = cfg_base();
+    cfg.no_prefix_cache = 1;
+    struct engine *e = engine_open(&cfg);
+    struct eng_params p = params_greedy(0);
+    p.prompt_logprobs = !pooling;
+    p.prompt_top = 3;
+    p.pooling = pooling;
+    struct eng_req *r = submit(e, ids, n, &p);
+    run_all(e);
+    memset(o, 0, sizeof(*o));
+    plp_read(r, o);
+    eng_req_release(r);
+    eng_destroy(e);
+}
+
+START_TEST(prompt_logprobs_survive_chunks_the_cache_and_preemption)
+{
+    struct eng_config cfg = cfg_base();
+    cfg.kv_block = 4;
+    cfg.kv_memory_mib = 2;     /* one of the two below fits at a time */
+    cfg.max_batch_tokens = 12; /* small chunks, and few prompt rows a pass */
+    cfg.max_seqs = 4;
+    struct engine *e = engine_open(&cfg);
+    int32_t ids[128];
+    int n = encode(e, P_LONG, ids, 128);
+    const int gen = 24;
+    ck_assert_int_gt(sched_blocks_for(e, 2 * (n + gen)), e->info.kv_blocks); /* two do not fit */
+    struct plp_out ref;
+    plp_solo(ids, n, &ref, 0);
+    ck_assert_int_eq(ref.n, n - 1);
+    for (int i = 0; i < ref.n; i++) {
+        ck_assert_int_eq(ref.token[i], ids[i + 1]);
+        ck_assert(ref.logprob[i] <= 0 && ref.rank[i] >= 1);
+        ck_assert_int_eq(ref.top[i].n_top, 3);
+        ck_assert(ref.top[i].top[0].logprob >= ref.top[i].top[1].logprob);
+        ck_assert(ref.rank[i] > 1 || ref.top[i].top[0].logprob == ref.logprob[i]);
+    }
+    /* a plain request caches the prompt; then two with prompt log-probs that cannot both fit */
+    struct eng_params plain = params_greedy(2);
+    struct eng_req *c = submit(e, ids, n, &plain);
+    run_all(e);
+    expect_ends(&c, 1, ENG_FINISH_LENGTH, 2);
+    struct eng_params p = params_greedy(gen);
+    p.prompt_logprobs = 1;
+    p.prompt_top = 3;
+    struct eng_req *a = submit(e, ids, n, &p), *b = submit(e, ids, n, &p);
+    run_all(e);
+    ck_assert_uint_gt(atomic_load(&e->st_preemptions), 0);
+    struct eng_req *rs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        struct plp_out o = {0};
+        plp_read(rs[k], &o);
+        ck_assert_int_eq(o.finish, ENG_FINISH_LENGTH);
+        ck_assert_int_eq(o.n_gen_events, gen);
+        ck_assert(!o.prompt_after_gen);
+        ck_assert_int_eq(o.n, ref.n); /* each once: none again after the preemption */
+        for (int i = 0; i < o.n; i++) {
+            ck_assert_int_eq(o.token[i], ref.token[i]);
+            ck_assert_float_eq(o.logprob[i], ref.logprob[i]); /* the same bits */
+            ck_assert_int_eq(o.rank[i], ref.rank[i]);
+            ck_assert_int_eq(o.top[i].top[2].token, ref.top[i].top[2].token);
+        }
+        eng_req_release(rs[k]);
+    }
+    /* max_tokens 0 without log-probs: nothing to compute, it ends at once */
+    struct eng_params none = params_greedy(0);
+    struct eng_req *z = submit(e, ids, n, &none);
+    run_all(e);
+    expect_ends(&z, 1, ENG_FINISH_LENGTH, 0);
+    ck_assert_int_eq(kv_pool_n_free(e->pool), e->info.kv_blocks);
+    eng_destroy(e);
+}
+END_TEST
+
+START_TEST(embeddings_pool_the_same_however_the_work_is_split)
+{
+    struct eng_config cfg = cfg_base();
+    cfg.kv_block = 4;
+    cfg.kv_memory_mib = 2;
+    cfg.max_batch_tokens = 8;
+    struct engine *e = engine_open(&cfg);
+    int32_t ids[128];
+    int n = encode(e, P_LONG, ids, 128);
+    for (int pooling = ENG_POOL_MEAN; pooling <= ENG_POOL_LAST; pooling++) {
+        struct plp_out ref;
+        plp_solo(ids, n, &ref, pooling);
+        ck_assert_int_eq(ref.finish, ENG_FINISH_STOP);
+        ck_assert_int_eq(ref.n_embd, e->info.n_embd);
+        double ss = 0;
+        for (int k = 0; k < ref.n_embd; k++)
+            ss += (double)ref.embd[k] * ref.embd[k];
+        ck_assert(fabs(ss - 1) < 1e-5);
+        /* beside a generating request, in 8-token chunks, the prompt cached by the first */
+        struct eng_params p = params_greedy(0);
+        p.pooling = pooling;
+        struct eng_params g = params_greedy(16);
+        struct eng_req *x = submit(e, ids, n, &g), *y = submit(e, ids, n, &p),
+                       *w = submit(e, ids, n, &p);
+        run_all(e);
+        expect_ends(&x, 1, ENG_FINISH_LENGTH, 16);
+        struct eng_req *rs[2] = {y, w};
+        for (int k = 0; k < 2; k++) {
+            struct plp_out o = {0};
+            plp_read(rs[k], &o);
+            ck_assert_int_eq(o.finish, ENG_FINISH_STOP);
+            ck_assert_int_eq(o.n_gen_events, 0);
+            ck_assert_int_eq(o.n_embd, ref.n_embd);
+            ck_assert(!memcmp(o.embd, ref.embd, sizeof(float) * (size_t)o.n_embd));
+            free(o.embd);
+            eng_req_release(rs[k]);
+        }
+        free(ref.embd);
+    }
+    /* a one-token input: mean, cls and last are the same vector */
+    struct plp_out m, c, l;
+    plp_solo(ids, 1, &m, ENG_POOL_MEAN);
+    plp_solo(ids, 1, &c, ENG_POOL_CLS);
+    plp_solo(ids, 1, &l, ENG_POOL_LAST);
+    ck_assert(!memcmp(m.embd, c.embd, sizeof(float) * (size_t)m.n_embd));
+    ck_assert(!memcmp(m.embd, l.embd, sizeof(float) * (size_t)m.n_embd));
+    free(m.embd), free(c.embd), free(l.embd);
+    eng_destroy(e);
+}
+END_TEST
+
+START_TEST(min_tokens_and_stop_token_ids)
+{
+    struct eng_config cfg = cfg_base();
+    struct engine *e = engine_open(&cfg);
+    int32_t ids[64];
+    int n = encode(e, P_SHORT, ids, 64);
+    struct out ref = {0};
+    struct eng_params p = params_greedy(12);
+    struct eng_req *r = submit(e, ids, n, &p);
+    run_all(e);
+    out_read(r, &ref);
+    eng_req_release(r);
+    ck_assert_int_eq(ref.n_tokens, 12);
+    /* the 3rd generated token as a stop token: the output ends on it, its text kept */
+    int32_t stop = -1;
+    {
+        struct eng_params q = params_greedy(12);
+        q.logprobs = 1;
+        struct eng_req *t = submit(e, ids, n, &q);
+        run_all(e);
+        struct eng_event ev;
+        int k = 0;
+        while (eng_req_next(t, &ev, 0) == 0) {
+            if (ev.kind == ENG_EV_TOKEN && k++ == 2)
+                stop = ev.token;
+            eng_event_clear(&ev);
+        }
+        eng_req_release(t);
+    }
+    ck_assert_int_ge(stop, 0);
+    struct eng_params s = params_greedy(12);
+    s.stop_ids = &stop;
+    s.n_stop_ids = 1;
+    struct eng_req *t = submit(e, ids, n, &s);
+    run_all(e);
+    struct out o = {0};
+    out_read(t, &o);
+    eng_req_release(t);
+    ck_assert_int_eq(o.finish, ENG_FINISH_STOP);
+    ck_assert_int_le(o.n_tokens, 3);
+    ck_assert(!strncmp(o.text, ref.text, o.n));
+    /* with min_tokens past it, the stop token cannot end it: the output runs to max_tokens */
+    s.min_tokens = 12;
+    s.ignore_eos = 0;
+    t = submit(e, ids, n, &s);
+    run_all(e);
+    memset(&o, 0, sizeof(o));
+    out_read(t, &o);
+    eng_req_release(t);
+    ck_assert_int_eq(o.finish, ENG_FINISH_LENGTH);
+    ck_assert_int_eq(o.n_tokens, 12);
+    eng_destroy(e);
+}
+END_TEST
+
 START_TEST(a_silent_engine_is_stalled)
 {
     struct engine *e = calloc(1, sizeof(*e));
@@ -925,6 +1150,9 @@ Suite *sched_suite(void)
     tcase_add_test(tc, cancel_queued_and_running);
     tcase_add_test(tc, failed_pass_ends_its_requests);
     tcase_add_test(tc, a_silent_engine_is_stalled);
+    tcase_add_test(tc, prompt_logprobs_survive_chunks_the_cache_and_preemption);
+    tcase_add_test(tc, embeddings_pool_the_same_however_the_work_is_split);
+    tcase_add_test(tc, min_tokens_and_stop_token_ids);
     suite_add_tcase(s, tc);
     return s;
 }
