@@ -63,19 +63,13 @@ static void prompt_logprob(struct engine *e, struct eng_req *r, int pos, const f
     if (ev.top && ev.text) {
         ev.top->token = tok;
         ev.top->logprob = ev.logprob;
-        for (int k = 0; k < r->plp; k++) { /* the best, best first, ties to the lower id */
-            int32_t best = -1;
-            for (int i = 0; i < V; i++) {
-                int taken = 0;
-                for (int q = 0; q < k && !taken; q++)
-                    taken = ev.top->top[q].token == i;
-                if (!taken && (best < 0 || logits[i] > logits[best]))
-                    best = i;
-            }
-            ev.top->top[k].token = best;
-            ev.top->top[k].logprob = logits[best] - lse;
+        int32_t best[SMP_MAX_LOGPROBS];
+        int k = r->plp > 0 ? smp_top_n(logits, V, r->plp, best) : 0; /* ties to the lower id */
+        for (int q = 0; q < k; q++) {
+            ev.top->top[q].token = best[q];
+            ev.top->top[q].logprob = logits[best[q]] - lse;
         }
-        ev.top->n_top = ev.n_top = r->plp;
+        ev.top->n_top = ev.n_top = k;
     }
     if (!ev.top || !ev.text || req_push(r, &ev))
         eng_event_clear(&ev); /* out of memory: the report has a gap the reader sees */

@@ -110,8 +110,7 @@ void smp_accept(struct smp *s, int32_t token)
         s->count[token]++;
 }
 
-/* The n largest of x (indexes, best first); n <= SMP_MAX_LOGPROBS. */
-static int top_n(const float *x, int len, int n, int32_t *out)
+int smp_top_n(const float *x, int len, int n, int32_t *out)
 {
     int k = 0;
     for (int i = 0; i < len; i++) {
@@ -171,7 +170,7 @@ static int finish_result(const struct smp *s, const float *logits, float lse, in
     out->logprob = want_lp ? logits[tok] - lse : 0.0f;
     if (s->p.n_logprobs > 0) {
         int32_t best[SMP_MAX_LOGPROBS];
-        out->n_top = top_n(logits, s->n_vocab, s->p.n_logprobs, best);
+        out->n_top = smp_top_n(logits, s->n_vocab, s->p.n_logprobs, best);
         for (int i = 0; i < out->n_top; i++) {
             out->top[i].token = best[i];
             out->top[i].logprob = logits[best[i]] - lse;

@@ -81,6 +81,9 @@ void smp_free(struct smp *s);
 /* Picks the next token from logits (n_vocab, not modified). */
 int smp_sample(struct smp *s, const float *logits, struct smp_result *out);
 
+/* The n largest of x (indexes, best first, ties to the lower index); 1 <= n <= SMP_MAX_LOGPROBS. */
+int smp_top_n(const float *x, int len, int n, int32_t *out);
+
 /* Records a generated token (for the penalties). */
 void smp_accept(struct smp *s, int32_t token);
 

@@ -189,18 +189,26 @@ static int is_origin(const char *p, size_t n)
     return port <= 65535;
 }
 
+const char *srv_list_item(const char *p, const char **a, const char **b)
+{
+    size_t len = strcspn(p, ",");
+    *a = p;
+    *b = p + len;
+    while (*a < *b && **a == ' ')
+        (*a)++;
+    while (*b > *a && (*b)[-1] == ' ')
+        (*b)--;
+    return p + len;
+}
+
 int srv_origins_check(const char *v, char *msg, size_t cap)
 {
     int n = 0, star = 0;
     if (!v[strspn(v, " ")])
         return 0; /* no origin: CORS off */
     for (const char *p = v;; p++) {
-        size_t len = strcspn(p, ",");
-        const char *a = p, *b = p + len;
-        while (a < b && *a == ' ')
-            a++;
-        while (b > a && b[-1] == ' ')
-            b--;
+        const char *a, *b;
+        p = srv_list_item(p, &a, &b);
         if (b - a == 1 && *a == '*') {
             star = 1;
         } else if (!is_origin(a, (size_t)(b - a))) {
@@ -212,7 +220,6 @@ int srv_origins_check(const char *v, char *msg, size_t cap)
             return -1;
         }
         n++;
-        p += len;
         if (!*p)
             break;
     }

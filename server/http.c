@@ -1260,12 +1260,8 @@ static int cors_init(struct srv *s, const char *list, char *err, size_t errlen)
     if (!s->origins)
         return snprintf(err, errlen, "out of memory"), -ENOMEM;
     for (const char *p = list; *p;) {
-        size_t len = strcspn(p, ",");
-        const char *a = p, *b = p + len;
-        while (a < b && *a == ' ')
-            a++;
-        while (b > a && b[-1] == ' ')
-            b--;
+        const char *a, *b;
+        p = srv_list_item(p, &a, &b);
         if (b - a == 1 && *a == '*') {
             s->cors_any = 1;
         } else if (b > a) {
@@ -1273,7 +1269,6 @@ static int cors_init(struct srv *s, const char *list, char *err, size_t errlen)
                 return snprintf(err, errlen, "out of memory"), -ENOMEM;
             s->n_origins++;
         }
-        p += len;
         p += *p == ',';
     }
     return 0;

@@ -68,6 +68,9 @@ int srv_usage(const char *msg);
 void srv_config_free(struct srv_config *cfg);
 /* The settings as a JSON object (for --print-config); NULL on no memory. */
 cJSON *srv_config_json(const struct srv_config *cfg);
+/* One item of a comma-separated list at p: [*a, *b) without spaces around; returns the ',' or
+ * the end after it. */
+const char *srv_list_item(const char *p, const char **a, const char **b);
 /*
  * Whether v is a valid --allowed-origins: "*", "" (no origin: CORS off), or
  * origins scheme://host[:port] separated by commas (spaces around them are
