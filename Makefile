@@ -60,7 +60,7 @@ LIBCINFER := $(BUILD)/libcinfer.a
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 export CINFER_MODEL ?= $(CURDIR)/$(MODEL_FILE)
 
-.PHONY: all deps model model-qwen test test-models check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test deploy-check
+.PHONY: all deps deps-test model model-qwen test test-models check integration run asan fuzz fuzz-build clean format help ppu-check ppu-bundle deploy-test deploy-check
 all: $(BIN)
 
 help:
@@ -159,6 +159,10 @@ ppu-check:
 deps:
 	@sh scripts/deps.sh
 
+# make test's extra packages (the CORS test's headless browser)
+deps-test: deps
+	@sh scripts/deps.sh test
+
 model: deps
 	@sh scripts/fetch-model.sh $(MODEL_FILE)
 
@@ -181,7 +185,7 @@ test-models: deps model model-qwen $(BIN)
 	CINFER_BIN=$(CURDIR)/$(BIN) sh tests/integration/run.sh tests/integration/test_qwen_tools.py -s
 
 # The unit suites run last, so the output ends with Check's summary line.
-test: deps model model-qwen
+test: deps-test model model-qwen
 	@$(MAKE) --no-print-directory integration
 	@sh deploy/check.sh
 	@$(MAKE) --no-print-directory ppu-check
@@ -204,7 +208,7 @@ run: deps model
 # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer, in
 # their own build tree (LeakSanitizer included).
 # CINFER_SLOWDOWN: the tests' timing bounds stretch by this factor for a sanitizer build.
-asan: deps model model-qwen
+asan: deps-test model model-qwen
 	@CINFER_SLOWDOWN=4 $(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/cinfer \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    CFLAGS="-O1 -g" CXXFLAGS="-O1 -g" integration check

@@ -2,11 +2,17 @@
 # scripts/deps.sh - installs the Debian packages cinfer needs (make deps).
 # As root: apt-get installs whatever is missing.  Otherwise: prints the exact
 # command to run and fails.  Does nothing when everything is there.
+#   scripts/deps.sh        what make run needs
+#   scripts/deps.sh test   and what make test adds (the headless browser)
 set -eu
 
 PKGS="build-essential pkg-config libpcre2-dev check libsubunit-dev libsentencepiece-dev
       sentencepiece libcjson-dev libmicrohttpd-dev libuv1-dev clang libclang-rt-14-dev
-      curl python3-venv libsimde-dev haproxy nginx-light chromium"
+      curl python3-venv libsimde-dev haproxy nginx-light"
+# chromium is the headless browser of the CORS test (tests/integration/test_cors.py)
+if [ "${1:-}" = test ]; then
+    PKGS="$PKGS chromium"
+fi
 
 missing=""
 for p in $PKGS; do
@@ -31,7 +37,6 @@ fi
 echo "make deps: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# chromium is the headless browser of the CORS test (tests/integration/test_cors.py).
 # haproxy and nginx are here for their config checks (make test): their
 # packages must not start the services, so policy-rc.d says no while they install
 prc=/usr/sbin/policy-rc.d
