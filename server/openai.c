@@ -1194,7 +1194,6 @@ int srv_parse_responses(const char *body, size_t len, struct engine *e,
         srv_resp_param(err);
     r->kind = SRV_RESPONSES;
     r->resp_echo = echo;
-    r->reasoning = r->think_open = 0; /* the text stays whole: no reasoning item is made */
     return rc;
 }
 
@@ -1273,15 +1272,20 @@ struct srv_job {
     char msg_id[48]; /* responses: the output message's id */
     int seq;         /* responses: the next event's sequence_number */
     struct srv_responses_stream {
-        int n_items;     /* output items opened */
-        int msg;         /* the message item: 0 not yet, 1 open, 2 closed */
-        int msg_index;   /* its output_index */
-        struct buf text; /* its text so far */
-        cJSON *call;     /* the open function_call item, or NULL */
-        int call_index;  /* its output_index */
-        struct buf args; /* its arguments so far */
-        cJSON *items;    /* the closed items, for response.completed */
+        int n_items;       /* output items opened */
+        int msg;           /* the message item: 0 not yet, 1 open, 2 closed */
+        int msg_index;     /* its output_index */
+        struct buf text;   /* its text so far */
+        cJSON *call;       /* the open function_call item, or NULL */
+        int call_index;    /* its output_index */
+        struct buf args;   /* its arguments so far */
+        cJSON *items;      /* the closed items, for response.completed */
+        int think;         /* the reasoning item: 0 not yet, 1 open, 2 closed */
+        int think_index;   /* its output_index */
+        struct buf reason; /* its text so far */
     } rs;
+    char rs_id[48];       /* responses: the reasoning item's id */
+    int reasoning_tokens; /* responses: the reasoning text's length in tokens */
 };
 
 int srv_job_status(const struct srv_job *j)
@@ -1328,6 +1332,7 @@ void srv_job_free(struct srv_job *j)
     free(j->c);
     free(j->rs.text.p);
     free(j->rs.args.p);
+    free(j->rs.reason.p);
     cJSON_Delete(j->rs.call);
     cJSON_Delete(j->rs.items);
     eng_notify_destroy(&j->notify);
@@ -1360,6 +1365,7 @@ int srv_job_start(struct engine *e, const struct srv_model *model, struct srv_re
     snprintf(j->id, sizeof(j->id), "%s%016llx%08x", k_prefix[j->req.kind], (unsigned long long)rnd,
              (unsigned)(rnd >> 17));
     snprintf(j->msg_id, sizeof(j->msg_id), "msg_%016llx", (unsigned long long)srv_random());
+    snprintf(j->rs_id, sizeof(j->rs_id), "rs_%016llx", (unsigned long long)srv_random());
     struct eng_info info;
     eng_get_info(e, &info);
     snprintf(j->fingerprint, sizeof(j->fingerprint), "cinfer-%s-%s", CINFER_VERSION, info.kernels);
@@ -1833,6 +1839,8 @@ static struct srv_resp resp_of(const struct srv_job *j)
 {
     return (struct srv_resp){.id = j->id,
                              .msg_id = j->msg_id,
+                             .rs_id = j->rs_id,
+                             .reasoning_tokens = j->reasoning_tokens,
                              .model = j->req.model,
                              .created = j->created,
                              .echo = j->req.resp_echo,
@@ -1853,6 +1861,17 @@ static int print_json(cJSON *o, struct buf *out)
     int rc = s ? buf_append(out, s, strlen(s)) : -ENOMEM;
     free(s);
     return rc;
+}
+
+/* usage.output_tokens_details.reasoning_tokens: the reasoning text re-tokenized */
+static void count_reasoning(struct srv_job *j, const char *text, size_t n)
+{
+    int32_t *ids = NULL;
+    int64_t k = n ? tok_encode_alloc(eng_tok(j->e), text, n, 0, &ids) : 0;
+    free(ids);
+    j->reasoning_tokens = k > 0 ? (int)k : 0;
+    if (j->reasoning_tokens > j->completion_tokens)
+        j->reasoning_tokens = j->completion_tokens;
 }
 
 /* o's common members of an item event: item_id (when given), output_index, content_index */
@@ -1966,11 +1985,59 @@ static int resp_call_close(struct srv_job *j, const char *status, struct buf *ou
     return rc;
 }
 
-/* What the tool parser released, as Responses events: text, then function_call items. */
+/* The reasoning item: added on its first text; its deltas; done when the answer starts. */
+static int resp_think_delta(struct srv_job *j, const char *text, size_t n, struct buf *out)
+{
+    struct srv_responses_stream *st = &j->rs;
+    int rc = 0;
+    if (!n || st->think == 2)
+        return 0; /* reasoning comes first: none of it can follow the answer */
+    if (!st->think) {
+        st->think = 1;
+        st->think_index = st->n_items++;
+        cJSON *item = srv_resp_reasoning_item(j->rs_id, NULL, "in_progress");
+        cJSON *o = item_event(NULL, st->think_index, 0);
+        cJSON_AddItemToObject(o, "item", item);
+        rc = srv_resp_event(out, "response.output_item.added", &j->seq, o);
+    }
+    char *clean = rc ? NULL : srv_utf8_dup(text, n);
+    if (!rc && (!clean || buf_append(&st->reason, clean, strlen(clean))))
+        rc = -ENOMEM;
+    if (!rc) {
+        cJSON *o = item_event(j->rs_id, st->think_index, 1);
+        cJSON_AddStringToObject(o, "delta", clean);
+        rc = srv_resp_event(out, "response.reasoning_text.delta", &j->seq, o);
+    }
+    free(clean);
+    return rc;
+}
+
+static int resp_think_close(struct srv_job *j, const char *status, struct buf *out)
+{
+    struct srv_responses_stream *st = &j->rs;
+    if (st->think != 1)
+        return 0;
+    st->think = 2;
+    const char *text = st->reason.p ? st->reason.p : "";
+    cJSON *o = item_event(j->rs_id, st->think_index, 1);
+    cJSON_AddStringToObject(o, "text", text);
+    int rc = srv_resp_event(out, "response.reasoning_text.done", &j->seq, o);
+    cJSON *item = srv_resp_reasoning_item(j->rs_id, text, status);
+    o = item_event(NULL, st->think_index, 0);
+    cJSON_AddItemToObject(o, "item", cJSON_Duplicate(item, 1));
+    rc = rc ? rc : srv_resp_event(out, "response.output_item.done", &j->seq, o);
+    cJSON_AddItemToArray(st->items, item);
+    return rc;
+}
+
+/* What the output parser released, as Responses events: reasoning, text, function_call items. */
 static int resp_outp(struct srv_job *j, const struct srv_outp_out *po, struct buf *out)
 {
     struct srv_responses_stream *st = &j->rs;
-    int rc = resp_msg_delta(j, po->content.p, po->content.n, out);
+    int rc = resp_think_delta(j, po->reasoning.p, po->reasoning.n, out);
+    if (!rc && (po->content.n || po->calls))
+        rc = resp_think_close(j, "completed", out);
+    rc = rc ? rc : resp_msg_delta(j, po->content.p, po->content.n, out);
     for (const cJSON *d = po->calls ? po->calls->child : NULL; d && !rc; d = d->next) {
         const cJSON *id = cJSON_GetObjectItem(d, "id"), *a = cJSON_GetObjectItem(d, "arguments");
         if (id) { /* a new call: whatever was open is whole */
@@ -2034,7 +2101,9 @@ static int resp_close(struct srv_job *j, struct buf *out)
 {
     const char *status = resp_status(j);
     const char *item_status = !strcmp(status, "completed") ? "completed" : "incomplete";
-    int rc = resp_msg_close(j, item_status, out);
+    count_reasoning(j, j->rs.reason.p, j->rs.reason.n);
+    int rc = resp_think_close(j, item_status, out);
+    rc = rc ? rc : resp_msg_close(j, item_status, out);
     rc = rc ? rc : resp_call_close(j, item_status, out);
     struct srv_resp r = resp_of(j);
     cJSON *full = srv_resp_object(&r, status, NULL, NULL);
@@ -2117,8 +2186,11 @@ static int final_json(struct srv_job *j, struct buf *out)
     if (j->req.kind == SRV_EMBED)
         return embed_json(j, out);
     if (j->req.kind == SRV_RESPONSES) {
-        struct srv_resp r = resp_of(j);
         cJSON *m = resp_message(j);
+        const cJSON *rc = m ? cJSON_GetObjectItem(m, "reasoning_content") : NULL;
+        if (cJSON_IsString(rc))
+            count_reasoning(j, rc->valuestring, strlen(rc->valuestring));
+        struct srv_resp r = resp_of(j);
         cJSON *o = m ? srv_resp_object(&r, resp_status(j), m, NULL) : NULL;
         cJSON_Delete(m);
         return print_json(o, out);

@@ -370,6 +370,24 @@ static void echo_field(cJSON *o, const cJSON *echo, const char *key, cJSON *def)
     }
 }
 
+/* A reasoning output item: {type, id, summary [], content [reasoning_text], status}. */
+cJSON *srv_resp_reasoning_item(const char *id, const char *text, const char *status)
+{
+    cJSON *it = cJSON_CreateObject();
+    cJSON_AddStringToObject(it, "type", "reasoning");
+    cJSON_AddStringToObject(it, "id", id);
+    cJSON_AddArrayToObject(it, "summary");
+    cJSON *content = cJSON_AddArrayToObject(it, "content");
+    if (text) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "type", "reasoning_text");
+        cJSON_AddStringToObject(p, "text", text);
+        cJSON_AddItemToArray(content, p);
+    }
+    cJSON_AddStringToObject(it, "status", status);
+    return it;
+}
+
 /* A tool call of a chat message as a function_call output item (id fc_ + the call's suffix). */
 cJSON *srv_resp_call_item(const char *call_id, const char *name, const char *args,
                           const char *status)
@@ -415,8 +433,14 @@ cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON
     const char *item_status = !strcmp(status, "in_progress") ? "in_progress"
                               : !strcmp(status, "completed") ? "completed"
                                                              : "incomplete";
-    /* the message, unless it is only tool calls */
-    if (msg && (cJSON_IsString(content) ? *content->valuestring || !calls : !calls)) {
+    /* the reasoning first, then the message (unless it is only tool calls), then the calls */
+    const cJSON *reasoning =
+        msg ? cJSON_GetObjectItemCaseSensitive(msg, "reasoning_content") : NULL;
+    if (cJSON_IsString(reasoning) && *reasoning->valuestring)
+        cJSON_AddItemToArray(
+            out, srv_resp_reasoning_item(r->rs_id, reasoning->valuestring, item_status));
+    int thought = cJSON_IsString(reasoning) && *reasoning->valuestring;
+    if (msg && (cJSON_IsString(content) && *content->valuestring ? 1 : !calls && !thought)) {
         cJSON *m = cJSON_CreateObject();
         cJSON_AddItemToArray(out, m);
         cJSON_AddStringToObject(m, "type", "message");
@@ -445,9 +469,9 @@ cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON
     echo_field(o, r->echo, "tool_choice", cJSON_CreateString("auto"));
     echo_field(o, r->echo, "tools", cJSON_CreateArray());
     echo_field(o, r->echo, "top_p", cJSON_CreateNumber(1));
-    cJSON *reasoning = cJSON_AddObjectToObject(o, "reasoning");
-    cJSON_AddNullToObject(reasoning, "effort");
-    cJSON_AddNullToObject(reasoning, "summary");
+    cJSON *settings = cJSON_AddObjectToObject(o, "reasoning");
+    cJSON_AddNullToObject(settings, "effort");
+    cJSON_AddNullToObject(settings, "summary");
     cJSON_AddBoolToObject(o, "store", 0);
     cJSON *fmt = cJSON_CreateObject();
     cJSON_AddStringToObject(cJSON_AddObjectToObject(fmt, "format"), "type", "text");
@@ -465,7 +489,7 @@ cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON
                                 r->cached_tokens);
         cJSON_AddNumberToObject(u, "output_tokens", r->output_tokens);
         cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "output_tokens_details"),
-                                "reasoning_tokens", 0);
+                                "reasoning_tokens", r->reasoning_tokens);
         cJSON_AddNumberToObject(u, "total_tokens", r->input_tokens + r->output_tokens);
     }
     return o;

@@ -233,17 +233,20 @@ void srv_resp_param(struct srv_error *err);
 /*
  * The response object: status "in_progress", "completed", "incomplete"
  * (max_output_tokens) or "failed"; msg: the chat message the output is
- * ({"content", "tool_calls"}: a message item unless it is only calls, then
- * a function_call item per call), or NULL: no output yet.
+ * ({"reasoning_content", "content", "tool_calls"}: a reasoning item when
+ * there is reasoning, a message item unless it is only calls, then a
+ * function_call item per call), or NULL: no output yet.
  */
 struct srv_resp {
-    const char *id, *msg_id, *model;
+    const char *id, *msg_id, *rs_id, *model;
     long created;
     const cJSON *echo;
-    int input_tokens, output_tokens, cached_tokens;
+    int input_tokens, output_tokens, cached_tokens, reasoning_tokens;
 };
 cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON *msg,
                        const char *error);
+/* A reasoning output item (text NULL: no content part yet). */
+cJSON *srv_resp_reasoning_item(const char *id, const char *text, const char *status);
 /* A function_call output item for a tool call (its id: fc_ and the call id's suffix). */
 cJSON *srv_resp_call_item(const char *call_id, const char *name, const char *args,
                           const char *status);

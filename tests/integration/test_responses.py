@@ -4,9 +4,12 @@ response object the SDK parses, text.format, and the 400s for what a
 stateless server cannot honour."""
 
 import json
+from pathlib import Path
 
 import openai
 import pytest
+
+from conftest import Server, make_client
 
 QUESTION = "Name the capital of France."
 
@@ -246,3 +249,33 @@ def test_function_call_streamed(client, model_id):
         max_output_tokens=60, temperature=0,
     )
     assert plain.output[0].arguments == deltas
+
+
+R1_TEMPLATE = Path(__file__).resolve().parents[1] / "fixtures/templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+
+
+def test_reasoning_is_an_item_of_its_own():
+    # DeepSeek-R1's template opens <think> in the prompt: the answer starts as reasoning
+    srv = Server(["--chat-template", str(R1_TEMPLATE)], "r1_server").start()
+    try:
+        client = make_client(srv)
+        model = client.models.list().data[0].id
+        kw = dict(model=model, max_output_tokens=12, temperature=0)
+        r = client.responses.create(input="What is 2+2?", **kw)
+        chat = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=12,
+            temperature=0).choices[0].message
+        assert chat.reasoning_content
+        assert r.output[0].type == "reasoning"
+        assert r.output[0].content[0].text == chat.reasoning_content
+        assert [o.type for o in r.output[1:]] == (["message"] if chat.content else [])
+        assert 0 < r.usage.output_tokens_details.reasoning_tokens <= r.usage.output_tokens
+        events = list(client.responses.create(input="What is 2+2?", stream=True, **kw))
+        text = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+        done = [e for e in events if e.type == "response.reasoning_text.done"]
+        assert text == chat.reasoning_content and done and done[0].text == text
+        final = events[-1].response
+        assert final.output[0].type == "reasoning" and final.output[0].content[0].text == text
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+    finally:
+        assert srv.stop() == 0
