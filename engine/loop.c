@@ -483,8 +483,9 @@ int eng_create(const char *path, const struct eng_config *cfg, struct engine **o
         e->b_want = calloc(bt, 1);
         e->b_tables = calloc(ms, sizeof(*e->b_tables));
         e->b_nblocks = calloc(ms, sizeof(*e->b_nblocks));
-        /* a row per sequence, and up to PROMPT_LP_ROWS more for prompt log-probabilities */
-        size_t rows = ms + (bt - ms < PROMPT_LP_ROWS ? bt - ms : PROMPT_LP_ROWS);
+        /* a row per sequence, and PROMPT_LP_ROWS more for prompt log-probabilities (so a
+         * prefill owing them always has room, however many sequences run) */
+        size_t rows = ms + PROMPT_LP_ROWS;
         e->cap_rows = (int)rows;
         e->b_res = calloc(rows, sizeof(*e->b_res));
         e->b_rows = calloc(rows, sizeof(*e->b_rows));
