@@ -20,6 +20,7 @@
 #define MAX_STOP 16
 #define MAX_LOGPROBS 20
 #define MAX_PROMPTS 64
+#define MAX_INPUTS 2048 /* embeddings: OpenAI's limit on inputs per request */
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -362,9 +363,12 @@ static int get_bool(const cJSON *o, const char *key, int *out, struct srv_error 
 /* Appends a prompt text's token ids as a new prompt. */
 static int add_prompt(struct srv_request *r, int32_t *ids, int n, struct srv_error *err)
 {
-    if (r->n_prompts >= MAX_PROMPTS) {
+    int most = r->kind == SRV_EMBED ? MAX_INPUTS : MAX_PROMPTS;
+    if (r->n_prompts >= most) {
         free(ids);
-        return srv_fail(err, 400, "prompt", NULL, "at most %d prompts per request", MAX_PROMPTS);
+        return srv_fail(err, 400, r->kind == SRV_EMBED ? "input" : "prompt", NULL,
+                        "at most %d %s per request", most,
+                        r->kind == SRV_EMBED ? "inputs" : "prompts");
     }
     int32_t **p = realloc(r->prompts, sizeof(*p) * (size_t)(r->n_prompts + 1));
     int *np = p ? realloc(r->n_prompt, sizeof(*np) * (size_t)(r->n_prompts + 1)) : NULL;
@@ -1152,6 +1156,8 @@ int srv_parse_embeddings(const char *body, size_t len, struct engine *e,
     if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
         rc = srv_fail(err, 400, "user", NULL, "user must be a string");
     rc = rc ? rc : parse_prompt(root, "input", &runs, e, r, err);
+    if (rc && !strcmp(err->param, "prompt")) /* the tokenizer's refusal names the prompt */
+        snprintf(err->param, sizeof(err->param), "input");
     for (int i = 0; !rc && i < r->n_prompts; i++) {
         if (r->n_prompt[i] == 0)
             rc = srv_fail(err, 400, "input", NULL, "input %d is empty", i);

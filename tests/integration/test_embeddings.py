@@ -119,6 +119,16 @@ def test_bad_requests(emb_server, body, param):
     assert out["error"]["param"] == param
 
 
+def test_many_inputs_in_one_request(emb_server):
+    # LangChain sends up to 1000 texts a request; the default queue holds 256 sequences
+    out = embed(emb_server, input=[f"text {i}" for i in range(200)], encoding_format="float")
+    assert [d["index"] for d in out["data"]] == list(range(200))
+    status, err = emb_server.json("POST", "/v1/embeddings", {"input": ["x"] * 300})
+    assert status == 400 and err["error"]["code"] == "request_too_large", err
+    status, err = emb_server.json("POST", "/v1/embeddings", {"input": ["x"] * 2049})
+    assert status == 400 and err["error"]["param"] == "input", err
+
+
 def test_dimensions_equal_to_the_model_is_fine(emb_server):
     out = embed(emb_server, input="x", dimensions=N_EMBD, encoding_format="float")
     assert len(out["data"][0]["embedding"]) == N_EMBD
