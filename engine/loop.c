@@ -7,7 +7,6 @@
  * that the loop runs one scheduler step per turn and sleeps otherwise.
  */
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,16 +45,10 @@ static void prompt_logprob(struct engine *e, struct eng_req *r, int pos, const f
 {
     int V = e->info.n_vocab;
     int32_t tok = r->tokens[pos + 1];
-    float mx = -INFINITY;
-    for (int i = 0; i < V; i++)
-        mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0;
+    float lse = smp_log_sum_exp(logits, V);
     int rank = 1;
-    for (int i = 0; i < V; i++) {
-        sum += exp((double)logits[i] - mx);
+    for (int i = 0; i < V; i++)
         rank += logits[i] > logits[tok];
-    }
-    float lse = mx + (float)log(sum);
     struct eng_event ev = {.kind = ENG_EV_PROMPT, .t = util_now_s(), .token = tok, .rank = rank};
     ev.logprob = logits[tok] - lse;
     ev.top = calloc(1, sizeof(*ev.top));

@@ -179,6 +179,17 @@ static int finish_result(const struct smp *s, const float *logits, float lse, in
     return 0;
 }
 
+float smp_log_sum_exp(const float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)x[i] - mx);
+    return mx + (float)log(sum);
+}
+
 int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
 {
     const struct smp_params *p = &s->p;
@@ -190,13 +201,7 @@ int smp_sample(struct smp *s, const float *logits, struct smp_result *out)
     float lse = 0.0f;
     int want_lp = p->logprobs || p->n_logprobs > 0;
     if (want_lp) {
-        float mx = -INFINITY;
-        for (int i = 0; i < V; i++)
-            mx = logits[i] > mx ? logits[i] : mx;
-        double sum = 0.0;
-        for (int i = 0; i < V; i++)
-            sum += exp((double)logits[i] - mx);
-        lse = mx + (float)log(sum);
+        lse = smp_log_sum_exp(logits, V);
     }
 
     /* bias and penalties, on a copy (greedy without them reads the logits as they are) */

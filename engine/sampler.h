@@ -81,6 +81,9 @@ void smp_free(struct smp *s);
 /* Picks the next token from logits (n_vocab, not modified). */
 int smp_sample(struct smp *s, const float *logits, struct smp_result *out);
 
+/* log(sum(exp(x))) of n values, summed in double after the max is taken out. */
+float smp_log_sum_exp(const float *x, int n);
+
 /* The n largest of x (indexes, best first, ties to the lower index); 1 <= n <= SMP_MAX_LOGPROBS. */
 int smp_top_n(const float *x, int len, int n, int32_t *out);
 

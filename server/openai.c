@@ -396,40 +396,48 @@ static int encode(const struct tok *t, const char *text, size_t len, unsigned fl
     return add_prompt(r, ids, (int)n, err);
 }
 
-static int ids_prompt(const cJSON *arr, int n_vocab, const char *param, struct srv_request *r,
-                      struct srv_error *err)
+/*
+ * Token ids, each checked against the vocabulary, into *out (malloc'd): from
+ * a cJSON array of numbers (arr), or from a run srv_parse_json_ids read (v, n;
+ * arr NULL).  0, or -1 with a 400 naming param[i].
+ */
+static int take_ids(const cJSON *arr, const int32_t *v, int n, int n_vocab, const char *param,
+                    int32_t **out, struct srv_error *err)
 {
-    int n = cJSON_GetArraySize(arr);
+    if (arr)
+        n = cJSON_GetArraySize(arr);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
     if (!ids)
         return srv_fail(err, 500, NULL, NULL, "out of memory");
-    int i = 0;
-    for (const cJSON *v = arr->child; v; v = v->next, i++) {
-        if (!is_int(v, 0, n_vocab - 1)) {
+    const cJSON *c = arr ? arr->child : NULL;
+    for (int i = 0; i < n; i++, c = c ? c->next : NULL) {
+        if (arr ? !is_int(c, 0, n_vocab - 1) : v[i] < 0 || v[i] >= n_vocab) {
             free(ids);
             return srv_fail(err, 400, param, NULL,
                             "%s[%d] is not a token id (an integer from 0 to %d)", param, i,
                             n_vocab - 1);
         }
-        ids[i] = (int32_t)v->valuedouble;
+        ids[i] = arr ? (int32_t)c->valuedouble : v[i];
     }
-    return add_prompt(r, ids, n, err);
+    *out = ids;
+    return 0;
+}
+
+static int ids_prompt(const cJSON *arr, int n_vocab, const char *param, struct srv_request *r,
+                      struct srv_error *err)
+{
+    int32_t *ids;
+    return take_ids(arr, NULL, 0, n_vocab, param, &ids, err)
+               ? -1
+               : add_prompt(r, ids, cJSON_GetArraySize(arr), err);
 }
 
 /* A prompt of token ids read by srv_parse_json_ids. */
 static int run_prompt(const int32_t *v, int n, int n_vocab, const char *param,
                       struct srv_request *r, struct srv_error *err)
 {
-    for (int i = 0; i < n; i++)
-        if (v[i] < 0 || v[i] >= n_vocab)
-            return srv_fail(err, 400, param, NULL,
-                            "%s[%d] is not a token id (an integer from 0 to %d)", param, i,
-                            n_vocab - 1);
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
-    if (!ids)
-        return srv_fail(err, 500, NULL, NULL, "out of memory");
-    memcpy(ids, v, sizeof(int32_t) * (size_t)n);
-    return add_prompt(r, ids, n, err);
+    int32_t *ids;
+    return take_ids(NULL, v, n, n_vocab, param, &ids, err) ? -1 : add_prompt(r, ids, n, err);
 }
 
 static int all_ints(const cJSON *arr)
@@ -549,21 +557,9 @@ static int get_ids(const cJSON *root, const char *key, const struct srv_ids *run
     int run = srv_ids_get(runs, v, &rv, &rn);
     if (!run && (!cJSON_IsArray(v) || !all_ints(v)))
         return srv_fail(err, 400, key, NULL, "%s must be an array of token ids", key);
-    int n = run ? rn : cJSON_GetArraySize(v);
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
-    if (!ids)
-        return srv_fail(err, 500, NULL, NULL, "out of memory");
-    const cJSON *c = run ? NULL : v->child;
-    for (int i = 0; i < n; i++, c = c ? c->next : NULL) {
-        if (run ? rv[i] < 0 || rv[i] >= n_vocab : !is_int(c, 0, n_vocab - 1)) {
-            free(ids);
-            return srv_fail(err, 400, key, NULL, "%s[%d] is not a token id (0 to %d)", key, i,
-                            n_vocab - 1);
-        }
-        ids[i] = run ? rv[i] : (int32_t)c->valuedouble;
-    }
-    *out = ids;
-    *n_out = n;
+    if (take_ids(run ? NULL : v, rv, rn, n_vocab, key, out, err))
+        return -1;
+    *n_out = run ? rn : cJSON_GetArraySize(v);
     return 0;
 }
 
@@ -698,7 +694,8 @@ static int apply_suffix(const cJSON *root, struct engine *e, struct srv_request 
 
 /* vLLM's request extras (after n, max_tokens and stream_options are read). */
 static int parse_extras(const cJSON *root, const struct srv_ids *runs, enum srv_kind kind,
-                        int n_vocab, struct srv_request *r, struct srv_error *err)
+                        int n_vocab, int64_t max_tokens, struct srv_request *r,
+                        struct srv_error *err)
 {
     int64_t k = -1;
     int b;
@@ -708,9 +705,10 @@ static int parse_extras(const cJSON *root, const struct srv_ids *runs, enum srv_
     k = 0;
     if (!rc && !(rc = get_int(root, "min_tokens", 0, 1e9, &k, err)))
         r->p.min_tokens = (int)k;
-    if (!rc && r->max_tokens_given && r->p.min_tokens > r->p.max_tokens)
-        rc = srv_fail(err, 400, "min_tokens", NULL, "min_tokens (%d) is more than max_tokens (%d)",
-                      r->p.min_tokens, r->p.max_tokens);
+    if (!rc && r->max_tokens_given && r->p.min_tokens > max_tokens)
+        rc =
+            srv_fail(err, 400, "min_tokens", NULL, "min_tokens (%d) is more than max_tokens (%lld)",
+                     r->p.min_tokens, (long long)max_tokens);
     k = r->n;
     if (!rc && !(rc = get_int(root, "best_of", 1, MAX_N, &k, err)) && k != r->n)
         rc = srv_fail(err, 400, "best_of", NULL,
@@ -1057,13 +1055,10 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
         else
             rc = get_bool(so, "include_usage", &r->include_usage, err);
         rc = rc ? rc : get_bool(so, "continuous_usage_stats", &r->continuous_usage, err);
-        if (rc == -1 && (!strcmp(err->param, "include_usage") ||
-                         !strcmp(err->param, "continuous_usage_stats"))) {
-            const char *key = !strcmp(err->param, "include_usage") ? "stream_options.include_usage"
-                                                                   : "stream_options."
-                                                                     "continuous_usage_stats";
-            snprintf(err->param, sizeof(err->param), "%s", key);
-        }
+        static const char *const k_so[] = {"include_usage", "continuous_usage_stats"};
+        for (int q = 0; rc == -1 && q < 2; q++) /* the param is the member's path */
+            if (!strcmp(err->param, k_so[q]))
+                snprintf(err->param, sizeof(err->param), "stream_options.%s", k_so[q]);
     }
     if (!rc && kind == SRV_CHAT) {
         rc = get_bool(root, "logprobs", &b, err);
@@ -1084,10 +1079,9 @@ int srv_parse_request(enum srv_kind kind, const char *body, size_t len, struct e
     }
     r->p.sp.n_logprobs = r->top_logprobs;
     if (!rc && max_tokens == 0 && !(kind == SRV_COMPLETION && r->echo))
-        rc = srv_fail(err, 400, kind == SRV_CHAT ? "max_tokens" : "max_tokens", NULL,
+        rc = srv_fail(err, 400, "max_tokens", NULL,
                       "max_tokens must be at least 1 (0 only with echo, for the prompt alone)");
-    r->p.max_tokens = (int)(max_tokens > 0 ? max_tokens : 0); /* for min_tokens; set again below */
-    rc = rc ? rc : parse_extras(root, &runs, kind, info.n_vocab, r, err);
+    rc = rc ? rc : parse_extras(root, &runs, kind, info.n_vocab, max_tokens, r, err);
     const cJSON *u = rc ? NULL : cJSON_GetObjectItemCaseSensitive(root, "user");
     if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
         rc = srv_fail(err, 400, "user", NULL, "user must be a string");
@@ -1446,6 +1440,17 @@ static cJSON *token_entry(const struct tok *t, int32_t id, float lp, int with_by
     return o;
 }
 
+/* c->lp as a completions logprobs object (its four arrays), made when it is not there yet. */
+static cJSON *lp_object(struct choice *c)
+{
+    if (!c->lp) {
+        c->lp = cJSON_CreateObject();
+        for (int k = 0; k < 4; k++)
+            cJSON_AddArrayToObject(c->lp, k_lp_keys[k]);
+    }
+    return c->lp;
+}
+
 /* Adds one token's logprobs to a chat content array or completions object. */
 static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_event *ev,
                          size_t text_offset)
@@ -1462,11 +1467,7 @@ static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_e
         cJSON_AddItemToArray(c->lp, o);
         return;
     }
-    if (!c->lp) {
-        c->lp = cJSON_CreateObject();
-        for (int k = 0; k < 4; k++)
-            cJSON_AddArrayToObject(c->lp, k_lp_keys[k]);
-    }
+    lp_object(c);
     cJSON *e = token_entry(t, ev->token, ev->logprob, 0);
     cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "tokens"),
                          cJSON_CreateString(cJSON_GetObjectItem(e, "token")->valuestring));
@@ -1489,11 +1490,7 @@ static void add_logprobs(struct srv_job *j, struct choice *c, const struct eng_e
 /* The completions logprobs of a prompt's first token: its text, and null for the rest. */
 static void add_first_logprobs(struct srv_job *j, struct choice *c, int32_t token)
 {
-    if (!c->lp) {
-        c->lp = cJSON_CreateObject();
-        for (int k = 0; k < 4; k++)
-            cJSON_AddArrayToObject(c->lp, k_lp_keys[k]);
-    }
+    lp_object(c);
     cJSON *e = token_entry(eng_tok(j->e), token, 0, 0);
     cJSON_AddItemToArray(cJSON_GetObjectItem(c->lp, "tokens"),
                          cJSON_CreateString(cJSON_GetObjectItem(e, "token")->valuestring));
@@ -1898,21 +1895,11 @@ static int resp_msg_open(struct srv_job *j, struct buf *out)
     struct srv_responses_stream *st = &j->rs;
     st->msg_index = st->n_items++;
     st->msg = 1;
-    cJSON *item = cJSON_CreateObject();
-    cJSON_AddStringToObject(item, "type", "message");
-    cJSON_AddStringToObject(item, "id", j->msg_id);
-    cJSON_AddStringToObject(item, "status", "in_progress");
-    cJSON_AddStringToObject(item, "role", "assistant");
-    cJSON_AddArrayToObject(item, "content");
     cJSON *o = item_event(NULL, st->msg_index, 0);
-    cJSON_AddItemToObject(o, "item", item);
+    cJSON_AddItemToObject(o, "item", srv_resp_message_item(j->msg_id, NULL, "in_progress"));
     int rc = srv_resp_event(out, "response.output_item.added", &j->seq, o);
-    cJSON *part = cJSON_CreateObject();
-    cJSON_AddStringToObject(part, "type", "output_text");
-    cJSON_AddStringToObject(part, "text", "");
-    cJSON_AddArrayToObject(part, "annotations");
     o = item_event(j->msg_id, st->msg_index, 1);
-    cJSON_AddItemToObject(o, "part", part);
+    cJSON_AddItemToObject(o, "part", srv_resp_text_part(""));
     return rc ? rc : srv_resp_event(out, "response.content_part.added", &j->seq, o);
 }
 
@@ -1947,16 +1934,11 @@ static int resp_msg_close(struct srv_job *j, const char *status, struct buf *out
     if (st->msg != 1)
         return 0;
     st->msg = 2;
-    cJSON *msg = cJSON_CreateObject();
-    cJSON_AddStringToObject(msg, "content", st->text.p ? st->text.p : "");
-    struct srv_resp r = resp_of(j);
-    cJSON *full = srv_resp_object(&r, status, msg, NULL);
-    cJSON_Delete(msg);
-    cJSON *item = cJSON_DetachItemFromArray(cJSON_GetObjectItem(full, "output"), 0);
-    cJSON_Delete(full);
+    const char *text = st->text.p ? st->text.p : "";
+    cJSON *item = srv_resp_message_item(j->msg_id, text, status);
     cJSON *part = cJSON_GetArrayItem(cJSON_GetObjectItem(item, "content"), 0);
     cJSON *o = item_event(j->msg_id, st->msg_index, 1);
-    cJSON_AddStringToObject(o, "text", st->text.p ? st->text.p : "");
+    cJSON_AddStringToObject(o, "text", text);
     cJSON_AddArrayToObject(o, "logprobs");
     int rc = srv_resp_event(out, "response.output_text.done", &j->seq, o);
     o = item_event(j->msg_id, st->msg_index, 1);

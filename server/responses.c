@@ -370,6 +370,30 @@ static void echo_field(cJSON *o, const cJSON *echo, const char *key, cJSON *def)
     }
 }
 
+/* An output_text content part. */
+cJSON *srv_resp_text_part(const char *text)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "type", "output_text");
+    cJSON_AddStringToObject(p, "text", text);
+    cJSON_AddArrayToObject(p, "annotations");
+    return p;
+}
+
+/* A message output item: {type, id, status, role, content [output_text]}. */
+cJSON *srv_resp_message_item(const char *id, const char *text, const char *status)
+{
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "type", "message");
+    cJSON_AddStringToObject(m, "id", id);
+    cJSON_AddStringToObject(m, "status", status);
+    cJSON_AddStringToObject(m, "role", "assistant");
+    cJSON *parts = cJSON_AddArrayToObject(m, "content");
+    if (text)
+        cJSON_AddItemToArray(parts, srv_resp_text_part(text));
+    return m;
+}
+
 /* A reasoning output item: {type, id, summary [], content [reasoning_text], status}. */
 cJSON *srv_resp_reasoning_item(const char *id, const char *text, const char *status)
 {
@@ -440,20 +464,10 @@ cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON
         cJSON_AddItemToArray(
             out, srv_resp_reasoning_item(r->rs_id, reasoning->valuestring, item_status));
     int thought = cJSON_IsString(reasoning) && *reasoning->valuestring;
-    if (msg && (cJSON_IsString(content) && *content->valuestring ? 1 : !calls && !thought)) {
-        cJSON *m = cJSON_CreateObject();
-        cJSON_AddItemToArray(out, m);
-        cJSON_AddStringToObject(m, "type", "message");
-        cJSON_AddStringToObject(m, "id", r->msg_id);
-        cJSON_AddStringToObject(m, "status", item_status);
-        cJSON_AddStringToObject(m, "role", "assistant");
-        cJSON *parts = cJSON_AddArrayToObject(m, "content");
-        cJSON *p = cJSON_CreateObject();
-        cJSON_AddItemToArray(parts, p);
-        cJSON_AddStringToObject(p, "type", "output_text");
-        cJSON_AddStringToObject(p, "text", cJSON_IsString(content) ? content->valuestring : "");
-        cJSON_AddArrayToObject(p, "annotations");
-    }
+    if (msg && (cJSON_IsString(content) && *content->valuestring ? 1 : !calls && !thought))
+        cJSON_AddItemToArray(
+            out, srv_resp_message_item(
+                     r->msg_id, cJSON_IsString(content) ? content->valuestring : "", item_status));
     for (const cJSON *c = calls ? calls->child : NULL; c; c = c->next) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");

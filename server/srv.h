@@ -245,6 +245,9 @@ struct srv_resp {
 };
 cJSON *srv_resp_object(const struct srv_resp *r, const char *status, const cJSON *msg,
                        const char *error);
+/* An output_text part, and a message item holding one (text NULL: no part yet). */
+cJSON *srv_resp_text_part(const char *text);
+cJSON *srv_resp_message_item(const char *id, const char *text, const char *status);
 /* A reasoning output item (text NULL: no content part yet). */
 cJSON *srv_resp_reasoning_item(const char *id, const char *text, const char *status);
 /* A function_call output item for a tool call (its id: fc_ and the call id's suffix). */
