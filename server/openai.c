@@ -2318,15 +2318,15 @@ static int take_event(struct srv_job *j, int i, struct eng_event *ev, struct buf
     }
     if (c->prompt_held && (rc = flush_prompt(j, i, out)))
         return rc;
-    if (ev->kind == ENG_EV_TOKEN && j->req.kind == SRV_RESPONSES) {
-        c->n_gen++;
-        return resp_text(j, ev->text, ev->n_text, 0, out);
-    }
-    if (ev->kind == ENG_EV_TOKEN) {
+    if (ev->kind == ENG_EV_TOKEN) { /* every route's tokens: the count, the gap to the last */
         c->n_gen++;
         if (c->t_last > 0)
             srv_metrics_observe(SRV_H_ITL, ev->t - c->t_last);
         c->t_last = ev->t;
+    }
+    if (ev->kind == ENG_EV_TOKEN && j->req.kind == SRV_RESPONSES)
+        return resp_text(j, ev->text, ev->n_text, 0, out);
+    if (ev->kind == ENG_EV_TOKEN) {
         size_t offset = c->text.n;
         if (j->req.p.logprobs)
             add_logprobs(j, c, ev, offset);

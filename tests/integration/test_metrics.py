@@ -190,6 +190,22 @@ def test_series_types_labels_buckets_and_values(plain):
     assert ("/v1/chat/completions", "200") in routes and ("/v1/completions", "200") in routes
 
 
+def test_responses_tokens_count_in_the_latency_series(plain):
+    """/v1/responses runs through the same metrics: one inter-token gap per token after the first."""
+    client = make_client(plain)
+    model = client.models.list().data[0].id
+    before = scrape(plain)
+    r = client.responses.create(model=model, input="Count from one to twenty.", max_output_tokens=8,
+                                temperature=0)
+    after = scrape(plain)
+    n = r.usage.output_tokens
+    assert n > 1
+    itl = [hist(f, "cinfer:inter_token_latency_seconds")[3] for f in (before, after)]
+    assert itl[1] - itl[0] == n - 1
+    gen = [hist(f, "cinfer:request_generation_tokens")[2] for f in (before, after)]
+    assert gen[1] - gen[0] == n
+
+
 def test_max_num_generation_tokens_is_once_per_prompt(plain):
     """n choices of one prompt: n requests in the per-request histograms, one in the max."""
     before = scrape(plain)
